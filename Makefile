@@ -1,0 +1,65 @@
+# splitserve: `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := .stamps
+RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml Cargo.lock
+HOST ?= 127.0.0.1
+PORT ?= 8080
+STATE_DIR ?= ./.splitserve
+
+.PHONY: help setup build run test lint test-rust test-python bench bench-load clean lock
+
+help: ## list the targets and what each does
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMPS)/venv:
+	@mkdir -p $(STAMPS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	@touch $@
+
+$(STAMPS)/deps: $(STAMPS)/venv pyproject.toml constraints.txt
+	$(BIN)/python scripts/requirements.py test lint | $(BIN)/pip install --quiet -c constraints.txt -r /dev/stdin
+	@touch $@
+
+$(STAMPS)/build: $(STAMPS)/deps $(RUST_SOURCES)
+	$(BIN)/maturin develop --release --quiet
+	@touch $@
+
+setup: $(STAMPS)/build ## create .venv, install the locked dependencies, build the extension (release)
+
+build: setup ## same as setup: rebuild the Rust extension when its sources changed
+
+run: setup ## set up, then start the gateway on $(HOST):$(PORT) with state under $(STATE_DIR)
+	$(BIN)/splitserve serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --model-store $(STATE_DIR)/models
+
+lint: setup ## ruff (lint + format check), mypy, stubtest, cargo fmt --check, cargo clippy -D warnings
+	$(BIN)/ruff check python tests benches scripts
+	$(BIN)/ruff format --check python tests benches scripts
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest splitserve._router
+	cargo fmt --check
+	cargo clippy --all-targets --quiet -- -D warnings
+
+test-rust: ## cargo test of the pure Rust routing core
+	cargo test --quiet
+
+test-python: setup ## pytest (benchmarks run once each as smoke tests)
+	$(BIN)/pytest -q
+
+test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs
+
+bench: setup ## pytest-benchmark suites, enabled, against the release build
+	@mkdir -p .benchmarks
+	$(BIN)/pytest benches -q --benchmark-enable --benchmark-only --benchmark-columns=median,mean,stddev,rounds --benchmark-json=.benchmarks/latest.json
+
+lock: $(STAMPS)/venv ## re-resolve the dependencies and rewrite constraints.txt
+	$(BIN)/python scripts/requirements.py test lint | $(BIN)/pip install --quiet --upgrade -r /dev/stdin
+	$(BIN)/pip freeze --exclude-editable | grep -v '^splitserve' > constraints.txt
+
+clean: ## remove the virtualenv, build output and stamps
+	rm -rf $(VENV) $(STAMPS) target python/splitserve/*.so

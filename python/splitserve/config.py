@@ -1,0 +1,126 @@
+"""Every setting of splitserve and its default, in one place.
+
+Each part of the gateway takes the frozen dataclass it needs; nothing else in the package (nor the
+Rust core) holds a default of its own. `cli.main` is the only code that builds a `Settings` from argv.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: SageMaker's InvokeEndpoint body limit (the service model's blob max): 6 MiB.
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+
+#: The most production variants one endpoint config may hold (the API's list maximum).
+MAX_PRODUCTION_VARIANTS = 10
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """How the Rust router picks variants and instances.
+
+    Attributes:
+        seed: fixed PRNG seed for reproducible routing (tests); None seeds from the OS.
+        default_routing_strategy: instance choice inside a variant when the config has no
+            RoutingConfig (SageMaker's default is LEAST_OUTSTANDING_REQUESTS).
+    """
+
+    seed: int | None = None
+    default_routing_strategy: str = "LEAST_OUTSTANDING_REQUESTS"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How model-worker instances are started, health-checked, batched and stopped.
+
+    Attributes:
+        run_dir: where the instances' Unix sockets and unpacked model directories live.
+        cpu_pool: the host CPUs instances may be pinned to; None means the gateway's own affinity.
+        use_tcp: built-in workers listen on loopback TCP instead of a Unix socket.
+        ping_timeout_seconds: a /ping must answer within this (the container contract: 2 s).
+        health_interval_seconds: time between health checks of a running instance.
+        unhealthy_after_failures: consecutive failed pings before an instance is replaced.
+        startup_timeout_seconds: how long a new instance has to pass its first /ping.
+        invocation_timeout_seconds: a worker must answer /invocations within this (contract: 60 s).
+        restart_backoff_initial_seconds: the first delay before restarting a failed instance.
+        restart_backoff_max_seconds: the cap of the exponential restart backoff.
+        stop_grace_seconds: SIGTERM, then this long for in-flight requests, then SIGKILL (30 s).
+        max_batch_rows: dynamic batching: the most rows one predict call coalesces.
+        max_batch_wait_microseconds: dynamic batching: how long a batch waits for more rows.
+        allow_pickle: load pickled XGBoost models (unpickling runs code, so off by default).
+        memory_cap: cap each instance's address space at its instance type's memory.
+    """
+
+    run_dir: Path = Path(".splitserve/run")
+    cpu_pool: tuple[int, ...] | None = None
+    use_tcp: bool = False
+    ping_timeout_seconds: float = 2.0
+    health_interval_seconds: float = 2.0
+    unhealthy_after_failures: int = 3
+    startup_timeout_seconds: float = 240.0
+    invocation_timeout_seconds: float = 60.0
+    restart_backoff_initial_seconds: float = 0.5
+    restart_backoff_max_seconds: float = 30.0
+    stop_grace_seconds: float = 30.0
+    max_batch_rows: int = 64
+    max_batch_wait_microseconds: int = 200
+    allow_pickle: bool = False
+    memory_cap: bool = False
+
+    def host_cpus(self) -> tuple[int, ...]:
+        """The CPUs instances may use: `cpu_pool` if set, else those this process may run on."""
+        if self.cpu_pool is not None:
+            return self.cpu_pool
+        return tuple(sorted(os.sched_getaffinity(0)))
+
+
+@dataclass(frozen=True)
+class ForwardingSettings:
+    """How the gateway talks to its workers.
+
+    Attributes:
+        max_idle_connections: kept-alive connections per instance (enough for the concurrency a
+            worker can use; more only hold file descriptors).
+        connect_timeout_seconds: a worker must accept a connection within this (the contract
+            says 250 ms; a little slack for a loaded host).
+        max_response_bytes: the largest answer a worker may send back.
+    """
+
+    max_idle_connections: int = 64
+    connect_timeout_seconds: float = 1.0
+    max_response_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """The identity that ARNs and error messages name (no AWS account is involved)."""
+
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `splitserve serve` needs.
+
+    Attributes:
+        host: the address the gateway listens on.
+        port: the port the gateway listens on (both planes and /metrics share it).
+        state_dir: where persisted state (SQLite) and worker run files live.
+        model_store: the root that `s3://bucket/key` model and capture URLs resolve under.
+        images_file: TOML registry mapping bring-your-own image names to server commands.
+        max_payload_bytes: the largest InvokeEndpoint body accepted.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    state_dir: Path = Path(".splitserve")
+    model_store: Path = Path(".splitserve/models")
+    images_file: Path | None = None
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    account: AccountSettings = field(default_factory=AccountSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)

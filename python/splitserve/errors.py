@@ -1,0 +1,159 @@
+"""The errors splitserve raises, and the one table that maps each to its wire code and HTTP status.
+
+Every error a client may see derives from `SplitserveError`; its message is written for the client
+(it never carries internal exception text). The routing core's exceptions are declared in Rust
+(`splitserve._router`) and mapped here as well, so `app`'s middleware needs a single lookup.
+
+The two planes speak different wire formats (see ../shared/reference/sagemaker-api.md, section 1):
+the control plane (JSON 1.1) reads the code from the body's `__type`; the runtime (REST-JSON) from the
+`x-amzn-ErrorType` header. The table gives the code and status; the middleware picks the format by
+the plane the request came in on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from splitserve._router import (
+    InvalidRoutingTableError,
+    NoHealthyInstanceError,
+    NoRoutableVariantError,
+    RouterError,
+    UnknownInstanceError,
+    UnknownVariantError,
+)
+
+
+class SplitserveError(Exception):
+    """Base of every error with a client-facing message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- control plane (SageMaker JSON 1.1) -----------------------------------------------------------
+
+
+class ValidationException(SplitserveError):
+    """A request the control plane refuses: bad value, unknown or duplicate resource, wrong state."""
+
+
+class ResourceLimitExceeded(SplitserveError):
+    """The host cannot take more instances or resources."""
+
+
+class ResourceInUse(SplitserveError):
+    """The resource is used by another and cannot change now."""
+
+
+class UnknownOperationException(SplitserveError):
+    """X-Amz-Target names no operation of the SageMaker API this gateway serves."""
+
+
+class SerializationException(SplitserveError):
+    """The request body is not a JSON object."""
+
+
+class MissingAuthenticationToken(SplitserveError):
+    """The request is not signed, and the gateway requires signatures."""
+
+
+class InvalidSignatureException(SplitserveError):
+    """The request's SigV4 signature does not match."""
+
+
+class UnrecognizedClientException(SplitserveError):
+    """The request is signed with an access key the gateway does not know."""
+
+
+class AccessDeniedException(SplitserveError):
+    """The caller may not do this."""
+
+
+# --- data plane (sagemaker-runtime REST-JSON) -----------------------------------------------------
+
+
+class InvocationValidationError(SplitserveError):
+    """An InvokeEndpoint request the runtime refuses (wire code `ValidationError`)."""
+
+
+class PayloadTooLarge(SplitserveError):
+    """The InvokeEndpoint body is over the limit (wire: HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class ModelErrorDetail:
+    """What a ModelError carries besides its message."""
+
+    original_status_code: int
+    original_message: str
+    log_stream_arn: str
+
+
+class ModelError(SplitserveError):
+    """The model container answered non-2xx, or not at all within the timeout (HTTP 424)."""
+
+    def __init__(self, message: str, detail: ModelErrorDetail) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class ServiceUnavailable(SplitserveError):
+    """No healthy instance can take the request now (HTTP 503; boto3 retries it)."""
+
+
+class InternalFailure(SplitserveError):
+    """Something failed inside the gateway; the details are only in its log (HTTP 500)."""
+
+
+# --- workers and deployments ----------------------------------------------------------------------
+
+
+class DeploymentError(SplitserveError):
+    """An endpoint's instances could not be brought up; the message becomes its FailureReason."""
+
+
+@dataclass(frozen=True)
+class WireError:
+    """How one error class goes on the wire: the code clients match on and the HTTP status."""
+
+    code: str
+    status: int
+
+
+#: The one table from error class to wire code and status. Lookup walks the class's MRO, so a
+#: subclass inherits its parent's row unless it has its own.
+ERROR_TABLE: dict[type[Exception], WireError] = {
+    ValidationException: WireError("ValidationException", 400),
+    ResourceLimitExceeded: WireError("ResourceLimitExceeded", 400),
+    ResourceInUse: WireError("ResourceInUse", 400),
+    UnknownOperationException: WireError("UnknownOperationException", 400),
+    SerializationException: WireError("SerializationException", 400),
+    MissingAuthenticationToken: WireError("MissingAuthenticationTokenException", 403),
+    InvalidSignatureException: WireError("InvalidSignatureException", 403),
+    UnrecognizedClientException: WireError("UnrecognizedClientException", 403),
+    AccessDeniedException: WireError("AccessDeniedException", 403),
+    InvocationValidationError: WireError("ValidationError", 400),
+    PayloadTooLarge: WireError("ValidationError", 413),
+    ModelError: WireError("ModelError", 424),
+    ServiceUnavailable: WireError("ServiceUnavailable", 503),
+    InternalFailure: WireError("InternalFailure", 500),
+    DeploymentError: WireError("ValidationException", 400),
+    # The Rust router's errors, as the runtime reports them.
+    UnknownVariantError: WireError("ValidationError", 400),
+    NoRoutableVariantError: WireError("ValidationError", 400),
+    NoHealthyInstanceError: WireError("ServiceUnavailable", 503),
+    InvalidRoutingTableError: WireError("ValidationException", 400),
+    UnknownInstanceError: WireError("InternalFailure", 500),
+    RouterError: WireError("InternalFailure", 500),
+}
+
+
+def wire_error(error: BaseException) -> WireError:
+    """The wire code and status for `error`; anything not in the table is an InternalFailure."""
+    for cls in type(error).__mro__:
+        row = ERROR_TABLE.get(cls)
+        if row is not None:
+            return row
+    return WireError("InternalFailure", 500)

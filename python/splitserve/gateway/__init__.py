@@ -1,0 +1,1 @@
+"""The glue between the control plane, the worker supervisor and the data plane."""

@@ -1,0 +1,306 @@
+"""The control plane's `Deployer`, made of real parts: worker fleets, a Rust router, the registry.
+
+For every generation of an endpoint (its first deployment, then one per UpdateEndpoint) the deployer
+starts one `VariantFleet` per production variant, builds a `Router` over their instances and a
+keep-alive `UpstreamPool` per instance, and keeps them until the generation is retired. Activating a
+generation publishes it in the `EndpointRegistry` in one assignment, which is the blue/green switch.
+
+It is also the supervisor's `InstanceListener`: health changes go straight to the router that owns
+the instance, and the supervisor drains an instance by asking this object for its in-flight count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from splitserve._router import Router, UnknownInstanceError, VariantSpec
+from splitserve.config import Settings
+from splitserve.control.deployer import DeploymentPlan
+from splitserve.errors import DeploymentError
+from splitserve.metrics import (
+    VARIANT_DESIRED_INSTANCES,
+    VARIANT_DESIRED_WEIGHT,
+    VARIANT_INSTANCES,
+    VARIANT_WEIGHT,
+    VariantMetrics,
+)
+from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
+from splitserve.runtime.upstream import UpstreamPool
+from splitserve.workers.supervisor import InstanceInfo, Supervisor, VariantDeployment, VariantFleet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Generation:
+    """One deployed fleet of an endpoint and what routes to it."""
+
+    plan: DeploymentPlan
+    fleets: dict[str, VariantFleet]
+    router: Router
+    pools: dict[str, UpstreamPool]
+    live: LiveEndpoint
+    strategies: dict[str, str] = field(default_factory=dict)
+
+
+class FleetDeployer:
+    """Runs endpoints on local worker processes; implements the control plane's Deployer."""
+
+    def __init__(self, settings: Settings, registry: EndpointRegistry) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._supervisor: Supervisor | None = None
+        self._generations: dict[tuple[str, int], _Generation] = {}
+        self._owner: dict[str, _Generation] = {}
+        self._healthy: dict[str, bool] = {}
+
+    def attach(self, supervisor: Supervisor) -> None:
+        """Give the deployer the supervisor that was built with it as its listener."""
+        self._supervisor = supervisor
+
+    # --- Deployer ---------------------------------------------------------------------------------
+
+    async def deploy(self, plan: DeploymentPlan) -> None:
+        """Start every instance of every variant of `plan`; raise DeploymentError on failure."""
+        supervisor = self._require_supervisor()
+        fleets = {
+            variant.variant_name: supervisor.fleet(
+                VariantDeployment(
+                    endpoint_name=plan.endpoint_name,
+                    variant_name=variant.variant_name,
+                    generation=plan.generation,
+                    image=variant.image,
+                    model_data=variant.model_data,
+                    environment=variant.environment,
+                    instance_type=variant.instance_type,
+                    instance_count=variant.instance_count,
+                )
+            )
+            for variant in plan.variants
+        }
+        results = await asyncio.gather(
+            *(fleet.start() for fleet in fleets.values()), return_exceptions=True
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            await asyncio.gather(*(fleet.stop() for fleet in fleets.values()))
+            for failure in failures:
+                if isinstance(failure, DeploymentError):
+                    raise failure
+            raise failures[0]
+        strategies = {v.variant_name: v.routing_strategy for v in plan.variants}
+        router = Router(
+            [
+                VariantSpec(
+                    v.variant_name,
+                    v.weight,
+                    [i.name for i in fleets[v.variant_name].instances()],
+                    v.routing_strategy,
+                )
+                for v in plan.variants
+            ],
+            salt=plan.endpoint_name,
+            seed=self._settings.router.seed,
+        )
+        pools = {
+            info.name: self._pool(info) for fleet in fleets.values() for info in fleet.instances()
+        }
+        live = LiveEndpoint(
+            name=plan.endpoint_name,
+            generation=plan.generation,
+            router=router,
+            pools=dict(pools),
+            metrics={
+                v.variant_name: VariantMetrics.resolve(plan.endpoint_name, v.variant_name)
+                for v in plan.variants
+            },
+            log_stream_arn=self._log_stream_arn(plan.endpoint_name),
+        )
+        generation = _Generation(plan, fleets, router, pools, live, strategies)
+        self._generations[plan.endpoint_name, plan.generation] = generation
+        for name in pools:
+            self._owner[name] = generation
+            self._apply_health(generation, name)
+
+    async def activate(self, plan: DeploymentPlan) -> None:
+        """Route the endpoint's requests to this generation from now on, in one step."""
+        generation = self._generations[plan.endpoint_name, plan.generation]
+        self._registry.publish(generation.live)
+        for variant in plan.variants:
+            labels = (plan.endpoint_name, variant.variant_name)
+            VARIANT_WEIGHT.labels(*labels).set(variant.weight)
+            VARIANT_DESIRED_WEIGHT.labels(*labels).set(variant.weight)
+            VARIANT_DESIRED_INSTANCES.labels(*labels).set(variant.instance_count)
+            self._count_healthy(generation, variant.variant_name)
+
+    async def retire(self, endpoint_name: str, generation: int) -> None:
+        """Drain and stop an old generation and close its connections."""
+        retired = self._generations.pop((endpoint_name, generation), None)
+        if retired is None:
+            return
+        await asyncio.gather(*(fleet.stop() for fleet in retired.fleets.values()))
+        for name, pool in retired.pools.items():
+            self._owner.pop(name, None)
+            self._healthy.pop(name, None)
+            await pool.close()
+
+    async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:
+        """Change the live generation's weights atomically in its router."""
+        generation = self._live_generation(endpoint_name)
+        generation.router.set_weights(dict(weights))
+        for variant, weight in weights.items():
+            VARIANT_WEIGHT.labels(endpoint_name, variant).set(weight)
+            VARIANT_DESIRED_WEIGHT.labels(endpoint_name, variant).set(weight)
+
+    async def scale(self, endpoint_name: str, variant_name: str, instance_count: int) -> None:
+        """Grow or shrink one variant of the live generation to `instance_count` instances."""
+        generation = self._live_generation(endpoint_name)
+        fleet = generation.fleets[variant_name]
+        VARIANT_DESIRED_INSTANCES.labels(endpoint_name, variant_name).set(instance_count)
+        before = {info.name for info in fleet.instances()}
+        await fleet.scale(instance_count)
+        after = {info.name: info for info in fleet.instances()}
+        # New instances get a pool (published first) before the router can return them.
+        for name in after.keys() - before:
+            generation.pools[name] = self._pool(after[name])
+            self._owner[name] = generation
+        self._republish(generation)
+        weights = generation.router.weights()
+        generation.router.replace(
+            [
+                VariantSpec(
+                    variant,
+                    weights[variant],
+                    [i.name for i in variant_fleet.instances()],
+                    generation.strategies[variant],
+                )
+                for variant, variant_fleet in generation.fleets.items()
+            ]
+        )
+        for name in after.keys() - before:
+            self._apply_health(generation, name)
+        # Removed instances were drained by the fleet before it stopped them.
+        for name in before - after.keys():
+            self._owner.pop(name, None)
+            self._healthy.pop(name, None)
+            pool = generation.pools.pop(name)
+            await pool.close()
+        self._republish(generation)
+        self._count_healthy(generation, variant_name)
+
+    async def remove(self, endpoint_name: str) -> None:
+        """Stop routing to the endpoint, then drain and stop every generation of it."""
+        self._registry.withdraw(endpoint_name)
+        for name, generation in list(self._generations):
+            if name == endpoint_name:
+                await self.retire(name, generation)
+
+    def instance_details(self, endpoint_name: str) -> dict[str, list[dict[str, object]]]:
+        """Per variant of the live generation: each instance's name, CPUs and state."""
+        live = self._registry.get(endpoint_name)
+        if live is None:
+            return {}
+        generation = self._generations.get((endpoint_name, live.generation))
+        if generation is None:
+            return {}
+        return {
+            variant: [
+                {"InstanceName": info.name, "Cpus": list(info.cpus), "State": info.state}
+                for info in fleet.instances()
+            ]
+            for variant, fleet in generation.fleets.items()
+        }
+
+    async def close(self) -> None:
+        """Stop every fleet and close every connection (gateway shutdown)."""
+        for endpoint_name, generation in list(self._generations):
+            await self.retire(endpoint_name, generation)
+
+    # --- InstanceListener -------------------------------------------------------------------------
+
+    def instance_healthy(self, instance: InstanceInfo) -> None:
+        """An instance passed its health check: let the router send it traffic."""
+        self._set_health(instance.name, healthy=True)
+
+    def instance_unhealthy(self, instance: InstanceInfo) -> None:
+        """An instance failed, crashed or is being drained: the router stops picking it."""
+        self._set_health(instance.name, healthy=False)
+
+    def in_flight(self, instance_name: str) -> int:
+        """Requests the router has handed to the instance and not yet released."""
+        generation = self._owner.get(instance_name)
+        if generation is None:
+            return 0
+        try:
+            return generation.router.in_flight(instance_name)
+        except UnknownInstanceError:
+            return 0
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _set_health(self, name: str, *, healthy: bool) -> None:
+        self._healthy[name] = healthy
+        generation = self._owner.get(name)
+        if generation is not None:
+            self._apply_health(generation, name)
+            for variant, fleet in generation.fleets.items():
+                if any(info.name == name for info in fleet.instances()):
+                    self._count_healthy(generation, variant)
+
+    def _apply_health(self, generation: _Generation, name: str) -> None:
+        """Tell the router what the supervisor last said of `name` (healthy until told otherwise
+        is not safe: an instance is healthy only once it answered a ping)."""
+        try:
+            generation.router.set_healthy(name, self._healthy.get(name, False))
+        except UnknownInstanceError:
+            pass  # Not in this router's table yet; applied when the table is replaced.
+
+    def _count_healthy(self, generation: _Generation, variant: str) -> None:
+        if self._registry.get(generation.plan.endpoint_name) is not generation.live:
+            return  # Only the live generation's instances are the variant's instances.
+        count = len(generation.router.healthy_instances(variant))
+        VARIANT_INSTANCES.labels(generation.plan.endpoint_name, variant).set(count)
+
+    def _republish(self, generation: _Generation) -> None:
+        live = generation.live
+        generation.live = LiveEndpoint(
+            name=live.name,
+            generation=live.generation,
+            router=live.router,
+            pools=dict(generation.pools),
+            metrics=live.metrics,
+            log_stream_arn=live.log_stream_arn,
+        )
+        if self._registry.get(live.name) is live:
+            self._registry.publish(generation.live)
+
+    def _live_generation(self, endpoint_name: str) -> _Generation:
+        live = self._registry.get(endpoint_name)
+        generation = None if live is None else self._generations.get((endpoint_name, live.generation))
+        if generation is None:
+            raise DeploymentError(f"Endpoint {endpoint_name} has no running fleet.")
+        return generation
+
+    def _pool(self, info: InstanceInfo) -> UpstreamPool:
+        forwarding = self._settings.forwarding
+        return UpstreamPool(
+            info.address,
+            max_idle=forwarding.max_idle_connections,
+            connect_timeout=forwarding.connect_timeout_seconds,
+            max_response_bytes=forwarding.max_response_bytes,
+        )
+
+    def _log_stream_arn(self, endpoint_name: str) -> str:
+        account = self._settings.account
+        return (
+            f"arn:aws:logs:{account.region}:{account.account_id}:log-group:"
+            f"/aws/sagemaker/Endpoints/{endpoint_name}"
+        )
+
+    def _require_supervisor(self) -> Supervisor:
+        if self._supervisor is None:
+            raise RuntimeError("FleetDeployer.attach(supervisor) was not called")
+        return self._supervisor
