@@ -1,4 +1,4 @@
-"""The control plane's HTTP route (SageMaker JSON 1.1): every operation is POST / with X-Amz-Target."""
+"""The control plane's HTTP route (SageMaker JSON 1.1): every operation is POST / + X-Amz-Target."""
 
 from __future__ import annotations
 

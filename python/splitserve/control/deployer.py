@@ -1,0 +1,111 @@
+"""What the control service asks of whatever runs endpoints: the `Deployer` protocol and its plans.
+
+The control service decides *what* should run (it validates, stores and sequences); a Deployer makes
+it run (worker processes, the router, the registry the data plane reads). Every deployment of an
+endpoint is one *generation*: CreateEndpoint deploys generation 1, each UpdateEndpoint deploys the
+next one beside the live one (blue/green) and switches to it in one step, and a restart of the
+gateway deploys the endpoint again under a new generation number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from splitserve.control.models import DataCapture
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    """One production variant of a generation.
+
+    Attributes:
+        variant_name: the VariantName.
+        model_name: the ModelName it serves.
+        image: the model container's Image, as given.
+        model_data: the local path of the model data (a file such as model.tar.gz, or a directory
+            for an uncompressed ModelDataSource); None when the model has none. It exists when the
+            plan is handed over (the service checks it first).
+        environment: the container's Environment.
+        instance_type: an instance type of the workers' catalog.
+        instance_count: how many instances to run.
+        weight: the variant's weight (0 or more; finite).
+        routing_strategy: instance choice inside the variant (LEAST_OUTSTANDING_REQUESTS or RANDOM).
+        container_startup_timeout_seconds: ContainerStartupHealthCheckTimeoutInSeconds when the
+            configuration gave it; None means the worker settings' own startup timeout.
+    """
+
+    variant_name: str
+    model_name: str
+    image: str
+    model_data: Path | None
+    environment: Mapping[str, str]
+    instance_type: str
+    instance_count: int
+    weight: float
+    routing_strategy: str
+    container_startup_timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """Everything one generation of an endpoint runs.
+
+    Attributes:
+        endpoint_name: the EndpointName, as the client spelled it.
+        endpoint_config_name: the configuration this generation comes from.
+        generation: a number that grows with every deployment of this endpoint.
+        variants: the production variants, in the configuration's order.
+        data_capture: the configuration's DataCaptureConfig, None when it has none (a record with
+            `enable_capture` False is configured but stopped).
+    """
+
+    endpoint_name: str
+    endpoint_config_name: str
+    generation: int
+    variants: tuple[VariantPlan, ...]
+    data_capture: DataCapture | None
+
+
+class Deployer(Protocol):
+    """Runs endpoints. The control service calls it from background tasks, one task per endpoint.
+
+    Methods may raise `splitserve.errors.DeploymentError`; its message becomes the endpoint's
+    FailureReason, so it is written for the client. Any other exception is logged and reported to
+    the client as an internal error.
+    """
+
+    async def deploy(self, plan: DeploymentPlan) -> None:
+        """Start every instance of every variant of this generation, without routing to it.
+
+        Raises:
+            DeploymentError: an instance did not come up; everything this call started is stopped
+                before it raises.
+        """
+        ...
+
+    async def activate(self, plan: DeploymentPlan) -> None:
+        """Make this deployed generation the one the data plane routes to, in one atomic step."""
+        ...
+
+    async def retire(self, endpoint_name: str, generation: int) -> None:
+        """Drain and stop an old generation (no-op if it is not running)."""
+        ...
+
+    async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:
+        """Replace the live generation's weights (every variant's) atomically in its router."""
+        ...
+
+    async def scale(self, endpoint_name: str, variant_name: str, instance_count: int) -> None:
+        """Grow or shrink one variant of the live generation to `instance_count` instances."""
+        ...
+
+    async def remove(self, endpoint_name: str) -> None:
+        """Stop routing to the endpoint, drain and stop all its workers (no-op if it runs none)."""
+        ...
+
+    def instance_details(self, endpoint_name: str) -> dict[str, list[dict[str, object]]]:
+        """Per variant of the live generation: {"InstanceName", "Cpus", "State"} per instance."""
+        ...

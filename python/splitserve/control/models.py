@@ -1,0 +1,214 @@
+"""The control plane's records: models, endpoint configurations, endpoints and their variants.
+
+Models and endpoint configurations keep the validated request that created them (`document`), which
+is what their Describe operation echoes. An endpoint keeps its own copy of everything it needs to
+run (image, model data URL, environment, instance type per variant, and the data-capture settings),
+because SageMaker lets a client delete the model or the configuration of a live endpoint and the
+endpoint keeps serving; splitserve must also be able to bring it back after a restart.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from splitserve.config import AccountSettings
+
+
+class EndpointStatus(enum.StrEnum):
+    """SageMaker's EndpointStatus values (those splitserve uses are documented in service.py)."""
+
+    OUT_OF_SERVICE = "OutOfService"
+    CREATING = "Creating"
+    UPDATING = "Updating"
+    SYSTEM_UPDATING = "SystemUpdating"
+    ROLLING_BACK = "RollingBack"
+    IN_SERVICE = "InService"
+    DELETING = "Deleting"
+    FAILED = "Failed"
+    UPDATE_ROLLBACK_FAILED = "UpdateRollbackFailed"
+
+
+#: An endpoint in one of these has a background task working on it: no update, no delete.
+IN_PROGRESS_STATUSES = frozenset(
+    {
+        EndpointStatus.CREATING,
+        EndpointStatus.UPDATING,
+        EndpointStatus.SYSTEM_UPDATING,
+        EndpointStatus.ROLLING_BACK,
+        EndpointStatus.DELETING,
+    }
+)
+
+
+class ResourceKind(enum.Enum):
+    """The three resource types of the control plane: ARN part and the wording messages use."""
+
+    MODEL = ("model", "model")
+    ENDPOINT_CONFIG = ("endpoint-config", "endpoint configuration")
+    ENDPOINT = ("endpoint", "endpoint")
+
+    def __init__(self, arn_type: str, description: str) -> None:
+        self.arn_type = arn_type
+        self.description = description
+
+    def arn(self, account: AccountSettings, name: str) -> str:
+        """`arn:aws:sagemaker:<region>:<account>:<type>/<name>`, the name lower-cased (as AWS)."""
+        return (
+            f"arn:aws:sagemaker:{account.region}:{account.account_id}:"
+            f"{self.arn_type}/{name.lower()}"
+        )
+
+
+def name_key(name: str) -> str:
+    """The identity of a resource name: its ARN's spelling, so names differing in case collide."""
+    return name.lower()
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model: its name, creation time and the validated CreateModel request (without Tags)."""
+
+    name: str
+    creation_time: float
+    document: Mapping[str, object]
+
+    def container(self) -> Mapping[str, object]:
+        """The one container splitserve runs: PrimaryContainer, or the one entry of Containers."""
+        primary = self.document.get("PrimaryContainer")
+        if isinstance(primary, dict):
+            return primary
+        containers = self.document.get("Containers")
+        if isinstance(containers, list) and containers and isinstance(containers[0], dict):
+            first: dict[str, object] = containers[0]
+            return first
+        return {}
+
+
+@dataclass(frozen=True)
+class EndpointConfigRecord:
+    """An endpoint configuration and the validated request that created it (without Tags)."""
+
+    name: str
+    creation_time: float
+    document: Mapping[str, object]
+
+    def production_variants(self) -> list[Mapping[str, object]]:
+        """The ProductionVariants as validated (every entry has the classic-variant members)."""
+        variants = self.document.get("ProductionVariants")
+        if not isinstance(variants, list):
+            return []
+        return [variant for variant in variants if isinstance(variant, dict)]
+
+    def data_capture(self) -> Mapping[str, object] | None:
+        """The DataCaptureConfig as validated, if the configuration has one."""
+        config = self.document.get("DataCaptureConfig")
+        return config if isinstance(config, dict) else None
+
+
+@dataclass(frozen=True)
+class VariantStatusEntry:
+    """One ProductionVariantStatus: what is happening to a variant now, and since when."""
+
+    status: str
+    message: str
+    start_time: float
+
+
+@dataclass(frozen=True)
+class DeployedVariant:
+    """A production variant of an endpoint: what runs, and its weights and instance counts.
+
+    The run-time fields are copied from the model and the configuration when the deployment starts.
+
+    Attributes:
+        model_data_url: the location the client gave (resolved again at every deployment).
+        routing_strategy: the configuration's RoutingConfig.RoutingStrategy, None if it had none.
+        container_startup_timeout_seconds: ContainerStartupHealthCheckTimeoutInSeconds, if given.
+        deployed_time: when this variant's instances were started (DeployedImages.ResolutionTime);
+            None until they are.
+        status: the ProductionVariantStatus shown while the variant changes.
+    """
+
+    variant_name: str
+    model_name: str
+    image: str
+    model_data_url: str | None
+    environment: Mapping[str, str]
+    instance_type: str
+    routing_strategy: str | None
+    container_startup_timeout_seconds: int | None
+    current_weight: float
+    desired_weight: float
+    current_instance_count: int
+    desired_instance_count: int
+    deployed_time: float | None = None
+    status: VariantStatusEntry | None = None
+
+
+@dataclass(frozen=True)
+class PendingDeployment:
+    """The new (green) generation of an UpdateEndpoint, until it takes the traffic."""
+
+    endpoint_config_name: str
+    generation: int
+    start_time: float
+    variants: tuple[DeployedVariant, ...]
+    data_capture: Mapping[str, object] | None
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """An endpoint as the store keeps it.
+
+    Attributes:
+        endpoint_config_name: the configuration of the live generation.
+        generation: the live generation's number; every deployment gets a new one.
+        variants: the live generation's variants (while Creating: those being created).
+        data_capture: the live configuration's DataCaptureConfig.
+        deployment_config: the DeploymentConfig last given (LastDeploymentConfig).
+        failure_reason: why the endpoint Failed, or why its last update failed (while InService).
+        pending: the green generation of a blue/green update that has not taken traffic yet.
+    """
+
+    name: str
+    status: EndpointStatus
+    endpoint_config_name: str
+    generation: int
+    creation_time: float
+    last_modified_time: float
+    variants: tuple[DeployedVariant, ...]
+    data_capture: Mapping[str, object] | None = None
+    deployment_config: Mapping[str, object] | None = None
+    failure_reason: str | None = None
+    pending: PendingDeployment | None = None
+
+
+@dataclass(frozen=True)
+class DataCapture:
+    """What an endpoint's instances capture, and where (the deployer's view of DataCaptureConfig).
+
+    Attributes:
+        enable_capture: EnableCapture (default true); False means configured but stopped.
+        sampling_percentage: InitialSamplingPercentage, 0 to 100.
+        destination_s3_uri: DestinationS3Uri as the client gave it (records name it).
+        destination: the local directory it resolves to (`paths.LocalPathResolver`).
+        kms_key_id: KmsKeyId, stored and echoed; local files are not encrypted.
+        capture_input: capture request payloads (CaptureMode Input or InputAndOutput).
+        capture_output: capture response payloads (CaptureMode Output or InputAndOutput).
+        csv_content_types: CaptureContentTypeHeader.CsvContentTypes (captured as CSV text).
+        json_content_types: CaptureContentTypeHeader.JsonContentTypes (captured as JSON text);
+            other payloads are captured base64-encoded.
+    """
+
+    enable_capture: bool
+    sampling_percentage: int
+    destination_s3_uri: str
+    destination: Path
+    kms_key_id: str | None
+    capture_input: bool
+    capture_output: bool
+    csv_content_types: tuple[str, ...]
+    json_content_types: tuple[str, ...]

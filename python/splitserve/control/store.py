@@ -1,0 +1,505 @@
+"""The control plane's persistent state: one SQLite file under the state directory.
+
+Every method is blocking. The control service calls them through its own single-thread executor,
+never on the event loop, so one connection is used by one thread at a time (it is opened with
+check_same_thread=False because `Store.open` runs on the thread that builds the app). Each write is
+one transaction, committed with WAL journaling and synchronous=FULL before the method returns, so a
+state the API reported survives a crash of the gateway or of the host.
+
+A state file that is not SQLite, fails `PRAGMA quick_check`, belongs to something else or to a newer
+splitserve stops start-up with `StateFileError`; the file is never written to in that case.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from splitserve.control.models import (
+    DeployedVariant,
+    EndpointConfigRecord,
+    EndpointRecord,
+    EndpointStatus,
+    ModelRecord,
+    PendingDeployment,
+    VariantStatusEntry,
+    name_key,
+)
+
+#: The schema this code writes. A file with a higher version is refused.
+SCHEMA_VERSION = 1
+
+#: The first bytes of every SQLite 3 database file.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE models (
+    name_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    creation_time REAL NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE TABLE endpoint_configs (
+    name_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    creation_time REAL NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE TABLE endpoints (
+    name_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    failure_reason TEXT,
+    endpoint_config_name TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    creation_time REAL NOT NULL,
+    last_modified_time REAL NOT NULL,
+    data_capture TEXT,
+    deployment_config TEXT,
+    pending TEXT
+);
+CREATE TABLE endpoint_variants (
+    endpoint_key TEXT NOT NULL REFERENCES endpoints (name_key) ON DELETE CASCADE,
+    role TEXT NOT NULL CHECK (role IN ('live', 'pending')),
+    position INTEGER NOT NULL,
+    variant_name TEXT NOT NULL,
+    current_weight REAL NOT NULL,
+    desired_weight REAL NOT NULL,
+    current_instance_count INTEGER NOT NULL,
+    desired_instance_count INTEGER NOT NULL,
+    deployed_time REAL,
+    status TEXT,
+    status_message TEXT,
+    status_start_time REAL,
+    spec TEXT NOT NULL,
+    PRIMARY KEY (endpoint_key, role, position)
+);
+"""
+
+
+class StateFileError(Exception):
+    """The state file cannot be used; start-up stops and the file is left as it was."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Store:
+    """Models, endpoint configurations and endpoints, in one SQLite file."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        """Wrap an open, checked connection; use `Store.open`."""
+        self._path = path
+        self._connection: sqlite3.Connection | None = connection
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (or create) the state file at `path`, check it, and bring its schema up to date.
+
+        Raises:
+            StateFileError: the file cannot be read, is not an SQLite database, is damaged, is not a
+                splitserve state file or was written by a newer splitserve. It is left untouched.
+        """
+        path = Path(path)
+        try:
+            exists = path.exists()
+            if exists:
+                with path.open("rb") as state:
+                    header = state.read(len(_SQLITE_HEADER))
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StateFileError(
+                f"state file {path} cannot be read: {error.strerror or error}; "
+                "it was left untouched"
+            ) from error
+        if exists and header and header != _SQLITE_HEADER:
+            raise _corrupt(path, "it is not an SQLite database")
+        # mode=rw: an existing file is opened, never replaced; only a missing one is created.
+        mode = "rw" if exists else "rwc"
+        try:
+            connection = sqlite3.connect(
+                f"file:{quote(str(path.absolute()))}?mode={mode}",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+        except sqlite3.Error as error:
+            raise StateFileError(
+                f"state file {path} cannot be opened: {error}; it was left untouched"
+            ) from error
+        try:
+            _check(path, connection)
+            _prepare(path, connection)
+        except BaseException:
+            connection.close()
+            raise
+        return cls(path, connection)
+
+    @property
+    def path(self) -> Path:
+        """The state file."""
+        return self._path
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    # --- models -----------------------------------------------------------------------------------
+
+    def get_model(self, name: str) -> ModelRecord | None:
+        """The model called `name` (any case), or None."""
+        row = self._db.execute(
+            "SELECT name, creation_time, document FROM models WHERE name_key = ?", (name_key(name),)
+        ).fetchone()
+        return None if row is None else ModelRecord(row[0], row[1], _decode(row[2]))
+
+    def insert_model(self, record: ModelRecord) -> bool:
+        """Add a model; False (and nothing written) if one of that name exists."""
+        return self._insert_named("models", record.name, record.creation_time, record.document)
+
+    def delete_model(self, name: str) -> bool:
+        """Remove the model called `name`; False if there was none."""
+        return self._delete("models", name)
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every model, in no particular order."""
+        rows = self._db.execute("SELECT name, creation_time, document FROM models").fetchall()
+        return [ModelRecord(row[0], row[1], _decode(row[2])) for row in rows]
+
+    # --- endpoint configurations ------------------------------------------------------------------
+
+    def get_endpoint_config(self, name: str) -> EndpointConfigRecord | None:
+        """The endpoint configuration called `name` (any case), or None."""
+        row = self._db.execute(
+            "SELECT name, creation_time, document FROM endpoint_configs WHERE name_key = ?",
+            (name_key(name),),
+        ).fetchone()
+        return None if row is None else EndpointConfigRecord(row[0], row[1], _decode(row[2]))
+
+    def insert_endpoint_config(self, record: EndpointConfigRecord) -> bool:
+        """Add an endpoint configuration; False (and nothing written) if the name exists."""
+        return self._insert_named(
+            "endpoint_configs", record.name, record.creation_time, record.document
+        )
+
+    def delete_endpoint_config(self, name: str) -> bool:
+        """Remove the endpoint configuration called `name`; False if there was none."""
+        return self._delete("endpoint_configs", name)
+
+    def list_endpoint_configs(self) -> list[EndpointConfigRecord]:
+        """Every endpoint configuration, in no particular order."""
+        rows = self._db.execute(
+            "SELECT name, creation_time, document FROM endpoint_configs"
+        ).fetchall()
+        return [EndpointConfigRecord(row[0], row[1], _decode(row[2])) for row in rows]
+
+    # --- endpoints --------------------------------------------------------------------------------
+
+    def get_endpoint(self, name: str) -> EndpointRecord | None:
+        """The endpoint called `name` (any case), or None."""
+        row = self._db.execute(
+            f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints WHERE name_key = ?", (name_key(name),)
+        ).fetchone()
+        return None if row is None else self._endpoint(row)
+
+    def insert_endpoint(self, record: EndpointRecord) -> bool:
+        """Add an endpoint; False (and nothing written) if one of that name exists."""
+        with self._transaction() as db:
+            exists = db.execute(
+                "SELECT 1 FROM endpoints WHERE name_key = ?", (name_key(record.name),)
+            ).fetchone()
+            if exists is not None:
+                return False
+            self._write_endpoint(db, record)
+            return True
+
+    def put_endpoint(self, record: EndpointRecord) -> None:
+        """Replace the stored state of an endpoint (or add it) in one transaction."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM endpoints WHERE name_key = ?", (name_key(record.name),))
+            self._write_endpoint(db, record)
+
+    def delete_endpoint(self, name: str) -> bool:
+        """Remove the endpoint called `name` and its variants; False if there was none."""
+        return self._delete("endpoints", name)
+
+    def list_endpoints(self) -> list[EndpointRecord]:
+        """Every endpoint, in no particular order."""
+        rows = self._db.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints").fetchall()
+        return [self._endpoint(row) for row in rows]
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise RuntimeError(f"state file {self._path} is closed")
+        return self._connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _insert_named(
+        self, table: str, name: str, creation_time: float, document: Mapping[str, object]
+    ) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"INSERT OR IGNORE INTO {table} (name_key, name, creation_time, document) "
+                "VALUES (?, ?, ?, ?)",
+                (name_key(name), name, creation_time, _encode(document)),
+            )
+            return cursor.rowcount == 1
+
+    def _delete(self, table: str, name: str) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(f"DELETE FROM {table} WHERE name_key = ?", (name_key(name),))
+            return cursor.rowcount == 1
+
+    def _write_endpoint(self, db: sqlite3.Connection, record: EndpointRecord) -> None:
+        key = name_key(record.name)
+        pending = record.pending
+        db.execute(
+            f"INSERT INTO endpoints (name_key, {_ENDPOINT_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                record.name,
+                record.status.value,
+                record.failure_reason,
+                record.endpoint_config_name,
+                record.generation,
+                record.creation_time,
+                record.last_modified_time,
+                _encode_optional(record.data_capture),
+                _encode_optional(record.deployment_config),
+                None
+                if pending is None
+                else _encode(
+                    {
+                        "EndpointConfigName": pending.endpoint_config_name,
+                        "Generation": pending.generation,
+                        "StartTime": pending.start_time,
+                        "DataCapture": pending.data_capture,
+                    }
+                ),
+            ),
+        )
+        rows = [("live", position, v) for position, v in enumerate(record.variants)]
+        if pending is not None:
+            rows += [("pending", position, v) for position, v in enumerate(pending.variants)]
+        db.executemany(
+            "INSERT INTO endpoint_variants (endpoint_key, role, position, variant_name, "
+            "current_weight, desired_weight, current_instance_count, desired_instance_count, "
+            "deployed_time, status, status_message, status_start_time, spec) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    key,
+                    role,
+                    position,
+                    variant.variant_name,
+                    variant.current_weight,
+                    variant.desired_weight,
+                    variant.current_instance_count,
+                    variant.desired_instance_count,
+                    variant.deployed_time,
+                    None if variant.status is None else variant.status.status,
+                    None if variant.status is None else variant.status.message,
+                    None if variant.status is None else variant.status.start_time,
+                    _encode(
+                        {
+                            "ModelName": variant.model_name,
+                            "Image": variant.image,
+                            "ModelDataUrl": variant.model_data_url,
+                            "Environment": dict(variant.environment),
+                            "InstanceType": variant.instance_type,
+                            "RoutingStrategy": variant.routing_strategy,
+                            "ContainerStartupHealthCheckTimeoutInSeconds": (
+                                variant.container_startup_timeout_seconds
+                            ),
+                        }
+                    ),
+                )
+                for role, position, variant in rows
+            ],
+        )
+
+    def _endpoint(self, row: tuple[object, ...]) -> EndpointRecord:
+        (name, status, failure_reason, config_name, generation, created, modified) = row[:7]
+        data_capture, deployment_config, pending_text = row[7:]
+        variants: dict[str, list[DeployedVariant]] = {"live": [], "pending": []}
+        for variant_row in self._db.execute(
+            "SELECT role, variant_name, current_weight, desired_weight, current_instance_count, "
+            "desired_instance_count, deployed_time, status, status_message, status_start_time, "
+            "spec FROM endpoint_variants WHERE endpoint_key = ? ORDER BY role, position",
+            (name_key(str(name)),),
+        ):
+            variants[variant_row[0]].append(_variant(variant_row[1:]))
+        pending = None
+        if isinstance(pending_text, str):
+            document = _decode(pending_text)
+            pending = PendingDeployment(
+                endpoint_config_name=str(document["EndpointConfigName"]),
+                generation=_int(document["Generation"]),
+                start_time=_float(document["StartTime"]),
+                variants=tuple(variants["pending"]),
+                data_capture=_optional_mapping(document.get("DataCapture")),
+            )
+        return EndpointRecord(
+            name=str(name),
+            status=EndpointStatus(str(status)),
+            endpoint_config_name=str(config_name),
+            generation=_int(generation),
+            creation_time=_float(created),
+            last_modified_time=_float(modified),
+            variants=tuple(variants["live"]),
+            data_capture=_decode(data_capture) if isinstance(data_capture, str) else None,
+            deployment_config=(
+                _decode(deployment_config) if isinstance(deployment_config, str) else None
+            ),
+            failure_reason=failure_reason if isinstance(failure_reason, str) else None,
+            pending=pending,
+        )
+
+
+_ENDPOINT_COLUMNS = (
+    "name, status, failure_reason, endpoint_config_name, generation, creation_time, "
+    "last_modified_time, data_capture, deployment_config, pending"
+)
+
+
+def _check(path: Path, connection: sqlite3.Connection) -> None:
+    """Refuse a damaged database, or one that is not splitserve's, without writing to it."""
+    try:
+        result = connection.execute("PRAGMA quick_check").fetchall()
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        version = None
+        if "schema_version" in tables:
+            version = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        raise _corrupt(path, str(error)) from error
+    if result != [("ok",)]:
+        raise _corrupt(path, "; ".join(str(row[0]) for row in result[:5]))
+    if tables and "schema_version" not in tables:
+        raise _corrupt(path, "it is an SQLite database but not a splitserve state file")
+    if tables and not isinstance(version, int):
+        raise _corrupt(path, "its schema_version table is empty")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise StateFileError(
+            f"state file {path} has schema version {version}, newer than this splitserve's "
+            f"({SCHEMA_VERSION}); it was left untouched"
+        )
+
+
+def _prepare(path: Path, connection: sqlite3.Connection) -> None:
+    """Turn on WAL and full syncs, and create the schema in a new file."""
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        has_schema = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if has_schema is None:
+            # One script, one transaction: executescript() commits before it runs, so the BEGIN
+            # and COMMIT must be inside it for a crash to leave either no schema or all of it.
+            connection.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}"
+                f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION});COMMIT;"
+            )
+    except sqlite3.Error as error:
+        raise StateFileError(
+            f"state file {path} cannot be prepared: {error}; it was left untouched"
+        ) from error
+
+
+def _corrupt(path: Path, detail: str) -> StateFileError:
+    return StateFileError(f"state file {path} is corrupt: {detail}; it was left untouched")
+
+
+def _variant(row: tuple[object, ...]) -> DeployedVariant:
+    (variant_name, current_weight, desired_weight, current_count, desired_count) = row[:5]
+    deployed_time, status, status_message, status_start_time, spec_text = row[5:]
+    spec = _decode(str(spec_text))
+    environment = spec.get("Environment")
+    model_data_url = spec.get("ModelDataUrl")
+    routing = spec.get("RoutingStrategy")
+    timeout = spec.get("ContainerStartupHealthCheckTimeoutInSeconds")
+    return DeployedVariant(
+        variant_name=str(variant_name),
+        model_name=str(spec["ModelName"]),
+        image=str(spec["Image"]),
+        model_data_url=model_data_url if isinstance(model_data_url, str) else None,
+        environment=(
+            {str(k): str(v) for k, v in environment.items()}
+            if isinstance(environment, dict)
+            else {}
+        ),
+        instance_type=str(spec["InstanceType"]),
+        routing_strategy=routing if isinstance(routing, str) else None,
+        container_startup_timeout_seconds=timeout if isinstance(timeout, int) else None,
+        current_weight=_float(current_weight),
+        desired_weight=_float(desired_weight),
+        current_instance_count=_int(current_count),
+        desired_instance_count=_int(desired_count),
+        deployed_time=None if deployed_time is None else _float(deployed_time),
+        status=(
+            None
+            if status is None
+            else VariantStatusEntry(str(status), str(status_message), _float(status_start_time))
+        ),
+    )
+
+
+def _encode(document: Mapping[str, object]) -> str:
+    return json.dumps(document, allow_nan=False, separators=(",", ":"))
+
+
+def _encode_optional(document: Mapping[str, object] | None) -> str | None:
+    return None if document is None else _encode(document)
+
+
+def _decode(text: object) -> dict[str, object]:
+    try:
+        document = json.loads(str(text))
+    except ValueError as error:
+        raise StateFileError(f"a stored document is not JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise StateFileError("a stored document is not a JSON object")
+    return document
+
+
+def _optional_mapping(value: object) -> Mapping[str, object] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _float(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise StateFileError(f"a stored number is not a number: {value!r}")
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise StateFileError(f"a stored integer is not an integer: {value!r}")

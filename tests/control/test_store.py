@@ -1,0 +1,168 @@
+"""The SQLite state file: round trips, and refusal (with no write at all) of files it cannot use."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from splitserve.control.models import (
+    DeployedVariant,
+    EndpointConfigRecord,
+    EndpointRecord,
+    EndpointStatus,
+    ModelRecord,
+    PendingDeployment,
+    VariantStatusEntry,
+)
+from splitserve.control.store import SCHEMA_VERSION, StateFileError, Store
+
+
+def _variant(name: str, **changes: object) -> DeployedVariant:
+    values: dict[str, object] = {
+        "variant_name": name,
+        "model_name": "m1",
+        "image": "local/xgboost:1.7-1",
+        "model_data_url": "s3://bucket/model.tar.gz",
+        "environment": {"A": "1"},
+        "instance_type": "ml.m5.large",
+        "routing_strategy": None,
+        "container_startup_timeout_seconds": 120,
+        "current_weight": 1.0,
+        "desired_weight": 2.5,
+        "current_instance_count": 1,
+        "desired_instance_count": 3,
+    }
+    values.update(changes)
+    return DeployedVariant(**values)  # type: ignore[arg-type]
+
+
+def test_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "state.sqlite3"
+    store = Store.open(path)
+    model = ModelRecord("Model-1", 1.5, {"PrimaryContainer": {"Image": "x"}})
+    assert store.insert_model(model)
+    assert not store.insert_model(ModelRecord("model-1", 2.0, {}))
+    assert store.get_model("MODEL-1") == model
+    config = EndpointConfigRecord("cfg", 2.0, {"ProductionVariants": [{"VariantName": "A"}]})
+    assert store.insert_endpoint_config(config)
+    endpoint = EndpointRecord(
+        name="Ep",
+        status=EndpointStatus.UPDATING,
+        endpoint_config_name="cfg",
+        generation=4,
+        creation_time=3.0,
+        last_modified_time=4.0,
+        variants=(
+            _variant("A", deployed_time=3.5),
+            _variant("B", status=VariantStatusEntry("Updating", "Scaling", 4.0)),
+        ),
+        data_capture={"DestinationS3Uri": "s3://c/x"},
+        deployment_config={"BlueGreenUpdatePolicy": {}},
+        failure_reason="earlier",
+        pending=PendingDeployment(
+            "cfg2", 5, 4.5, (_variant("C", routing_strategy="RANDOM"),), None
+        ),
+    )
+    assert store.insert_endpoint(endpoint)
+    assert not store.insert_endpoint(endpoint)
+    store.close()
+    store.close()  # idempotent
+
+    again = Store.open(path)
+    try:
+        assert again.get_endpoint("ep") == endpoint
+        assert again.list_endpoint_configs() == [config]
+        assert again.list_models() == [model]
+        done = EndpointRecord(
+            name="Ep",
+            status=EndpointStatus.IN_SERVICE,
+            endpoint_config_name="cfg2",
+            generation=5,
+            creation_time=3.0,
+            last_modified_time=6.0,
+            variants=(_variant("C"),),
+        )
+        again.put_endpoint(done)
+        assert again.list_endpoints() == [done]
+        assert again.delete_endpoint("EP")
+        assert not again.delete_endpoint("EP")
+        variants = again._db.execute("SELECT COUNT(*) FROM endpoint_variants").fetchone()
+        assert variants == (0,)  # deleted with their endpoint
+        assert again.delete_model("model-1")
+        assert again.delete_endpoint_config("cfg")
+        assert again.get_model("model-1") is None
+    finally:
+        again.close()
+
+
+def test_new_file_uses_wal_full_sync_and_a_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    Store.open(path).close()
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert connection.execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+    finally:
+        connection.close()
+
+
+def _refused(path: Path, expected: str) -> None:
+    before = path.read_bytes()
+    neighbours = sorted(p.name for p in path.parent.iterdir())
+    with pytest.raises(StateFileError) as refused:
+        Store.open(path)
+    assert refused.value.message.startswith(f"state file {path} ")
+    assert expected in refused.value.message
+    assert refused.value.message.endswith("; it was left untouched")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == neighbours
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    path.write_bytes(b"name,weight\nA,1\n" * 100)
+    _refused(path, "is corrupt: it is not an SQLite database")
+
+
+def test_a_damaged_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = Store.open(path)
+    for index in range(200):
+        store.insert_model(ModelRecord(f"m{index}", 1.0, {"padding": "x" * 500}))
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[4096:8192] = b"\xff" * 4096  # wreck a page after the header
+    path.write_bytes(bytes(data))
+    _refused(path, "is corrupt: ")
+
+
+def test_another_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE notes (text TEXT)")
+    connection.commit()
+    connection.close()
+    _refused(path, "is corrupt: it is an SQLite database but not a splitserve state file")
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    Store.open(path).close()
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    connection.commit()
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+    _refused(path, f"has schema version {SCHEMA_VERSION + 1}, newer than this splitserve's")
+
+
+def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    path.mkdir()  # a directory where the file should be: it cannot be read
+    with pytest.raises(StateFileError) as refused:
+        Store.open(path)
+    assert refused.value.message.startswith(f"state file {path} cannot be read: ")
