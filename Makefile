@@ -34,7 +34,7 @@ setup: $(STAMPS)/build ## create .venv, install the locked dependencies, build t
 
 build: setup ## same as setup: rebuild the Rust extension when its sources changed
 
-run: setup ## set up, then start the gateway on $(HOST):$(PORT) with state under $(STATE_DIR)
+run: setup ## set up, then start the gateway (127.0.0.1:8080, state in ./.splitserve; HOST, PORT, STATE_DIR override)
 	$(BIN)/splitserve serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --model-store $(STATE_DIR)/models
 
 lint: setup ## ruff (lint + format check), mypy, stubtest, cargo fmt --check, cargo clippy -D warnings

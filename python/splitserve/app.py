@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splitserve import keys
 from splitserve._router import RouterError
-from splitserve.config import Settings
+from splitserve.config import MAX_PAYLOAD_BYTES, Settings
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
@@ -47,8 +47,9 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for `settings`; nothing starts until the app runs."""
-    # One byte over the payload limit is enough for aiohttp to tell "too large" from "at the limit".
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_payload_bytes)
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.max_payload_bytes
+    )
     app[keys.SETTINGS] = settings
     app.cleanup_ctx.append(_gateway)
     app.router.add_routes(control_routes.ROUTES)
@@ -59,14 +60,18 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
-    """Open the store, start the supervisor and deployer, then recover endpoints; undo in reverse."""
+    """Open the store, start supervisor and deployer, recover endpoints; undo it in reverse."""
     settings = app[keys.SETTINGS]
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.state_dir / "state.sqlite3")
     registry = EndpointRegistry()
     deployer = FleetDeployer(settings, registry)
     catalog = InstanceCatalog()
-    images = ImageRegistry.load(settings.images_file)
+    images = (
+        ImageRegistry()
+        if settings.images_file is None
+        else ImageRegistry.load(settings.images_file)
+    )
     supervisor = Supervisor(settings.workers, images, catalog, deployer)
     deployer.attach(supervisor)
     control = ControlService(settings, store, deployer, instance_types=catalog.names())
@@ -90,12 +95,11 @@ async def error_middleware(request: web.Request, handler: _Handler) -> web.Strea
         response = await handler(request)
     except (SplitserveError, RouterError) as error:
         response = _error_response(request, error)
-    except web.HTTPRequestEntityTooLarge as error:
+    except web.HTTPRequestEntityTooLarge:
+        settings = request.app.get(keys.SETTINGS)
+        limit = MAX_PAYLOAD_BYTES if settings is None else settings.max_payload_bytes
         response = _error_response(
-            request,
-            PayloadTooLarge(
-                f"Request body is over the limit of {error.max_size} bytes."
-            ),
+            request, PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
         )
     except web.HTTPException as error:  # routing's 404 and 405: aiohttp's own answer
         response = error
@@ -133,7 +137,9 @@ def _error_response(request: web.Request, error: Exception) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: every splitserve metric in Prometheus's text format."""
-    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 async def ping(request: web.Request) -> web.Response:

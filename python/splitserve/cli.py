@@ -1,6 +1,6 @@
 """The `splitserve` command: the only place that reads argv.
 
-    splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--images FILE]
+splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--images FILE]
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import uvloop
+from aiohttp import web
+
+from splitserve.app import create_app
 from splitserve.config import Settings, WorkerSettings
+from splitserve.control.store import StateFileError
+from splitserve.workers.images import ImageRegistryError
 
 _DEFAULTS = Settings()
 
@@ -81,11 +87,6 @@ def _is_loopback(host: str) -> bool:
 
 def serve(settings: Settings, *, insecure: bool) -> int:
     """Run the gateway until SIGINT or SIGTERM; return the exit code."""
-    import uvloop
-    from aiohttp import web
-
-    from splitserve.app import create_app
-
     if not _is_loopback(settings.host) and not insecure:
         print(
             f"splitserve: refusing to listen on {settings.host}: anyone who can reach it could "
@@ -94,14 +95,18 @@ def serve(settings: Settings, *, insecure: bool) -> int:
         )
         return 2
     settings.model_store.mkdir(parents=True, exist_ok=True)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop=uvloop.new_event_loop(),
-        access_log=None,
-        print=lambda message: print(message, flush=True),
-    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            loop=uvloop.new_event_loop(),
+            access_log=None,
+            print=lambda message: print(message, flush=True),
+        )
+    except (StateFileError, ImageRegistryError) as error:
+        print(f"splitserve: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

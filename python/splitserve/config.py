@@ -1,7 +1,7 @@
 """Every setting of splitserve and its default, in one place.
 
-Each part of the gateway takes the frozen dataclass it needs; nothing else in the package (nor the
-Rust core) holds a default of its own. `cli.main` is the only code that builds a `Settings` from argv.
+Each part of the gateway takes the frozen dataclass it needs; nothing else in the package (nor
+the Rust core) holds a default of its own. `cli.main` alone builds a `Settings` from argv.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ Every error a client may see derives from `SplitserveError`; its message is writ
 (it never carries internal exception text). The routing core's exceptions are declared in Rust
 (`splitserve._router`) and mapped here as well, so `app`'s middleware needs a single lookup.
 
-The two planes speak different wire formats (see ../shared/reference/sagemaker-api.md, section 1):
-the control plane (JSON 1.1) reads the code from the body's `__type`; the runtime (REST-JSON) from the
-`x-amzn-ErrorType` header. The table gives the code and status; the middleware picks the format by
-the plane the request came in on.
+The two planes speak different wire formats (../shared/reference/sagemaker-api.md, section 1):
+the control plane (JSON 1.1) reads the code from the body's `__type`; the runtime (REST-JSON)
+from the `x-amzn-ErrorType` header. The table gives the code and status; the middleware picks
+the format by the plane the request came in on.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class SplitserveError(Exception):
 
 
 class ValidationException(SplitserveError):
-    """A request the control plane refuses: bad value, unknown or duplicate resource, wrong state."""
+    """A request the control plane refuses: bad value, unknown or duplicate resource, bad state."""
 
 
 class ResourceLimitExceeded(SplitserveError):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from splitserve.config import Settings
-    from splitserve.control.service import ControlService
-    from splitserve.runtime.service import InvocationService
+from splitserve.config import Settings
+from splitserve.control.service import ControlService
+from splitserve.runtime.service import InvocationService
 
-SETTINGS = web.AppKey("settings", "Settings")
-CONTROL = web.AppKey("control", "ControlService")
-INVOCATIONS = web.AppKey("invocations", "InvocationService")
+SETTINGS = web.AppKey("settings", Settings)
+CONTROL = web.AppKey("control", ControlService)
+INVOCATIONS = web.AppKey("invocations", InvocationService)

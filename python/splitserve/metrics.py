@@ -1,10 +1,10 @@
 """Every Prometheus metric splitserve exports, defined once.
 
-Names follow Prometheus's guide (prefix `splitserve_`, base units, `_total` for counters); labels are
-`endpoint_name` and `variant_name` as CloudWatch's EndpointName and VariantName, plus `instance` for
-per-instance gauges. Label values only ever come from validated resource names. The request path
-records through `VariantMetrics`, whose label children are resolved once per variant, so a request
-pays for no label lookup.
+Names follow Prometheus's guide (prefix `splitserve_`, base units, `_total` for counters); labels
+are `endpoint_name` and `variant_name` as CloudWatch's EndpointName and VariantName, plus
+`instance` for per-instance gauges. Label values only ever come from validated resource names.
+The request path records through `VariantMetrics`, whose label children are resolved once per
+variant, so a request pays for no label lookup.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ the instance, and the supervisor drains an instance by asking this object for it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class FleetDeployer:
         self._generations: dict[tuple[str, int], _Generation] = {}
         self._owner: dict[str, _Generation] = {}
         self._healthy: dict[str, bool] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     def attach(self, supervisor: Supervisor) -> None:
         """Give the deployer the supervisor that was built with it as its listener."""
@@ -81,9 +83,14 @@ class FleetDeployer:
             )
             for variant in plan.variants
         }
-        results = await asyncio.gather(
-            *(fleet.start() for fleet in fleets.values()), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(fleet.start() for fleet in fleets.values()), return_exceptions=True
+            )
+        except asyncio.CancelledError:
+            # An update that timed out, or shutdown: nothing of this generation may stay running.
+            await asyncio.shield(asyncio.gather(*(fleet.stop() for fleet in fleets.values())))
+            raise
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
             await asyncio.gather(*(fleet.stop() for fleet in fleets.values()))
@@ -222,7 +229,18 @@ class FleetDeployer:
     # --- InstanceListener -------------------------------------------------------------------------
 
     def instance_healthy(self, instance: InstanceInfo) -> None:
-        """An instance passed its health check: let the router send it traffic."""
+        """An instance passed its health check: let the router send it traffic.
+
+        A restarted TCP instance may listen on a new port, so its pool is replaced (and the old
+        one closed) when the address changed, before the router may pick it again.
+        """
+        generation = self._owner.get(instance.name)
+        pool = None if generation is None else generation.pools.get(instance.name)
+        if generation is not None and pool is not None and pool.address != instance.address:
+            generation.pools[instance.name] = self._pool(instance)
+            self._republish(generation)
+            self._closing.add(asyncio.ensure_future(pool.close()))
+            self._closing = {task for task in self._closing if not task.done()}
         self._set_health(instance.name, healthy=True)
 
     def instance_unhealthy(self, instance: InstanceInfo) -> None:
@@ -253,10 +271,9 @@ class FleetDeployer:
     def _apply_health(self, generation: _Generation, name: str) -> None:
         """Tell the router what the supervisor last said of `name` (healthy until told otherwise
         is not safe: an instance is healthy only once it answered a ping)."""
-        try:
+        # Not in this router's table yet: applied when the table is replaced.
+        with contextlib.suppress(UnknownInstanceError):
             generation.router.set_healthy(name, self._healthy.get(name, False))
-        except UnknownInstanceError:
-            pass  # Not in this router's table yet; applied when the table is replaced.
 
     def _count_healthy(self, generation: _Generation, variant: str) -> None:
         if self._registry.get(generation.plan.endpoint_name) is not generation.live:
@@ -279,7 +296,9 @@ class FleetDeployer:
 
     def _live_generation(self, endpoint_name: str) -> _Generation:
         live = self._registry.get(endpoint_name)
-        generation = None if live is None else self._generations.get((endpoint_name, live.generation))
+        generation = (
+            None if live is None else self._generations.get((endpoint_name, live.generation))
+        )
         if generation is None:
             raise DeploymentError(f"Endpoint {endpoint_name} has no running fleet.")
         return generation

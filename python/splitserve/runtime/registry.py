@@ -1,9 +1,9 @@
 """The live endpoints the data plane reads: replaced whole, never edited in place.
 
 The control plane (through the deployer) builds a new `LiveEndpoint` for every generation of an
-endpoint and swaps it into the registry in one assignment. A request takes the `LiveEndpoint` it found
-at its start and uses that object's router and connection pools to the end, so a blue/green switch
-never strands a request between two fleets.
+endpoint and swaps it into the registry in one assignment. A request takes the `LiveEndpoint` it
+found at its start and uses that object's router and connection pools to the end, so a blue/green
+switch never strands a request between two fleets.
 """
 
 from __future__ import annotations

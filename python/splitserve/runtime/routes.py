@@ -1,4 +1,4 @@
-"""The data plane's HTTP routes (sagemaker-runtime, REST-JSON): parse, call the service, serialize."""
+"""The data plane's HTTP routes (sagemaker-runtime, REST-JSON): parse, call the service, answer."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """InvokeEndpoint: route one request to a variant and an instance, forward it, report the answer.
 
-No aiohttp here: the handler passes the path, the headers that matter and the body bytes; the service
-returns what goes back, or raises an error from `splitserve.errors` (or the router's own), which the
-app's middleware puts on the wire. The request path makes one router call, one forward over a
-kept-alive connection, and records metrics through label children resolved when the endpoint went live.
+No aiohttp here: the handler passes the path, the headers that matter and the body bytes; the
+service returns what goes back, or raises an error from `splitserve.errors` (or the router's own),
+which the app's middleware puts on the wire. The request path makes one router call, one forward
+over a kept-alive connection, and records metrics through label children resolved when the
+endpoint went live.
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ class InvocationService:
             sent = perf_counter()
             try:
                 response = await live.pools[instance].request(
-                    _POST, _INVOCATIONS_PATH, _forwarded_headers(request), request.body, self._timeout
+                    _POST,
+                    _INVOCATIONS_PATH,
+                    _forwarded_headers(request),
+                    request.body,
+                    self._timeout,
                 )
             finally:
                 model_seconds = perf_counter() - sent
@@ -153,7 +158,9 @@ class InvocationService:
             )
         inference_id = request.inference_id
         if inference_id is not None and not (
-            0 < len(inference_id) <= 64 and inference_id.isprintable() and not inference_id[0].isspace()
+            0 < len(inference_id) <= 64
+            and inference_id.isprintable()
+            and not inference_id[0].isspace()
         ):
             raise InvocationValidationError(
                 "1 validation error detected: Value at 'inferenceId' failed to satisfy constraint: "
@@ -179,6 +186,11 @@ class InvocationService:
             f'Received server error (0) from primary with message "{message}".',
             ModelErrorDetail(0, message, log_stream_arn),
         )
+
+
+def _valid_inference_id(value: str) -> bool:
+    """InferenceId's constraint: 1 to 64 printable characters, the first not a space."""
+    return 0 < len(value) <= 64 and value.isprintable() and not value[0].isspace()
 
 
 def _forwarded_headers(request: Invocation) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,117 @@
+"""End-to-end fixtures: the real `splitserve serve` in a subprocess, and boto3 clients for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+_START_TIMEOUT_SECONDS = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Gateway:
+    """A running `splitserve serve` process."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    state_dir: Path
+    model_store: Path
+    log_path: Path
+
+    def client(self, service: str, **config: Any) -> Any:
+        """A boto3 client for `service` ("sagemaker" or "sagemaker-runtime") against the gateway."""
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            config=Config(retries={"mode": "standard", "max_attempts": 1}, **config),
+        )
+
+    def log(self) -> str:
+        """What the gateway has printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        """Signal the gateway and wait for it to exit; return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_gateway(state_dir: Path, model_store: Path, *extra: str) -> Gateway:
+    """Start `splitserve serve` on a free port and wait until it answers /ping."""
+    port = free_port()
+    log_path = state_dir.parent / f"gateway-{port}.log"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "splitserve.cli", "serve", "--port", str(port),
+                "--state-dir", str(state_dir), "--model-store", str(model_store), *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    gateway = Gateway(process, f"http://127.0.0.1:{port}", state_dir, model_store, log_path)
+    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
+        try:
+            with urllib.request.urlopen(f"{gateway.url}/ping", timeout=1):
+                return gateway
+        except OSError:
+            time.sleep(0.1)
+    gateway.stop(signal.SIGKILL)
+    raise RuntimeError(f"gateway did not answer /ping in time:\n{gateway.log()}")
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, model_store: Path) -> Iterator[Gateway]:
+    """A fresh gateway over the shared model store, stopped (SIGTERM) when the test ends."""
+    running = start_gateway(tmp_path / "state", model_store)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def sagemaker(gateway: Gateway) -> Any:
+    """A boto3 SageMaker (control plane) client against the gateway."""
+    return gateway.client("sagemaker")
+
+
+@pytest.fixture
+def runtime(gateway: Gateway) -> Any:
+    """A boto3 SageMaker runtime (data plane) client against the gateway."""
+    return gateway.client("sagemaker-runtime")
