@@ -1,0 +1,678 @@
+"""The forwarding client: HTTP/1.1 from the gateway to one model-worker instance.
+
+Every InvokeEndpoint becomes one `POST /invocations` to an instance listening on a Unix socket or on
+loopback TCP. aiohttp's ClientSession costs about 100 us of CPU per forward, more than the whole
+gateway's budget, so this is a small client written straight on asyncio's Protocol API (uvloop
+transports in production): the response is parsed by httptools (llhttp), connections are kept alive
+in a LIFO pool, and each request goes out as one preassembled byte string.
+
+One `UpstreamPool` serves one instance address. It is not a general HTTP client: no redirects, no
+HEAD, no TLS, no proxy, no cookies, no request streaming; the request body is always sent with a
+Content-Length, and the response is buffered whole (bounded by `max_response_bytes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import httptools
+
+__all__ = [
+    "UpstreamAddress",
+    "UpstreamClosed",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamProtocolError",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
+
+#: A body up to this size is joined into the same bytes object as the request head, so the request
+#: leaves in one write(); a larger one goes as the second buffer of one vectored write instead, so
+#: a 6 MiB body is not copied just to put a few hundred header bytes in front of it.
+_JOIN_BODY_LIMIT = 64 * 1024
+
+_FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
+
+
+class UpstreamError(Exception):
+    """Base of every error of the forwarding client. The message is for the gateway's log only."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection could be made: refused, no socket file, or the connect timeout passed."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """No complete response arrived within the request's timeout."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The response was malformed, too large, or cut short by the connection closing."""
+
+
+class UpstreamClosed(UpstreamError):
+    """The pool was closed, before or during the request."""
+
+
+class _StaleConnection(UpstreamProtocolError):
+    """The connection ended before any byte of the response arrived.
+
+    On a reused connection the pool retries once on a fresh one (see `UpstreamPool.request`); on a
+    fresh connection, or after the retry, it reaches the caller as the UpstreamProtocolError it is.
+    """
+
+
+class _ResponseParser(Protocol):
+    """The part of `httptools.HttpResponseParser` this module uses (httptools ships no stubs)."""
+
+    def feed_data(self, data: bytes) -> None: ...
+    def get_status_code(self) -> int: ...
+    def should_keep_alive(self) -> bool: ...
+
+
+#: What `feed_data` raises on bytes that are not an HTTP/1.x response; HttpParserUpgrade is not an
+#: HttpParserError, and a 101 answer to a request that asked for no upgrade is just as malformed.
+_PARSER_ERRORS: tuple[type[Exception], ...] = (
+    httptools.HttpParserError,
+    httptools.HttpParserUpgrade,
+)
+
+
+@dataclass(frozen=True)
+class UpstreamAddress:
+    """Where one instance listens: a Unix socket path, or a TCP host and port.
+
+    Build one with `UpstreamAddress.unix(path)` or `UpstreamAddress.tcp(host, port)`.
+    """
+
+    unix_path: str | None
+    host: str | None
+    port: int | None
+
+    def __post_init__(self) -> None:
+        """Refuse an address that is neither exactly a socket path nor exactly a host and port."""
+        is_unix = self.unix_path is not None and self.host is None and self.port is None
+        is_tcp = self.unix_path is None and self.host is not None and self.port is not None
+        if not (is_unix or is_tcp):
+            raise ValueError("an upstream address is a unix_path, or a host and a port")
+
+    @classmethod
+    def unix(cls, path: str) -> UpstreamAddress:
+        """The address of an instance listening on the Unix socket at `path`."""
+        return cls(unix_path=path, host=None, port=None)
+
+    @classmethod
+    def tcp(cls, host: str, port: int) -> UpstreamAddress:
+        """The address of an instance listening on TCP `host`:`port`."""
+        return cls(unix_path=None, host=host, port=port)
+
+    def __str__(self) -> str:
+        """`unix:/path/to/socket` or `host:port`, as logs and metrics labels show it."""
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        return f"{self.host}:{self.port}"
+
+
+class UpstreamResponse:
+    """One complete response from an instance.
+
+    Attributes:
+        status: the HTTP status code.
+        headers: (name, value) pairs in the order received; names lower-cased, values as sent.
+        body: the whole body, de-chunked.
+    """
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: bytes) -> bytes | None:
+        """The value of the first header called `name` (any case), or None if there is none."""
+        name = name.lower()
+        for header_name, value in self.headers:
+            if header_name == name:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return f"UpstreamResponse(status={self.status}, body={len(self.body)} bytes)"
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection to an instance; it carries at most one exchange at a time.
+
+    The parser callbacks (`on_header` ... `on_message_complete`) fill the current response;
+    its future is resolved when the message completes, or failed when the connection breaks, the
+    response is malformed or too large, or the deadline passes. Any failure closes the connection:
+    after one, what is left in the byte stream cannot be trusted.
+
+    Deadlines use one lazily re-armed timer per connection rather than a timer per request: a
+    uvloop timer costs a few microseconds to arm and cancel, a large share of a forward. The armed
+    timer never fires later than the open exchange's deadline; when it fires early (it was armed
+    for an exchange that has since completed) it re-arms for the current one, or disarms if the
+    connection is idle. With one timeout per pool, a connection's timer is armed about once per
+    timeout period instead of once per request.
+    """
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_deadline",
+        "_drain_waiter",
+        "_headers",
+        "_headers_complete",
+        "_keep_alive",
+        "_loop",
+        "_lost",
+        "_lost_waiter",
+        "_max_response_bytes",
+        "_on_lost",
+        "_open",
+        "_parser",
+        "_received",
+        "_response_waiter",
+        "_status",
+        "_timer",
+        "_timer_when",
+        "_transport",
+        "_write_paused",
+    )
+
+    _transport: asyncio.Transport
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        max_response_bytes: int,
+        on_lost: Callable[[_Connection], None],
+    ) -> None:
+        self._loop = loop
+        self._max_response_bytes = max_response_bytes
+        self._on_lost = on_lost
+        self._parser: _ResponseParser = httptools.HttpResponseParser(self)
+        self._open = False
+        self._lost = False
+        self._keep_alive = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._lost_waiter: asyncio.Future[None] | None = None
+        self._response_waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._deadline = math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
+        # The response being received.
+        self._received = False
+        self._headers_complete = False
+        self._status = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    # --- what the pool calls ----------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """Neither side has closed the transport yet, as far as this side has seen."""
+        return self._open
+
+    @property
+    def reusable(self) -> bool:
+        """The last exchange ended cleanly and the connection may carry another."""
+        # A server may answer before reading the whole body (an early error); what it left unread
+        # would be taken for the start of the next request, so such a connection is not reused.
+        return self._keep_alive and self._open and self._transport.get_write_buffer_size() == 0
+
+    def send(
+        self, request: bytes, body: bytes | None, deadline: float
+    ) -> asyncio.Future[UpstreamResponse]:
+        """Write one request; return the future of its response.
+
+        Args:
+            request: the request line, headers and blank line, and the body unless `body` is given.
+            body: the body, when it goes as a second buffer of the same (vectored) write.
+            deadline: the loop time by which the response must be complete.
+
+        Returns:
+            A future that resolves to the response, or fails with _StaleConnection (the connection
+            ended before a byte of the response), UpstreamProtocolError, UpstreamTimeout or
+            UpstreamClosed.
+        """
+        waiter: asyncio.Future[UpstreamResponse] = self._loop.create_future()
+        self._response_waiter = waiter
+        self._keep_alive = False
+        # The rest of the response state was reset when the last response completed.
+        self._received = False
+        self._deadline = deadline
+        if deadline < self._timer_when:
+            self._arm_timer(deadline)
+        if body is None:
+            self._transport.write(request)
+        else:
+            self._transport.writelines((request, body))
+        return waiter
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport's buffer is over its high-water mark: see `drained`."""
+        return self._write_paused
+
+    def drained(self) -> asyncio.Future[None]:
+        """A future done once the transport has taken the request (backpressure).
+
+        It is also done when the exchange ends first: a server may answer a large request without
+        reading it all, and then the rest never drains.
+        """
+        drain: asyncio.Future[None] = self._loop.create_future()
+        if self._write_paused:
+            self._drain_waiter = drain
+        else:
+            drain.set_result(None)
+        return drain
+
+    def close(self) -> None:
+        """Close the connection; an exchange still open is cancelled (its caller has left it)."""
+        waiter = self._response_waiter
+        self._response_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        self._close_transport()
+
+    def shutdown(self) -> asyncio.Future[None]:
+        """The pool closes: fail any exchange with UpstreamClosed; the future is done when lost."""
+        lost: asyncio.Future[None] = self._loop.create_future()
+        if self._lost:
+            lost.set_result(None)
+        else:
+            self._lost_waiter = lost
+            self._fail(UpstreamClosed("the upstream pool was closed"))
+        return lost
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; the connection is ready for an exchange."""
+        # uvloop's transports implement asyncio.Transport without deriving from it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._open = True
+
+    def data_received(self, data: bytes) -> None:
+        """Feed response bytes to the parser; a parse error fails the exchange."""
+        if self._response_waiter is None:
+            # Bytes while idle belong to no request; the stream is out of step with us.
+            self._close_transport()
+            return
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except _PARSER_ERRORS:
+            # A callback's own failure (too large, unsolicited) has already failed the exchange.
+            self._fail(UpstreamProtocolError("malformed HTTP response from upstream"))
+
+    def eof_received(self) -> bool:
+        """The server finished sending: completes a close-delimited body, else fails the exchange.
+
+        Returns False, so the transport closes itself (a half-open connection is of no use).
+        """
+        self._end_of_stream(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is closed: fail any exchange still open, and leave the pool."""
+        self._lost = True
+        self._end_of_stream(exc)
+        self._disarm_timer()
+        self._release_drain()
+        lost = self._lost_waiter
+        if lost is not None and not lost.done():
+            lost.set_result(None)
+        self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer is over its high-water mark."""
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        """The write buffer drained below its low-water mark: the request is on its way."""
+        self._write_paused = False
+        self._release_drain()
+
+    # --- httptools callbacks ----------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One response header; names are lower-cased once here so lookups need not."""
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        """The status line and headers are in; keep the status."""
+        if self._response_waiter is None:
+            # A response to no request, right behind the last one: the server is out of step.
+            self._close_transport()
+            raise _AbortParse
+        self._headers_complete = True
+        self._status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        """One piece of the (de-chunked) body; fails the exchange once it passes the limit."""
+        self._body_size += len(body)
+        if self._body_size > self._max_response_bytes:
+            self._fail(
+                UpstreamProtocolError(
+                    f"response body over the limit of {self._max_response_bytes} bytes"
+                )
+            )
+            raise _AbortParse
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        """The response is whole: resolve the exchange, or skip an interim 1xx response."""
+        waiter = self._response_waiter
+        status = self._status
+        headers = self._headers
+        body = self._body
+        # Fresh state for the next response; this one's lists now belong to its UpstreamResponse.
+        self._headers_complete = False
+        self._headers = []
+        self._body = []
+        self._body_size = 0
+        if waiter is None or status < 200:
+            # 100 Continue and other informational responses precede the real one. (The waiter
+            # is never None here: on_headers_complete refused a response to no request.)
+            return
+        self._keep_alive = self._parser.should_keep_alive()
+        self._response_waiter = None
+        waiter.set_result(UpstreamResponse(status, headers, b"".join(body)))
+        self._release_drain()
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _end_of_stream(self, exc: Exception | None) -> None:
+        """The byte stream ended (EOF, reset or local close); settle the open exchange, if any."""
+        self._open = False
+        waiter = self._response_waiter
+        if waiter is None or waiter.done():
+            return
+        if not self._received:
+            self._fail(_StaleConnection("the connection closed before any byte of the response"))
+            return
+        if self._headers_complete and not any(
+            name in _FRAMING_HEADERS for name, _ in self._headers
+        ):
+            # No Content-Length and no Transfer-Encoding: the body ends with the connection.
+            self._response_waiter = None
+            waiter.set_result(UpstreamResponse(self._status, self._headers, b"".join(self._body)))
+            return
+        reason = "" if exc is None else f" ({exc!r})"
+        self._fail(UpstreamProtocolError(f"the connection closed in mid-response{reason}"))
+
+    def _fail(self, exc: UpstreamError) -> None:
+        """Fail the open exchange, if any, with `exc`, and close the connection."""
+        self._keep_alive = False
+        waiter = self._response_waiter
+        self._response_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self._release_drain()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        # abort(), not close(): nothing still buffered for this connection is worth delivering.
+        self._open = False
+        self._keep_alive = False
+        self._disarm_timer()
+        if not self._transport.is_closing():
+            self._transport.abort()
+
+    def _arm_timer(self, when: float) -> None:
+        self._disarm_timer()
+        self._timer = self._loop.call_at(when, self._on_timer)
+        self._timer_when = when
+
+    def _disarm_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            self._timer_when = math.inf
+            timer.cancel()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = math.inf
+        if self._response_waiter is None:
+            return  # idle, or the exchange already ended: nothing to time
+        if self._loop.time() >= self._deadline:
+            self._fail(UpstreamTimeout("no complete response within the timeout"))
+        else:
+            self._arm_timer(self._deadline)
+
+    def _release_drain(self) -> None:
+        drain = self._drain_waiter
+        if drain is not None:
+            self._drain_waiter = None
+            if not drain.done():
+                drain.set_result(None)
+
+
+class _AbortParse(Exception):
+    """Raised from a parser callback to stop httptools once the exchange has been failed."""
+
+
+class UpstreamPool:
+    """Kept-alive HTTP/1.1 connections to one instance, and the requests sent over them.
+
+    Connections are made on demand, any number at once; after a complete response a connection
+    goes back to the idle list (most recently used first, at most `max_idle` of them), unless the
+    server asked to close it. A connection on which anything went wrong is closed, never reused.
+    """
+
+    __slots__ = (
+        "_address",
+        "_closed",
+        "_connect_timeout",
+        "_connections",
+        "_head_tail",
+        "_idle",
+        "_max_idle",
+        "_max_response_bytes",
+    )
+
+    def __init__(
+        self,
+        address: UpstreamAddress,
+        *,
+        max_idle: int,
+        connect_timeout: float,
+        max_response_bytes: int,
+    ) -> None:
+        """Make a pool for `address`; no connection is opened until the first request.
+
+        Args:
+            address: where the instance listens.
+            max_idle: the most idle connections kept for reuse; 0 closes each after its response.
+            connect_timeout: seconds a new connection may take (within the request's own timeout).
+            max_response_bytes: the largest response body accepted.
+        """
+        self._address = address
+        self._max_idle = max_idle
+        self._connect_timeout = connect_timeout
+        self._max_response_bytes = max_response_bytes
+        self._idle: list[_Connection] = []
+        self._connections: set[_Connection] = set()
+        self._closed = False
+        if address.unix_path is not None:
+            host = "localhost"
+        elif ":" in str(address.host):
+            host = f"[{address.host}]:{address.port}"
+        else:
+            host = str(address)
+        # Everything after the request target that is the same for every request to this instance.
+        self._head_tail = b" HTTP/1.1\r\nhost: " + host.encode("ascii") + b"\r\n"
+
+    @property
+    def address(self) -> UpstreamAddress:
+        """The instance this pool sends to."""
+        return self._address
+
+    @property
+    def idle_connections(self) -> int:
+        """How many kept-alive connections wait for the next request."""
+        return len(self._idle)
+
+    async def request(
+        self,
+        method: bytes,
+        path: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        # The caller's deadline is enforced by the connection's own lazy timer (see _Connection),
+        # which is cheaper per request than an asyncio.timeout() scope around the exchange.
+        timeout: float,  # noqa: ASYNC109
+    ) -> UpstreamResponse:
+        """Send one request and return the whole response.
+
+        The request goes over the most recently used idle connection, or a new one. If a reused
+        connection turns out to have been closed by the server (it ends before a byte of the
+        response), the request is sent once more on a new connection; nothing else is retried.
+
+        Args:
+            method: the request method, e.g. b"POST".
+            path: the request target, e.g. b"/invocations".
+            headers: extra (name, value) headers; Host and Content-Length are added here and must
+                not be among them.
+            body: the request body, sent with a Content-Length (also when empty).
+            timeout: seconds for the whole exchange: connecting, sending and the full response.
+
+        Returns:
+            The response, whatever its status.
+
+        Raises:
+            UpstreamConnectError: no connection could be made.
+            UpstreamTimeout: the response was not complete within `timeout`.
+            UpstreamProtocolError: the response was malformed, over `max_response_bytes`, or cut
+                short.
+            UpstreamClosed: the pool is closed, or was closed during the request.
+            ValueError: the method, path or a header holds CR or LF.
+        """
+        if self._closed:
+            raise UpstreamClosed("the upstream pool is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        parts = [method, b" ", path, self._head_tail]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"content-length: %d\r\n\r\n" % len(body))
+        tail: bytes | None = None
+        if len(body) <= _JOIN_BODY_LIMIT:
+            parts.append(body)
+        else:
+            tail = body
+        request = b"".join(parts)
+        # A CR or LF inside the method, path or a header would end a line early and let what
+        # follows pose as headers of its own. The head holds exactly the line ends put there above,
+        # so counting them checks every piece at once, in two passes over a few hundred bytes.
+        head_size = len(request) if tail is not None else len(request) - len(body)
+        line_ends = len(headers) + 4
+        if (
+            request.count(b"\n", 0, head_size) != line_ends
+            or request.count(b"\r", 0, head_size) != line_ends
+        ):
+            raise ValueError("the method, path or a header holds CR or LF")
+
+        connection = self._take_idle()
+        reused = connection is not None
+        while True:
+            if connection is None:
+                connection = await self._connect(loop, deadline)
+            waiter = connection.send(request, tail, deadline)
+            try:
+                if connection.write_paused:
+                    await connection.drained()
+                response = await waiter
+            except _StaleConnection:
+                connection.close()
+                if not reused:
+                    raise
+                # The server closed this kept-alive connection while it sat idle (its keep-alive
+                # timeout, a restart), and we learnt so only from the write: the connection ended
+                # before a single byte of response. Such a request is retried once, on a fresh
+                # connection, as urllib3 and browsers do. A server that closed the socket before
+                # our bytes arrived ran nothing. The one case where it did is a server that read
+                # the whole request and then dropped the connection without a byte of answer (a
+                # crash mid-request): that request runs twice. A fresh connection that fails the
+                # same way, or any failure after a byte of the response, is never retried.
+                if self._closed:
+                    raise UpstreamClosed("the upstream pool was closed") from None
+                connection = None
+                reused = False
+                continue
+            except BaseException:
+                connection.close()
+                raise
+            if connection.reusable and not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(connection)
+            else:
+                connection.close()
+            return response
+
+    async def close(self) -> None:
+        """Close all connections; requests in flight and any made later raise UpstreamClosed."""
+        self._closed = True
+        self._idle.clear()
+        lost = [connection.shutdown() for connection in list(self._connections)]
+        if lost:
+            await asyncio.gather(*lost)
+
+    def _take_idle(self) -> _Connection | None:
+        """The most recently used idle connection still open, or None."""
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if connection.is_open:
+                return connection
+            # Closed since it was parked (its connection_lost has not run yet): skip it.
+        return None
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+        connect_deadline = loop.time() + self._connect_timeout
+        deadline_first = deadline < connect_deadline
+        factory = functools.partial(
+            _Connection, loop, self._max_response_bytes, self._connection_lost
+        )
+        address = self._address
+        try:
+            async with asyncio.timeout_at(deadline if deadline_first else connect_deadline):
+                if address.unix_path is not None:
+                    _, connection = await loop.create_unix_connection(factory, address.unix_path)
+                else:
+                    # UpstreamAddress.__post_init__ guarantees both when there is no unix_path.
+                    assert address.host is not None
+                    assert address.port is not None
+                    _, connection = await loop.create_connection(
+                        factory, address.host, address.port
+                    )
+        except TimeoutError:
+            if deadline_first:
+                raise UpstreamTimeout(f"no connection to {address} within the timeout") from None
+            raise UpstreamConnectError(f"connecting to {address} timed out") from None
+        except OSError as exc:
+            raise UpstreamConnectError(f"cannot connect to {address}: {exc}") from exc
+        if self._closed:
+            connection.close()
+            raise UpstreamClosed("the upstream pool was closed")
+        self._connections.add(connection)
+        return connection
+
+    def _connection_lost(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+        # An idle connection the server closed is dropped now, so idle_connections stays true.
+        if connection in self._idle:
+            self._idle.remove(connection)
