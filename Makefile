@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 STATE_DIR ?= ./.splitserve
 
-.PHONY: help setup build run test lint test-rust test-python bench bench-load clean lock
+.PHONY: help setup build run demo test lint test-rust test-python bench bench-load clean lock
 
 help: ## list the targets and what each does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,11 +23,17 @@ $(STAMPS)/venv:
 	@touch $@
 
 $(STAMPS)/deps: $(STAMPS)/venv pyproject.toml constraints.txt
-	$(BIN)/python scripts/requirements.py test lint | $(BIN)/pip install --quiet -c constraints.txt -r /dev/stdin
+	$(BIN)/python scripts/requirements.py test lint plot | $(BIN)/pip install --quiet -c constraints.txt -r /dev/stdin
 	@touch $@
 
 $(STAMPS)/build: $(STAMPS)/deps $(RUST_SOURCES)
 	$(BIN)/maturin develop --release --quiet
+	@touch $@
+
+# The end-to-end metrics test starts a real Prometheus server of its own (never the Debian service).
+$(STAMPS)/prometheus:
+	@mkdir -p $(STAMPS)
+	command -v prometheus || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 	@touch $@
 
 setup: $(STAMPS)/build ## create .venv, install the locked dependencies, build the extension (release)
@@ -36,6 +42,9 @@ build: setup ## same as setup: rebuild the Rust extension when its sources chang
 
 run: setup ## set up, then start the gateway (127.0.0.1:8080, state in ./.splitserve; HOST, PORT, STATE_DIR override)
 	$(BIN)/splitserve serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --model-store $(STATE_DIR)/models
+
+demo: setup ## run the A/B walkthrough against a gateway it starts
+	$(BIN)/python examples/walkthrough.py --start
 
 lint: setup ## ruff (lint + format check), mypy, stubtest, cargo fmt --check, cargo clippy -D warnings
 	$(BIN)/ruff check python tests benches scripts
@@ -48,7 +57,7 @@ lint: setup ## ruff (lint + format check), mypy, stubtest, cargo fmt --check, ca
 test-rust: ## cargo test of the pure Rust routing core
 	cargo test --quiet
 
-test-python: setup ## pytest (benchmarks run once each as smoke tests)
+test-python: setup $(STAMPS)/prometheus ## pytest (benchmarks run once each as smoke tests)
 	$(BIN)/pytest -q
 
 test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs
@@ -58,7 +67,7 @@ bench: setup ## pytest-benchmark suites, enabled, against the release build
 	$(BIN)/pytest benches -q --benchmark-enable --benchmark-only --benchmark-columns=median,mean,stddev,rounds --benchmark-json=.benchmarks/latest.json
 
 lock: $(STAMPS)/venv ## re-resolve the dependencies and rewrite constraints.txt
-	$(BIN)/python scripts/requirements.py test lint | $(BIN)/pip install --quiet --upgrade -r /dev/stdin
+	$(BIN)/python scripts/requirements.py test lint plot | $(BIN)/pip install --quiet --upgrade -r /dev/stdin
 	$(BIN)/pip freeze --exclude-editable | grep -v '^splitserve' > constraints.txt
 
 clean: ## remove the virtualenv, build output and stamps

@@ -1,23 +1,31 @@
 """`create_app(settings)`: the gateway as an aiohttp application.
 
 One server serves both planes on one port: the SageMaker control plane (POST / with X-Amz-Target),
-the runtime's InvokeEndpoint (POST /endpoints/{name}/invocations), GET /metrics and GET /ping.
+the runtime's InvokeEndpoint (POST /endpoints/{name}/invocations), GET /metrics, the per-minute
+table of `splitserve stats` (GET /splitserve/stats/{endpoint}) and GET /ping. With an access-key
+file (`serve --auth`), the control plane's handler, and with `--auth-data-plane` InvokeEndpoint's,
+checks the request's SigV4 signature first (splitserve.auth); the GET routes stay open.
 Nothing happens at import time; long-lived objects are built in cleanup contexts, in this order:
-the state store, the worker supervisor with its deployer, then the control service, which brings
-back the endpoints the store remembers. They are torn down in the reverse order.
+the data-capture writer, the state store, the worker supervisor with its deployer, then the control
+service, which brings back the endpoints the store remembers. They are torn down in the reverse
+order, so the capture writer closes last: after the server has stopped taking requests and every
+endpoint is stopped, it writes out whatever was accepted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splitserve import keys
 from splitserve._router import RouterError
+from splitserve.auth import SigV4Verifier
+from splitserve.capture import CaptureWriter
 from splitserve.config import MAX_PAYLOAD_BYTES, Settings
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
@@ -27,13 +35,16 @@ from splitserve.errors import (
     ModelError,
     PayloadTooLarge,
     SplitserveError,
+    ValidationException,
     wire_error,
 )
 from splitserve.gateway.deployer import FleetDeployer
-from splitserve.metrics import GATEWAY_ERRORS, REGISTRY
+from splitserve.metrics import GATEWAY_ERRORS, INSTANCES, REGISTRY
+from splitserve.procstat import CpuSampler
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
+from splitserve.runtime.upstream import UpstreamError
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.images import ImageRegistry
 from splitserve.workers.supervisor import Supervisor
@@ -51,12 +62,34 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[error_middleware], client_max_size=settings.max_payload_bytes
     )
     app[keys.SETTINGS] = settings
+    app.cleanup_ctx.append(_capture_writer)
     app.cleanup_ctx.append(_gateway)
-    app.router.add_routes(control_routes.ROUTES)
-    app.router.add_routes(runtime_routes.ROUTES)
+    verifier = None
+    if settings.auth.keys_file is not None:
+        verifier = SigV4Verifier.from_settings(settings.auth)
+        log.info(
+            "SigV4 signatures required on the control plane%s; access keys: %s",
+            " and the data plane" if settings.auth.data_plane else "",
+            ", ".join(verifier.access_key_ids),
+        )
+    app.router.add_routes(signed_routes(control_routes.ROUTES, verifier))
+    data_plane_verifier = verifier if settings.auth.data_plane else None
+    app.router.add_routes(signed_routes(runtime_routes.ROUTES, data_plane_verifier))
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/splitserve/stats/{endpoint}", stats)
     app.router.add_get("/ping", ping)
     return app
+
+
+async def _capture_writer(app: web.Application) -> AsyncIterator[None]:
+    """Start the data-capture writer thread; on shutdown write what is queued and close files."""
+    writer = CaptureWriter(app[keys.SETTINGS].capture)
+    app[keys.CAPTURE] = writer
+    writer.start()
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(writer.close)
 
 
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
@@ -65,7 +98,7 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.state_dir / "state.sqlite3")
     registry = EndpointRegistry()
-    deployer = FleetDeployer(settings, registry)
+    deployer = FleetDeployer(settings, registry, app[keys.CAPTURE])
     catalog = InstanceCatalog()
     images = (
         ImageRegistry()
@@ -77,14 +110,51 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
     control = ControlService(settings, store, deployer, instance_types=catalog.names())
     app[keys.CONTROL] = control
     app[keys.INVOCATIONS] = InvocationService(settings, registry)
+    app[keys.MINUTES] = deployer.minutes
+    INSTANCES.attach(deployer, CpuSampler(settings.stats.cpu_sample_min_seconds))
     try:
         await control.start()
         yield
     finally:
+        INSTANCES.detach(deployer)
         await control.close()
         await deployer.close()
         await supervisor.close()
         store.close()
+
+
+def signed_routes(
+    routes: Sequence[web.RouteDef], verifier: SigV4Verifier | None
+) -> list[web.RouteDef]:
+    """`routes` with every handler checking the request's SigV4 signature first.
+
+    The check sits in the handlers of the planes that need it, not in a middleware: with
+    `verifier` None the routes come back as they are and a request pays nothing for it.
+    """
+    if verifier is None:
+        return list(routes)
+    return [
+        web.RouteDef(route.method, route.path, _signature_checked(route, verifier), route.kwargs)
+        for route in routes
+    ]
+
+
+def _signature_checked(route: web.RouteDef, verifier: SigV4Verifier) -> _Handler:
+    handler = route.handler
+    if isinstance(handler, type):
+        raise TypeError(f"{route.path}: class-based views cannot be signature-checked")
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        path, _, query = request.raw_path.partition("?")
+        try:
+            verifier.verify(request.method, path, query, request.headers, await request.read())
+        except SplitserveError as error:
+            # What was wrong, never a secret: messages name ids, dates and scopes only.
+            log.info("refused %s %s: %s", request.method, path, error.message)
+            raise
+        return await handler(request)
+
+    return checked
 
 
 @web.middleware
@@ -127,8 +197,10 @@ def _error_response(request: web.Request, error: Exception) -> web.Response:
         body["OriginalStatusCode"] = error.detail.original_status_code
         body["OriginalMessage"] = error.detail.original_message
         body["LogStreamArn"] = error.detail.log_stream_arn
-    else:
-        # Refused before a variant was chosen: not any variant's invocation.
+    elif not isinstance(error.__cause__, UpstreamError):
+        # Refused before a variant was chosen: not any variant's invocation. (After routing, the
+        # runtime service raises a ModelError, or another error `from` the UpstreamError that
+        # ended the forward; those it counted as the variant's invocation and model error.)
         GATEWAY_ERRORS.labels(wire.code).inc()
     response = web.json_response(body, status=wire.status)
     response.headers["x-amzn-ErrorType"] = wire.code
@@ -140,6 +212,25 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(
         body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
+
+
+async def stats(request: web.Request) -> web.Response:
+    """GET /splitserve/stats/{endpoint}?since=SECONDS&per=SECONDS: per-period counts, errors and
+    p50/p99 model latency of each variant (`splitserve stats`; see `MinuteStore.report`)."""
+    defaults = request.app[keys.SETTINGS].stats
+    since = _seconds_parameter(request, "since", defaults.default_since_seconds)
+    per = _seconds_parameter(request, "per", defaults.default_period_seconds)
+    report = request.app[keys.MINUTES].report(request.match_info["endpoint"], since, per)
+    return web.json_response(report.to_json())
+
+
+def _seconds_parameter(request: web.Request, name: str, default: int) -> int:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or len(value) > 12:
+        raise ValidationException(f"{name} must be a whole number of seconds.")
+    return int(value)
 
 
 async def ping(request: web.Request) -> web.Response:

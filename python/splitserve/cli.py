@@ -1,13 +1,19 @@
 """The `splitserve` command: the only place that reads argv.
 
 splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--images FILE]
+                 [--auth FILE [--auth-data-plane]]
+splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
+splitserve evaluate --capture DIR --ground-truth PATH [--endpoint E] [--threshold 0.5] [--json]
+                    [--plot FILE.png] [--weights Variant1=1,Variant2=1 | --url URL]
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,8 +23,11 @@ import uvloop
 from aiohttp import web
 
 from splitserve.app import create_app
-from splitserve.config import Settings, WorkerSettings
+from splitserve.auth import AuthFileError
+from splitserve.config import EvaluationSettings, Settings, WorkerSettings
 from splitserve.control.store import StateFileError
+from splitserve.evaluation import EvaluateRequest, evaluate_command
+from splitserve.stats import StatsUnavailable, fetch_report, format_duration, render_table
 from splitserve.workers.images import ImageRegistryError
 
 _DEFAULTS = Settings()
@@ -52,8 +61,145 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow listening on a non-loopback address with no authentication",
     )
+    serve.add_argument(
+        "--auth",
+        type=Path,
+        default=_DEFAULTS.auth.keys_file,
+        metavar="FILE",
+        help="require AWS Signature V4 on the control plane, with the access keys in FILE "
+        "(TOML, mode 600; see README, Security)",
+    )
+    serve.add_argument(
+        "--auth-data-plane",
+        action="store_true",
+        default=_DEFAULTS.auth.data_plane,
+        help="require signatures on InvokeEndpoint too (needs --auth)",
+    )
     serve.add_argument("--log-level", default="INFO")
+    _add_stats_command(commands)
+    _add_evaluate_command(commands)
     return parser
+
+
+def _add_stats_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    defaults = _DEFAULTS.stats
+    stats = commands.add_parser(
+        "stats",
+        help="per-minute invocations of each variant of an endpoint, from a running gateway",
+        description="One row per period, one column per variant: invocation counts (blank where "
+        "none), and with --errors and --latency the error counts and p50/p99 model latency.",
+    )
+    stats.add_argument("endpoint", metavar="ENDPOINT")
+    stats.add_argument(
+        "--since",
+        type=parse_duration,
+        default=defaults.default_since_seconds,
+        metavar="DURATION",
+        help="how far back: 90s, 15m, 2h, 1d "
+        f"(default {format_duration(defaults.default_since_seconds)})",
+    )
+    stats.add_argument(
+        "--per",
+        type=parse_duration,
+        default=defaults.default_period_seconds,
+        metavar="DURATION",
+        help="the length of a row, whole minutes "
+        f"(default {format_duration(defaults.default_period_seconds)})",
+    )
+    stats.add_argument("--errors", action="store_true", help="add 4xx, 5xx and model errors")
+    stats.add_argument("--latency", action="store_true", help="add p50 and p99 model latency")
+    stats.add_argument("--json", action="store_true", help="print the gateway's JSON report")
+    stats.add_argument(
+        "--url",
+        default=f"http://{_DEFAULTS.host}:{_DEFAULTS.port}",
+        help="the gateway (default %(default)s)",
+    )
+    stats.set_defaults(log_level="WARNING")
+
+
+_DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """`15m`, `90s`, `2h`, `1d` (or bare seconds) as a number of seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 15m, 2h or 1d)")
+    return int(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+def stats(args: argparse.Namespace) -> int:
+    """Print the endpoint's per-period table (or JSON) from the gateway at `args.url`."""
+    try:
+        report = fetch_report(
+            args.url, args.endpoint, args.since, args.per, _DEFAULTS.stats.client_timeout_seconds
+        )
+    except StatsUnavailable as error:
+        print(f"splitserve: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        sys.stdout.write(render_table(report, errors=args.errors, latency=args.latency))
+    return 0
+
+
+def _add_evaluate_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    defaults = EvaluationSettings()
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="per-variant accuracy, precision, recall, F1, AUC and log loss from data capture "
+        "and ground truth, with intervals, tests and the traffic a decision needs",
+        description="Joins captured requests (SageMaker's capture format) with ground truth "
+        "(SageMaker's merge format, or CSV inference_id,label) and compares the variants.",
+    )
+    evaluate.add_argument(
+        "--capture",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the capture destination (DestinationS3Uri's directory) or one endpoint's directory",
+    )
+    evaluate.add_argument(
+        "--ground-truth", type=Path, required=True, metavar="PATH", help="a file or a directory"
+    )
+    evaluate.add_argument("--endpoint", help="the endpoint (needed when DIR holds several)")
+    evaluate.add_argument(
+        "--threshold",
+        type=float,
+        default=defaults.threshold,
+        help="scores at or above this are positive predictions (default %(default)s)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="draw ROC curves and traffic share (PNG)"
+    )
+    evaluate.add_argument(
+        "--weights",
+        metavar="V1=W1,V2=W2",
+        help="the variant weights in force, for the sample-ratio check",
+    )
+    evaluate.add_argument(
+        "--url", help="read the weights from DescribeEndpoint on the gateway at URL instead"
+    )
+    evaluate.set_defaults(log_level="WARNING")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Print the per-variant evaluation; 2 when the inputs cannot be used."""
+    request = EvaluateRequest(
+        capture=args.capture,
+        ground_truth=args.ground_truth,
+        endpoint=args.endpoint,
+        weights=args.weights,
+        url=args.url,
+        as_json=args.json,
+        plot=args.plot,
+    )
+    return evaluate_command(request, replace(EvaluationSettings(), threshold=args.threshold))
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -73,6 +219,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model_store=args.model_store if args.model_store is not None else state_dir / "models",
         images_file=args.images,
         workers=workers,
+        auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
     )
 
 
@@ -87,13 +234,24 @@ def _is_loopback(host: str) -> bool:
 
 def serve(settings: Settings, *, insecure: bool) -> int:
     """Run the gateway until SIGINT or SIGTERM; return the exit code."""
-    if not _is_loopback(settings.host) and not insecure:
+    authenticated = settings.auth.keys_file is not None
+    if settings.auth.data_plane and not authenticated:
+        print("splitserve: --auth-data-plane needs --auth FILE", file=sys.stderr)
+        return 2
+    if not _is_loopback(settings.host) and not insecure and not authenticated:
         print(
             f"splitserve: refusing to listen on {settings.host}: anyone who can reach it could "
-            "change endpoints and traffic weights. Listen on 127.0.0.1, or pass --insecure.",
+            "change endpoints and traffic weights. Listen on 127.0.0.1, require signatures "
+            "with --auth FILE, or pass --insecure.",
             file=sys.stderr,
         )
         return 2
+    if not _is_loopback(settings.host) and authenticated and not settings.auth.data_plane:
+        logging.getLogger(__name__).warning(
+            "listening on %s with an unsigned data plane: anyone who can reach it can invoke "
+            "endpoints (--auth-data-plane requires signatures there too)",
+            settings.host,
+        )
     settings.model_store.mkdir(parents=True, exist_ok=True)
     try:
         web.run_app(
@@ -104,7 +262,7 @@ def serve(settings: Settings, *, insecure: bool) -> int:
             access_log=None,
             print=lambda message: print(message, flush=True),
         )
-    except (StateFileError, ImageRegistryError) as error:
+    except (StateFileError, ImageRegistryError, AuthFileError) as error:
         print(f"splitserve: {error}", file=sys.stderr)
         return 2
     return 0
@@ -118,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "serve":
         return serve(settings_from_args(args), insecure=args.insecure)
+    if args.command == "stats":
+        return stats(args)
+    if args.command == "evaluate":
+        return evaluate(args)
     return 2  # argparse refuses unknown commands before this
 
 

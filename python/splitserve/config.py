@@ -94,11 +94,74 @@ class ForwardingSettings:
 
 
 @dataclass(frozen=True)
+class CaptureSettings:
+    """How data capture (DataCaptureConfig) queues and writes its JSON Lines files.
+
+    Attributes:
+        max_queued_bytes: the most payload bytes waiting for the writer (plus a fixed allowance
+            per record); a sampled request that finds the queue full is dropped and counted.
+        rotate_bytes: a capture file is closed and a new one started once it holds this much.
+        max_disk_usage: capture stops while the destination's file system is fuller than this
+            fraction (SageMaker keeps disk use under 75 %).
+        disk_check_interval_seconds: how often the writer looks at the destination's disk use.
+        idle_close_seconds: a capture file nothing was written to for this long is closed.
+        close_timeout_seconds: on shutdown, how long the writer may take to write what is queued.
+        seed: fixed PRNG seed for the sampling draw (tests); None seeds from the OS.
+    """
+
+    max_queued_bytes: int = 64 * 1024 * 1024
+    rotate_bytes: int = 64 * 1024 * 1024
+    max_disk_usage: float = 0.75
+    disk_check_interval_seconds: float = 5.0
+    idle_close_seconds: float = 60.0
+    close_timeout_seconds: float = 30.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """How the gateway keeps per-minute statistics (`splitserve stats`) and samples instances.
+
+    Attributes:
+        retention_minutes: how many whole minutes of per-variant counts and latency histograms
+            are kept (a ring of this many slots plus the current minute per variant): 24 hours.
+        default_since_seconds: the window `splitserve stats` shows without --since.
+        default_period_seconds: the row length `splitserve stats` uses without --per.
+        cpu_sample_min_seconds: an instance's CPU utilisation is the CPU time it used between two
+            scrapes at least this far apart; a scrape sooner than that repeats the last value.
+        client_timeout_seconds: how long `splitserve stats` waits for the gateway.
+    """
+
+    retention_minutes: int = 1440
+    default_since_seconds: int = 15 * 60
+    default_period_seconds: int = 60
+    cpu_sample_min_seconds: float = 1.0
+    client_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class AccountSettings:
     """The identity that ARNs and error messages name (no AWS account is involved)."""
 
     region: str = "us-east-1"
     account_id: str = "123456789012"
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Whether requests must carry an AWS Signature Version 4 (see splitserve.auth).
+
+    Attributes:
+        keys_file: TOML file of access keys and secrets; None turns authentication off.
+        data_plane: also require signatures on InvokeEndpoint (the control plane always needs
+            them once `keys_file` is set).
+        max_clock_skew_seconds: how far a request's date may be from the gateway's clock (AWS
+            allows 5 minutes).
+    """
+
+    keys_file: Path | None = None
+    data_plane: bool = False
+    max_clock_skew_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +175,7 @@ class Settings:
         model_store: the root that `s3://bucket/key` model and capture URLs resolve under.
         images_file: TOML registry mapping bring-your-own image names to server commands.
         max_payload_bytes: the largest InvokeEndpoint body accepted.
+        auth: signature checks on the control and data planes (off by default).
     """
 
     host: str = "127.0.0.1"
@@ -124,3 +188,37 @@ class Settings:
     router: RouterSettings = field(default_factory=RouterSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How `splitserve evaluate` scores variants against ground truth and compares them.
+
+    Attributes:
+        threshold: a score at or above this is a positive prediction (accuracy, precision,
+            recall, F1); AUC and log loss use the scores themselves.
+        confidence: the level of every confidence interval; 1 - confidence is the significance
+            level of every test.
+        bootstrap_resamples: resamples for the bootstrap intervals (F1, log loss).
+        seed: the bootstrap's PRNG seed, so that a report is reproducible.
+        detectable_auc_difference: the AUC difference the power analysis sizes traffic for.
+        detectable_accuracy_difference: the accuracy difference the power analysis sizes for.
+        power: the probability of detecting those differences that the traffic is sized for.
+        sample_ratio_alpha: the chi-square p-value below which the observed split is called a
+            sample-ratio mismatch (strict, as is usual for this check: it runs on every report,
+            and a false alarm sends people hunting for a bug that is not there).
+        describe_timeout_seconds: how long DescribeEndpoint (`--url`) may take.
+    """
+
+    threshold: float = 0.5
+    confidence: float = 0.95
+    bootstrap_resamples: int = 2000
+    seed: int = 0
+    detectable_auc_difference: float = 0.02
+    detectable_accuracy_difference: float = 0.02
+    power: float = 0.8
+    sample_ratio_alpha: float = 0.001
+    describe_timeout_seconds: float = 10.0

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from splitserve.capture import CaptureWriter
 from splitserve.config import Settings
 from splitserve.control.service import ControlService
 from splitserve.runtime.service import InvocationService
+from splitserve.stats import MinuteStore
 
 SETTINGS = web.AppKey("settings", Settings)
 CONTROL = web.AppKey("control", ControlService)
 INVOCATIONS = web.AppKey("invocations", InvocationService)
+MINUTES = web.AppKey("minutes", MinuteStore)
+CAPTURE = web.AppKey("capture", CaptureWriter)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from splitserve._router import Router, UnknownInstanceError, VariantSpec
+from splitserve.capture import CaptureSink, CaptureWriter
 from splitserve.config import Settings
 from splitserve.control.deployer import DeploymentPlan
 from splitserve.errors import DeploymentError
@@ -27,9 +28,12 @@ from splitserve.metrics import (
     VARIANT_INSTANCES,
     VARIANT_WEIGHT,
     VariantMetrics,
+    remove_variant_gauges,
+    remove_variant_series,
 )
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
 from splitserve.runtime.upstream import UpstreamPool
+from splitserve.stats import MinuteStore
 from splitserve.workers.supervisor import InstanceInfo, Supervisor, VariantDeployment, VariantFleet
 
 log = logging.getLogger(__name__)
@@ -50,18 +54,34 @@ class _Generation:
 class FleetDeployer:
     """Runs endpoints on local worker processes; implements the control plane's Deployer."""
 
-    def __init__(self, settings: Settings, registry: EndpointRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: EndpointRegistry,
+        capture: CaptureWriter | None = None,
+    ) -> None:
+        """A deployer publishing to `registry`; `capture` writes the endpoints' data capture
+        (without it, DataCaptureConfig is accepted but nothing is captured)."""
         self._settings = settings
         self._registry = registry
+        self._capture = capture
         self._supervisor: Supervisor | None = None
         self._generations: dict[tuple[str, int], _Generation] = {}
         self._owner: dict[str, _Generation] = {}
         self._healthy: dict[str, bool] = {}
         self._closing: set[asyncio.Future[None]] = set()
+        self._minutes = MinuteStore(settings.stats)
+        # Endpoint -> the variants whose weight and instance gauges are set (the live ones).
+        self._gauged: dict[str, set[str]] = {}
 
     def attach(self, supervisor: Supervisor) -> None:
         """Give the deployer the supervisor that was built with it as its listener."""
         self._supervisor = supervisor
+
+    @property
+    def minutes(self) -> MinuteStore:
+        """Every variant's per-minute statistics (`splitserve stats`), kept with its metrics."""
+        return self._minutes
 
     # --- Deployer ---------------------------------------------------------------------------------
 
@@ -121,10 +141,15 @@ class FleetDeployer:
             router=router,
             pools=dict(pools),
             metrics={
-                v.variant_name: VariantMetrics.resolve(plan.endpoint_name, v.variant_name)
+                v.variant_name: VariantMetrics.resolve(
+                    plan.endpoint_name,
+                    v.variant_name,
+                    self._minutes.variant(plan.endpoint_name, v.variant_name),
+                )
                 for v in plan.variants
             },
             log_stream_arn=self._log_stream_arn(plan.endpoint_name),
+            capture=self._capture_sink(plan),
         )
         generation = _Generation(plan, fleets, router, pools, live, strategies)
         self._generations[plan.endpoint_name, plan.generation] = generation
@@ -136,6 +161,11 @@ class FleetDeployer:
         """Route the endpoint's requests to this generation from now on, in one step."""
         generation = self._generations[plan.endpoint_name, plan.generation]
         self._registry.publish(generation.live)
+        live_variants = {variant.variant_name for variant in plan.variants}
+        # Variants the switch left behind are not routed to: no weight, no instances.
+        for gone in self._gauged.get(plan.endpoint_name, set()) - live_variants:
+            remove_variant_gauges(plan.endpoint_name, gone)
+        self._gauged[plan.endpoint_name] = live_variants
         for variant in plan.variants:
             labels = (plan.endpoint_name, variant.variant_name)
             VARIANT_WEIGHT.labels(*labels).set(variant.weight)
@@ -153,6 +183,17 @@ class FleetDeployer:
             self._owner.pop(name, None)
             self._healthy.pop(name, None)
             await pool.close()
+        # A variant no remaining generation serves leaves the metrics (its minutes stay a while).
+        remaining = {
+            variant
+            for (name, _), kept in self._generations.items()
+            if name == endpoint_name
+            for variant in kept.fleets
+        }
+        for variant in retired.fleets.keys() - remaining:
+            remove_variant_series(endpoint_name, variant)
+            self._gauged.get(endpoint_name, set()).discard(variant)
+            self._minutes.retire(endpoint_name, variant)
 
     async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:
         """Change the live generation's weights atomically in its router."""
@@ -204,6 +245,9 @@ class FleetDeployer:
         for name, generation in list(self._generations):
             if name == endpoint_name:
                 await self.retire(name, generation)
+        for variant in self._gauged.pop(endpoint_name, set()):
+            remove_variant_gauges(endpoint_name, variant)
+        self._minutes.forget(endpoint_name)
 
     def instance_details(self, endpoint_name: str) -> dict[str, list[dict[str, object]]]:
         """Per variant of the live generation: each instance's name, CPUs and state."""
@@ -220,6 +264,20 @@ class FleetDeployer:
             ]
             for variant, fleet in generation.fleets.items()
         }
+
+    def live_instances(self) -> dict[tuple[str, str], list[InstanceInfo]]:
+        """Every instance of each endpoint's live generation, by (endpoint, variant name)."""
+        listing: dict[tuple[str, str], list[InstanceInfo]] = {}
+        for endpoint_name in self._registry.names():
+            live = self._registry.get(endpoint_name)
+            generation = (
+                None if live is None else self._generations.get((endpoint_name, live.generation))
+            )
+            if generation is None:
+                continue
+            for variant, fleet in generation.fleets.items():
+                listing[endpoint_name, variant] = fleet.instances()
+        return listing
 
     async def close(self) -> None:
         """Stop every fleet and close every connection (gateway shutdown)."""
@@ -290,6 +348,7 @@ class FleetDeployer:
             pools=dict(generation.pools),
             metrics=live.metrics,
             log_stream_arn=live.log_stream_arn,
+            capture=live.capture,
         )
         if self._registry.get(live.name) is live:
             self._registry.publish(generation.live)
@@ -302,6 +361,19 @@ class FleetDeployer:
         if generation is None:
             raise DeploymentError(f"Endpoint {endpoint_name} has no running fleet.")
         return generation
+
+    def _capture_sink(self, plan: DeploymentPlan) -> CaptureSink | None:
+        """The generation's data-capture sink. Its destination was resolved (and refused if it
+        escapes the model store) by the control plane's LocalPathResolver when it made the plan."""
+        if plan.data_capture is None:
+            return None
+        if self._capture is None:
+            if plan.data_capture.enable_capture:
+                log.warning("endpoint %s: no capture writer, nothing captured", plan.endpoint_name)
+            return None
+        return self._capture.sink(
+            plan.endpoint_name, [v.variant_name for v in plan.variants], plan.data_capture
+        )
 
     def _pool(self, info: InstanceInfo) -> UpstreamPool:
         forwarding = self._settings.forwarding

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from splitserve._router import Router
+from splitserve.capture import CaptureSink
 from splitserve.metrics import VariantMetrics
 from splitserve.runtime.upstream import UpstreamPool
 
@@ -28,6 +29,8 @@ class LiveEndpoint:
         pools: a keep-alive connection pool per instance name the router can return.
         metrics: pre-resolved metric children per variant name.
         log_stream_arn: what ModelError responses name as the log stream.
+        capture: where this generation's successful invocations are sampled for data capture;
+            None when its configuration captures nothing.
     """
 
     name: str
@@ -36,6 +39,7 @@ class LiveEndpoint:
     pools: Mapping[str, UpstreamPool]
     metrics: Mapping[str, VariantMetrics]
     log_stream_arn: str
+    capture: CaptureSink | None = None
 
 
 @dataclass

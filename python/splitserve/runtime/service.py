@@ -104,6 +104,10 @@ class InvocationService:
         variant, instance = live.router.route(request.target_variant, request.sticky_key)
         metrics = live.metrics[variant]
         metrics.invocations.inc()
+        # CloudWatch's InvocationsPerInstance: each routed request adds 1/healthy instances.
+        healthy = len(live.router.healthy_instances(variant)) or 1
+        metrics.invocations_per_instance.inc(1.0 / healthy)
+        metrics.minutes.count_invocation()
         try:
             sent = perf_counter()
             try:
@@ -117,23 +121,39 @@ class InvocationService:
             finally:
                 model_seconds = perf_counter() - sent
             metrics.model_latency.observe(model_seconds)
+            metrics.minutes.observe_latency(model_seconds)
         except UpstreamError as error:
             metrics.model_errors.inc()
+            metrics.minutes.count_model_error(0)
             raise self._upstream_failure(error, live.log_stream_arn) from error
         finally:
             live.router.release(instance)
-        healthy = len(live.router.healthy_instances(variant)) or 1
-        metrics.invocations_per_instance.inc(1.0 / healthy)
         status = response.status
         if status >= 300:
             metrics.model_errors.inc()
-            (metrics.errors_4xx if status < 500 else metrics.errors_5xx).inc()
+            metrics.minutes.count_model_error(status)
+            if status >= 500:
+                metrics.errors_5xx.inc()
+            elif status >= 400:
+                metrics.errors_4xx.inc()
             raise _model_error(response, live.log_stream_arn)
         metrics.overhead_latency.observe(perf_counter() - started - model_seconds)
+        content_type = response.header(b"content-type")
+        if live.capture is not None:
+            # Only successful invocations are captured: a failed one has no model output to monitor.
+            # offer() is a random draw, a tuple and a non-blocking put; it never raises.
+            live.capture.offer(
+                variant,
+                request.content_type,
+                request.inference_id,
+                request.body,
+                response.body,
+                content_type,
+            )
         return InvocationResult(
             variant=variant,
             body=response.body,
-            content_type=response.header(b"content-type"),
+            content_type=content_type,
             custom_attributes=response.header(b"x-amzn-sagemaker-custom-attributes"),
         )
 

@@ -1,0 +1,364 @@
+"""Per-variant metrics: exact counts, one place per error, the instance collector, removal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import psutil
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from splitserve import app as gateway_app
+from splitserve import keys
+from splitserve._router import Router, VariantSpec
+from splitserve.config import Settings, StatsSettings
+from splitserve.metrics import (
+    REGISTRY,
+    InstanceCollector,
+    VariantMetrics,
+    remove_variant_series,
+)
+from splitserve.procstat import CpuSampler, ProcessTimes, ProcessUsage, read_process
+from splitserve.runtime import routes as runtime_routes
+from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
+from splitserve.runtime.service import InvocationService
+from splitserve.runtime.upstream import UpstreamAddress, UpstreamPool
+from splitserve.stats import MinuteStore
+from splitserve.workers.supervisor import InstanceInfo
+from tests.e2e.conftest import free_port
+
+# --- /proc sampling ------------------------------------------------------------------------------
+
+
+def test_read_process_agrees_with_psutil() -> None:
+    sum(range(2_000_000))  # use some CPU first
+    times = read_process(os.getpid())
+    process = psutil.Process()
+    cpu = process.cpu_times()
+    assert times.cpu_seconds == pytest.approx(cpu.user + cpu.system, abs=0.05)
+    assert times.memory_bytes == pytest.approx(process.memory_info().rss, rel=0.05)
+    assert times.age_seconds == pytest.approx(time.time() - process.create_time(), abs=1.0)
+    with pytest.raises(FileNotFoundError):
+        read_process(2**22 + 1)  # above pid_max's default ceiling: never a process
+
+
+class FakeProcesses:
+    """A clock and a /proc reader under the test's control."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.readings: dict[int, ProcessTimes] = {}
+
+    def clock(self) -> float:
+        return self.now
+
+    def read(self, pid: int) -> ProcessTimes:
+        if pid not in self.readings:
+            raise FileNotFoundError(pid)
+        return self.readings[pid]
+
+
+def test_cpu_sampler_reports_the_delta_between_scrapes() -> None:
+    fake = FakeProcesses()
+    sampler = CpuSampler(1.0, cpus=4, clock=fake.clock, reader=fake.read)
+    fake.readings[7] = ProcessTimes(cpu_seconds=5.0, age_seconds=20.0, memory_bytes=1000)
+    # The first sample is the average over the process's life.
+    assert sampler.sample("i", 7) == ProcessUsage(25.0, 1000)
+    fake.now += 2.0
+    fake.readings[7] = ProcessTimes(cpu_seconds=8.0, age_seconds=22.0, memory_bytes=2000)
+    usage = sampler.sample("i", 7)
+    assert usage is not None
+    assert usage.cpu_percent == pytest.approx(150.0)  # 3 CPU-seconds in 2 s: summed over cores
+    assert usage.memory_bytes == 2000
+    # A scrape sooner than the minimum interval repeats the value rather than measure ticks.
+    fake.now += 0.1
+    fake.readings[7] = ProcessTimes(cpu_seconds=8.1, age_seconds=22.1, memory_bytes=2000)
+    again = sampler.sample("i", 7)
+    assert again is not None
+    assert again.cpu_percent == pytest.approx(150.0)
+    # Never above 100 x CPUs, never below 0.
+    fake.now += 1.0
+    fake.readings[7] = ProcessTimes(cpu_seconds=100.0, age_seconds=23.0, memory_bytes=2000)
+    capped = sampler.sample("i", 7)
+    assert capped is not None
+    assert capped.cpu_percent == 400.0
+    # A restart (new pid under the same instance) starts again from the process's life.
+    fake.readings[8] = ProcessTimes(cpu_seconds=1.0, age_seconds=10.0, memory_bytes=5)
+    assert sampler.sample("i", 8) == ProcessUsage(10.0, 5)
+    assert sampler.sample("gone", 9) is None
+    sampler.keep([])  # forgets "i": its next sample is a first one again
+    fake.now += 5.0
+    assert sampler.sample("i", 8) == ProcessUsage(10.0, 5)
+
+
+@dataclass
+class FakeFleets:
+    """An InstanceSource over processes the test started."""
+
+    instances: dict[tuple[str, str], list[InstanceInfo]]
+
+    def live_instances(self) -> Mapping[tuple[str, str], Sequence[InstanceInfo]]:
+        return self.instances
+
+
+def _instance(name: str, pid: int | None, restarts: int) -> InstanceInfo:
+    return InstanceInfo(
+        name=name,
+        variant_name=name.split("/")[1],
+        address=UpstreamAddress.tcp("127.0.0.1", 1),
+        cpus=(0,),
+        pid=pid,
+        state="healthy",
+        restarts=restarts,
+    )
+
+
+@pytest.fixture
+def children() -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """A process that spins for a few seconds and one that holds 64 MiB and sleeps."""
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 8\nwhile time.time() < end: pass"]
+    )
+    idle = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nheld = bytearray(64 << 20)\nheld[::4096] = b'x' * (16 << 10)\n"
+            "print('ready', flush=True)\ntime.sleep(8)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert idle.stdout is not None
+        assert idle.stdout.readline() == b"ready\n"
+        yield busy, idle
+    finally:
+        for child in (busy, idle):
+            child.kill()
+            child.wait()
+        if idle.stdout is not None:
+            idle.stdout.close()
+
+
+def test_instance_collector_reads_live_processes(
+    children: tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]],
+) -> None:
+    busy, idle = children
+    fleets = FakeFleets(
+        {
+            ("ep", "V1"): [_instance("ep/V1/g1/0", busy.pid, 0), _instance("ep/V1/g1/1", None, 4)],
+            ("ep", "V2"): [_instance("ep/V2/g1/0", idle.pid, 2)],
+        }
+    )
+    collector = InstanceCollector()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    collector.attach(fleets, CpuSampler(0.2))
+
+    def value(name: str, variant: str, instance: str) -> float | None:
+        labels = {"endpoint_name": "ep", "variant_name": variant, "instance": instance}
+        return registry.get_sample_value(name, labels)
+
+    value("splitserve_instance_cpu_utilization_percent", "V1", "ep/V1/g1/0")  # baseline
+    time.sleep(0.6)
+    busy_cpu = value("splitserve_instance_cpu_utilization_percent", "V1", "ep/V1/g1/0")
+    idle_cpu = value("splitserve_instance_cpu_utilization_percent", "V2", "ep/V2/g1/0")
+    assert busy_cpu is not None
+    assert idle_cpu is not None
+    assert busy_cpu > 25  # a spinning process on a shared host: well above idle
+    assert idle_cpu < 10
+    memory = value("splitserve_instance_memory_bytes", "V2", "ep/V2/g1/0")
+    assert memory is not None
+    assert memory >= 64 << 20
+    assert value("splitserve_instance_restarts_total", "V2", "ep/V2/g1/0") == 2
+    # An instance without a process has its restarts but no CPU or memory.
+    assert value("splitserve_instance_restarts_total", "V1", "ep/V1/g1/1") == 4
+    assert value("splitserve_instance_memory_bytes", "V1", "ep/V1/g1/1") is None
+
+    idle.kill()
+    idle.wait()
+    assert value("splitserve_instance_memory_bytes", "V2", "ep/V2/g1/0") is None
+    collector.detach(fleets)
+    assert value("splitserve_instance_restarts_total", "V2", "ep/V2/g1/0") is None
+
+
+# --- the request path, through HTTP ---------------------------------------------------------------
+
+
+async def _fake_worker(request: web.Request) -> web.Response:
+    """A worker whose answer the body picks: b"4xx" -> 400, b"5xx" -> 500, else 200."""
+    body = await request.read()
+    if body == b"4xx":
+        return web.Response(status=400, text="bad row")
+    if body == b"5xx":
+        return web.Response(status=500, text="crashed")
+    return web.Response(text="0.5")
+
+
+@dataclass
+class Gateway:
+    """A runtime-only gateway over one endpoint: Good answers, Gone is an unreachable instance."""
+
+    client: TestClient[web.Request, web.Application]
+    endpoint: str
+
+    def sample(self, name: str, variant: str) -> float | None:
+        labels = {"endpoint_name": self.endpoint, "variant_name": variant}
+        return REGISTRY.get_sample_value(name, labels)
+
+    async def invoke(self, body: bytes, variant: str, endpoint: str | None = None) -> int:
+        response = await self.client.post(
+            f"/endpoints/{endpoint or self.endpoint}/invocations",
+            data=body,
+            headers={"X-Amzn-SageMaker-Target-Variant": variant, "Content-Type": "text/csv"},
+        )
+        await response.read()
+        return response.status
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    worker_app = web.Application()
+    worker_app.router.add_post("/invocations", _fake_worker)
+    async with TestServer(worker_app) as worker:
+        assert worker.port is not None
+        endpoint = f"m{uuid.uuid4().hex[:12]}"
+        settings = Settings()
+        minutes = MinuteStore(settings.stats)
+        pools = {
+            f"{endpoint}/Good/g1/0": UpstreamAddress.tcp("127.0.0.1", worker.port),
+            f"{endpoint}/Gone/g1/0": UpstreamAddress.tcp("127.0.0.1", free_port()),
+        }
+        registry = EndpointRegistry()
+        registry.publish(
+            LiveEndpoint(
+                name=endpoint,
+                generation=1,
+                router=Router(
+                    [
+                        VariantSpec("Good", 1.0, [f"{endpoint}/Good/g1/0"], "RANDOM"),
+                        VariantSpec("Gone", 1.0, [f"{endpoint}/Gone/g1/0"], "RANDOM"),
+                    ],
+                    salt=endpoint,
+                    seed=1,
+                ),
+                pools={
+                    name: UpstreamPool(
+                        address, max_idle=4, connect_timeout=1.0, max_response_bytes=1 << 20
+                    )
+                    for name, address in pools.items()
+                },
+                metrics={
+                    variant: VariantMetrics.resolve(
+                        endpoint, variant, minutes.variant(endpoint, variant)
+                    )
+                    for variant in ("Good", "Gone")
+                },
+                log_stream_arn="arn:log",
+            )
+        )
+        app = web.Application(middlewares=[gateway_app.error_middleware])
+        app[keys.SETTINGS] = settings
+        app[keys.INVOCATIONS] = InvocationService(settings, registry)
+        app[keys.MINUTES] = minutes
+        app.router.add_routes(runtime_routes.ROUTES)
+        app.router.add_get("/metrics", gateway_app.metrics)
+        app.router.add_get("/splitserve/stats/{endpoint}", gateway_app.stats)
+        async with TestClient(TestServer(app)) as client:
+            yield Gateway(client, endpoint)
+        for live in [registry.withdraw(endpoint)]:
+            assert live is not None
+            for pool in live.pools.values():
+                await pool.close()
+        for variant in ("Good", "Gone"):
+            remove_variant_series(endpoint, variant)
+
+
+def _gateway_errors(code: str) -> float:
+    return REGISTRY.get_sample_value("splitserve_gateway_errors_total", {"code": code}) or 0.0
+
+
+async def test_each_request_is_counted_once_in_the_right_place(gateway: Gateway) -> None:
+    refused_before = _gateway_errors("ValidationError")
+    unavailable_before = _gateway_errors("ServiceUnavailable")
+    statuses = [await gateway.invoke(b"1,2", "Good") for _ in range(7)]
+    statuses += [await gateway.invoke(b"4xx", "Good") for _ in range(2)]
+    statuses += [await gateway.invoke(b"5xx", "Good")]
+    statuses += [await gateway.invoke(b"1,2", "Gone") for _ in range(3)]
+    assert statuses == [200] * 7 + [424] * 3 + [503] * 3
+    # Refused before routing: gateway errors, nobody's invocation.
+    assert await gateway.invoke(b"1,2", "Good", endpoint="nope") == 400
+    assert await gateway.invoke(b"1,2", "Variant3") == 400
+
+    assert gateway.sample("splitserve_invocations_total", "Good") == 10
+    assert gateway.sample("splitserve_invocations_total", "Gone") == 3
+    assert gateway.sample("splitserve_invocations_per_instance_total", "Good") == 10
+    assert gateway.sample("splitserve_invocation_4xx_errors_total", "Good") == 2
+    assert gateway.sample("splitserve_invocation_5xx_errors_total", "Good") == 1
+    assert gateway.sample("splitserve_invocation_model_errors_total", "Good") == 3
+    # An instance that cannot be reached is the variant's model error, not the gateway's.
+    assert gateway.sample("splitserve_invocation_model_errors_total", "Gone") == 3
+    assert gateway.sample("splitserve_invocation_4xx_errors_total", "Gone") == 0
+    assert gateway.sample("splitserve_model_latency_seconds_count", "Good") == 10
+    assert gateway.sample("splitserve_overhead_latency_seconds_count", "Good") == 7
+    assert _gateway_errors("ValidationError") - refused_before == 2
+    assert _gateway_errors("ServiceUnavailable") == unavailable_before
+
+    response = await gateway.client.get(
+        f"/splitserve/stats/{gateway.endpoint}", params={"since": "120"}
+    )
+    assert response.status == 200
+    report = await response.json()
+    assert report["Variants"] == ["Good", "Gone"]
+    totals: dict[str, dict[str, int]] = {}
+    for period in report["Periods"]:
+        for variant, cell in period["Variants"].items():
+            for key in ("Invocations", "Invocation4XXErrors", "InvocationModelErrors"):
+                totals.setdefault(variant, {}).setdefault(key, 0)
+                totals[variant][key] += cell[key]
+    assert totals == {
+        "Good": {"Invocations": 10, "Invocation4XXErrors": 2, "InvocationModelErrors": 3},
+        "Gone": {"Invocations": 3, "Invocation4XXErrors": 0, "InvocationModelErrors": 3},
+    }
+
+    text = await (await gateway.client.get("/metrics")).text()
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert {"splitserve_invocations", "splitserve_overhead_latency_seconds"} <= names
+
+
+async def test_stats_route_refuses_bad_windows(gateway: Gateway) -> None:
+    for params, match in (
+        ({"per": "90"}, "whole number of minutes"),
+        ({"since": "-5"}, "whole number of seconds"),
+        ({"since": str(10 * 86400)}, "retention"),
+    ):
+        response = await gateway.client.get(f"/splitserve/stats/{gateway.endpoint}", params=params)
+        assert response.status == 400
+        assert match in (await response.json(content_type=None))["Message"]
+    response = await gateway.client.get("/splitserve/stats/unknown")
+    assert response.status == 400
+    assert "has no statistics" in (await response.json(content_type=None))["Message"]
+    # The stats route is no invocation: nothing was counted.
+    assert gateway.sample("splitserve_invocations_total", "Good") == 0
+
+
+def test_removed_variants_leave_no_series() -> None:
+    endpoint = f"r{uuid.uuid4().hex[:12]}"
+    store = MinuteStore(StatsSettings(retention_minutes=5))
+    metrics = VariantMetrics.resolve(endpoint, "V", store.variant(endpoint, "V"))
+    metrics.invocations.inc()
+    labels = {"endpoint_name": endpoint, "variant_name": "V"}
+    assert REGISTRY.get_sample_value("splitserve_invocations_total", labels) == 1
+    remove_variant_series(endpoint, "V")
+    text = generate_latest(REGISTRY).decode()
+    assert endpoint not in text
+    remove_variant_series(endpoint, "V")  # removing twice is harmless

@@ -1,0 +1,339 @@
+"""The per-minute store behind `splitserve stats`: bucketing, retention, percentiles, windows."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from splitserve.config import StatsSettings
+from splitserve.errors import ValidationException
+from splitserve.stats import (
+    LATENCY_BUCKETS,
+    LATENCY_BUCKETS_PER_OCTAVE,
+    LATENCY_LOWEST_SECONDS,
+    MinuteStore,
+    StatsReport,
+    StatsUnavailable,
+    VariantMinutes,
+    fetch_report,
+    format_duration,
+    latency_bucket,
+    latency_percentiles,
+    render_table,
+)
+
+# 2024-05-01 12:00:00 UTC, a whole minute.
+_NOON = 1_714_564_800.0
+
+
+class FakeClock:
+    """Wall-clock seconds that only move when told to."""
+
+    def __init__(self, now: float = _NOON) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_buckets_are_log_spaced_and_clamped() -> None:
+    assert latency_bucket(0.0) == 0
+    assert latency_bucket(LATENCY_LOWEST_SECONDS / 2) == 0
+    assert latency_bucket(1e9) == LATENCY_BUCKETS - 1
+    # One octave up is PER_OCTAVE buckets up.
+    assert latency_bucket(0.004) - latency_bucket(0.002) == LATENCY_BUCKETS_PER_OCTAVE
+    indices = [latency_bucket(1e-5 * 1.01**step) for step in range(2000)]
+    assert indices == sorted(indices)
+
+
+def test_percentiles_are_within_a_bucket_of_the_truth() -> None:
+    rng = random.Random(3)
+    samples = [rng.lognormvariate(math.log(0.004), 0.8) for _ in range(5000)]
+    histogram = [0] * LATENCY_BUCKETS
+    for sample in samples:
+        histogram[latency_bucket(sample)] += 1
+    ordered = sorted(samples)
+    ratio = 2 ** (1 / LATENCY_BUCKETS_PER_OCTAVE)
+    quantiles = (0.5, 0.9, 0.99)
+    estimates = latency_percentiles(histogram, quantiles, ordered[0], ordered[-1])
+    assert estimates is not None
+    for quantile, estimate in zip(quantiles, estimates, strict=True):
+        exact = ordered[math.ceil(quantile * len(ordered)) - 1]
+        assert exact / ratio <= estimate <= exact * ratio
+    assert latency_percentiles([0] * LATENCY_BUCKETS, quantiles, 0.0, 0.0) is None
+    # A single latency comes back exactly: min and max clamp the estimate.
+    one = [0] * LATENCY_BUCKETS
+    one[latency_bucket(0.0123)] = 1
+    assert latency_percentiles(one, (0.5, 0.99), 0.0123, 0.0123) == [0.0123, 0.0123]
+
+
+def test_minutes_bucket_counts_by_wall_clock_minute(clock: FakeClock) -> None:
+    ring = VariantMinutes(10, clock)
+    for _ in range(3):
+        ring.count_invocation()
+        ring.observe_latency(0.002)
+    ring.count_model_error(400)
+    clock.advance(59.9)
+    ring.count_invocation()  # still 12:00
+    clock.advance(0.2)
+    ring.count_invocation()  # 12:01
+    ring.count_model_error(503)
+    ring.count_model_error(0)
+    noon = int(_NOON // 60)
+    minutes = {m.minute: m for m in ring.minutes(noon - 5, noon + 1)}
+    assert set(minutes) == {noon, noon + 1}
+    assert minutes[noon].invocations == 4
+    assert (minutes[noon].errors_4xx, minutes[noon].errors_5xx) == (1, 0)
+    assert minutes[noon].model_errors == 1
+    latency = minutes[noon].latency
+    assert latency is not None
+    assert sum(latency) == 3
+    assert minutes[noon + 1].invocations == 1
+    assert (minutes[noon + 1].errors_5xx, minutes[noon + 1].model_errors) == (1, 2)
+    assert minutes[noon + 1].latency is None
+
+
+def test_ring_keeps_only_its_newest_minutes(clock: FakeClock) -> None:
+    ring = VariantMinutes(5, clock)
+    for _ in range(12):
+        ring.count_invocation()
+        clock.advance(60)
+    last = int(clock.now // 60) - 1
+    kept = [m.minute for m in ring.minutes(last - 100, last)]
+    assert kept == list(range(last - 4, last + 1))
+    # A slot the ring came round to again holds only its new minute's counts.
+    assert all(m.invocations == 1 for m in ring.minutes(last - 100, last))
+
+
+def test_ring_memory_is_bounded_by_its_slots(clock: FakeClock) -> None:
+    ring = VariantMinutes(1441, clock)
+    for _ in range(3000):
+        ring.count_invocation()
+        ring.observe_latency(0.001)
+        clock.advance(60)
+    histograms = [h for h in ring._latency if h is not None]
+    assert len(ring._latency) == 1441
+    assert len(histograms) == 1441
+    assert all(len(h) == LATENCY_BUCKETS for h in histograms)
+
+
+def test_report_rows_are_aligned_periods_with_the_current_one_last(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=60), clock)
+    first = store.variant("ep", "Variant1")
+    second = store.variant("ep", "Variant2")
+    clock.advance(30)  # 12:00:30
+    for _ in range(30):
+        first.count_invocation()
+    for _ in range(10):
+        second.count_invocation()
+    clock.advance(120)  # 12:02:30
+    first.count_invocation()
+    clock.advance(60)  # 12:03:30
+
+    report = store.report("ep", since_seconds=300, period_seconds=60)
+    assert report.variants == ("Variant1", "Variant2")
+    assert [p.start for p in report.periods] == [_NOON + 60 * m for m in range(-1, 4)]
+    assert report.start == _NOON - 60
+    assert report.end == _NOON + 240
+    counts = [{v: c.invocations for v, c in p.variants.items()} for p in report.periods]
+    assert counts == [{}, {"Variant1": 30, "Variant2": 10}, {}, {"Variant1": 1}, {}]
+
+    # Five-minute periods: 12:00-12:04 holds everything; since=10m gives two periods.
+    coarse = store.report("ep", since_seconds=600, period_seconds=300)
+    assert [p.start for p in coarse.periods] == [_NOON - 300, _NOON]
+    assert coarse.periods[1].variants["Variant1"].invocations == 31
+    # A window shorter than its period still shows the current period.
+    assert len(store.report("ep", since_seconds=60, period_seconds=3600).periods) == 1
+
+
+def test_report_refuses_what_it_cannot_answer(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=60), clock)
+    store.variant("ep", "V")
+    with pytest.raises(ValidationException, match="has no statistics"):
+        store.report("other", 60, 60)
+    with pytest.raises(ValidationException, match="since"):
+        store.report("ep", 3601, 60)
+    with pytest.raises(ValidationException, match="since"):
+        store.report("ep", 0, 60)
+    with pytest.raises(ValidationException, match="per"):
+        store.report("ep", 600, 90)
+    with pytest.raises(ValidationException, match="per"):
+        store.report("ep", 600, 30)
+
+
+def test_report_reaches_back_the_whole_retention(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=1440), clock)
+    ring = store.variant("ep", "V")
+    ring.count_invocation()  # 12:00 today
+    clock.advance(1439 * 60)  # 11:59 tomorrow: 12:00 today is the oldest minute of 24 hours
+    ring.count_invocation()
+    report = store.report("ep", since_seconds=86400, period_seconds=60)
+    assert len(report.periods) == 1440
+    assert sum(p.variants["V"].invocations for p in report.periods if "V" in p.variants) == 2
+    clock.advance(60)
+    report = store.report("ep", since_seconds=86400, period_seconds=60)
+    assert sum(p.variants["V"].invocations for p in report.periods if "V" in p.variants) == 1
+
+
+def test_report_latency_and_errors_per_period(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=60), clock)
+    ring = store.variant("ep", "V")
+    for index in range(100):
+        ring.count_invocation()
+        ring.observe_latency(0.010 if index < 98 else 0.200)
+    ring.count_model_error(404)
+    cell = store.report("ep", 60, 60).periods[-1].variants["V"]
+    assert (cell.invocations, cell.errors_4xx, cell.errors_5xx, cell.model_errors) == (100, 1, 0, 1)
+    assert cell.latency_p50_seconds is not None
+    assert cell.latency_p99_seconds is not None
+    assert 0.009 <= cell.latency_p50_seconds <= 0.011
+    assert 0.18 <= cell.latency_p99_seconds <= 0.2
+
+
+def test_retired_variants_stay_while_they_have_data_then_go(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=10), clock)
+    old = store.variant("ep", "Blue")
+    idle = store.variant("ep", "Idle")
+    old.count_invocation()
+    store.variant("ep", "Green")
+    store.retire("ep", "Blue")
+    store.retire("ep", "Idle")
+    assert store.report("ep", 600, 60).variants == ("Blue", "Green")
+    clock.advance(11 * 60)
+    store.variant("ep", "Green")  # a deployment prunes what the retention no longer shows
+    assert store.report("ep", 600, 60).variants == ("Green",)
+    assert idle is not store.variant("ep", "Idle")
+    # A variant deployed again keeps its history.
+    green = store.variant("ep", "Green")
+    green.count_invocation()
+    store.retire("ep", "Green")
+    assert store.variant("ep", "Green") is green
+    store.forget("ep")
+    with pytest.raises(ValidationException):
+        store.report("ep", 60, 60)
+
+
+def test_report_json_round_trip(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=60), clock)
+    ring = store.variant("ep", "V")
+    ring.count_invocation()
+    ring.observe_latency(0.003)
+    report = store.report("ep", 180, 60)
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["Periods"][-1]["Variants"]["V"] == {
+        "Invocations": 1,
+        "Invocation4XXErrors": 0,
+        "Invocation5XXErrors": 0,
+        "InvocationModelErrors": 0,
+        "ModelLatencyP50Seconds": 0.003,
+        "ModelLatencyP99Seconds": 0.003,
+    }
+    assert StatsReport.from_json(data) == report
+
+
+def test_table_has_a_row_per_period_and_a_column_per_variant(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=60), clock)
+    first = store.variant("ab", "Variant1")
+    store.variant("ab", "Variant2")
+    for _ in range(12):
+        first.count_invocation()
+        first.observe_latency(0.0042)
+    first.count_model_error(400)
+    clock.advance(60)
+    text = render_table(store.report("ab", 180, 60))
+    assert text.splitlines() == [
+        "Endpoint ab: per 1m, 3 periods",
+        "time (UTC)         Variant1   Variant2",
+        "2024-05-01 11:59",
+        "2024-05-01 12:00         12",
+        "2024-05-01 12:01",
+    ]
+    wide = render_table(store.report("ab", 120, 60), errors=True, latency=True).splitlines()
+    assert wide[1].split() == ["Variant1", "Variant2"]
+    assert wide[2].split()[2:9] == ["invocations", "4xx", "5xx", "model", "errors", "p50", "ms"]
+    assert wide[3].split()[2:] == ["12", "1", "0", "1", "4.20", "4.20"]
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (60, 900, 3600, 5400, 86400, 90)] == [
+        "1m",
+        "15m",
+        "1h",
+        "90m",
+        "1d",
+        "90s",
+    ]
+
+
+@pytest.fixture
+def answering_server() -> Iterator[tuple[str, list[str]]]:
+    """A tiny HTTP server: /splitserve/stats/ok answers a report, anything else a 400."""
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            if self.path.startswith("/splitserve/stats/ok?"):
+                body = json.dumps(
+                    {
+                        "EndpointName": "ok",
+                        "PeriodSeconds": 60,
+                        "StartTime": 0,
+                        "EndTime": 60,
+                        "Variants": [],
+                        "Periods": [{"StartTime": 0, "Variants": {}}],
+                    }
+                ).encode()
+                self.send_response(200)
+            else:
+                body = b'{"__type": "ValidationException", "Message": "no such thing"}'
+                self.send_response(400)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", paths
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_fetch_report(answering_server: tuple[str, list[str]]) -> None:
+    url, paths = answering_server
+    report = fetch_report(url + "/", "ok", 900, 60, timeout=5)
+    assert report.endpoint_name == "ok"
+    assert paths[-1] == "/splitserve/stats/ok?since=900&per=60"
+    with pytest.raises(StatsUnavailable, match="no such thing"):
+        fetch_report(url, "missing", 900, 60, timeout=5)
+
+
+def test_fetch_report_without_a_gateway() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(StatsUnavailable, match="cannot reach the gateway"):
+        fetch_report(f"http://127.0.0.1:{port}", "ep", 900, 60, timeout=5)
