@@ -1,0 +1,415 @@
+"""SageMaker's A/B testing walkthrough (two XGBoost churn models as production variants), on
+splitserve, with an evaluation that says whether the difference is real.
+
+Run it against a gateway you started (`make run` in another terminal, which serves on
+127.0.0.1:8080 with its model store in ./.splitserve/models):
+
+    .venv/bin/python examples/walkthrough.py
+
+or let it start (and stop) its own gateway, as `make demo` does:
+
+    .venv/bin/python examples/walkthrough.py --start
+
+What it does, as the walkthrough does, with unmodified boto3:
+1. Generates the synthetic telecom churn table (`splitserve.evaluation.churn`; seeded, no
+   download), splits it into train and test, and trains two XGBoost models that differ as the
+   walkthrough's do: Variant2 with the walkthrough's hyperparameters on all training rows,
+   Variant1 with deeper trees on a fifth of them. Each is written as model.tar.gz
+   (`xgboost-model` inside) into the model store, under s3://walkthrough/. Their true AUCs, on
+   fresh customers, are printed to compare the evaluation's verdict with.
+2. Creates two models (the SageMaker XGBoost image), an endpoint config with Variant1 and Variant2
+   at weight 1 each on ml.m5.xlarge with data capture on (100%, under s3://walkthrough/capture/),
+   and the endpoint; waits for InService.
+3. Sends every test row with the weights (InferenceId = the row's id), then the first rows again
+   with TargetVariant="Variant1" (no InferenceId: traffic outside the experiment), printing the
+   split of each.
+4. Writes the labels as ground truth (SageMaker's merge format, under YYYY/MM/DD/HH/) and runs
+   `splitserve evaluate`: per-variant metrics with intervals, the comparison and its verdict.
+5. Shifts the weights to 25/75 with UpdateEndpointWeightsAndCapacities, sends more traffic, and
+   prints the per-minute invocations table (`splitserve stats`).
+
+Outputs (ground truth and the evaluation's plot) go to a directory per run under --output
+(default .splitserve/walkthrough), and capture to one per run under s3://walkthrough/capture/, so
+running it again against the same gateway starts afresh (it deletes its endpoint, endpoint config
+and models from the earlier run first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import xgboost as xgb
+from botocore.config import Config
+
+from splitserve.cli import main as splitserve
+from splitserve.evaluation.churn import ChurnData, generate_churn, train_test_split
+from splitserve.evaluation.stats import delong_auc
+
+IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+BUCKET = "walkthrough"
+SEED = 2024
+# Variant2: the walkthrough's XGBoost hyperparameters (the churn notebook's) on all training rows.
+# Variant1: deeper trees and a faster learning rate on a fifth of them, so it overfits a little (a
+# true AUC about 0.02 lower: the kind of difference an A/B test is run to find).
+VARIANT2_PARAMS = {
+    "objective": "binary:logistic", "max_depth": 5, "eta": 0.2, "gamma": 4,
+    "min_child_weight": 6, "subsample": 0.8, "seed": SEED, "nthread": 1,
+}  # fmt: skip
+VARIANT1_PARAMS = {**VARIANT2_PARAMS, "max_depth": 6, "eta": 0.3}
+ROUNDS = {"Variant1": 100, "Variant2": 100}
+TRAINING_SHARE = {"Variant1": 5, "Variant2": 1}  # Variant1 trains on 1/5 of the rows
+# Fresh customers to measure each model's true AUC: what no A/B test can see, printed for
+# comparison with the evaluation's verdict.
+TRUTH_CUSTOMERS = 50_000
+START_TIMEOUT_SECONDS = 30.0
+CAPTURE_TIMEOUT_SECONDS = 30.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the walkthrough; return the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="a running gateway")
+    parser.add_argument(
+        "--model-store",
+        type=Path,
+        default=Path(".splitserve/models"),
+        help="that gateway's model store (make run's is the default)",
+    )
+    parser.add_argument(
+        "--start", action="store_true", help="start a gateway of its own (and stop it at the end)"
+    )
+    parser.add_argument("--customers", type=int, default=5000, help="rows of churn data")
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share of the rows held out for testing"
+    )
+    parser.add_argument("--targeted", type=int, default=200, help="rows sent to Variant1 only")
+    parser.add_argument("--shifted", type=int, default=400, help="rows sent after the 25/75 shift")
+    parser.add_argument("--endpoint", default="churn-ab")
+    parser.add_argument("--output", type=Path, default=Path(".splitserve/walkthrough"))
+    args = parser.parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with _gateway(args) as (url, model_store):
+        _walkthrough(args, url, model_store)
+    print(f"\nDone in {time.perf_counter() - started:.0f} s.")
+    return 0
+
+
+def _walkthrough(args: argparse.Namespace, url: str, model_store: Path) -> None:
+    sagemaker = _client("sagemaker", url)
+    runtime = _client("sagemaker-runtime", url)
+    endpoint = args.endpoint
+    # Each run captures under a prefix of its own, and keeps its ground truth apart, so a second
+    # run against the same gateway never reads the first one's records.
+    run = datetime.now(UTC).strftime("run-%Y%m%dT%H%M%S")
+    output = args.output / run
+
+    _step(1, "churn data and two XGBoost models")
+    customers = generate_churn(args.customers, seed=SEED)
+    train, test = train_test_split(customers, args.test_fraction, seed=SEED)
+    print(
+        f"{len(customers)} customers ({customers.labels.mean():.1%} churn), "
+        f"{customers.features.shape[1]} numeric features; "
+        f"{len(train)} to train, {len(test)} to test"
+    )
+    order = np.random.default_rng(SEED).permutation(len(train))
+    fresh = generate_churn(TRUTH_CUSTOMERS, seed=SEED + 1)
+    for variant, params in (("Variant1", VARIANT1_PARAMS), ("Variant2", VARIANT2_PARAMS)):
+        rows = train.subset(order[: len(train) // TRAINING_SHARE[variant]])
+        booster = xgb.train(
+            params, xgb.DMatrix(rows.features, label=rows.labels), num_boost_round=ROUNDS[variant]
+        )
+        path = _write_model(booster, model_store / BUCKET / variant.lower() / "model.tar.gz")
+        true_auc = _auc(fresh.labels, booster.predict(xgb.DMatrix(fresh.features)))
+        print(
+            f"{variant}: max_depth {params['max_depth']}, eta {params['eta']}, "
+            f"{ROUNDS[variant]} rounds, {len(rows)} training rows; true AUC {true_auc:.3f} "
+            f"(on {len(fresh)} fresh customers) -> {path}"
+        )
+
+    _step(2, "models, endpoint config with data capture, endpoint")
+    _delete_leftovers(sagemaker, endpoint)
+    for variant in ("Variant1", "Variant2"):
+        sagemaker.create_model(
+            ModelName=f"{endpoint}-{variant.lower()}",
+            ExecutionRoleArn=ROLE,
+            PrimaryContainer={
+                "Image": IMAGE,
+                "ModelDataUrl": f"s3://{BUCKET}/{variant.lower()}/model.tar.gz",
+            },
+        )
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=f"{endpoint}-config",
+        ProductionVariants=[
+            {
+                "VariantName": variant,
+                "ModelName": f"{endpoint}-{variant.lower()}",
+                "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.xlarge",
+                "InitialVariantWeight": 1,
+            }
+            for variant in ("Variant1", "Variant2")
+        ],
+        DataCaptureConfig={
+            "EnableCapture": True,
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": f"s3://{BUCKET}/capture/{run}",
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {
+                "CsvContentTypes": ["text/csv"],
+                "JsonContentTypes": ["application/json"],
+            },
+        },
+    )
+    sagemaker.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-config")
+    _wait_in_service(sagemaker, endpoint)
+
+    _step(3, "traffic: by weight (1:1), then pinned to Variant1")
+    row_ids = [f"customer-{index}" for index in range(len(test))]
+    weighted = _send(runtime, endpoint, test, row_ids, "weighted")
+    _print_split("by weight", weighted)
+    targeted_rows = test.subset(np.arange(min(args.targeted, len(test))))
+    targeted = _send(runtime, endpoint, targeted_rows, None, "targeted", TargetVariant="Variant1")
+    _print_split('TargetVariant="Variant1" (no InferenceId)', targeted)
+
+    _step(4, "ground truth and evaluation")
+    capture = model_store / BUCKET / "capture" / run
+    _wait_for_capture(capture / endpoint, len(test) + len(targeted_rows))
+    ground_truth = _write_ground_truth(output / "ground-truth", row_ids, test)
+    plot = output / "evaluation.png"
+    command = [
+        "evaluate", "--capture", str(capture), "--endpoint", endpoint,
+        "--ground-truth", str(ground_truth), "--weights", "Variant1=1,Variant2=1",
+        "--plot", str(plot),
+    ]  # fmt: skip
+    print("$ splitserve " + " ".join(command) + "\n")
+    if splitserve(command) != 0:
+        raise SystemExit("splitserve evaluate failed")
+
+    _step(5, "shift to 25/75, more traffic, invocations per minute")
+    sagemaker.update_endpoint_weights_and_capacities(
+        EndpointName=endpoint,
+        DesiredWeightsAndCapacities=[
+            {"VariantName": "Variant1", "DesiredWeight": 25},
+            {"VariantName": "Variant2", "DesiredWeight": 75},
+        ],
+    )
+    _wait_in_service(sagemaker, endpoint)
+    shifted_rows = test.subset(np.arange(min(args.shifted, len(test))))
+    shifted = _send(runtime, endpoint, shifted_rows, None, "after the shift")
+    _print_split("after UpdateEndpointWeightsAndCapacities to 25/75", shifted)
+    print(f"\n$ splitserve stats {endpoint} --since 3m --url {url}\n")
+    if splitserve(["stats", endpoint, "--since", "3m", "--url", url]) != 0:
+        raise SystemExit("splitserve stats failed")
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The Mann-Whitney AUC (ties count half)."""
+    estimate = delong_auc(labels, scores.astype(np.float64))
+    return float("nan") if estimate is None else estimate.auc
+
+
+def _step(number: int, title: str) -> None:
+    print(f"\n== {number}. {title}", flush=True)
+
+
+def _client(service: str, url: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="walkthrough",
+        aws_secret_access_key="walkthrough",
+        config=Config(retries={"mode": "standard", "max_attempts": 3}),
+    )
+
+
+def _write_model(booster: xgb.Booster, path: Path) -> Path:
+    """Save as SageMaker's XGBoost training does: `xgboost-model` inside model.tar.gz."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = bytes(booster.save_raw(raw_format="ubj"))
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("xgboost-model")
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def _delete_leftovers(sagemaker: Any, endpoint: str) -> None:
+    """Remove what an earlier run against the same gateway left, so the names are free."""
+    calls = [
+        ("delete_endpoint", {"EndpointName": endpoint}),
+        ("delete_endpoint_config", {"EndpointConfigName": f"{endpoint}-config"}),
+        ("delete_model", {"ModelName": f"{endpoint}-variant1"}),
+        ("delete_model", {"ModelName": f"{endpoint}-variant2"}),
+    ]
+    for operation, arguments in calls:
+        try:
+            getattr(sagemaker, operation)(**arguments)
+        except sagemaker.exceptions.ClientError:
+            continue  # not there: nothing to delete
+        if operation == "delete_endpoint":
+            print(f"(deleted endpoint {endpoint} left by an earlier run)")
+            sagemaker.get_waiter("endpoint_deleted").wait(
+                EndpointName=endpoint, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+            )
+
+
+def _wait_in_service(sagemaker: Any, endpoint: str) -> None:
+    started = time.perf_counter()
+    sagemaker.get_waiter("endpoint_in_service").wait(
+        EndpointName=endpoint, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+    )
+    described = sagemaker.describe_endpoint(EndpointName=endpoint)
+    weights = ", ".join(
+        f"{v['VariantName']} weight {v['CurrentWeight']:g}" for v in described["ProductionVariants"]
+    )
+    print(f"{endpoint} InService after {time.perf_counter() - started:.1f} s ({weights})")
+
+
+def _send(
+    runtime: Any,
+    endpoint: str,
+    rows: ChurnData,
+    row_ids: list[str] | None,
+    label: str,
+    **extra: Any,
+) -> Counter[str]:
+    """Invoke once per row (CSV, as the walkthrough does), showing progress; count variants."""
+    seen: Counter[str] = Counter()
+    total = len(rows)
+    interactive = sys.stdout.isatty()
+    step = max(1, total // 4)
+    for index in range(total):
+        body = ",".join(f"{value:g}" for value in rows.features[index]) + "\n"
+        if row_ids is not None:
+            extra["InferenceId"] = row_ids[index]
+        response = runtime.invoke_endpoint(
+            EndpointName=endpoint, Body=body.encode(), ContentType="text/csv", **extra
+        )
+        response["Body"].read()
+        seen[response["InvokedProductionVariant"]] += 1
+        done = index + 1
+        if interactive:
+            print(f"\r  sending {label}: {done}/{total}", end="", flush=True)
+        elif done % step == 0 or done == total:
+            print(f"  sending {label}: {done}/{total}", flush=True)
+    if interactive:
+        print()
+    return seen
+
+
+def _print_split(title: str, seen: Counter[str]) -> None:
+    total = sum(seen.values())
+    shares = ", ".join(
+        f"{name} {count} ({count / total:.0%})" for name, count in sorted(seen.items())
+    )
+    print(f"{title}: {shares}")
+
+
+def _wait_for_capture(directory: Path, expected: int) -> None:
+    """Wait until the capture files hold `expected` records (the writer flushes within moments)."""
+    deadline = time.monotonic() + CAPTURE_TIMEOUT_SECONDS
+    found = 0
+    while time.monotonic() < deadline:
+        found = sum(
+            sum(1 for line in path.read_bytes().splitlines() if line.strip())
+            for path in directory.rglob("*.jsonl")
+        )
+        if found >= expected:
+            print(f"capture: {found} records under {directory}")
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"capture has {found} of {expected} records under {directory}")
+
+
+def _write_ground_truth(directory: Path, row_ids: list[str], test: ChurnData) -> Path:
+    """The test labels in SageMaker's merge format, under the hour they were collected."""
+    hour = directory / datetime.now(UTC).strftime("%Y/%m/%d/%H")
+    hour.mkdir(parents=True, exist_ok=True)
+    lines = (
+        json.dumps(
+            {
+                "groundTruthData": {"data": str(int(label)), "encoding": "CSV"},
+                "eventMetadata": {"eventId": row_id},
+                "eventVersion": "0",
+            }
+        )
+        for row_id, label in zip(row_ids, test.labels, strict=True)
+    )
+    (hour / "labels.jsonl").write_text("\n".join(lines) + "\n")
+    print(f"ground truth: {len(row_ids)} labels under {directory}")
+    return directory
+
+
+@contextmanager
+def _gateway(args: argparse.Namespace) -> Iterator[tuple[str, Path]]:
+    """The gateway to use: the one at --url, or (--start) one started here and stopped after."""
+    if not args.start:
+        yield args.url, args.model_store
+        return
+    with tempfile.TemporaryDirectory(prefix="splitserve-walkthrough-") as temporary:
+        root = Path(temporary)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        log_path = args.output / "gateway.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "splitserve.cli", "serve", "--port", str(port),
+                    "--state-dir", str(root / "state"), "--model-store", str(root / "models"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_for_ping(process, url, log_path)
+            print(f"started a gateway at {url} (log: {log_path})")
+            yield url, root / "models"
+        finally:
+            process.send_signal(signal.SIGTERM)  # a clean stop also flushes the capture files
+            try:
+                process.wait(40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_for_ping(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the gateway exited; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"the gateway did not answer /ping; see {log_path}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

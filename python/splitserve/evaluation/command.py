@@ -1,0 +1,179 @@
+"""What `splitserve evaluate` does once `cli` has read its arguments.
+
+Weights for the sample-ratio check come from `--weights Variant1=1,Variant2=1` or, with `--url`,
+from DescribeEndpoint on a running gateway (each variant's CurrentWeight). The gateway's weights
+are those in force now, which are not those of the capture if they changed since; the report names
+the source so that a reader can tell. `--weights` wins when both are given. DescribeEndpoint is an
+unsigned request, so `--url` serves gateways started without `--auth`; with auth, pass `--weights`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from splitserve.config import EvaluationSettings
+from splitserve.evaluation.capture_reader import read_capture
+from splitserve.evaluation.errors import EvaluationInputError
+from splitserve.evaluation.ground_truth import load_ground_truth
+from splitserve.evaluation.join import JoinedData, join
+from splitserve.evaluation.plot import write_plot
+from splitserve.evaluation.render import report_json, report_text
+from splitserve.evaluation.report import EvaluationReport, TrafficWeights, evaluate
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """The arguments of one `splitserve evaluate`.
+
+    Attributes:
+        capture: the capture destination (or one endpoint's directory under it).
+        ground_truth: a ground-truth file or directory.
+        endpoint: the endpoint to evaluate; None when the capture holds one.
+        weights: `--weights` as given, or None.
+        url: a gateway to read the weights from, or None.
+        as_json: print JSON instead of text.
+        plot: a PNG file to draw into, or None.
+    """
+
+    capture: Path
+    ground_truth: Path
+    endpoint: str | None = None
+    weights: str | None = None
+    url: str | None = None
+    as_json: bool = False
+    plot: Path | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A report together with the joined data it came from (the plot needs both)."""
+
+    report: EvaluationReport
+    joined: JoinedData
+    weights: TrafficWeights | None
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`Variant1=1,Variant2=3` as a mapping of variant name to weight.
+
+    Raises:
+        EvaluationInputError: a malformed entry, a repeated name, a negative or non-finite
+            weight, or no positive weight.
+    """
+    weights: dict[str, float] = {}
+    for entry in text.split(","):
+        name, separator, value = entry.partition("=")
+        name = name.strip()
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not separator or not name or not math.isfinite(weight) or weight < 0:
+            raise EvaluationInputError(
+                f"--weights entry {entry.strip()!r} is not NAME=WEIGHT with a weight >= 0"
+            )
+        if name in weights:
+            raise EvaluationInputError(f"--weights names {name} twice")
+        weights[name] = weight
+    if not any(weight > 0 for weight in weights.values()):
+        raise EvaluationInputError("--weights needs at least one positive weight")
+    return weights
+
+
+def describe_weights(url: str, endpoint: str, timeout: float) -> dict[str, float]:
+    """Each production variant's CurrentWeight, from DescribeEndpoint on the gateway at `url`.
+
+    Raises:
+        EvaluationInputError: the gateway cannot be reached, answers with an error (its message
+            is passed on), or its answer has no weights.
+    """
+    request = urllib.request.Request(
+        url.rstrip("/") + "/",
+        data=json.dumps({"EndpointName": endpoint}).encode(),
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "SageMaker.DescribeEndpoint",
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            document = json.load(response)
+    except urllib.error.HTTPError as error:
+        with error:
+            try:
+                body = json.load(error)
+                message = str(body.get("message") or body.get("Message") or body)
+            except (ValueError, AttributeError):
+                message = f"HTTP {error.code} {error.reason}"
+        raise EvaluationInputError(f"DescribeEndpoint at {url} failed: {message}") from None
+    except (OSError, ValueError) as error:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        raise EvaluationInputError(f"cannot reach the gateway at {url}: {reason}") from None
+    try:
+        return {
+            str(variant["VariantName"]): float(variant["CurrentWeight"])
+            for variant in document["ProductionVariants"]
+        }
+    except (KeyError, TypeError, ValueError):
+        raise EvaluationInputError(
+            f"DescribeEndpoint at {url} gave no ProductionVariants with weights"
+        ) from None
+
+
+def run_evaluation(request: EvaluateRequest, settings: EvaluationSettings) -> Evaluation:
+    """Read, join and evaluate (no printing).
+
+    Raises:
+        EvaluationInputError: the inputs cannot be used (the message says why).
+    """
+    capture = read_capture(request.capture, request.endpoint)
+    truth = load_ground_truth(request.ground_truth)
+    joined = join(capture, truth)
+    weights = None
+    if request.weights is not None:
+        weights = TrafficWeights(parse_weights(request.weights), "--weights")
+    elif request.url is not None:
+        weights = TrafficWeights(
+            describe_weights(request.url, capture.endpoint, settings.describe_timeout_seconds),
+            f"DescribeEndpoint at {request.url} (current weights)",
+        )
+    return Evaluation(evaluate(joined, settings, weights), joined, weights)
+
+
+def evaluate_command(
+    request: EvaluateRequest, settings: EvaluationSettings, out: TextIO | None = None
+) -> int:
+    """Run `splitserve evaluate`: print the report (and draw the plot); return the exit code.
+
+    Exit codes: 0 when the report was printed, 2 when the inputs cannot be used (the reason goes to
+    stderr). A sample-ratio mismatch or an undetected difference is a result, not a failure.
+
+    Args:
+        request: the command's arguments.
+        settings: the evaluation's settings.
+        out: where the report goes (default: sys.stdout at the time of the call).
+    """
+    out = sys.stdout if out is None else out
+    try:
+        evaluation = run_evaluation(request, settings)
+        if request.plot is not None:
+            write_plot(request.plot, evaluation.report, evaluation.joined, evaluation.weights)
+    except EvaluationInputError as error:
+        print(f"splitserve evaluate: {error.message}", file=sys.stderr)
+        return 2
+    if request.as_json:
+        json.dump(report_json(evaluation.report), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(report_text(evaluation.report))
+        if request.plot is not None:
+            out.write(f"Plot: {request.plot}\n")
+    return 0
