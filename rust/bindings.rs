@@ -1,0 +1,199 @@
+//! The Python classes: convert arguments in, call `router::`, convert results and errors out.
+//! Every method holds the GIL: each is nanosecond work with nothing to wait for.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyFloat, PyList, PyMapping, PyString, PyTuple};
+
+use crate::router;
+
+/// What the core hands back for a picked instance: its `(variant, instance)` tuple, made once per
+/// table. Tuples are immutable, so every pick of the instance returns the same object and a pick
+/// allocates nothing.
+type Label = Py<PyTuple>;
+
+/// Each core error becomes its own Python exception class, with the core's message.
+impl From<router::RouterError> for PyErr {
+    fn from(error: router::RouterError) -> Self {
+        let message = error.to_string();
+        match error {
+            router::RouterError::InvalidTable(_) => {
+                crate::InvalidRoutingTableError::new_err(message)
+            }
+            router::RouterError::UnknownVariant { .. } => {
+                crate::UnknownVariantError::new_err(message)
+            }
+            router::RouterError::NoHealthyInstance { .. } => {
+                crate::NoHealthyInstanceError::new_err(message)
+            }
+            router::RouterError::NoRoutableVariant { .. } => {
+                crate::NoRoutableVariantError::new_err(message)
+            }
+            router::RouterError::UnknownInstance { .. } => {
+                crate::UnknownInstanceError::new_err(message)
+            }
+        }
+    }
+}
+
+/// Makes labels. The names are interned, so a name keeps one string object across table changes.
+fn labeller(py: Python<'_>) -> impl FnMut(&str, &str) -> PyResult<Label> + '_ {
+    move |variant, instance| {
+        let pair = [
+            PyString::intern(py, variant),
+            PyString::intern(py, instance),
+        ];
+        Ok(PyTuple::new(py, pair)?.unbind())
+    }
+}
+
+/// One production variant as configured (see the stub for the Python-facing docs).
+#[pyclass(frozen, eq, module = "splitserve._router")]
+#[derive(PartialEq)]
+pub struct VariantSpec {
+    spec: router::VariantSpec,
+}
+
+#[pymethods]
+impl VariantSpec {
+    #[new]
+    #[pyo3(signature = (name, weight, instances, routing_strategy))]
+    fn new(
+        name: String,
+        weight: f64,
+        instances: Vec<String>,
+        routing_strategy: &str,
+    ) -> PyResult<Self> {
+        let routing_strategy = router::RoutingStrategy::parse(routing_strategy)?;
+        Ok(Self {
+            spec: router::VariantSpec {
+                name,
+                weight,
+                instances,
+                routing_strategy,
+            },
+        })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    #[getter]
+    fn weight(&self) -> f64 {
+        self.spec.weight
+    }
+
+    #[getter]
+    fn instances(&self) -> Vec<String> {
+        self.spec.instances.clone()
+    }
+
+    #[getter]
+    fn routing_strategy(&self) -> &'static str {
+        self.spec.routing_strategy.as_str()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        // Python's own reprs, so the text reads back as the call that makes an equal spec.
+        let name = PyString::new(py, &self.spec.name).repr()?;
+        let weight = PyFloat::new(py, self.spec.weight).repr()?;
+        let instances = PyList::new(py, &self.spec.instances)?.repr()?;
+        let strategy = PyString::new(py, self.spec.routing_strategy.as_str()).repr()?;
+        Ok(format!(
+            "VariantSpec(name={name}, weight={weight}, instances={instances}, \
+             routing_strategy={strategy})"
+        ))
+    }
+}
+
+/// The core specs of a sequence of `VariantSpec`s.
+fn core_specs(variants: Vec<Bound<'_, VariantSpec>>) -> Vec<router::VariantSpec> {
+    variants
+        .into_iter()
+        .map(|variant| variant.get().spec.clone())
+        .collect()
+}
+
+/// A thread-safe router over one endpoint's production variants (see the stub).
+#[pyclass(frozen, module = "splitserve._router")]
+pub struct Router {
+    core: router::Router<Label>,
+}
+
+#[pymethods]
+impl Router {
+    #[new]
+    #[pyo3(signature = (variants, *, salt, seed))]
+    fn new(
+        py: Python<'_>,
+        variants: Vec<Bound<'_, VariantSpec>>,
+        salt: &str,
+        seed: Option<u64>,
+    ) -> PyResult<Self> {
+        let core = router::Router::new(&core_specs(variants), salt, seed, labeller(py))?;
+        Ok(Self { core })
+    }
+
+    #[pyo3(signature = (target_variant=None, key=None))]
+    fn route<'py>(
+        &self,
+        py: Python<'py>,
+        target_variant: Option<&str>,
+        key: Option<&str>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        Ok(self
+            .core
+            .route(target_variant, key, |pair| pair.bind(py).clone())?)
+    }
+
+    fn release(&self, instance: &str) -> Result<(), router::RouterError> {
+        self.core.release(instance)
+    }
+
+    fn replace(&self, py: Python<'_>, variants: Vec<Bound<'_, VariantSpec>>) -> PyResult<()> {
+        self.core.replace(&core_specs(variants), labeller(py))
+    }
+
+    fn set_weights(&self, py: Python<'_>, weights: &Bound<'_, PyMapping>) -> PyResult<()> {
+        let mut changes: Vec<(String, f64)> = Vec::new();
+        for item in weights.items()?.iter() {
+            changes.push(item.extract()?);
+        }
+        self.core.set_weights(
+            changes
+                .iter()
+                .map(|(name, weight)| (name.as_str(), *weight)),
+            labeller(py),
+        )?;
+        Ok(())
+    }
+
+    fn set_healthy(&self, instance: &str, healthy: bool) -> Result<(), router::RouterError> {
+        self.core.set_healthy(instance, healthy)
+    }
+
+    fn in_flight(&self, instance: &str) -> Result<u64, router::RouterError> {
+        self.core.in_flight(instance)
+    }
+
+    fn weights<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let weights = PyDict::new(py);
+        for (name, weight) in self.core.weights() {
+            weights.set_item(name, weight)?;
+        }
+        Ok(weights)
+    }
+
+    fn variants(&self) -> Vec<VariantSpec> {
+        self.core
+            .specs()
+            .into_iter()
+            .map(|spec| VariantSpec { spec })
+            .collect()
+    }
+
+    fn healthy_instances(&self, variant: &str) -> Result<Vec<String>, router::RouterError> {
+        self.core.healthy_instances(variant)
+    }
+}

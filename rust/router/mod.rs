@@ -1,0 +1,203 @@
+//! The routing core, free of Python: one call per request picks a production variant (weighted,
+//! targeted or sticky) and one of its healthy instances (least outstanding requests or random).
+//!
+//! The table lives in an `ArcSwap`: a pick loads it without a lock, and a change (new specs, new
+//! weights) builds a whole new table and swaps it in, so a concurrent pick sees the old table or the
+//! new one, never a mix. Instances that keep their name across a change keep their in-flight count
+//! and health (the tables share the slot).
+//!
+//! The table is generic over a label type `L`, made once per instance (from its variant's name and
+//! its own) when a table is built, and handed back by each pick of that instance; the Python
+//! bindings use it to return a cached `(variant, instance)` tuple without allocating per call.
+//! Names and labels swap together because they live in the same table.
+
+mod error;
+mod random;
+mod sticky;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+pub use error::{InvalidTable, RouterError};
+pub use table::{RoutingStrategy, VariantSpec, MAX_PRODUCTION_VARIANTS};
+
+use random::{LocalRng, SharedRng};
+use table::RoutingTable;
+
+/// Seeds the hash of the router's salt (any fixed value works; this one is "splitsrv" in ASCII).
+const SALT_HASH_SEED: u64 = 0x7370_6c69_7473_7276;
+
+/// A thread-safe router over one endpoint's production variants.
+pub struct Router<L> {
+    table: ArcSwap<RoutingTable<L>>,
+    rng: SharedRng,
+    /// Seeds the sticky key hash; from the salt, so routers with one salt agree on every key.
+    salt_seed: u64,
+    /// Serialises table changes, so a change derived from the current table (`set_weights`) is not
+    /// lost to a concurrent one. Picks never take it.
+    writer: Mutex<()>,
+}
+
+impl<L> Router<L> {
+    /// A router over `specs`. `salt` makes the sticky assignment specific to this router (routers
+    /// with the same salt and weights agree on every key). `seed` fixes the PRNG for reproducible
+    /// picks; None seeds it from the OS. `label(variant, instance)` makes what a pick of that
+    /// instance hands back; it is called once per instance whenever a table is built, and its
+    /// error, if any, is returned as is.
+    ///
+    /// # Errors
+    /// `RouterError::InvalidTable` when `specs` break a rule (see `InvalidTable`), converted to
+    /// `E`; `label`'s own errors.
+    pub fn new<E: From<RouterError>>(
+        specs: &[VariantSpec],
+        salt: &str,
+        seed: Option<u64>,
+        mut label: impl FnMut(&str, &str) -> Result<L, E>,
+    ) -> Result<Self, E> {
+        let table = RoutingTable::build(specs, None, &mut label)?;
+        Ok(Self {
+            table: ArcSwap::from_pointee(table),
+            rng: SharedRng::new(seed.unwrap_or_else(random::os_seed)),
+            salt_seed: xxh3_64_with_seed(salt.as_bytes(), SALT_HASH_SEED),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Picks a variant and one of its healthy instances, counts one more request in flight on that
+    /// instance (undo with `release`), and returns `emit(label of the instance)`.
+    ///
+    /// The variant is `target` whatever its weight if given; else the sticky choice for `key` if
+    /// given; else a weighted random choice.
+    ///
+    /// # Errors
+    /// `UnknownVariant` (target not in the table), `NoRoutableVariant` (untargeted or sticky pick
+    /// with every weight 0), `NoHealthyInstance` (the variant has no healthy instance).
+    #[inline]
+    pub fn route<R>(
+        &self,
+        target: Option<&str>,
+        key: Option<&str>,
+        emit: impl FnOnce(&L) -> R,
+    ) -> Result<R, RouterError> {
+        let table = self.table.load();
+        let draw = self.rng.next_u64();
+        let variant = match (target, key) {
+            (Some(name), _) => table.variant(name)?,
+            (None, Some(key)) => table.sticky_variant(sticky::key_hash(key, self.salt_seed))?,
+            (None, None) => table.weighted_variant(draw)?,
+        };
+        let instance = variant
+            .pick_instance(&mut LocalRng::new(draw))
+            .ok_or_else(|| RouterError::NoHealthyInstance {
+                variant: variant.name.to_string(),
+            })?;
+        instance.slot.acquire();
+        Ok(emit(&instance.label))
+    }
+
+    /// Counts one request fewer in flight on `instance` (never below 0).
+    ///
+    /// # Errors
+    /// `UnknownInstance` if the current table has no such instance.
+    pub fn release(&self, instance: &str) -> Result<(), RouterError> {
+        self.table.load().slot(instance)?.release();
+        Ok(())
+    }
+
+    /// Replaces the whole table (weights, instances, strategies) atomically.
+    ///
+    /// # Errors
+    /// `InvalidTable` when `specs` break a rule, converted to `E`, and `label`'s own errors; the
+    /// router then keeps its table.
+    pub fn replace<E: From<RouterError>>(
+        &self,
+        specs: &[VariantSpec],
+        mut label: impl FnMut(&str, &str) -> Result<L, E>,
+    ) -> Result<(), E> {
+        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.table.load_full();
+        let table = RoutingTable::build(specs, Some(&current), &mut label)?;
+        self.table.store(Arc::new(table));
+        Ok(())
+    }
+
+    /// Replaces the table with one where only the named variants' weights differ.
+    ///
+    /// # Errors
+    /// `UnknownVariant` for a name not in the table, `InvalidTable` for a bad weight (both converted
+    /// to `E`), and `label`'s own errors; the router then keeps its table.
+    pub fn set_weights<'name, E: From<RouterError>>(
+        &self,
+        weights: impl IntoIterator<Item = (&'name str, f64)>,
+        mut label: impl FnMut(&str, &str) -> Result<L, E>,
+    ) -> Result<(), E> {
+        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.table.load_full();
+        let mut specs = current.specs();
+        for (name, weight) in weights {
+            let spec = specs
+                .iter_mut()
+                .find(|spec| spec.name == name)
+                .ok_or_else(|| RouterError::UnknownVariant {
+                    variant: name.to_owned(),
+                    known: current.variant_names(),
+                })?;
+            spec.weight = weight;
+        }
+        let table = RoutingTable::build(&specs, Some(&current), &mut label)?;
+        self.table.store(Arc::new(table));
+        Ok(())
+    }
+
+    /// Marks `instance` healthy (pickable) or not; no table is rebuilt.
+    ///
+    /// # Errors
+    /// `UnknownInstance` if the current table has no such instance.
+    pub fn set_healthy(&self, instance: &str, healthy: bool) -> Result<(), RouterError> {
+        self.table.load().slot(instance)?.set_healthy(healthy);
+        Ok(())
+    }
+
+    /// How many picks of `instance` have not been released.
+    ///
+    /// # Errors
+    /// `UnknownInstance` if the current table has no such instance.
+    pub fn in_flight(&self, instance: &str) -> Result<u64, RouterError> {
+        Ok(self.table.load().slot(instance)?.in_flight())
+    }
+
+    /// Each variant's name and weight, in table order.
+    pub fn weights(&self) -> Vec<(String, f64)> {
+        self.table
+            .load()
+            .variants
+            .iter()
+            .map(|variant| (variant.name.to_string(), variant.weight))
+            .collect()
+    }
+
+    /// The specs of the current table, in table order.
+    pub fn specs(&self) -> Vec<VariantSpec> {
+        self.table.load().specs()
+    }
+
+    /// The names of `variant`'s healthy instances, in table order.
+    ///
+    /// # Errors
+    /// `UnknownVariant` if the current table has no such variant.
+    pub fn healthy_instances(&self, variant: &str) -> Result<Vec<String>, RouterError> {
+        let table = self.table.load();
+        Ok(table
+            .variant(variant)?
+            .instances
+            .iter()
+            .filter(|instance| instance.slot.is_healthy())
+            .map(|instance| instance.name.to_string())
+            .collect())
+    }
+}

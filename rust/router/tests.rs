@@ -1,0 +1,638 @@
+//! Unit tests of the routing core. Each test returns `Result` so that request-path errors surface
+//! through `?` rather than `unwrap()`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{InvalidTable, Router, RouterError, RoutingStrategy, VariantSpec};
+
+type Pick = (String, String);
+type TestRouter = Router<Pick>;
+
+const LOR: RoutingStrategy = RoutingStrategy::LeastOutstandingRequests;
+const RANDOM: RoutingStrategy = RoutingStrategy::Random;
+
+fn spec(name: &str, weight: f64, instances: &[&str], strategy: RoutingStrategy) -> VariantSpec {
+    VariantSpec {
+        name: name.to_owned(),
+        weight,
+        instances: instances
+            .iter()
+            .map(|&instance| instance.to_owned())
+            .collect(),
+        routing_strategy: strategy,
+    }
+}
+
+/// The label of a pick in these tests: the (variant, instance) names. (The router takes fallible
+/// label makers; this one never fails.)
+#[allow(clippy::unnecessary_wraps)]
+fn names(variant: &str, instance: &str) -> Result<Pick, RouterError> {
+    Ok((variant.to_owned(), instance.to_owned()))
+}
+
+fn router(specs: &[VariantSpec], seed: u64) -> Result<TestRouter, RouterError> {
+    Router::new(specs, "test-salt", Some(seed), names)
+}
+
+fn pick(router: &TestRouter) -> Result<Pick, RouterError> {
+    router.route(None, None, Clone::clone)
+}
+
+fn pick_target(router: &TestRouter, target: &str) -> Result<Pick, RouterError> {
+    router.route(Some(target), None, Clone::clone)
+}
+
+fn pick_key(router: &TestRouter, key: &str) -> Result<Pick, RouterError> {
+    router.route(None, Some(key), Clone::clone)
+}
+
+/// Three variants A, B, C with one instance each (a-0, b-0, c-0) and the given weights.
+fn three(weights: [f64; 3]) -> Vec<VariantSpec> {
+    vec![
+        spec("A", weights[0], &["a-0"], LOR),
+        spec("B", weights[1], &["b-0"], LOR),
+        spec("C", weights[2], &["c-0"], LOR),
+    ]
+}
+
+fn counts(router: &TestRouter, picks: usize) -> Result<HashMap<String, usize>, RouterError> {
+    let mut counts = HashMap::new();
+    for _ in 0..picks {
+        let (variant, instance) = pick(router)?;
+        router.release(&instance)?;
+        *counts.entry(variant).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+fn share(counts: &HashMap<String, usize>, variant: &str, total: usize) -> f64 {
+    counts.get(variant).copied().unwrap_or(0) as f64 / total as f64
+}
+
+fn invalid(result: Result<TestRouter, RouterError>) -> Option<InvalidTable> {
+    match result {
+        Err(RouterError::InvalidTable(problem)) => Some(problem),
+        _ => None,
+    }
+}
+
+// --- weighted split ---------------------------------------------------------------------------
+
+#[test]
+fn split_follows_weights() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 3.0, 6.0]), 7)?;
+    let total = 200_000;
+    let counts = counts(&router, total)?;
+    for (variant, expected) in [("A", 0.1), ("B", 0.3), ("C", 0.6)] {
+        let observed = share(&counts, variant, total);
+        assert!(
+            (observed - expected).abs() < 0.005,
+            "{variant}: {observed} vs {expected}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn zero_weight_variants_are_never_picked_untargeted() -> Result<(), RouterError> {
+    let specs = vec![
+        spec("first-zero", 0.0, &["z-0"], LOR),
+        spec("A", 1.0, &["a-0"], LOR),
+        spec("middle-zero", 0.0, &["z-1"], LOR),
+        spec("B", 1.0, &["b-0"], LOR),
+        spec("last-zero", 0.0, &["z-2"], LOR),
+    ];
+    let router = router(&specs, 3)?;
+    let counts = counts(&router, 20_000)?;
+    let picked: HashSet<&str> = counts.keys().map(String::as_str).collect();
+    assert_eq!(picked, HashSet::from(["A", "B"]));
+    Ok(())
+}
+
+#[test]
+fn a_single_positive_weight_takes_everything() -> Result<(), RouterError> {
+    let router = router(&three([0.0, 0.0, 1e-300]), 11)?;
+    let counts = counts(&router, 1_000)?;
+    assert_eq!(counts.get("C"), Some(&1_000));
+    Ok(())
+}
+
+#[test]
+fn the_same_seed_gives_the_same_picks() -> Result<(), RouterError> {
+    let first = router(&three([1.0, 1.0, 1.0]), 42)?;
+    let second = router(&three([1.0, 1.0, 1.0]), 42)?;
+    for _ in 0..1_000 {
+        assert_eq!(pick(&first)?, pick(&second)?);
+    }
+    Ok(())
+}
+
+#[test]
+fn routers_without_a_seed_differ() -> Result<(), RouterError> {
+    let first: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt", None, names)?;
+    let second: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt", None, names)?;
+    let first_picks: Vec<Pick> = (0..64).map(|_| pick(&first)).collect::<Result<_, _>>()?;
+    let second_picks: Vec<Pick> = (0..64).map(|_| pick(&second)).collect::<Result<_, _>>()?;
+    assert_ne!(first_picks, second_picks);
+    Ok(())
+}
+
+// --- targeted ---------------------------------------------------------------------------------
+
+#[test]
+fn target_variant_wins_whatever_its_weight() -> Result<(), RouterError> {
+    let router = router(&three([0.0, 1.0, 1.0]), 1)?;
+    for _ in 0..100 {
+        assert_eq!(
+            pick_target(&router, "A")?,
+            ("A".to_owned(), "a-0".to_owned())
+        );
+    }
+    // A target also beats a sticky key.
+    let targeted = router.route(Some("A"), Some("user-1"), Clone::clone)?;
+    assert_eq!(targeted.0, "A");
+    Ok(())
+}
+
+#[test]
+fn an_unknown_target_names_the_variants() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 1.0, 1.0]), 1)?;
+    let error = pick_target(&router, "D");
+    assert_eq!(
+        error,
+        Err(RouterError::UnknownVariant {
+            variant: "D".to_owned(),
+            known: vec!["A".to_owned(), "B".to_owned(), "C".to_owned()],
+        })
+    );
+    let message = error
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("'D'") && message.contains("'A', 'B', 'C'"),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[test]
+fn all_weights_zero_allows_only_targeted_picks() -> Result<(), RouterError> {
+    let router = router(&three([0.0, 0.0, 0.0]), 1)?;
+    let expected = RouterError::NoRoutableVariant {
+        variants: vec!["A".to_owned(), "B".to_owned(), "C".to_owned()],
+    };
+    assert_eq!(pick(&router), Err(expected.clone()));
+    assert_eq!(pick_key(&router, "user-1"), Err(expected.clone()));
+    assert!(expected.to_string().contains("TargetVariant"));
+    assert_eq!(pick_target(&router, "B")?.0, "B");
+    Ok(())
+}
+
+// --- sticky -----------------------------------------------------------------------------------
+
+fn assignment(router: &TestRouter, keys: usize) -> Result<Vec<String>, RouterError> {
+    (0..keys)
+        .map(|index| pick_key(router, &format!("user-{index}")).map(|(variant, _)| variant))
+        .collect()
+}
+
+#[test]
+fn sticky_is_deterministic_across_routers_with_one_salt() -> Result<(), RouterError> {
+    let first = router(&three([1.0, 2.0, 3.0]), 1)?;
+    let second = router(&three([1.0, 2.0, 3.0]), 99)?;
+    assert_eq!(assignment(&first, 2_000)?, assignment(&second, 2_000)?);
+    // And stable across calls of one router.
+    assert_eq!(assignment(&first, 2_000)?, assignment(&first, 2_000)?);
+    Ok(())
+}
+
+#[test]
+fn sticky_depends_on_the_salt() -> Result<(), RouterError> {
+    let first: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt-1", Some(1), names)?;
+    let second: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt-2", Some(1), names)?;
+    let (first, second) = (assignment(&first, 2_000)?, assignment(&second, 2_000)?);
+    let differing = first.iter().zip(&second).filter(|(a, b)| a != b).count();
+    // Independent assignments with three equal variants differ for about 2/3 of the keys.
+    assert!(differing > 1_000, "{differing}");
+    Ok(())
+}
+
+#[test]
+fn sticky_shares_follow_weights() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 3.0, 6.0]), 1)?;
+    let keys = 100_000;
+    let mut counts = HashMap::new();
+    for variant in assignment(&router, keys)? {
+        *counts.entry(variant).or_insert(0) += 1;
+    }
+    for (variant, expected) in [("A", 0.1), ("B", 0.3), ("C", 0.6)] {
+        let observed = share(&counts, variant, keys);
+        assert!(
+            (observed - expected).abs() < 0.006,
+            "{variant}: {observed} vs {expected}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn growing_a_weight_only_moves_keys_into_that_variant() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 8.0, 1.0]), 1)?;
+    let before = assignment(&router, 5_000)?;
+    // The canary A goes from 10% to 20%.
+    router.set_weights([("A", 2.0)], names)?;
+    let after = assignment(&router, 5_000)?;
+    let moved: Vec<(&String, &String)> = before
+        .iter()
+        .zip(&after)
+        .filter(|(was, is)| was != is)
+        .collect();
+    assert!(!moved.is_empty());
+    assert!(moved.iter().all(|(_, is)| is.as_str() == "A"), "{moved:?}");
+    // About 1/11 of the keys should move (from 1/10 to 2/11).
+    assert!(moved.len() > 300 && moved.len() < 600, "{}", moved.len());
+    Ok(())
+}
+
+#[test]
+fn adding_a_variant_only_moves_keys_into_it() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 1.0, 1.0]), 1)?;
+    let before = assignment(&router, 5_000)?;
+    let mut grown = three([1.0, 1.0, 1.0]);
+    grown.push(spec("D", 1.0, &["d-0"], LOR));
+    router.replace(&grown, names)?;
+    let after = assignment(&router, 5_000)?;
+    assert!(before
+        .iter()
+        .zip(&after)
+        .all(|(was, is)| was == is || is.as_str() == "D"));
+    Ok(())
+}
+
+#[test]
+fn sticky_depends_on_names_not_positions() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 2.0, 3.0]), 1)?;
+    let before = assignment(&router, 2_000)?;
+    let mut reordered = three([1.0, 2.0, 3.0]);
+    reordered.reverse();
+    router.replace(&reordered, names)?;
+    assert_eq!(before, assignment(&router, 2_000)?);
+    Ok(())
+}
+
+#[test]
+fn sticky_skips_zero_weights() -> Result<(), RouterError> {
+    let router = router(&three([0.0, 1.0, 0.0]), 1)?;
+    assert!(assignment(&router, 1_000)?
+        .iter()
+        .all(|variant| variant == "B"));
+    Ok(())
+}
+
+// --- instance choice --------------------------------------------------------------------------
+
+#[test]
+fn least_outstanding_requests_picks_the_least_loaded() -> Result<(), RouterError> {
+    let specs = vec![spec("A", 1.0, &["a-0", "a-1", "a-2"], LOR)];
+    let router = router(&specs, 5)?;
+    // Three picks without release spread over the three instances.
+    let mut picked: Vec<String> = (0..3)
+        .map(|_| pick(&router).map(|(_, instance)| instance))
+        .collect::<Result<_, _>>()?;
+    picked.sort();
+    assert_eq!(picked, ["a-0", "a-1", "a-2"]);
+    // Release a-1 twice (the second saturates at 0): it is now the least loaded.
+    router.release("a-1")?;
+    router.release("a-1")?;
+    assert_eq!(router.in_flight("a-1")?, 0);
+    assert_eq!(pick(&router)?.1, "a-1");
+    assert_eq!(router.in_flight("a-1")?, 1);
+    Ok(())
+}
+
+#[test]
+fn least_outstanding_requests_breaks_ties_at_random() -> Result<(), RouterError> {
+    let specs = vec![spec("A", 1.0, &["a-0", "a-1", "a-2", "a-3"], LOR)];
+    let router = router(&specs, 5)?;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..4_000 {
+        let (_, instance) = pick(&router)?;
+        router.release(&instance)?;
+        *counts.entry(instance).or_insert(0) += 1;
+    }
+    // All always tied at 0: each should get about a quarter.
+    assert_eq!(counts.len(), 4);
+    assert!(
+        counts.values().all(|&count| (800..1_200).contains(&count)),
+        "{counts:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn random_strategy_spreads_over_healthy_instances() -> Result<(), RouterError> {
+    let specs = vec![spec("A", 1.0, &["a-0", "a-1", "a-2", "a-3"], RANDOM)];
+    let router = router(&specs, 5)?;
+    router.set_healthy("a-2", false)?;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..6_000 {
+        // No release: RANDOM ignores the load.
+        *counts.entry(pick(&router)?.1).or_insert(0) += 1;
+    }
+    assert_eq!(counts.get("a-2"), None);
+    assert_eq!(counts.len(), 3);
+    assert!(
+        counts
+            .values()
+            .all(|&count| (1_800..2_200).contains(&count)),
+        "{counts:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unhealthy_instances_are_skipped_until_healthy_again() -> Result<(), RouterError> {
+    let specs = vec![spec("A", 1.0, &["a-0", "a-1"], LOR)];
+    let router = router(&specs, 5)?;
+    router.set_healthy("a-0", false)?;
+    assert_eq!(router.healthy_instances("A")?, ["a-1"]);
+    for _ in 0..10 {
+        assert_eq!(pick(&router)?.1, "a-1");
+    }
+    router.set_healthy("a-1", false)?;
+    let no_healthy = RouterError::NoHealthyInstance {
+        variant: "A".to_owned(),
+    };
+    assert_eq!(pick(&router), Err(no_healthy.clone()));
+    assert!(no_healthy.to_string().contains("'A'"));
+    router.set_healthy("a-0", true)?;
+    assert_eq!(pick(&router)?.1, "a-0");
+    Ok(())
+}
+
+#[test]
+fn a_variant_without_instances_has_no_healthy_instance() -> Result<(), RouterError> {
+    let specs = vec![spec("A", 1.0, &[], RANDOM), spec("B", 0.0, &["b-0"], LOR)];
+    let router = router(&specs, 5)?;
+    assert_eq!(
+        pick(&router),
+        Err(RouterError::NoHealthyInstance {
+            variant: "A".to_owned()
+        })
+    );
+    assert_eq!(pick_target(&router, "B")?.1, "b-0");
+    Ok(())
+}
+
+#[test]
+fn unknown_instances_are_errors() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 1.0, 1.0]), 5)?;
+    let unknown = RouterError::UnknownInstance {
+        instance: "x-0".to_owned(),
+    };
+    assert_eq!(router.release("x-0"), Err(unknown.clone()));
+    assert_eq!(router.set_healthy("x-0", true), Err(unknown.clone()));
+    assert_eq!(router.in_flight("x-0"), Err(unknown.clone()));
+    assert!(unknown.to_string().contains("'x-0'"));
+    assert!(matches!(
+        router.healthy_instances("D"),
+        Err(RouterError::UnknownVariant { .. })
+    ));
+    Ok(())
+}
+
+// --- table changes ----------------------------------------------------------------------------
+
+#[test]
+fn replace_keeps_counts_and_health_of_kept_instances() -> Result<(), RouterError> {
+    let router = router(&[spec("A", 1.0, &["a-0", "a-1"], LOR)], 5)?;
+    pick_target(&router, "A")?;
+    pick_target(&router, "A")?;
+    pick_target(&router, "A")?;
+    let (a0, a1) = (router.in_flight("a-0")?, router.in_flight("a-1")?);
+    assert_eq!(a0 + a1, 3);
+    router.set_healthy("a-1", false)?;
+    // a-0 moves to variant B, a-1 stays, a-2 is new; the strategy changes too.
+    router.replace(
+        &[
+            spec("A", 1.0, &["a-1", "a-2"], RANDOM),
+            spec("B", 1.0, &["a-0"], LOR),
+        ],
+        names,
+    )?;
+    assert_eq!(router.in_flight("a-0")?, a0);
+    assert_eq!(router.in_flight("a-1")?, a1);
+    assert_eq!(router.in_flight("a-2")?, 0);
+    assert_eq!(router.healthy_instances("A")?, ["a-2"]);
+    assert_eq!(router.healthy_instances("B")?, ["a-0"]);
+    assert_eq!(router.specs()[0].routing_strategy, RANDOM);
+    // Dropped instances are gone.
+    router.replace(&[spec("C", 1.0, &["c-0"], LOR)], names)?;
+    assert!(router.in_flight("a-0").is_err());
+    Ok(())
+}
+
+#[test]
+fn set_weights_changes_only_the_named_weights() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 2.0, 3.0]), 5)?;
+    pick_target(&router, "B")?;
+    router.set_weights([("C", 0.0), ("A", 5.0)], names)?;
+    let weights: Vec<(String, f64)> = router.weights();
+    assert_eq!(
+        weights,
+        [
+            ("A".to_owned(), 5.0),
+            ("B".to_owned(), 2.0),
+            ("C".to_owned(), 0.0)
+        ]
+    );
+    assert_eq!(router.in_flight("b-0")?, 1);
+    let specs = router.specs();
+    assert_eq!(specs[1].instances, ["b-0"]);
+    Ok(())
+}
+
+#[test]
+fn a_refused_change_keeps_the_table() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 2.0, 3.0]), 5)?;
+    let before = router.specs();
+    assert!(matches!(
+        router.set_weights([("A", 2.0), ("D", 1.0)], names),
+        Err(RouterError::UnknownVariant { .. })
+    ));
+    assert!(matches!(
+        router.set_weights([("A", -1.0)], names),
+        Err(RouterError::InvalidTable(
+            InvalidTable::InvalidWeight { .. }
+        ))
+    ));
+    assert!(matches!(
+        router.replace(&[], names),
+        Err(RouterError::InvalidTable(InvalidTable::NoVariants))
+    ));
+    assert_eq!(router.specs(), before);
+    Ok(())
+}
+
+#[test]
+fn a_label_error_is_returned_and_keeps_the_table() -> Result<(), RouterError> {
+    let router = router(&three([1.0, 2.0, 3.0]), 5)?;
+    let refuse = |_: &str, _: &str| -> Result<Pick, RouterError> {
+        Err(RouterError::UnknownInstance {
+            instance: "label".to_owned(),
+        })
+    };
+    assert!(router.replace(&three([1.0, 1.0, 1.0]), refuse).is_err());
+    assert_eq!(router.specs(), three([1.0, 2.0, 3.0]));
+    Ok(())
+}
+
+#[test]
+fn concurrent_picks_see_one_whole_table() -> Result<(), RouterError> {
+    // Table "old" has variants old-* with instances old-*-*, table "new" new-* with new-*-*; a
+    // pick mixing the two would name an old variant with a new instance or the reverse.
+    let table = |prefix: &str| -> Vec<VariantSpec> {
+        (0..3)
+            .map(|index| {
+                let name = format!("{prefix}-{index}");
+                let instances = [format!("{name}-0"), format!("{name}-1")];
+                let instances: Vec<&str> = instances.iter().map(String::as_str).collect();
+                spec(&name, 1.0, &instances, LOR)
+            })
+            .collect()
+    };
+    let (old, new) = (table("old"), table("new"));
+    let router = router(&old, 5)?;
+    let stop = AtomicBool::new(false);
+    let results: Vec<Result<usize, RouterError>> = std::thread::scope(|scope| {
+        let pickers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| -> Result<usize, RouterError> {
+                    let mut picks = 0;
+                    while !stop.load(Ordering::Relaxed) || picks < 1_000 {
+                        let (variant, instance) = pick(&router)?;
+                        assert!(variant.starts_with("old-") || variant.starts_with("new-"));
+                        assert!(instance.starts_with(&format!("{variant}-")), "{variant}");
+                        // The instance may have been swapped out since; that is an error the
+                        // gateway tolerates, not a mix.
+                        let _ = router.release(&instance);
+                        picks += 1;
+                    }
+                    Ok(picks)
+                })
+            })
+            .collect();
+        for round in 0..2_000 {
+            let next = if round % 2 == 0 { &new } else { &old };
+            if let Err(error) = router.replace(next, names) {
+                stop.store(true, Ordering::Relaxed);
+                return vec![Err(error)];
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        pickers
+            .into_iter()
+            .map(|picker| picker.join().unwrap_or(Ok(0)))
+            .collect()
+    });
+    for result in results {
+        assert!(result? >= 1_000);
+    }
+    Ok(())
+}
+
+// --- validation -------------------------------------------------------------------------------
+
+#[test]
+fn invalid_tables_are_refused() {
+    let one = |name: &str, weight: f64, instances: &[&str]| spec(name, weight, instances, LOR);
+    assert_eq!(invalid(router(&[], 1)), Some(InvalidTable::NoVariants));
+    let eleven: Vec<VariantSpec> = (0..11)
+        .map(|index| one(&format!("v{index}"), 1.0, &[]))
+        .collect();
+    assert_eq!(
+        invalid(router(&eleven, 1)),
+        Some(InvalidTable::TooManyVariants { count: 11, max: 10 })
+    );
+    assert!(router(&eleven[..10], 1).is_ok());
+    assert_eq!(
+        invalid(router(&[one("", 1.0, &[])], 1)),
+        Some(InvalidTable::EmptyVariantName)
+    );
+    assert_eq!(
+        invalid(router(&[one("A", 1.0, &[]), one("A", 1.0, &[])], 1)),
+        Some(InvalidTable::DuplicateVariant {
+            variant: "A".to_owned()
+        })
+    );
+    for weight in [-1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        assert!(matches!(
+            invalid(router(&[one("A", weight, &[])], 1)),
+            Some(InvalidTable::InvalidWeight { .. })
+        ));
+    }
+    assert_eq!(
+        invalid(router(
+            &[one("A", f64::MAX, &[]), one("B", f64::MAX, &[])],
+            1
+        )),
+        Some(InvalidTable::WeightSumNotFinite)
+    );
+    assert_eq!(
+        invalid(router(&[one("A", 1.0, &["a-0", ""])], 1)),
+        Some(InvalidTable::EmptyInstanceName {
+            variant: "A".to_owned()
+        })
+    );
+    assert_eq!(
+        invalid(router(&[one("A", 1.0, &["a-0", "a-0"])], 1)),
+        Some(InvalidTable::DuplicateInstance {
+            instance: "a-0".to_owned()
+        })
+    );
+    assert_eq!(
+        invalid(router(&[one("A", 1.0, &["x"]), one("B", 1.0, &["x"])], 1)),
+        Some(InvalidTable::DuplicateInstance {
+            instance: "x".to_owned()
+        })
+    );
+}
+
+#[test]
+fn routing_strategies_parse_from_their_sagemaker_names() {
+    assert_eq!(
+        RoutingStrategy::parse("LEAST_OUTSTANDING_REQUESTS"),
+        Ok(LOR)
+    );
+    assert_eq!(RoutingStrategy::parse("RANDOM"), Ok(RANDOM));
+    assert_eq!(LOR.as_str(), "LEAST_OUTSTANDING_REQUESTS");
+    let unknown = RoutingStrategy::parse("random");
+    assert_eq!(
+        unknown,
+        Err(RouterError::InvalidTable(
+            InvalidTable::UnknownRoutingStrategy {
+                strategy: "random".to_owned()
+            }
+        ))
+    );
+}
+
+#[test]
+fn messages_name_what_is_wrong() {
+    let message = |problem: InvalidTable| RouterError::InvalidTable(problem).to_string();
+    assert_eq!(
+        message(InvalidTable::InvalidWeight {
+            variant: "A".to_owned(),
+            weight: -1.0
+        }),
+        "invalid routing table: production variant 'A' has weight -1; a weight must be a finite \
+         number >= 0"
+    );
+    assert!(message(InvalidTable::TooManyVariants { count: 11, max: 10 }).contains("11"));
+    assert!(message(InvalidTable::UnknownRoutingStrategy {
+        strategy: "X".to_owned()
+    })
+    .contains("'X'"));
+}

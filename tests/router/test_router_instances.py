@@ -1,0 +1,251 @@
+"""Instance choice inside a variant (least outstanding requests, random), in-flight counts, health,
+what survives a table change, and thread safety: picks running while the table is replaced see one
+whole table, and in-flight counts stay exact under concurrent route/release."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import pytest
+from scipy.stats import chisquare
+
+from splitserve._router import NoHealthyInstanceError, Router, UnknownInstanceError, VariantSpec
+
+LOR = "LEAST_OUTSTANDING_REQUESTS"
+RANDOM = "RANDOM"
+
+#: Every statistical test rejects "the router follows its weights" below this p-value. Seeds are
+#: fixed, so each test is deterministic; the level only says how surprising a failure would be.
+SIGNIFICANCE = 0.001
+
+
+def make_specs(
+    weights: Sequence[float], *, instances: int = 1, strategy: str = LOR, prefix: str = "v"
+) -> list[VariantSpec]:
+    """Variants `{prefix}-0`, `{prefix}-1`, ... with `instances` instances `{variant}-{i}` each."""
+    return [
+        VariantSpec(
+            f"{prefix}-{index}",
+            weight,
+            [f"{prefix}-{index}-{slot}" for slot in range(instances)],
+            strategy,
+        )
+        for index, weight in enumerate(weights)
+    ]
+
+
+def test_least_outstanding_requests_picks_the_least_loaded() -> None:
+    router = Router(make_specs([1.0], instances=3), salt="lor", seed=1)
+    first_three = sorted(router.route()[1] for _ in range(3))
+    assert first_three == ["v-0-0", "v-0-1", "v-0-2"]
+    router.release("v-0-1")
+    assert [router.in_flight(f"v-0-{slot}") for slot in range(3)] == [1, 0, 1]
+    assert router.route() == ("v-0", "v-0-1")
+    router.route()
+    router.route()
+    router.route()
+    assert [router.in_flight(f"v-0-{slot}") for slot in range(3)] == [2, 2, 2]
+
+
+def test_least_outstanding_requests_spreads_ties() -> None:
+    router = Router(make_specs([1.0], instances=4), salt="ties", seed=3)
+    counts: Counter[str] = Counter()
+    for _ in range(8_000):
+        _, instance = router.route()
+        router.release(instance)
+        counts[instance] += 1
+    # Always all tied at 0 in flight: uniform over the four.
+    assert len(counts) == 4
+    assert chisquare(list(counts.values())).pvalue > SIGNIFICANCE
+
+
+def test_random_spreads_over_healthy_instances_and_ignores_load() -> None:
+    router = Router(make_specs([1.0], instances=4, strategy=RANDOM), salt="rnd", seed=3)
+    router.set_healthy("v-0-3", False)
+    counts = Counter(router.route()[1] for _ in range(9_000))  # never released
+    assert set(counts) == {"v-0-0", "v-0-1", "v-0-2"}
+    assert chisquare(list(counts.values())).pvalue > SIGNIFICANCE
+    assert sum(router.in_flight(f"v-0-{slot}") for slot in range(4)) == 9_000
+
+
+@pytest.mark.parametrize("strategy", [LOR, RANDOM])
+def test_unhealthy_instances_are_not_picked(strategy: str) -> None:
+    router = Router(make_specs([1.0], instances=2, strategy=strategy), salt="h", seed=1)
+    router.set_healthy("v-0-0", False)
+    assert router.healthy_instances("v-0") == ["v-0-1"]
+    assert {router.route()[1] for _ in range(50)} == {"v-0-1"}
+    router.set_healthy("v-0-1", False)
+    assert router.healthy_instances("v-0") == []
+    with pytest.raises(NoHealthyInstanceError, match="'v-0'"):
+        router.route()
+    router.set_healthy("v-0-0", True)
+    assert router.route() == ("v-0", "v-0-0")
+
+
+def test_a_variant_without_instances_has_no_healthy_instance() -> None:
+    router = Router([VariantSpec("empty", 1.0, [], LOR)], salt="e", seed=1)
+    with pytest.raises(NoHealthyInstanceError) as raised:
+        router.route()
+    assert str(raised.value) == (
+        "production variant 'empty' has no healthy instance to take the request"
+    )
+
+
+def test_release_never_goes_below_zero() -> None:
+    router = Router(make_specs([1.0]), salt="r", seed=1)
+    router.route()
+    router.release("v-0-0")
+    router.release("v-0-0")
+    assert router.in_flight("v-0-0") == 0
+    router.route()
+    assert router.in_flight("v-0-0") == 1
+
+
+def test_replace_keeps_counts_and_health_of_instances_that_keep_their_name() -> None:
+    router = Router(make_specs([1.0], instances=2), salt="keep", seed=1)
+    for _ in range(4):
+        router.route()
+    router.set_healthy("v-0-1", False)
+    router.replace(
+        [
+            VariantSpec("v-0", 3.0, ["v-0-1", "v-0-2"], RANDOM),
+            VariantSpec("other", 1.0, ["v-0-0"], LOR),
+        ]
+    )
+    assert router.in_flight("v-0-0") == 2
+    assert router.in_flight("v-0-1") == 2
+    assert router.in_flight("v-0-2") == 0
+    assert router.healthy_instances("v-0") == ["v-0-2"]
+    assert router.healthy_instances("other") == ["v-0-0"]
+    assert router.weights() == {"v-0": 3.0, "other": 1.0}
+
+
+def test_set_weights_changes_only_the_named_variants() -> None:
+    specs = make_specs([1.0, 2.0, 3.0], instances=2, strategy=RANDOM)
+    router = Router(specs, salt="w", seed=1)
+    router.route("v-1")
+    router.set_weights({"v-2": 0.0, "v-0": 5.0})
+    assert router.weights() == {"v-0": 5.0, "v-1": 2.0, "v-2": 0.0}
+    assert router.in_flight("v-1-0") + router.in_flight("v-1-1") == 1
+    after = router.variants()
+    assert [spec.instances for spec in after] == [spec.instances for spec in specs]
+    assert {spec.routing_strategy for spec in after} == {RANDOM}
+
+
+def test_variants_returns_the_table() -> None:
+    specs = make_specs([1.0, 0.0], instances=2)
+    router = Router(specs, salt="v", seed=1)
+    assert router.variants() == specs
+
+
+def test_variant_spec_exposes_its_fields() -> None:
+    spec = VariantSpec("blue", 2, ("blue-0", "blue-1"), "RANDOM")
+    assert spec.name == "blue"
+    assert spec.weight == 2.0
+    assert spec.instances == ["blue-0", "blue-1"]
+    assert spec.routing_strategy == "RANDOM"
+    assert repr(spec) == (
+        "VariantSpec(name='blue', weight=2.0, instances=['blue-0', 'blue-1'], "
+        "routing_strategy='RANDOM')"
+    )
+    assert spec == VariantSpec("blue", 2.0, ["blue-0", "blue-1"], "RANDOM")
+    assert spec != VariantSpec("blue", 2.0, ["blue-0"], "RANDOM")
+    with pytest.raises(AttributeError):
+        spec.weight = 3.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        hash(spec)
+
+
+# --- threads ----------------------------------------------------------------------------------
+
+THREADS = 4
+
+
+@pytest.fixture
+def frequent_switches() -> Iterator[None]:
+    """Switch threads every microsecond so picks and replacements interleave densely."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
+@pytest.mark.usefixtures("frequent_switches")
+def test_picks_during_replacements_never_mix_tables() -> None:
+    # Table A: variants a-*, instances a-*-*, weights 1,2,3. Table B: b-*, b-*-*, weights 3,2,1,1.
+    # A mix would pair an a- variant with a b- instance (or the reverse).
+    table_a = make_specs([1.0, 2.0, 3.0], instances=2, prefix="a")
+    table_b = make_specs([3.0, 2.0, 1.0, 1.0], instances=3, prefix="b")
+    router = Router(table_a, salt="threads", seed=1)
+    stop = threading.Event()
+    seen: list[set[tuple[str, str]]] = [set() for _ in range(THREADS)]
+    # Picks from table B per worker; the main thread reads these, never the sets, while workers run.
+    picks_from_b = [0] * THREADS
+    errors: list[BaseException] = []
+
+    def pick(index: int) -> None:
+        try:
+            picks = 0
+            while not stop.is_set() or picks < 2_000:
+                variant, instance = (
+                    router.route(key=f"user-{picks}") if picks % 2 else router.route()
+                )
+                seen[index].add((variant, instance))
+                picks_from_b[index] += variant.startswith("b-")
+                # The instance may have been replaced since the pick: the gateway tolerates
+                # that, and it is no mix.
+                with contextlib.suppress(UnknownInstanceError):
+                    router.release(instance)
+                picks += 1
+        except BaseException as error:  # report it from the main thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=pick, args=(index,)) for index in range(THREADS)]
+    for worker in workers:
+        worker.start()
+    # At least 2000 replacements, and on until every worker has picked from table B (bounded).
+    deadline = time.monotonic() + 30
+    rounds = 0
+    while rounds < 2_000 or (0 in picks_from_b and time.monotonic() < deadline):
+        router.replace(table_b if rounds % 2 == 0 else table_a)
+        rounds += 1
+    stop.set()
+    for worker in workers:
+        worker.join(timeout=60)
+
+    assert not errors
+    assert 0 not in picks_from_b
+    pairs = set().union(*seen)
+    valid = {(spec.name, instance) for spec in table_a + table_b for instance in spec.instances}
+    assert pairs <= valid
+    assert {variant[0] for variant, _ in pairs} == {"a", "b"}
+
+
+@pytest.mark.usefixtures("frequent_switches")
+def test_in_flight_counts_stay_exact_under_concurrent_route_and_release() -> None:
+    router = Router(make_specs([1.0, 1.0], instances=3), salt="counts", seed=1)
+    picks_per_thread = 5_000
+
+    def route_and_release() -> None:
+        for _ in range(picks_per_thread):
+            _, instance = router.route()
+            router.release(instance)
+
+    held = [router.route()[1] for _ in range(6)]
+    workers = [threading.Thread(target=route_and_release) for _ in range(THREADS)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    instances = [f"v-{variant}-{slot}" for variant in range(2) for slot in range(3)]
+    assert sum(router.in_flight(instance) for instance in instances) == len(held)
+    for instance in held:
+        router.release(instance)
+    assert all(router.in_flight(instance) == 0 for instance in instances)
