@@ -47,8 +47,8 @@ demo: setup ## run the A/B walkthrough against a gateway it starts
 	$(BIN)/python examples/walkthrough.py --start
 
 lint: setup ## ruff (lint + format check), mypy, stubtest, cargo fmt --check, cargo clippy -D warnings
-	$(BIN)/ruff check python tests benches scripts
-	$(BIN)/ruff format --check python tests benches scripts
+	$(BIN)/ruff check python tests benches scripts examples
+	$(BIN)/ruff format --check python tests benches scripts examples
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest splitserve._router
 	cargo fmt --check

@@ -15,7 +15,8 @@ from pathlib import Path
 
 def main(extras: list[str]) -> int:
     """Write the runtime dependencies and those of each named extra to stdout."""
-    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    pyproject = Path(__file__).parent.parent / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text())["project"]
     names = list(project["dependencies"])
     for extra in extras:
         names.extend(project["optional-dependencies"][extra])

@@ -15,9 +15,11 @@ endpoint is stopped, it writes out whatever was accepted.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -160,7 +162,7 @@ def _signature_checked(route: web.RouteDef, verifier: SigV4Verifier) -> _Handler
 @web.middleware
 async def error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """Put every error on the wire as the SageMaker clients expect, with a request id."""
-    request_id = str(uuid.uuid4())
+    request_id = next(_request_ids())
     try:
         response = await handler(request)
     except (SplitserveError, RouterError) as error:
@@ -180,6 +182,15 @@ async def error_middleware(request: web.Request, handler: _Handler) -> web.Strea
         )
     response.headers[_REQUEST_ID] = request_id
     return response
+
+
+@functools.cache
+def _request_ids() -> Iterator[str]:
+    """This process's request ids: UUID-shaped like AWS's, unique like uuid4()'s. The first 24
+    characters of a random UUID, drawn once, then a 48-bit counter: uuid4() per request costs an
+    os.urandom call and a UUID object, a measurable share of the gateway's time per request."""
+    prefix = str(uuid.uuid4())[:24]
+    return (f"{prefix}{number:012x}" for number in itertools.count())
 
 
 def _error_response(request: web.Request, error: Exception) -> web.Response:

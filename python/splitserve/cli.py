@@ -1,7 +1,8 @@
 """The `splitserve` command: the only place that reads argv.
 
 splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--images FILE]
-                 [--auth FILE [--auth-data-plane]]
+                 [--max-batch-rows N] [--auth FILE [--auth-data-plane]] [--invocation-timeout S]
+                 [--health-check-interval S] [--body-read-timeout S]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
 splitserve evaluate --capture DIR --ground-truth PATH [--endpoint E] [--threshold 0.5] [--json]
                     [--plot FILE.png] [--weights Variant1=1,Variant2=1 | --url URL]
@@ -57,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-tcp", action="store_true", help="built-in workers listen on loopback TCP"
     )
     serve.add_argument(
+        "--max-batch-rows",
+        type=positive_count,
+        default=_DEFAULTS.workers.max_batch_rows,
+        metavar="N",
+        help="dynamic batching in the built-in workers: the most rows one predict call "
+        "coalesces; 1 turns batching off (default %(default)s)",
+    )
+    serve.add_argument(
         "--insecure",
         action="store_true",
         help="allow listening on a non-loopback address with no authentication",
@@ -74,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_DEFAULTS.auth.data_plane,
         help="require signatures on InvokeEndpoint too (needs --auth)",
+    )
+    serve.add_argument(
+        "--invocation-timeout",
+        type=positive_seconds,
+        default=_DEFAULTS.workers.invocation_timeout_seconds,
+        metavar="SECONDS",
+        help="a worker must answer an invocation within this, else ModelError "
+        "(default %(default)g, the container contract's limit)",
+    )
+    serve.add_argument(
+        "--health-check-interval",
+        type=positive_seconds,
+        default=_DEFAULTS.workers.health_interval_seconds,
+        metavar="SECONDS",
+        help="time between /ping health checks of each instance (default %(default)g)",
+    )
+    serve.add_argument(
+        "--body-read-timeout",
+        type=positive_seconds,
+        default=_DEFAULTS.body_read_timeout_seconds,
+        metavar="SECONDS",
+        help="an InvokeEndpoint body must arrive within this, else 408 (default %(default)g)",
     )
     serve.add_argument("--log-level", default="INFO")
     _add_stats_command(commands)
@@ -127,6 +158,24 @@ def parse_duration(text: str) -> int:
     if match is None:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 15m, 2h or 1d)")
     return int(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+def positive_seconds(text: str) -> float:
+    """A number of seconds above 0 (fractions allowed), for the timeout options."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def positive_count(text: str) -> int:
+    """A whole number of at least 1, for the count options."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
+    return int(text)
 
 
 def stats(args: argparse.Namespace) -> int:
@@ -210,6 +259,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         run_dir=state_dir / "run",
         allow_pickle=args.allow_pickle,
         use_tcp=args.worker_tcp,
+        max_batch_rows=args.max_batch_rows,
+        invocation_timeout_seconds=args.invocation_timeout,
+        health_interval_seconds=args.health_check_interval,
     )
     return replace(
         _DEFAULTS,
@@ -218,6 +270,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         state_dir=state_dir,
         model_store=args.model_store if args.model_store is not None else state_dir / "models",
         images_file=args.images,
+        body_read_timeout_seconds=args.body_read_timeout,
         workers=workers,
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
     )

@@ -175,6 +175,9 @@ class Settings:
         model_store: the root that `s3://bucket/key` model and capture URLs resolve under.
         images_file: TOML registry mapping bring-your-own image names to server commands.
         max_payload_bytes: the largest InvokeEndpoint body accepted.
+        body_read_timeout_seconds: an InvokeEndpoint body must arrive whole within this, counted
+            from the handler's start; a slower one (a client trickling bytes to hold the
+            connection) is answered 408. aiohttp has no body timeout of its own.
         auth: signature checks on the control and data planes (off by default).
     """
 
@@ -184,6 +187,7 @@ class Settings:
     model_store: Path = Path(".splitserve/models")
     images_file: Path | None = None
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    body_read_timeout_seconds: float = 30.0
     account: AccountSettings = field(default_factory=AccountSettings)
     router: RouterSettings = field(default_factory=RouterSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)

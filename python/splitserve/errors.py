@@ -82,6 +82,10 @@ class PayloadTooLarge(SplitserveError):
     """The InvokeEndpoint body is over the limit (wire: HTTP 413)."""
 
 
+class BodyReadTimeout(SplitserveError):
+    """The InvokeEndpoint body did not arrive within the read timeout (wire: HTTP 408)."""
+
+
 @dataclass(frozen=True)
 class ModelErrorDetail:
     """What a ModelError carries besides its message."""
@@ -136,6 +140,8 @@ ERROR_TABLE: dict[type[Exception], WireError] = {
     AccessDeniedException: WireError("AccessDeniedException", 403),
     InvocationValidationError: WireError("ValidationError", 400),
     PayloadTooLarge: WireError("ValidationError", 413),
+    # botocore's standard retry mode counts RequestTimeout among its transient errors.
+    BodyReadTimeout: WireError("RequestTimeout", 408),
     ModelError: WireError("ModelError", 424),
     ServiceUnavailable: WireError("ServiceUnavailable", 503),
     InternalFailure: WireError("InternalFailure", 500),

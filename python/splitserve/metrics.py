@@ -5,18 +5,25 @@ are `endpoint_name` and `variant_name` as CloudWatch's EndpointName and VariantN
 `instance` for the instance metrics, which `InstanceCollector` reads from the live fleets when
 Prometheus scrapes. Label values only ever come from validated resource names. The request path
 records through `VariantMetrics`, whose label children are resolved once per variant, so a request
-pays for no label lookup.
+pays for no label lookup; the four series every request updates (`INVOCATIONS`,
+`INVOCATIONS_PER_INSTANCE`, `MODEL_LATENCY`, `OVERHEAD_LATENCY`) are `LoopCounter` and
+`LoopHistogram`, which export exactly what prometheus_client's Counter and Histogram do but record
+without a lock.
 """
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Metric
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from splitserve.procstat import CpuSampler
 from splitserve.stats import VariantMinutes
@@ -40,10 +47,160 @@ MODEL_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 
-INVOCATIONS = Counter(
+
+class LoopCounterChild:
+    """One series of a `LoopCounter`: a float that only grows."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add `amount` (not negative; not checked, the callers are ours)."""
+        self.value += amount
+
+
+class LoopHistogramChild:
+    """One series of a `LoopHistogram`: a count per bucket (not cumulative) and the sum."""
+
+    __slots__ = ("_upper_bounds", "buckets", "created", "sum")
+
+    def __init__(self, upper_bounds: tuple[float, ...]) -> None:
+        self._upper_bounds = upper_bounds
+        self.buckets = [0] * len(upper_bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        """Count `amount` in the first bucket whose upper bound is >= it (`le`), and in the sum."""
+        self.buckets[bisect_left(self._upper_bounds, amount)] += 1
+        self.sum += amount
+
+
+_Child = TypeVar("_Child", LoopCounterChild, LoopHistogramChild)
+
+
+class _LoopMetric(Collector, Generic[_Child]):
+    """A labelled metric recorded without locks, for the series every request updates.
+
+    prometheus_client's Counter and Histogram take a lock for every update, and a Histogram walks
+    its buckets in Python: 0.6 us per counter increment and 1.1 us per observation, of which the
+    request path makes six. These record one float addition (a counter) or a C bisection and two
+    additions (a histogram). They rely on what the gateway guarantees: every update and every
+    scrape (GET /metrics, generate_latest) runs on the one event loop, never concurrently. The
+    exposition is prometheus_client's, sample for sample (including `_created`, unless
+    PROMETHEUS_DISABLE_CREATED_SERIES turns those off as it does for prometheus_client's own).
+
+    Args:
+        name: the metric's name (a counter's without `_total`).
+        documentation: its HELP text.
+        labelnames: its label names, in order.
+        registry: where it is exported.
+    """
+
+    _type = ""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], _Child] = {}
+        registry.register(self)
+
+    def _new_child(self) -> _Child:
+        raise NotImplementedError
+
+    def labels(self, *labelvalues: str) -> _Child:
+        """The series of `labelvalues` (in `labelnames` order), created when it does not exist."""
+        if len(labelvalues) != len(self._labelnames):
+            raise ValueError(f"{self._name}: expected labels {self._labelnames}, got {labelvalues}")
+        child = self._children.get(labelvalues)
+        if child is None:
+            child = self._children[labelvalues] = self._new_child()
+        return child
+
+    def remove(self, *labelvalues: str) -> None:
+        """Drop the series of `labelvalues`; nothing happens when there is none."""
+        self._children.pop(labelvalues, None)
+
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples (so registering does not collect)."""
+        yield Metric(self._name, self._documentation, self._type)
+
+    def collect(self) -> Iterator[Metric]:
+        """The family with a sample set per series."""
+        family = Metric(self._name, self._documentation, self._type)
+        created = getattr(prometheus_metrics, "_use_created", True)
+        for labelvalues, child in list(self._children.items()):
+            labels = dict(zip(self._labelnames, labelvalues, strict=True))
+            self._add_samples(family, labels, child)
+            if created:
+                family.add_sample(f"{self._name}_created", labels, child.created)
+        yield family
+
+    def _add_samples(self, family: Metric, labels: dict[str, str], child: _Child) -> None:
+        raise NotImplementedError
+
+
+class LoopCounter(_LoopMetric[LoopCounterChild]):
+    """A counter recorded without a lock (see `_LoopMetric`); samples `<name>_total`."""
+
+    _type = "counter"
+
+    def _new_child(self) -> LoopCounterChild:
+        return LoopCounterChild()
+
+    def _add_samples(self, family: Metric, labels: dict[str, str], child: LoopCounterChild) -> None:
+        family.add_sample(f"{self._name}_total", labels, child.value)
+
+
+class LoopHistogram(_LoopMetric[LoopHistogramChild]):
+    """A histogram recorded without a lock (see `_LoopMetric`); `buckets` are the upper bounds
+    (+Inf is added); samples `_bucket` (cumulative, by `le`), `_count` and `_sum`."""
+
+    _type = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._upper_bounds = (*buckets, float("inf"))
+        self._le = tuple(
+            floatToGoString(bound)  # type: ignore[no-untyped-call]
+            for bound in self._upper_bounds
+        )
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new_child(self) -> LoopHistogramChild:
+        return LoopHistogramChild(self._upper_bounds)
+
+    def _add_samples(
+        self, family: Metric, labels: dict[str, str], child: LoopHistogramChild
+    ) -> None:
+        cumulative = 0
+        for le, count in zip(self._le, list(child.buckets), strict=True):
+            cumulative += count
+            family.add_sample(f"{self._name}_bucket", {**labels, "le": le}, float(cumulative))
+        family.add_sample(f"{self._name}_count", labels, float(cumulative))
+        family.add_sample(f"{self._name}_sum", labels, child.sum)
+
+
+INVOCATIONS = LoopCounter(
     "splitserve_invocations", "Requests routed to the variant.", _VARIANT, registry=REGISTRY
 )
-INVOCATIONS_PER_INSTANCE = Counter(
+INVOCATIONS_PER_INSTANCE = LoopCounter(
     "splitserve_invocations_per_instance",
     "Each request adds 1/healthy instances of its variant (CloudWatch's InvocationsPerInstance).",
     _VARIANT,
@@ -67,20 +224,27 @@ INVOCATION_MODEL_ERRORS = Counter(
     _VARIANT,
     registry=REGISTRY,
 )
+FAILOVERS = Counter(
+    "splitserve_failover",
+    "Untargeted requests this variant served because the variant the weights chose had no "
+    "healthy instance (endpoints tagged splitserve:failover=true only).",
+    _VARIANT,
+    registry=REGISTRY,
+)
 GATEWAY_ERRORS = Counter(
     "splitserve_gateway_errors",
     "Requests refused before a variant was chosen, by wire error code.",
     ("code",),
     registry=REGISTRY,
 )
-MODEL_LATENCY = Histogram(
+MODEL_LATENCY = LoopHistogram(
     "splitserve_model_latency_seconds",
     "Time from sending a request to the worker until its answer.",
     _VARIANT,
     buckets=MODEL_BUCKETS,
     registry=REGISTRY,
 )
-OVERHEAD_LATENCY = Histogram(
+OVERHEAD_LATENCY = LoopHistogram(
     "splitserve_overhead_latency_seconds",
     "The gateway's own share of a request: total time minus model latency.",
     _VARIANT,
@@ -123,13 +287,14 @@ class VariantMetrics:
     `minutes` is the variant's per-minute ring (`splitserve stats`), recorded alongside.
     """
 
-    invocations: Counter
-    invocations_per_instance: Counter
+    invocations: LoopCounterChild
+    invocations_per_instance: LoopCounterChild
     errors_4xx: Counter
     errors_5xx: Counter
     model_errors: Counter
-    model_latency: Histogram
-    overhead_latency: Histogram
+    failovers: Counter
+    model_latency: LoopHistogramChild
+    overhead_latency: LoopHistogramChild
     minutes: VariantMinutes
 
     @classmethod
@@ -144,6 +309,7 @@ class VariantMetrics:
             errors_4xx=INVOCATION_4XX_ERRORS.labels(*labels),
             errors_5xx=INVOCATION_5XX_ERRORS.labels(*labels),
             model_errors=INVOCATION_MODEL_ERRORS.labels(*labels),
+            failovers=FAILOVERS.labels(*labels),
             model_latency=MODEL_LATENCY.labels(*labels),
             overhead_latency=OVERHEAD_LATENCY.labels(*labels),
             minutes=minutes,
@@ -158,6 +324,7 @@ VARIANT_SERIES = (
     INVOCATION_4XX_ERRORS,
     INVOCATION_5XX_ERRORS,
     INVOCATION_MODEL_ERRORS,
+    FAILOVERS,
     MODEL_LATENCY,
     OVERHEAD_LATENCY,
     CAPTURE_DROPPED,

@@ -47,7 +47,7 @@ class Gateway:
             region_name="us-east-1",
             aws_access_key_id="test",
             aws_secret_access_key="test",
-            config=Config(retries={"mode": "standard", "max_attempts": 1}, **config),
+            config=Config(retries={"mode": "standard", "total_max_attempts": 1}, **config),
         )
 
     def log(self) -> str:
@@ -103,6 +103,8 @@ def gateway(tmp_path: Path, model_store: Path) -> Iterator[Gateway]:
         yield running
     finally:
         running.stop()
+        # pytest shows a test's captured output only when it fails: the gateway's side of it.
+        print(f"--- gateway log ---\n{running.log()}")
 
 
 @pytest.fixture

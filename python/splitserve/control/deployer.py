@@ -60,6 +60,8 @@ class DeploymentPlan:
         variants: the production variants, in the configuration's order.
         data_capture: the configuration's DataCaptureConfig, None when it has none (a record with
             `enable_capture` False is configured but stopped).
+        failover: route an untargeted request whose variant has no healthy instance to another
+            variant (the endpoint's `splitserve:failover` tag); off by default.
     """
 
     endpoint_name: str
@@ -67,6 +69,7 @@ class DeploymentPlan:
     generation: int
     variants: tuple[VariantPlan, ...]
     data_capture: DataCapture | None
+    failover: bool = False
 
 
 class Deployer(Protocol):

@@ -10,7 +10,7 @@ endpoint keeps serving; splitserve must also be able to bring it back after a re
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,10 @@ class EndpointStatus(enum.StrEnum):
     FAILED = "Failed"
     UPDATE_ROLLBACK_FAILED = "UpdateRollbackFailed"
 
+
+#: The CreateEndpoint tag that turns failover on (`true`) for the endpoint: an untargeted request
+#: whose variant has no healthy instance is routed to another variant instead of failing with 503.
+FAILOVER_TAG = "splitserve:failover"
 
 #: An endpoint in one of these has a background task working on it: no update, no delete.
 IN_PROGRESS_STATUSES = frozenset(
@@ -60,6 +64,11 @@ class ResourceKind(enum.Enum):
             f"arn:aws:sagemaker:{account.region}:{account.account_id}:"
             f"{self.arn_type}/{name.lower()}"
         )
+
+
+def failover_enabled(tags: Iterable[tuple[str, str]]) -> bool:
+    """Whether (Key, Value) `tags` hold `splitserve:failover` = `true` (any case)."""
+    return any(key == FAILOVER_TAG and value.lower() == "true" for key, value in tags)
 
 
 def name_key(name: str) -> str:
@@ -171,6 +180,8 @@ class EndpointRecord:
         deployment_config: the DeploymentConfig last given (LastDeploymentConfig).
         failure_reason: why the endpoint Failed, or why its last update failed (while InService).
         pending: the green generation of a blue/green update that has not taken traffic yet.
+        tags: CreateEndpoint's Tags as (Key, Value) pairs; `splitserve:failover` is read from
+            them (see `failover`).
     """
 
     name: str
@@ -184,6 +195,12 @@ class EndpointRecord:
     deployment_config: Mapping[str, object] | None = None
     failure_reason: str | None = None
     pending: PendingDeployment | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def failover(self) -> bool:
+        """Whether the endpoint was created with the tag `splitserve:failover` = `true`."""
+        return failover_enabled(self.tags)
 
 
 @dataclass(frozen=True)

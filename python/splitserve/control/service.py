@@ -20,7 +20,9 @@ Endpoint lifecycle, as implemented:
   values set; the new weights reach the router before the call answers (new requests see them at
   once); instance counts change in the background, then Current = Desired and InService. If scaling
   fails the endpoint is RollingBack to its previous weights and counts, then InService with
-  FailureReason (Failed if even that fails).
+  FailureReason (Failed if even that fails). A change of weights only is done before the call
+  answers: Updating is stored, the router takes the weights, then InService with Current =
+  Desired, so the next update is accepted at once (a hundred a second and more).
 - DeleteEndpoint answers Deleting; the task removes the endpoint from the deployer and deletes the
   record, after which DescribeEndpoint says `Could not find endpoint`.
 - Update, weight changes and delete are refused while a task runs (Creating, Updating,
@@ -55,6 +57,7 @@ from typing import Any, ParamSpec, TypeVar
 from splitserve.config import Settings
 from splitserve.control.deployer import Deployer, DeploymentPlan, VariantPlan
 from splitserve.control.models import (
+    FAILOVER_TAG,
     IN_PROGRESS_STATUSES,
     DataCapture,
     DeployedVariant,
@@ -65,6 +68,7 @@ from splitserve.control.models import (
     PendingDeployment,
     ResourceKind,
     VariantStatusEntry,
+    failover_enabled,
     name_key,
 )
 from splitserve.control.paths import LocalPathResolver
@@ -380,12 +384,20 @@ class ControlService:
         check_deployment_config(deployment_config)
         name = _text(request, "EndpointName")
         arn = ResourceKind.ENDPOINT.arn(self._account, name)
+        tags = _endpoint_tags(request.get("Tags"))
         async with self._lock:
             if await self._db(self._store.get_endpoint, name) is not None:
                 raise ValidationException(f'Cannot create already existing endpoint "{arn}".')
             config = await self._endpoint_config(_text(request, "EndpointConfigName"))
             variants = await self._variants_for(config, retained=None)
-            plan = await self._plan(name, config.name, 1, variants, config.data_capture())
+            plan = await self._plan(
+                name,
+                config.name,
+                1,
+                variants,
+                config.data_capture(),
+                failover=failover_enabled(tags),
+            )
             now = time.time()
             record = EndpointRecord(
                 name=name,
@@ -397,6 +409,7 @@ class ControlService:
                 variants=tuple(_launching(variant, now) for variant in variants),
                 data_capture=config.data_capture(),
                 deployment_config=deployment_config,
+                tags=tags,
             )
             if not await self._db(self._store.insert_endpoint, record):
                 raise ValidationException(f'Cannot create already existing endpoint "{arn}".')
@@ -460,7 +473,12 @@ class ControlService:
                 deployment_config = _optional_mapping(current.deployment_config)
             generation = current.generation + 1
             plan = await self._plan(
-                current.name, config.name, generation, variants, config.data_capture()
+                current.name,
+                config.name,
+                generation,
+                variants,
+                config.data_capture(),
+                failover=current.failover,
             )
             now = time.time()
             pending = PendingDeployment(
@@ -531,7 +549,23 @@ class ControlService:
             )
             if weights_changed:
                 await self._apply_weights_now(current, updated)
-            self._spawn(current.name, self._resize(current.name, current.variants, weights_changed))
+            if any(v.desired_instance_count != v.current_instance_count for v in updated):
+                self._spawn(
+                    current.name, self._resize(current.name, current.variants, weights_changed)
+                )
+            else:
+                # Nothing is left to do once the router has the weights: the endpoint is back
+                # InService before the call answers (its Updating state was stored above, and a
+                # DescribeEndpoint in between may see it), so the next update is accepted at once.
+                await self._db(
+                    self._store.put_endpoint,
+                    replace(
+                        record,
+                        status=EndpointStatus.IN_SERVICE,
+                        last_modified_time=time.time(),
+                        variants=tuple(_settled(variant) for variant in updated),
+                    ),
+                )
         return {"EndpointArn": ResourceKind.ENDPOINT.arn(self._account, current.name)}
 
     async def delete_endpoint(self, body: Mapping[str, object]) -> dict[str, object]:
@@ -816,6 +850,7 @@ class ControlService:
                     recovered.generation,
                     variants,
                     record.data_capture,
+                    failover=record.failover,
                 )
             except SplitserveError as error:
                 await self._db(self._store.put_endpoint, recovered)
@@ -1016,6 +1051,8 @@ class ControlService:
         generation: int,
         variants: tuple[DeployedVariant, ...],
         data_capture: Mapping[str, object] | None,
+        *,
+        failover: bool,
     ) -> DeploymentPlan:
         """The Deployer's plan for these variants; locations are resolved (and checked) again."""
         plans = []
@@ -1048,6 +1085,7 @@ class ControlService:
             generation=generation,
             variants=tuple(plans),
             data_capture=capture,
+            failover=failover,
         )
 
     async def _data_capture(self, document: Mapping[str, object]) -> DataCapture:
@@ -1135,6 +1173,19 @@ class ControlService:
 
 
 # --- module helpers -------------------------------------------------------------------------------
+
+
+def _endpoint_tags(value: object) -> tuple[tuple[str, str], ...]:
+    """CreateEndpoint's validated Tags as (Key, Value) pairs; refuses a `splitserve:failover`
+    tag whose value is neither `true` nor `false`, so a typo does not silently leave it off."""
+    tags = tuple((str(tag.get("Key")), str(tag.get("Value", ""))) for tag in _mappings(value))
+    for key, tag_value in tags:
+        if key == FAILOVER_TAG and tag_value.lower() not in ("true", "false"):
+            raise ValidationException(
+                f"The tag {FAILOVER_TAG} must have the value true or false, not "
+                f"'{tag_value[:100]}'."
+            )
+    return tags
 
 
 def _not_found(kind: ResourceKind, arn: str) -> ValidationException:

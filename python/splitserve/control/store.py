@@ -30,8 +30,9 @@ from splitserve.control.models import (
     name_key,
 )
 
-#: The schema this code writes. A file with a higher version is refused.
-SCHEMA_VERSION = 1
+#: The schema this code writes. A file with a higher version is refused; one with a lower version
+#: is brought up to date (`_MIGRATIONS`) when it is opened.
+SCHEMA_VERSION = 2
 
 #: The first bytes of every SQLite 3 database file.
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -61,7 +62,8 @@ CREATE TABLE endpoints (
     last_modified_time REAL NOT NULL,
     data_capture TEXT,
     deployment_config TEXT,
-    pending TEXT
+    pending TEXT,
+    tags TEXT
 );
 CREATE TABLE endpoint_variants (
     endpoint_key TEXT NOT NULL REFERENCES endpoints (name_key) ON DELETE CASCADE,
@@ -80,6 +82,12 @@ CREATE TABLE endpoint_variants (
     PRIMARY KEY (endpoint_key, role, position)
 );
 """
+
+#: The statements that bring a file from version N to N + 1, by N.
+_MIGRATIONS = {
+    # Version 2 keeps CreateEndpoint's Tags (JSON [[key, value], ...]; NULL for none).
+    1: "ALTER TABLE endpoints ADD COLUMN tags TEXT;",
+}
 
 
 class StateFileError(Exception):
@@ -277,7 +285,7 @@ class Store:
         pending = record.pending
         db.execute(
             f"INSERT INTO endpoints (name_key, {_ENDPOINT_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 record.name,
@@ -299,6 +307,7 @@ class Store:
                         "DataCapture": pending.data_capture,
                     }
                 ),
+                json.dumps([list(tag) for tag in record.tags]) if record.tags else None,
             ),
         )
         rows = [("live", position, v) for position, v in enumerate(record.variants)]
@@ -343,7 +352,7 @@ class Store:
 
     def _endpoint(self, row: tuple[object, ...]) -> EndpointRecord:
         (name, status, failure_reason, config_name, generation, created, modified) = row[:7]
-        data_capture, deployment_config, pending_text = row[7:]
+        data_capture, deployment_config, pending_text, tags_text = row[7:]
         variants: dict[str, list[DeployedVariant]] = {"live": [], "pending": []}
         for variant_row in self._db.execute(
             "SELECT role, variant_name, current_weight, desired_weight, current_instance_count, "
@@ -376,12 +385,13 @@ class Store:
             ),
             failure_reason=failure_reason if isinstance(failure_reason, str) else None,
             pending=pending,
+            tags=_tags(tags_text),
         )
 
 
 _ENDPOINT_COLUMNS = (
     "name, status, failure_reason, endpoint_config_name, generation, creation_time, "
-    "last_modified_time, data_capture, deployment_config, pending"
+    "last_modified_time, data_capture, deployment_config, pending, tags"
 )
 
 
@@ -427,6 +437,15 @@ def _prepare(path: Path, connection: sqlite3.Connection) -> None:
                 f"BEGIN IMMEDIATE;{_SCHEMA}"
                 f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION});COMMIT;"
             )
+            return
+        version = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+        while version < SCHEMA_VERSION:
+            # Each step in one transaction too, so a crash leaves the file at N or at N + 1.
+            connection.executescript(
+                f"BEGIN IMMEDIATE;{_MIGRATIONS[version]}"
+                f"UPDATE schema_version SET version = {version + 1};COMMIT;"
+            )
+            version += 1
     except sqlite3.Error as error:
         raise StateFileError(
             f"state file {path} cannot be prepared: {error}; it was left untouched"
@@ -487,6 +506,21 @@ def _decode(text: object) -> dict[str, object]:
     if not isinstance(document, dict):
         raise StateFileError("a stored document is not a JSON object")
     return document
+
+
+def _tags(text: object) -> tuple[tuple[str, str], ...]:
+    if text is None:
+        return ()
+    try:
+        pairs = json.loads(str(text))
+    except ValueError as error:
+        raise StateFileError(f"stored tags are not JSON: {error}") from error
+    if not isinstance(pairs, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        for pair in pairs
+    ):
+        raise StateFileError("stored tags are not a list of [key, value] pairs")
+    return tuple((key, value) for key, value in pairs)
 
 
 def _optional_mapping(value: object) -> Mapping[str, object] | None:

@@ -150,6 +150,7 @@ class FleetDeployer:
             },
             log_stream_arn=self._log_stream_arn(plan.endpoint_name),
             capture=self._capture_sink(plan),
+            failover=plan.failover,
         )
         generation = _Generation(plan, fleets, router, pools, live, strategies)
         self._generations[plan.endpoint_name, plan.generation] = generation
@@ -349,6 +350,7 @@ class FleetDeployer:
             metrics=live.metrics,
             log_stream_arn=live.log_stream_arn,
             capture=live.capture,
+            failover=live.failover,
         )
         if self._registry.get(live.name) is live:
             self._registry.publish(generation.live)

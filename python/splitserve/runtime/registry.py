@@ -31,6 +31,8 @@ class LiveEndpoint:
         log_stream_arn: what ModelError responses name as the log stream.
         capture: where this generation's successful invocations are sampled for data capture;
             None when its configuration captures nothing.
+        failover: an untargeted request whose variant has no healthy instance goes to another
+            variant instead of failing (the endpoint's `splitserve:failover` tag).
     """
 
     name: str
@@ -40,6 +42,7 @@ class LiveEndpoint:
     metrics: Mapping[str, VariantMetrics]
     log_stream_arn: str
     capture: CaptureSink | None = None
+    failover: bool = False
 
 
 @dataclass

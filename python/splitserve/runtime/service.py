@@ -10,10 +10,12 @@ endpoint went live.
 from __future__ import annotations
 
 import logging
+import random
 import re
-from dataclasses import dataclass
 from time import perf_counter
+from typing import NamedTuple
 
+from splitserve._router import NoHealthyInstanceError, UnknownInstanceError
 from splitserve.config import Settings
 from splitserve.errors import (
     InvocationValidationError,
@@ -22,7 +24,7 @@ from splitserve.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
 )
-from splitserve.runtime.registry import EndpointRegistry
+from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
 from splitserve.runtime.upstream import (
     UpstreamConnectError,
     UpstreamError,
@@ -39,9 +41,9 @@ _POST = b"POST"
 _QUOTED_BODY_CHARS = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Invocation:
-    """One InvokeEndpoint request, as the handler read it.
+class Invocation(NamedTuple):
+    """One InvokeEndpoint request, as the handler read it (immutable; a NamedTuple because one is
+    built per request and a tuple is the cheapest immutable record to build).
 
     Attributes:
         endpoint_name: from the URL path.
@@ -64,8 +66,7 @@ class Invocation:
     target_model: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class InvocationResult:
+class InvocationResult(NamedTuple):
     """What goes back to the caller: the worker's body and content type, and the variant chosen."""
 
     variant: str
@@ -91,7 +92,8 @@ class InvocationService:
             PayloadTooLarge: the body is over the 6 MiB limit.
             UnknownVariantError, NoRoutableVariantError: from the router, for TargetVariant
                 naming no variant, or an untargeted request when every weight is zero.
-            NoHealthyInstanceError, ServiceUnavailable: no instance can take the request now.
+            NoHealthyInstanceError, ServiceUnavailable: no instance can take the request now
+                (on an endpoint with failover, an untargeted one goes to another variant first).
             ModelError: the worker answered non-2xx, or not within the timeout.
         """
         started = perf_counter()
@@ -100,8 +102,22 @@ class InvocationService:
             raise InvocationValidationError(
                 f"Endpoint {request.endpoint_name} of account {self._account_id} not found."
             )
-        self._check(request)
-        variant, instance = live.router.route(request.target_variant, request.sticky_key)
+        if (
+            request.target_model is not None
+            or request.target_variant is not None
+            or request.inference_id is not None
+            or len(request.body) > self._max_payload
+        ):
+            self._check(request)  # most requests carry none of these: no call for them
+        try:
+            variant, instance = live.router.route(request.target_variant, request.sticky_key)
+        except NoHealthyInstanceError:
+            rerouted = None
+            if live.failover and request.target_variant is None:
+                rerouted = _fail_over(live)
+            if rerouted is None:
+                raise
+            variant, instance = rerouted
         metrics = live.metrics[variant]
         metrics.invocations.inc()
         # CloudWatch's InvocationsPerInstance: each routed request adds 1/healthy instances.
@@ -127,7 +143,11 @@ class InvocationService:
             metrics.minutes.count_model_error(0)
             raise self._upstream_failure(error, live.log_stream_arn) from error
         finally:
-            live.router.release(instance)
+            # Not contextlib.suppress: this is the request path, and a bare try costs nothing.
+            try:  # noqa: SIM105
+                live.router.release(instance)
+            except UnknownInstanceError:
+                pass  # scaled in while this request was on it: its slot already left the table
         status = response.status
         if status >= 300:
             metrics.model_errors.inc()
@@ -138,7 +158,7 @@ class InvocationService:
                 metrics.errors_4xx.inc()
             raise _model_error(response, live.log_stream_arn)
         metrics.overhead_latency.observe(perf_counter() - started - model_seconds)
-        content_type = response.header(b"content-type")
+        content_type, custom_attributes = _answer_headers(response)
         if live.capture is not None:
             # Only successful invocations are captured: a failed one has no model output to monitor.
             # offer() is a random draw, a tuple and a non-blocking put; it never raises.
@@ -150,12 +170,7 @@ class InvocationService:
                 response.body,
                 content_type,
             )
-        return InvocationResult(
-            variant=variant,
-            body=response.body,
-            content_type=content_type,
-            custom_attributes=response.header(b"x-amzn-sagemaker-custom-attributes"),
-        )
+        return InvocationResult(variant, response.body, content_type, custom_attributes)
 
     def _check(self, request: Invocation) -> None:
         """Refuse what SageMaker's runtime refuses before routing."""
@@ -206,6 +221,45 @@ class InvocationService:
             f'Received server error (0) from primary with message "{message}".',
             ModelErrorDetail(0, message, log_stream_arn),
         )
+
+
+def _fail_over(live: LiveEndpoint) -> tuple[str, str] | None:
+    """Route an untargeted request again, among the variants that have a healthy instance.
+
+    Called only when the router found no healthy instance in the variant it drew, for a request
+    without TargetVariant on an endpoint with failover on, so the normal path pays nothing for
+    it. The variant is drawn by weight among those with a weight above 0 and a healthy instance;
+    the one drawn counts the request in splitserve_failover_total.
+
+    Returns:
+        (variant name, instance name) as `Router.route` returns them, or None when no variant
+        can take the request.
+    """
+    router = live.router
+    names: list[str] = []
+    weights: list[float] = []
+    for name, weight in router.weights().items():
+        if weight > 0 and router.healthy_instances(name):
+            names.append(name)
+            weights.append(weight)
+    if not names:
+        return None
+    routed = router.route(random.choices(names, weights)[0], None)
+    live.metrics[routed[0]].failovers.inc()
+    return routed
+
+
+def _answer_headers(response: UpstreamResponse) -> tuple[bytes | None, bytes | None]:
+    """The worker's Content-Type and X-Amzn-SageMaker-Custom-Attributes (the first of each), read
+    in one pass over its headers."""
+    content_type = custom_attributes = None
+    for name, value in response.headers:
+        if name == b"content-type":
+            if content_type is None:
+                content_type = value
+        elif name == b"x-amzn-sagemaker-custom-attributes" and custom_attributes is None:
+            custom_attributes = value
+    return content_type, custom_attributes
 
 
 def _valid_inference_id(value: str) -> bool:
