@@ -151,7 +151,7 @@ def test_restart_keeps_endpoints_and_weights(
     gateway: Gateway, sagemaker: Any, tmp_path: Path
 ) -> None:
     create_two_variant_endpoint(sagemaker, "kept", weights=(1.0, 3.0))
-    gateway.stop(signal.SIGTERM)
+    assert gateway.stop(signal.SIGTERM) == 0, gateway.log()
 
     again = start_gateway(gateway.state_dir, gateway.model_store)
     try:
@@ -187,3 +187,34 @@ def test_sticky_key_keeps_a_user_on_one_variant(gateway: Gateway, sagemaker: Any
     assert all(len(variants) == 1 for variants in assigned.values())
     # Both variants get users: the key's hash, not a constant, decides.
     assert {next(iter(v)) for v in assigned.values()} == {"Variant1", "Variant2"}
+
+
+def test_list_operations_paginate_and_filter(sagemaker: Any) -> None:
+    for index in range(5):
+        sagemaker.create_model(
+            ModelName=f"listed-{index}",
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
+            PrimaryContainer={
+                "Image": "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1",
+                "ModelDataUrl": "s3://models/v1/model.tar.gz",
+            },
+        )
+    pages = list(
+        sagemaker.get_paginator("list_models").paginate(
+            NameContains="listed",
+            SortBy="Name",
+            SortOrder="Ascending",
+            PaginationConfig={"PageSize": 2},
+        )
+    )
+    assert [len(page["Models"]) for page in pages] == [2, 2, 1]
+    names = [model["ModelName"] for page in pages for model in page["Models"]]
+    assert names == [f"listed-{index}" for index in range(5)]
+    create_two_variant_endpoint(sagemaker, "listing")
+    endpoints = sagemaker.list_endpoints(StatusEquals="InService")["Endpoints"]
+    assert [e["EndpointName"] for e in endpoints] == ["listing"]
+    configs = sagemaker.list_endpoint_configs(NameContains="listing")["EndpointConfigs"]
+    assert [c["EndpointConfigName"] for c in configs] == ["listing-cfg"]
+    sagemaker.delete_model(ModelName="listed-0")
+    with pytest.raises(ClientError, match="Could not find model"):
+        sagemaker.describe_model(ModelName="listed-0")
