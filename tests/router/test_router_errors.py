@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import pytest
 
@@ -17,23 +16,7 @@ from splitserve._router import (
     UnknownVariantError,
     VariantSpec,
 )
-
-LOR = "LEAST_OUTSTANDING_REQUESTS"
-
-
-def make_specs(
-    weights: Sequence[float], *, instances: int = 1, strategy: str = LOR, prefix: str = "v"
-) -> list[VariantSpec]:
-    """Variants `{prefix}-0`, `{prefix}-1`, ... with `instances` instances `{variant}-{i}` each."""
-    return [
-        VariantSpec(
-            f"{prefix}-{index}",
-            weight,
-            [f"{prefix}-{index}-{slot}" for slot in range(instances)],
-            strategy,
-        )
-        for index, weight in enumerate(weights)
-    ]
+from tests.support.router import LOR, make_specs
 
 
 @pytest.mark.parametrize(

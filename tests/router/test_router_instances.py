@@ -9,34 +9,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 from scipy.stats import chisquare
 
 from splitserve._router import NoHealthyInstanceError, Router, UnknownInstanceError, VariantSpec
-
-LOR = "LEAST_OUTSTANDING_REQUESTS"
-RANDOM = "RANDOM"
-
-#: Every statistical test rejects "the router follows its weights" below this p-value. Seeds are
-#: fixed, so each test is deterministic; the level only says how surprising a failure would be.
-SIGNIFICANCE = 0.001
-
-
-def make_specs(
-    weights: Sequence[float], *, instances: int = 1, strategy: str = LOR, prefix: str = "v"
-) -> list[VariantSpec]:
-    """Variants `{prefix}-0`, `{prefix}-1`, ... with `instances` instances `{variant}-{i}` each."""
-    return [
-        VariantSpec(
-            f"{prefix}-{index}",
-            weight,
-            [f"{prefix}-{index}-{slot}" for slot in range(instances)],
-            strategy,
-        )
-        for index, weight in enumerate(weights)
-    ]
+from tests.support.router import LOR, RANDOM, SIGNIFICANCE, make_specs
 
 
 def test_least_outstanding_requests_picks_the_least_loaded() -> None:

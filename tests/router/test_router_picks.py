@@ -5,7 +5,6 @@ variant's weight grows (every key that moves, moves into the grown variant)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -13,28 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from splitserve._router import NoRoutableVariantError, Router, UnknownVariantError, VariantSpec
-
-LOR = "LEAST_OUTSTANDING_REQUESTS"
-RANDOM = "RANDOM"
-
-#: Every statistical test rejects "the router follows its weights" below this p-value. Seeds are
-#: fixed, so each test is deterministic; the level only says how surprising a failure would be.
-SIGNIFICANCE = 0.001
-
-
-def make_specs(
-    weights: Sequence[float], *, instances: int = 1, strategy: str = LOR, prefix: str = "v"
-) -> list[VariantSpec]:
-    """Variants `{prefix}-0`, `{prefix}-1`, ... with `instances` instances `{variant}-{i}` each."""
-    return [
-        VariantSpec(
-            f"{prefix}-{index}",
-            weight,
-            [f"{prefix}-{index}-{slot}" for slot in range(instances)],
-            strategy,
-        )
-        for index, weight in enumerate(weights)
-    ]
+from tests.support.router import SIGNIFICANCE, make_specs
 
 
 def count_variants(router: Router, picks: int) -> Counter[str]:
