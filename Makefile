@@ -10,8 +10,9 @@ RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml Cargo.lock
 HOST ?= 127.0.0.1
 PORT ?= 8080
 STATE_DIR ?= ./.splitserve
+SOAK_SECONDS ?= 600
 
-.PHONY: help setup build run demo test lint test-rust test-python bench bench-load clean lock
+.PHONY: help setup build run demo test lint test-rust test-python bench bench-load soak clean lock
 
 help: ## list the targets and what each does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +37,12 @@ $(STAMPS)/prometheus:
 	command -v prometheus || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 	@touch $@
 
+# The 30-second soak test (tests/e2e/test_soak.py) drives its load with wrk, from Debian.
+$(STAMPS)/wrk:
+	@mkdir -p $(STAMPS)
+	command -v wrk || (apt-get update && apt-get install -y --no-install-recommends wrk)
+	@touch $@
+
 setup: $(STAMPS)/build ## create .venv, install the locked dependencies, build the extension (release)
 
 build: setup ## same as setup: rebuild the Rust extension when its sources changed
@@ -57,14 +64,20 @@ lint: setup ## ruff (lint + format check), mypy, stubtest, cargo fmt --check, ca
 test-rust: ## cargo test of the pure Rust routing core
 	cargo test --quiet
 
-test-python: setup $(STAMPS)/prometheus ## pytest (benchmarks run once each as smoke tests)
+test-python: setup $(STAMPS)/prometheus $(STAMPS)/wrk ## pytest (benchmarks run once each as smoke tests)
 	$(BIN)/pytest -q
 
 test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs
 
 bench: setup ## pytest-benchmark suites, enabled, against the release build
 	@mkdir -p .benchmarks
-	$(BIN)/pytest benches -q --benchmark-enable --benchmark-only --benchmark-columns=median,mean,stddev,rounds --benchmark-json=.benchmarks/latest.json
+	$(BIN)/pytest benches -q --benchmark-enable --benchmark-only --benchmark-columns=median,mean,stddev,rounds,ops --benchmark-json=.benchmarks/latest.json
+
+bench-load: setup ## gateway vs nginx, HAProxy, plain aiohttp under wrk and oha (installs them; QUICK=1: CI size)
+	$(BIN)/python -m benches.load bench $(if $(QUICK),--quick)
+
+soak: setup $(STAMPS)/wrk ## hold the gateway at 80% of its maximum for 10 minutes (SOAK_SECONDS overrides)
+	$(BIN)/python -m benches.load soak --seconds $(SOAK_SECONDS)
 
 lock: $(STAMPS)/venv ## re-resolve the dependencies and rewrite constraints.txt
 	$(BIN)/python scripts/requirements.py test lint plot | $(BIN)/pip install --quiet --upgrade -r /dev/stdin

@@ -15,54 +15,54 @@ endpoint is stopped, it writes out whatever was accepted.
 from __future__ import annotations
 
 import asyncio
-import functools
-import itertools
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splitserve import keys
-from splitserve._router import RouterError
 from splitserve.auth import SigV4Verifier
 from splitserve.capture import CaptureWriter
-from splitserve.config import MAX_PAYLOAD_BYTES, Settings
+from splitserve.config import Settings
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
-from splitserve.errors import (
-    InternalFailure,
-    ModelError,
-    PayloadTooLarge,
-    SplitserveError,
-    ValidationException,
-    wire_error,
-)
+from splitserve.errors import SplitserveError, ValidationException
 from splitserve.gateway.deployer import FleetDeployer
-from splitserve.metrics import GATEWAY_ERRORS, INSTANCES, REGISTRY
+from splitserve.http_errors import error_middleware, handle_errors, unrouted
+from splitserve.metrics import INSTANCES, REGISTRY
 from splitserve.procstat import CpuSampler
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
-from splitserve.runtime.upstream import UpstreamError
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.images import ImageRegistry
 from splitserve.workers.supervisor import Supervisor
 
+__all__ = [
+    "create_app",
+    "error_middleware",  # from http_errors: the same answers, for apps built without create_app
+    "errors_handled",
+    "metrics",
+    "ping",
+    "signed_routes",
+    "stats",
+]
+
 log = logging.getLogger(__name__)
 
-_RUNTIME_PREFIX = "/endpoints/"
-_REQUEST_ID = "x-amzn-RequestId"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings) -> web.Application:
-    """Build the gateway application for `settings`; nothing starts until the app runs."""
-    app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_payload_bytes
-    )
+    """Build the gateway application for `settings`; nothing starts until the app runs.
+
+    No middleware, so a request pays for no middleware chain: each handler answers its errors
+    and sets its request id through `http_errors` (InvokeEndpoint's itself, the others wrapped in
+    `handle_errors`), and the last route, `unrouted`, answers what no route takes.
+    """
+    app = web.Application(client_max_size=settings.max_payload_bytes)
     app[keys.SETTINGS] = settings
     app.cleanup_ctx.append(_capture_writer)
     app.cleanup_ctx.append(_gateway)
@@ -74,12 +74,15 @@ def create_app(settings: Settings) -> web.Application:
             " and the data plane" if settings.auth.data_plane else "",
             ", ".join(verifier.access_key_ids),
         )
-    app.router.add_routes(signed_routes(control_routes.ROUTES, verifier))
-    data_plane_verifier = verifier if settings.auth.data_plane else None
-    app.router.add_routes(signed_routes(runtime_routes.ROUTES, data_plane_verifier))
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/splitserve/stats/{endpoint}", stats)
-    app.router.add_get("/ping", ping)
+    app.router.add_routes(errors_handled(signed_routes(control_routes.ROUTES, verifier)))
+    if settings.auth.data_plane:
+        app.router.add_routes(errors_handled(signed_routes(runtime_routes.ROUTES, verifier)))
+    else:
+        app.router.add_routes(runtime_routes.ROUTES)  # InvokeEndpoint answers its own errors
+    app.router.add_get("/metrics", handle_errors(metrics))
+    app.router.add_get("/splitserve/stats/{endpoint}", handle_errors(stats))
+    app.router.add_get("/ping", handle_errors(ping))
+    app.router.add_route("*", "/{path:.*}", unrouted)  # last: it takes whatever is left
     return app
 
 
@@ -141,6 +144,18 @@ def signed_routes(
     ]
 
 
+def errors_handled(routes: Sequence[web.RouteDef]) -> list[web.RouteDef]:
+    """`routes` with every handler answering its errors through `http_errors.answer_error`."""
+    handled = []
+    for route in routes:
+        if isinstance(route.handler, type):
+            raise TypeError(f"{route.path}: class-based views are not supported")
+        handled.append(
+            web.RouteDef(route.method, route.path, handle_errors(route.handler), route.kwargs)
+        )
+    return handled
+
+
 def _signature_checked(route: web.RouteDef, verifier: SigV4Verifier) -> _Handler:
     handler = route.handler
     if isinstance(handler, type):
@@ -157,65 +172,6 @@ def _signature_checked(route: web.RouteDef, verifier: SigV4Verifier) -> _Handler
         return await handler(request)
 
     return checked
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """Put every error on the wire as the SageMaker clients expect, with a request id."""
-    request_id = next(_request_ids())
-    try:
-        response = await handler(request)
-    except (SplitserveError, RouterError) as error:
-        response = _error_response(request, error)
-    except web.HTTPRequestEntityTooLarge:
-        settings = request.app.get(keys.SETTINGS)
-        limit = MAX_PAYLOAD_BYTES if settings is None else settings.max_payload_bytes
-        response = _error_response(
-            request, PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
-        )
-    except web.HTTPException as error:  # routing's 404 and 405: aiohttp's own answer
-        response = error
-    except Exception:
-        log.exception("request %s failed", request_id)
-        response = _error_response(
-            request, InternalFailure(f"An internal error occurred (request id {request_id}).")
-        )
-    response.headers[_REQUEST_ID] = request_id
-    return response
-
-
-@functools.cache
-def _request_ids() -> Iterator[str]:
-    """This process's request ids: UUID-shaped like AWS's, unique like uuid4()'s. The first 24
-    characters of a random UUID, drawn once, then a 48-bit counter: uuid4() per request costs an
-    os.urandom call and a UUID object, a measurable share of the gateway's time per request."""
-    prefix = str(uuid.uuid4())[:24]
-    return (f"{prefix}{number:012x}" for number in itertools.count())
-
-
-def _error_response(request: web.Request, error: Exception) -> web.Response:
-    """The wire form of `error` for the plane `request` came in on."""
-    wire = wire_error(error)
-    message = error.message if isinstance(error, SplitserveError) else str(error)
-    if not request.path.startswith(_RUNTIME_PREFIX):
-        return web.json_response(
-            {"__type": wire.code, "Message": message},
-            status=wire.status,
-            content_type=control_routes.CONTENT_TYPE,
-        )
-    body: dict[str, object] = {"ErrorCode": wire.code, "Message": message}
-    if isinstance(error, ModelError):
-        body["OriginalStatusCode"] = error.detail.original_status_code
-        body["OriginalMessage"] = error.detail.original_message
-        body["LogStreamArn"] = error.detail.log_stream_arn
-    elif not isinstance(error.__cause__, UpstreamError):
-        # Refused before a variant was chosen: not any variant's invocation. (After routing, the
-        # runtime service raises a ModelError, or another error `from` the UpstreamError that
-        # ended the forward; those it counted as the variant's invocation and model error.)
-        GATEWAY_ERRORS.labels(wire.code).inc()
-    response = web.json_response(body, status=wire.status)
-    response.headers["x-amzn-ErrorType"] = wire.code
-    return response
 
 
 async def metrics(request: web.Request) -> web.Response:

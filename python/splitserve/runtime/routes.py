@@ -8,6 +8,7 @@ from aiohttp import web
 
 from splitserve import keys
 from splitserve.errors import BodyReadTimeout
+from splitserve.http_errors import REQUEST_ID_HEADER, answer_error, next_request_id
 from splitserve.runtime.service import Invocation
 
 #: Our own header for sticky assignment: requests with the same key go to the same variant while
@@ -16,13 +17,45 @@ STICKY_KEY_HEADER = "X-Splitserve-Sticky-Key"
 
 
 async def invoke_endpoint(request: web.Request) -> web.Response:
-    """POST /endpoints/{name}/invocations: InvokeEndpoint."""
-    headers = request.headers
-    body = await request.read() if request.content.is_eof() else await _read_slow_body(request)
-    get = headers.get
-    result = await request.app[keys.INVOCATIONS].invoke(
-        # Positional, in Invocation's field order: the cheapest way to build it, once a request.
-        Invocation(
+    """POST /endpoints/{name}/invocations: InvokeEndpoint.
+
+    It answers its own errors (`http_errors.answer_error`) and sets its own request id rather
+    than being wrapped in `handle_errors` as the other routes are: this is the request path, and
+    a wrapper is one more coroutine per request.
+    """
+    try:
+        content = request.content
+        if not content.is_eof():
+            body = await _read_slow_body(request)
+        elif content.at_eof():
+            body = await request.read()  # empty, or read before (a signature check reads it)
+        else:
+            # The usual case: the whole body is in aiohttp's buffer. Taking it without read()'s
+            # loop of coroutines saves six Python calls; the size limit is the service's check.
+            body = content.read_nowait()
+        result = await request.app[keys.INVOCATIONS].invoke(read_invocation(request, body))
+    except Exception as error:
+        return answer_error(request, error)
+    headers = {
+        REQUEST_ID_HEADER: next_request_id(),
+        "x-Amzn-Invoked-Production-Variant": result.variant,
+    }
+    if result.content_type is not None:
+        headers["Content-Type"] = result.content_type.decode("latin-1")
+    if result.custom_attributes is not None:
+        headers["X-Amzn-SageMaker-Custom-Attributes"] = result.custom_attributes.decode("latin-1")
+    return web.Response(body=result.body, headers=headers)
+
+
+def read_invocation(request: web.Request, body: bytes) -> Invocation:
+    """The InvokeEndpoint request `request` with body `body`, as the service takes it: the endpoint
+    name from the path and the headers that matter (each None when absent)."""
+    get = request.headers.get
+    # In Invocation's field order. tuple.__new__ builds the NamedTuple in C; Invocation(...) would
+    # go through the Python __new__ namedtuple generates: one Python call more per request.
+    return tuple.__new__(
+        Invocation,
+        (
             request.match_info["name"],
             body,
             get("Content-Type"),
@@ -32,16 +65,8 @@ async def invoke_endpoint(request: web.Request) -> web.Response:
             get(STICKY_KEY_HEADER),
             get("X-Amzn-SageMaker-Inference-Id"),
             get("X-Amzn-SageMaker-Target-Model"),
-        )
+        ),
     )
-    response = web.Response(body=result.body)
-    out = response.headers
-    out["x-Amzn-Invoked-Production-Variant"] = result.variant
-    if result.content_type is not None:
-        out["Content-Type"] = result.content_type.decode("latin-1")
-    if result.custom_attributes is not None:
-        out["X-Amzn-SageMaker-Custom-Attributes"] = result.custom_attributes.decode("latin-1")
-    return response
 
 
 async def _read_slow_body(request: web.Request) -> bytes:

@@ -9,6 +9,7 @@ endpoint went live.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -130,7 +131,9 @@ class InvocationService:
                 response = await live.pools[instance].request(
                     _POST,
                     _INVOCATIONS_PATH,
-                    _forwarded_headers(request),
+                    _forwarded_headers(
+                        request.content_type, request.accept, request.custom_attributes
+                    ),
                     request.body,
                     self._timeout,
                 )
@@ -170,7 +173,10 @@ class InvocationService:
                 response.body,
                 content_type,
             )
-        return InvocationResult(variant, response.body, content_type, custom_attributes)
+        # tuple.__new__: the NamedTuple built in C, without its generated Python __new__.
+        return tuple.__new__(
+            InvocationResult, (variant, response.body, content_type, custom_attributes)
+        )
 
     def _check(self, request: Invocation) -> None:
         """Refuse what SageMaker's runtime refuses before routing."""
@@ -267,18 +273,21 @@ def _valid_inference_id(value: str) -> bool:
     return 0 < len(value) <= 64 and value.isprintable() and not value[0].isspace()
 
 
-def _forwarded_headers(request: Invocation) -> list[tuple[bytes, bytes]]:
+# Cached: clients send the same few Content-Type and Accept values again and again, and a hit is
+# answered in C, without a Python call. Bounded, so distinct custom attributes cannot grow it.
+@functools.lru_cache(maxsize=256)
+def _forwarded_headers(
+    content_type: str | None, accept: str | None, custom_attributes: str | None
+) -> tuple[tuple[bytes, bytes], ...]:
     """The headers the container contract passes through to the worker."""
     headers: list[tuple[bytes, bytes]] = []
-    if request.content_type is not None:
-        headers.append((b"Content-Type", request.content_type.encode("latin-1")))
-    if request.accept is not None:
-        headers.append((b"Accept", request.accept.encode("latin-1")))
-    if request.custom_attributes is not None:
-        headers.append(
-            (b"X-Amzn-SageMaker-Custom-Attributes", request.custom_attributes.encode("latin-1"))
-        )
-    return headers
+    if content_type is not None:
+        headers.append((b"Content-Type", content_type.encode("latin-1")))
+    if accept is not None:
+        headers.append((b"Accept", accept.encode("latin-1")))
+    if custom_attributes is not None:
+        headers.append((b"X-Amzn-SageMaker-Custom-Attributes", custom_attributes.encode("latin-1")))
+    return tuple(headers)
 
 
 def _model_error(response: UpstreamResponse, log_stream_arn: str) -> ModelError:

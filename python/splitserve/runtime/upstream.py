@@ -391,7 +391,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = self._parser.should_keep_alive()
         self._response_waiter = None
         waiter.set_result(UpstreamResponse(status, headers, b"".join(body)))
-        self._release_drain()
+        if self._drain_waiter is not None:  # rare (a request over the write buffer): no call else
+            self._release_drain()
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -594,7 +595,9 @@ class UpstreamPool:
                 connection = await self._connect(loop, deadline)
             waiter = connection.send(request, tail, deadline)
             try:
-                if connection.write_paused:
+                # The pool reads its connections' state directly, not through their properties:
+                # this is the request path, and each property read is a Python call.
+                if connection._write_paused:
                     await connection.drained()
                 response = await waiter
             except _StaleConnection:
@@ -617,7 +620,13 @@ class UpstreamPool:
             except BaseException:
                 connection.close()
                 raise
-            if connection.reusable and not self._closed and len(self._idle) < self._max_idle:
+            if (
+                connection._keep_alive
+                and connection._open
+                and connection._transport.get_write_buffer_size() == 0  # see _Connection.reusable
+                and not self._closed
+                and len(self._idle) < self._max_idle
+            ):
                 self._idle.append(connection)
             else:
                 connection.close()
@@ -636,7 +645,7 @@ class UpstreamPool:
         idle = self._idle
         while idle:
             connection = idle.pop()
-            if connection.is_open:
+            if connection._open:
                 return connection
             # Closed since it was parked (its connection_lost has not run yet): skip it.
         return None
