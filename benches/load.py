@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -167,6 +168,7 @@ class Report:
     settings: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False
 
 
 # --- set-up ---------------------------------------------------------------------------------------
@@ -603,7 +605,8 @@ class SoakResult:
             (
                 "no errors",
                 self.result.errors == 0,
-                f"{self.result.errors} errors in {self.result.requests} requests",
+                f"{self.result.errors} errors in {self.result.requests} requests"
+                + (f" ({self.result.error_kinds})" if self.result.errors else ""),
             ),
             (
                 "p99 <= 3 x p50",
@@ -678,7 +681,8 @@ def _line(scenario: str, name: str, connections: int, targeted: bool, result: Lo
     return (
         f"{scenario} {name:<22} c={connections:<3}{' targeted' if targeted else ''}: "
         f"{result.requests_per_second:9.0f} req/s  p50 {latency['p50']:7.0f} us  "
-        f"p99 {latency['p99']:7.0f} us  errors {result.errors}  CPU us/req: {cpu}"
+        f"p99 {latency['p99']:7.0f} us  errors {result.errors}"
+        f"{f' {result.error_kinds}' if result.errors else ''}  CPU us/req: {cpu}"
     )
 
 
@@ -920,25 +924,48 @@ def bench(args: argparse.Namespace) -> int:
         versions,
         asdict(plan) | {"scenarios": scenarios},
     )
-    with tempfile.TemporaryDirectory(prefix="splitserve-load-") as directory:
-        workdir = Path(directory)
-        for scenario in scenarios:
-            scenario_dir = workdir / scenario
-            scenario_dir.mkdir()
-            if scenario == "G":
-                scenario_g(report, plan, scenario_dir)
-            elif scenario in ("X", "B"):
-                scenario_x(report, plan, scenario_dir, batching=scenario == "B")
+    stop_on_signals()
+    try:
+        with tempfile.TemporaryDirectory(prefix="splitserve-load-") as directory:
+            workdir = Path(directory)
+            for scenario in scenarios:
+                scenario_dir = workdir / scenario
+                scenario_dir.mkdir()
+                if scenario == "G":
+                    scenario_g(report, plan, scenario_dir)
+                elif scenario in ("X", "B"):
+                    scenario_x(report, plan, scenario_dir, batching=scenario == "B")
+        report.complete = True
+    finally:
+        # Also after a failure or a signal: what was measured is written, and said to be partial.
+        write_results(report, args.output)
+    return 0
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does: everything started is stopped, and what was
+    measured so far is written."""
+
+    def stop(signal_number: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal_number}")
+
+    for signal_number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signal_number, stop)
+
+
+def write_results(report: Report, output: Path) -> None:
+    """The JSON file (every run, the medians, the targets) and the Markdown tables next to it."""
     rows = summarise(report.runs)
     checks = targets(rows, report.memory)
     table = markdown(rows, checks)
+    if not report.complete:
+        table = "**Partial run: stopped before every scenario had run.**\n\n" + table
     document = asdict(report) | {"summary": rows, "targets": checks}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(document, indent=1, default=float))
-    args.output.with_suffix(".md").write_text(table)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=1, default=float))
+    output.with_suffix(".md").write_text(table)
     print(table)
-    print(f"results: {args.output} and {args.output.with_suffix('.md')}")
-    return 0
+    print(f"results: {output} and {output.with_suffix('.md')}", flush=True)
 
 
 def soak_command(args: argparse.Namespace) -> int:

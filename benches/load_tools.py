@@ -77,9 +77,9 @@ end
 function done(summary, latency, requests)
   local e = summary.errors
   io.stderr:write(string.format(
-    '{"requests": %d, "duration_us": %d, "errors": %d, "non_2xx": %d, '
-    .. '"p50": %d, "p90": %d, "p99": %d, "p99.9": %d}\\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    '{"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, '
+    .. '"timeout": %d, "non_2xx": %d, "p50": %d, "p90": %d, "p99": %d, "p99.9": %d}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.timeout, e.status,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency:percentile(99.9)))
 end
@@ -302,6 +302,7 @@ class LoadResult:
         requests: responses received (any status).
         seconds: how long the run lasted.
         errors: connection, read, write and timeout errors plus non-2xx responses.
+        error_kinds: `errors` by kind, as the load tool names them (only kinds that occurred).
         latency_us: p50, p90, p99 and p99.9 in microseconds, keyed "p50" ... "p99.9".
         cpu_us_per_request: CPU microseconds per request by role (gateway, workers, load).
         rss_bytes: resident memory by role at the end of the run.
@@ -311,6 +312,7 @@ class LoadResult:
     seconds: float
     errors: int
     latency_us: dict[str, float]
+    error_kinds: dict[str, int] = field(default_factory=dict)
     cpu_us_per_request: dict[str, float] = field(default_factory=dict)
     rss_bytes: dict[str, int] = field(default_factory=dict)
 
@@ -429,10 +431,12 @@ def run_wrk(
             raise RuntimeError(f"wrk printed no report: {report.read_text()[-2000:]}")
         parsed = json.loads(lines[-1])
     requests = int(parsed["requests"])
+    kinds = {kind: int(parsed[kind]) for kind in ("connect", "read", "write", "timeout", "non_2xx")}
     result = LoadResult(
         requests=requests,
         seconds=parsed["duration_us"] / 1e6,
-        errors=int(parsed["errors"]) + int(parsed["non_2xx"]),
+        errors=sum(kinds.values()),
+        error_kinds={kind: count for kind, count in kinds.items() if count},
         latency_us={f"p{p:g}": float(parsed[f"p{p:g}"]) for p in PERCENTILES},
         rss_bytes=memory,
     )
@@ -488,13 +492,15 @@ def run_oha(
     except ValueError:
         raise RuntimeError(f"oha printed no report: {text[-2000:]}") from None
     statuses = {int(code): int(count) for code, count in report["statusCodeDistribution"].items()}
-    failures = sum(int(count) for count in report.get("errorDistribution", {}).values())
+    kinds = {kind: int(count) for kind, count in report.get("errorDistribution", {}).items()}
+    kinds |= {f"HTTP {code}": count for code, count in statuses.items() if not 200 <= code < 300}
     requests = sum(statuses.values())
     percentiles = report["latencyPercentiles"]
     result = LoadResult(
         requests=requests,
         seconds=float(report["summary"]["total"]),
-        errors=failures + sum(count for code, count in statuses.items() if not 200 <= code < 300),
+        errors=sum(kinds.values()),
+        error_kinds=kinds,
         latency_us={f"p{p:g}": float(percentiles[f"p{p:g}"]) * 1e6 for p in PERCENTILES},
         rss_bytes=memory,
     )

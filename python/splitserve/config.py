@@ -81,13 +81,16 @@ class ForwardingSettings:
     """How the gateway talks to its workers.
 
     Attributes:
-        max_idle_connections: kept-alive connections per instance (enough for the concurrency a
-            worker can use; more only hold file descriptors).
+        max_connections: connections open at once to one instance; requests beyond wait for
+            one to come free (within their timeout). Enough for the concurrency a worker can
+            use: more cost it an accept each and hold file descriptors.
+        max_idle_connections: kept-alive connections per instance between bursts.
         connect_timeout_seconds: a worker must accept a connection within this (the contract
             says 250 ms; a little slack for a loaded host).
         max_response_bytes: the largest answer a worker may send back.
     """
 
+    max_connections: int = 64
     max_idle_connections: int = 64
     connect_timeout_seconds: float = 1.0
     max_response_bytes: int = 64 * 1024 * 1024

@@ -219,6 +219,7 @@ class MakePool(Protocol):
         max_idle: int = ...,
         connect_timeout: float = ...,
         max_response_bytes: int = ...,
+        max_connections: int | None = ...,
     ) -> UpstreamPool: ...
 
 
@@ -233,12 +234,14 @@ async def pools() -> AsyncIterator[MakePool]:
         max_idle: int = 8,
         connect_timeout: float = 2.0,
         max_response_bytes: int = SIX_MIB,
+        max_connections: int | None = None,
     ) -> UpstreamPool:
         pool = UpstreamPool(
             address,
             max_idle=max_idle,
             connect_timeout=connect_timeout,
             max_response_bytes=max_response_bytes,
+            max_connections=max_connections,
         )
         made.append(pool)
         return pool
@@ -727,6 +730,152 @@ async def test_cancelled_request_closes_its_connection(tmp_path: Path, pools: Ma
         await asyncio.sleep(0.4)  # the late answer to "slow" reaches no one
         assert (await post(pool, b"b")).body == b"b"
         assert counter.connections == 2
+
+
+# --- the connection cap ---------------------------------------------------------------------------
+
+
+def held_server(release: asyncio.Event) -> Handler:
+    """A raw handler that answers each request once `release` is set; b"close" also closes."""
+
+    async def handler(reader: Reader, writer: Writer, index: int) -> None:
+        while (body := await read_request(reader)) is not None:
+            await release.wait()
+            if body.startswith(b"close"):
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
+                return
+            writer.write(ok(body))
+
+    return handler
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["kept-alive", "server-closes"])
+async def test_requests_beyond_the_cap_wait_their_turn(
+    close: bool, tmp_path: Path, pools: MakePool
+) -> None:
+    release = asyncio.Event()
+    async with raw_server(tmp_path, held_server(release)) as counter:
+        pool = pools(raw_address(tmp_path), max_connections=2)
+        prefix = b"close" if close else b"keep"
+        requests = [asyncio.ensure_future(post(pool, prefix + b"%d" % i)) for i in range(10)]
+        await asyncio.sleep(0.1)
+        assert counter.connections == 2  # the other eight wait in the pool, not on new sockets
+        release.set()
+        answers = await asyncio.gather(*requests)
+        assert [answer.body for answer in answers] == [prefix + b"%d" % i for i in range(10)]
+        # Kept alive, the two connections carried everything; closed after each answer, each
+        # closing one freed its slot for a waiter.
+        assert counter.connections == (10 if close else 2)
+
+
+async def test_a_waiting_request_times_out_and_gives_its_turn_away(
+    tmp_path: Path, pools: MakePool
+) -> None:
+    release = asyncio.Event()
+    async with raw_server(tmp_path, held_server(release)) as counter:
+        pool = pools(raw_address(tmp_path), max_connections=1)
+        first = asyncio.ensure_future(post(pool, b"first"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UpstreamTimeout, match=r"all 1 connections .* stayed busy"):
+            await post(pool, b"too late", seconds=0.1)
+        third = asyncio.ensure_future(post(pool, b"third"))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert (await first).body == b"first"
+        assert (await third).body == b"third"  # the connection went to it, not to the one gone
+        assert counter.connections == 1
+        assert pool.idle_connections == 1
+
+
+async def test_a_turn_handed_to_a_request_that_gave_up_goes_to_the_next(
+    tmp_path: Path, pools: MakePool
+) -> None:
+    release = asyncio.Event()
+    async with raw_server(tmp_path, held_server(release)) as counter:
+        pool = pools(raw_address(tmp_path), max_connections=1)
+        first = asyncio.ensure_future(post(pool, b"first"))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(post(pool, b"gone"))
+        third = asyncio.ensure_future(post(pool, b"third"))
+        await asyncio.sleep(0.05)
+        # A slot comes free (as when a connection closes) and goes to `gone`, which is cancelled
+        # in the same step, before it could use it: the slot must reach `third`, not be lost.
+        pool._hand_over(None)
+        gone.cancel()
+        await asyncio.sleep(0.05)
+        assert counter.connections == 2  # `third` opened the slot's connection
+        release.set()
+        assert (await first).body == b"first"
+        assert (await third).body == b"third"
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+
+
+async def test_close_fails_the_waiting_requests(tmp_path: Path) -> None:
+    release = asyncio.Event()
+    async with raw_server(tmp_path, held_server(release)):
+        pool = UpstreamPool(
+            raw_address(tmp_path),
+            max_idle=8,
+            connect_timeout=1.0,
+            max_response_bytes=1000,
+            max_connections=1,
+        )
+        requests = [asyncio.ensure_future(post(pool, b"%d" % i)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        await pool.close()
+        for request in requests:
+            with pytest.raises(UpstreamClosed):
+                await request
+        release.set()
+
+
+def test_max_connections_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connections must be at least 1"):
+        UpstreamPool(
+            UpstreamAddress.unix("/x"),
+            max_idle=1,
+            connect_timeout=1.0,
+            max_response_bytes=1,
+            max_connections=0,
+        )
+
+
+async def test_a_full_unix_backlog_is_waited_out(tmp_path: Path, pools: MakePool) -> None:
+    # A listener that accepts nothing yet, its backlog filled: a Unix socket refuses the next
+    # connect with EAGAIN at once, where TCP would make it wait. The pool waits as TCP would.
+    path = str(tmp_path / "busy.sock")
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        listener.bind(path)
+        listener.listen(0)
+        fillers = []
+        while True:
+            filler = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            filler.setblocking(False)
+            if filler.connect_ex(path) != 0:
+                break  # the backlog is full now
+            fillers.append(filler)
+        pool = pools(UpstreamAddress.unix(path), connect_timeout=2.0)
+        request = asyncio.ensure_future(post(pool, b"after the wait"))
+        await asyncio.sleep(0.2)
+        assert not request.done()  # still trying, not failed
+
+        loop = asyncio.get_running_loop()
+        listener.setblocking(False)
+        for _ in fillers:  # drain the backlog; the pool's next try gets in
+            (await loop.sock_accept(listener))[0].close()
+        connection, _ = await loop.sock_accept(listener)
+        with connection:
+            connection.setblocking(False)
+            received = b""
+            while not received.endswith(b"after the wait"):
+                received += await loop.sock_recv(connection, 4096)
+            await loop.sock_sendall(connection, ok(b"served"))
+            assert (await request).body == b"served"
 
 
 # --- close ----------------------------------------------------------------------------------------

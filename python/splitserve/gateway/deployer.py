@@ -382,6 +382,7 @@ class FleetDeployer:
         return UpstreamPool(
             info.address,
             max_idle=forwarding.max_idle_connections,
+            max_connections=forwarding.max_connections,
             connect_timeout=forwarding.connect_timeout_seconds,
             max_response_bytes=forwarding.max_response_bytes,
         )

@@ -8,12 +8,14 @@ in a LIFO pool, and each request goes out as one preassembled byte string.
 
 One `UpstreamPool` serves one instance address. It is not a general HTTP client: no redirects, no
 HEAD, no TLS, no proxy, no cookies, no request streaming; the request body is always sent with a
-Content-Length, and the response is buffered whole (bounded by `max_response_bytes`).
+Content-Length, and the response is buffered whole (bounded by `max_response_bytes`). A pool
+belongs to the event loop of its first request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -470,20 +472,31 @@ class _AbortParse(Exception):
 class UpstreamPool:
     """Kept-alive HTTP/1.1 connections to one instance, and the requests sent over them.
 
-    Connections are made on demand, any number at once; after a complete response a connection
-    goes back to the idle list (most recently used first, at most `max_idle` of them), unless the
-    server asked to close it. A connection on which anything went wrong is closed, never reused.
+    Connections are made on demand, at most `max_connections` at once; a request that finds them
+    all busy waits, first come first served, for one to come free (within its own timeout). After
+    a complete response a connection goes to the longest-waiting request, or back to the idle
+    list (most recently used first, at most `max_idle` of them), unless the server asked to close
+    it. A connection on which anything went wrong is closed, never reused.
+
+    The cap matters under bursts: without it, every request beyond the idle connections opened a
+    connection of its own, to be closed after one exchange. A single-threaded model server gains
+    nothing from hundreds of connections, pays for each accept, and on a Unix socket a burst
+    overflows its listen backlog (connect then fails with EAGAIN rather than waiting, as TCP does).
     """
 
     __slots__ = (
         "_address",
         "_closed",
         "_connect_timeout",
+        "_connecting",
         "_connections",
         "_head_tail",
         "_idle",
+        "_loop",
+        "_max_connections",
         "_max_idle",
         "_max_response_bytes",
+        "_waiters",
     )
 
     def __init__(
@@ -493,6 +506,7 @@ class UpstreamPool:
         max_idle: int,
         connect_timeout: float,
         max_response_bytes: int,
+        max_connections: int | None = None,
     ) -> None:
         """Make a pool for `address`; no connection is opened until the first request.
 
@@ -501,9 +515,22 @@ class UpstreamPool:
             max_idle: the most idle connections kept for reuse; 0 closes each after its response.
             connect_timeout: seconds a new connection may take (within the request's own timeout).
             max_response_bytes: the largest response body accepted.
+            max_connections: the most connections open (or opening) at once; None for no limit.
+                After a stale connection is replaced there may briefly be one more.
+
+        Raises:
+            ValueError: `max_connections` is below 1.
         """
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self._address = address
         self._max_idle = max_idle
+        self._max_connections = math.inf if max_connections is None else max_connections
+        self._connecting = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first request
+        # Requests waiting for a connection; each future gets a connection, or None: "a slot is
+        # free, open one". Futures of requests that gave up stay until popped, and are skipped.
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
         self._idle: list[_Connection] = []
@@ -565,7 +592,10 @@ class UpstreamPool:
         """
         if self._closed:
             raise UpstreamClosed("the upstream pool is closed")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Once: on CPython 3.11 get_running_loop() makes a getpid() system call each time.
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         parts = [method, b" ", path, self._head_tail]
         for name, value in headers:
@@ -589,6 +619,11 @@ class UpstreamPool:
             raise ValueError("the method, path or a header holds CR or LF")
 
         connection = self._take_idle()
+        if (
+            connection is None
+            and len(self._connections) + self._connecting >= self._max_connections
+        ):
+            connection = await self._wait_for_connection(loop, deadline)
         reused = connection is not None
         while True:
             if connection is None:
@@ -625,17 +660,25 @@ class UpstreamPool:
                 and connection._open
                 and connection._transport.get_write_buffer_size() == 0  # see _Connection.reusable
                 and not self._closed
-                and len(self._idle) < self._max_idle
             ):
-                self._idle.append(connection)
+                if self._waiters:
+                    self._hand_over(connection)
+                elif len(self._idle) < self._max_idle:
+                    self._idle.append(connection)
+                else:
+                    connection.close()
             else:
-                connection.close()
+                connection.close()  # its connection_lost frees its slot for a waiter
             return response
 
     async def close(self) -> None:
         """Close all connections; requests in flight and any made later raise UpstreamClosed."""
         self._closed = True
         self._idle.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(UpstreamClosed("the upstream pool was closed"))
         lost = [connection.shutdown() for connection in list(self._connections)]
         if lost:
             await asyncio.gather(*lost)
@@ -650,7 +693,58 @@ class UpstreamPool:
             # Closed since it was parked (its connection_lost has not run yet): skip it.
         return None
 
+    async def _wait_for_connection(
+        self, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> _Connection | None:
+        """Wait, behind the requests already waiting, until another request hands over its
+        connection (returned) or a connection closes (None: the caller may open one)."""
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await waiter
+        except BaseException as error:
+            # Timed out or cancelled. What was handed over in the meantime goes to the next one.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._hand_over(waiter.result())
+            else:
+                waiter.cancel()
+            if isinstance(error, TimeoutError):
+                raise UpstreamTimeout(
+                    f"all {self._max_connections} connections to {self._address} stayed busy "
+                    "for the whole timeout"
+                ) from None
+            raise
+
+    def _hand_over(self, connection: _Connection | None) -> None:
+        """Give a free connection, or a free slot (None), to the longest-waiting request; with
+        none waiting, park the connection (or close it, if the idle list is full)."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        if connection is not None:
+            if connection._open and not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(connection)
+            else:
+                connection.close()
+
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+        self._connecting += 1
+        try:
+            return await self._open_connection(loop, deadline)
+        except BaseException:
+            if self._waiters:
+                self._hand_over(None)  # this slot stays free: let a waiter try instead
+            raise
+        finally:
+            self._connecting -= 1
+
+    async def _open_connection(
+        self, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> _Connection:
         connect_deadline = loop.time() + self._connect_timeout
         deadline_first = deadline < connect_deadline
         factory = functools.partial(
@@ -660,7 +754,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout_at(deadline if deadline_first else connect_deadline):
                 if address.unix_path is not None:
-                    _, connection = await loop.create_unix_connection(factory, address.unix_path)
+                    connection = await _connect_unix(loop, factory, address.unix_path)
                 else:
                     # UpstreamAddress.__post_init__ guarantees both when there is no unix_path.
                     assert address.host is not None
@@ -681,7 +775,32 @@ class UpstreamPool:
         return connection
 
     def _connection_lost(self, connection: _Connection) -> None:
-        self._connections.discard(connection)
+        if connection in self._connections:
+            self._connections.discard(connection)
+            if self._waiters:
+                self._hand_over(None)  # its slot is free
         # An idle connection the server closed is dropped now, so idle_connections stays true.
         if connection in self._idle:
             self._idle.remove(connection)
+
+
+#: How long to wait before connecting again to a Unix socket whose listen backlog is full.
+_BACKLOG_FULL_RETRY_SECONDS = 0.001
+
+
+async def _connect_unix(
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], _Connection], path: str
+) -> _Connection:
+    """Connect to the Unix socket at `path`, trying again while its listen backlog is full.
+
+    TCP queues a connect to a full backlog (the SYN is retried); a Unix socket refuses it at once
+    with EAGAIN. Either way the server is there and busy, so this waits as TCP would; the
+    caller's timeout bounds the wait.
+    """
+    while True:
+        try:
+            _, connection = await loop.create_unix_connection(factory, path)
+        except BlockingIOError:
+            await asyncio.sleep(_BACKLOG_FULL_RETRY_SECONDS)
+        else:
+            return connection

@@ -85,6 +85,10 @@ _OFFLOAD_BODY_BYTES: Final = 256 * 1024
 
 #: How long SIGTERM waits for requests in flight (the contract's SIGKILL comes 30 s after).
 _SHUTDOWN_TIMEOUT_SECONDS: Final = 25.0
+#: Connections the kernel queues while the event loop is busy predicting (aiohttp's default is
+#: 128). A Unix socket refuses a connect to a full queue at once, so a burst of new clients (more
+#: gateways, or a load generator invoking the worker directly) would see errors, not a short wait.
+_LISTEN_BACKLOG: Final = 1024
 
 _CUSTOM_ATTRIBUTES: Final = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -550,9 +554,9 @@ async def serve(options: ServerOptions, model: LoadedModel, default_accept: str)
     if options.unix_path is not None:
         with contextlib.suppress(FileNotFoundError):
             options.unix_path.unlink()  # a stale socket of an earlier process
-        site = web.UnixSite(runner, str(options.unix_path))
+        site = web.UnixSite(runner, str(options.unix_path), backlog=_LISTEN_BACKLOG)
     else:
-        site = web.TCPSite(runner, options.host, options.port)
+        site = web.TCPSite(runner, options.host, options.port, backlog=_LISTEN_BACKLOG)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
