@@ -103,6 +103,8 @@ GATEWAYS = ("splitserve", "plain", "nginx", "haproxy")
 OPEN_LOOP_SHARE = 0.5
 SOAK_LOAD_SHARE = 0.8
 SOAK_CONNECTIONS = 256
+#: The longest the soak's floor measurement (its load against the stand-in server) runs.
+FLOOR_SECONDS = 15.0
 
 
 @dataclass
@@ -585,6 +587,13 @@ class SoakResult:
     result: LoadResult
     rss_samples: dict[str, list[tuple[float, int]]]
     window_seconds: float
+    floor: LoadResult
+
+    def floor_meets_latency(self) -> bool:
+        """Whether this machine itself can meet the latency criterion at the soak's rate: the
+        stand-in server (a do-nothing model server, benches/standin_server.py) under the same
+        load met p99 <= 3 x p50."""
+        return self.floor.latency_us["p99"] <= 3 * self.floor.latency_us["p50"]
 
     def growth(self) -> dict[str, float]:
         """RSS growth per process: mean of the last window over mean of the second window."""
@@ -611,7 +620,10 @@ class SoakResult:
             (
                 "p99 <= 3 x p50",
                 latency["p99"] <= 3 * latency["p50"],
-                f"p50 {latency['p50'] / 1e3:.2f} ms, p99 {latency['p99'] / 1e3:.2f} ms",
+                f"p50 {latency['p50'] / 1e3:.2f} ms, p99 {latency['p99'] / 1e3:.2f} ms "
+                f"(this machine's floor, the stand-in server under the same load: "
+                f"p50 {self.floor.latency_us['p50'] / 1e3:.2f} ms, "
+                f"p99 {self.floor.latency_us['p99'] / 1e3:.2f} ms)",
             ),
         ]
         for role, growth in self.growth().items():
@@ -627,6 +639,10 @@ def soak(seconds: float, workdir: Path, *, measure_seconds: float = 10.0) -> Soa
     so that a free one is always there, for `seconds`, while the RSS of the gateway and of each
     worker is sampled every second. wrk rather than oha: `make test` runs a 30-second soak, and
     oha would have to be compiled first.
+
+    Then the floor: the same load (rate, connections, wrk threads) for up to FLOOR_SECONDS against
+    the stand-in server, which answers at once, so the latency spread this machine and wrk add on
+    their own is measured beside the gateway's.
     """
     model_url = write_model(workdir / "models")
     with Processes(workdir) as processes:
@@ -669,7 +685,29 @@ def soak(seconds: float, workdir: Path, *, measure_seconds: float = 10.0) -> Soa
         finally:
             finished.set()
             sampler.join()
-    return SoakResult(seconds, maximum, rate, result, samples, min(60.0, seconds / 3))
+        floor = measure_floor(processes, rate, min(seconds, FLOOR_SECONDS))
+    return SoakResult(seconds, maximum, rate, result, samples, min(60.0, seconds / 3), floor)
+
+
+def measure_floor(processes: Processes, rate: float, seconds: float) -> LoadResult:
+    """The soak's load against the stand-in server: the latency of the machine and wrk alone."""
+    port = free_port()
+    standin = processes.start(
+        "standin-floor",
+        [sys.executable, "-m", "benches.standin_server"],
+        environment={"SAGEMAKER_BIND_TO_PORT": str(port)},
+    )
+    target = Target(f"http://127.0.0.1:{port}/invocations")
+    wait_until(functools.partial(post, port, "/invocations"), "the stand-in server")
+    return run_wrk(
+        target,
+        connections=SOAK_CONNECTIONS,
+        seconds=seconds,
+        body=BODY,
+        roles={"stand-in": [standin.pid]},
+        threads=2,
+        rate=rate,
+    )
 
 
 # --- reporting ------------------------------------------------------------------------------------
