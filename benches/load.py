@@ -17,7 +17,8 @@ gets the same share of the shared machine's noise):
 
 - G, gateway-bound: each gateway alone on CPU 0; two stand-in workers (nginx answering a fixed
   body, run by splitserve as a bring-your-own image) and wrk on CPU 1. The gateway's CPU time per
-  request is what it adds to each request.
+  request is what it adds to each request. With the plain gateway G also runs "aiohttp-bare",
+  aiohttp's server answering at once without forwarding: the floor of any aiohttp gateway.
 - X, realistic: everything shares both CPUs. splitserve's built-in XGBoost workers (one instance
   per variant, weights 70/30, a 100-tree depth-6 model, one CSV row a request) with batching off
   (`--max-batch-rows 1`), behind splitserve, nginx, HAProxy and the plain gateway, which all
@@ -98,6 +99,8 @@ INSTANCE_TYPE = "ml.m5.large"
 GATEWAY_CPU = {0}
 OTHER_CPU = {1}
 SPLITSERVE = "splitserve"
+#: G's reference floor: aiohttp's server answering at once, forwarding nothing (plain_gateway.py).
+BARE = "aiohttp-bare"
 GATEWAYS = ("splitserve", "plain", "nginx", "haproxy")
 #: Open-loop latency runs go at this share of the slowest gateway's closed-loop maximum.
 OPEN_LOOP_SHARE = 0.5
@@ -333,6 +336,8 @@ def start_others(
         port = free_port()
         if name == "plain":
             argv = plain_gateway_argv(sys.executable, port, upstreams)
+        elif name == BARE:
+            argv = [sys.executable, "-m", "benches.plain_gateway", "--port", str(port), "--bare"]
         elif name == "nginx":
             (workdir / "nginx-body").mkdir(exist_ok=True)
             config = nginx_gateway_config(workdir, port, upstreams)
@@ -413,6 +418,8 @@ def scenario_g(report: Report, plan: Plan, workdir: Path) -> None:
         for worker in fleet.workers.values():
             pin(process_tree(worker.pid), OTHER_CPU)
         others = [name for name in plan.gateways if name != SPLITSERVE]
+        if "plain" in others:
+            others.append(BARE)  # what any gateway on aiohttp's server costs at the least
         gateways = [fleet.gateway] if SPLITSERVE in plan.gateways else []
         gateways += start_others(processes, workdir, fleet.upstreams(), others, GATEWAY_CPU)
         warm_up(gateways, OTHER_CPU)
@@ -816,6 +823,15 @@ def targets(rows: list[dict[str, Any]], memory: dict[str, Any]) -> list[dict[str
             False,
             "x",
         )
+        bare = _find(rows, scenario="G", gateway=BARE, connections=connections, tool="wrk")
+        if bare is not None:
+            check(
+                f"G c={connections}: aiohttp-bare CPU per request (reported: the aiohttp floor)",
+                bare["cpu_us_per_request"]["gateway"],
+                60,
+                True,
+                "us",
+            )
         for targeted in (False, True):
             label = " targeted" if targeted else ""
             check(
@@ -833,6 +849,11 @@ def targets(rows: list[dict[str, Any]], memory: dict[str, Any]) -> list[dict[str
     if floor is not None and through is not None:
         added = through["latency_us"]["p50"] - floor["latency_us"]["p50"]
         check("X c=1: p50 splitserve adds over D", added / 1000, 0.15, True, "ms")
+    for name in ("nginx", "haproxy"):
+        other = _find(rows, scenario="X", gateway=name, connections=1, tool="oha", rate=None)
+        if floor is not None and other is not None:
+            added = other["latency_us"]["p50"] - floor["latency_us"]["p50"]
+            check(f"X c=1: p50 {name} adds over D (reported)", added / 1000, 0.15, True, "ms")
     check(
         "B c=64: splitserve batching on / off requests/s",
         ratio(rps("B", SPLITSERVE, 64), rps("X", SPLITSERVE, 64)),
@@ -872,7 +893,7 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
         "| scenario | gateway | conns | tool | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms "
         "| errors | CPU us/request |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|\n"
     )
-    order = {name: index for index, name in enumerate((*GATEWAYS, "direct"))}
+    order = {name: index for index, name in enumerate((*GATEWAYS, BARE, "direct"))}
     for row in sorted(
         rows,
         key=lambda r: (

@@ -5,6 +5,9 @@ aiohttp's server, one `aiohttp.ClientSession` per variant forwarding POST /invoc
 It does what splitserve's data plane does on the success path and nothing else: no metrics, no
 validation, no capture. Run: `python -m benches.plain_gateway --port N --variant
 Variant1=70=unix:/path.sock --variant Variant2=30=tcp:127.0.0.1:9000`.
+
+With `--bare` it forwards nothing: aiohttp's server answering every InvokeEndpoint with a fixed
+body, the floor under any gateway built on aiohttp's server (the load script's "aiohttp-bare").
 """
 
 from __future__ import annotations
@@ -59,15 +62,31 @@ def create_app(variants: list[tuple[str, float, str]]) -> web.Application:
     return app
 
 
+def create_bare_app() -> web.Application:
+    """aiohttp's server alone: read the request, answer a fixed prediction."""
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"0.5\n", headers={"Content-Type": "text/csv"})
+
+    app = web.Application()
+    app.router.add_post("/endpoints/{name}/invocations", answer)
+    return app
+
+
 def main() -> None:
-    """Parse --port and --variant NAME=WEIGHT=ADDRESS (repeated); serve until killed."""
+    """Parse --port and --variant NAME=WEIGHT=ADDRESS (repeated) or --bare; serve until killed."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--variant", action="append", required=True)
+    parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--bare", action="store_true", help="forward nothing: a fixed answer")
     args = parser.parse_args()
+    if not args.bare and not args.variant:
+        parser.error("give --variant NAME=WEIGHT=ADDRESS (repeated), or --bare")
     variants = [(n, float(w), a) for n, w, a in (v.split("=", 2) for v in args.variant)]
+    app = create_bare_app() if args.bare else create_app(variants)
     web.run_app(
-        create_app(variants), host="127.0.0.1", port=args.port, access_log=None, print=None,
+        app, host="127.0.0.1", port=args.port, access_log=None, print=None,
         loop=uvloop.new_event_loop(),
     )  # fmt: skip
 
