@@ -771,14 +771,31 @@ async def test_requests_beyond_the_cap_wait_their_turn(
         assert counter.connections == (10 if close else 2)
 
 
-async def test_a_waiting_request_times_out_and_gives_its_turn_away(
-    tmp_path: Path, pools: MakePool
-) -> None:
+@dataclass
+class OneBusyConnection:
+    """A pool capped at one connection, that connection busy with `first` until `release`."""
+
+    pool: UpstreamPool
+    counter: Counter
+    release: asyncio.Event
+    first: asyncio.Future[UpstreamResponse]
+
+
+@contextlib.asynccontextmanager
+async def one_busy_connection(tmp_path: Path, pools: MakePool) -> AsyncIterator[OneBusyConnection]:
     release = asyncio.Event()
     async with raw_server(tmp_path, held_server(release)) as counter:
         pool = pools(raw_address(tmp_path), max_connections=1)
         first = asyncio.ensure_future(post(pool, b"first"))
         await asyncio.sleep(0.05)
+        yield OneBusyConnection(pool, counter, release, first)
+
+
+async def test_a_waiting_request_times_out_and_gives_its_turn_away(
+    tmp_path: Path, pools: MakePool
+) -> None:
+    async with one_busy_connection(tmp_path, pools) as busy:
+        pool, counter, release, first = busy.pool, busy.counter, busy.release, busy.first
         with pytest.raises(UpstreamTimeout, match=r"all 1 connections .* stayed busy"):
             await post(pool, b"too late", seconds=0.1)
         third = asyncio.ensure_future(post(pool, b"third"))
@@ -793,11 +810,8 @@ async def test_a_waiting_request_times_out_and_gives_its_turn_away(
 async def test_a_turn_handed_to_a_request_that_gave_up_goes_to_the_next(
     tmp_path: Path, pools: MakePool
 ) -> None:
-    release = asyncio.Event()
-    async with raw_server(tmp_path, held_server(release)) as counter:
-        pool = pools(raw_address(tmp_path), max_connections=1)
-        first = asyncio.ensure_future(post(pool, b"first"))
-        await asyncio.sleep(0.05)
+    async with one_busy_connection(tmp_path, pools) as busy:
+        pool, counter, release, first = busy.pool, busy.counter, busy.release, busy.first
         gone = asyncio.ensure_future(post(pool, b"gone"))
         third = asyncio.ensure_future(post(pool, b"third"))
         await asyncio.sleep(0.05)
