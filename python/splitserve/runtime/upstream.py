@@ -516,7 +516,8 @@ class UpstreamPool:
             connect_timeout: seconds a new connection may take (within the request's own timeout).
             max_response_bytes: the largest response body accepted.
             max_connections: the most connections open (or opening) at once; None for no limit.
-                After a stale connection is replaced there may briefly be one more.
+                There may briefly be one more: while a stale connection is being replaced, or
+                when a new request takes a slot freed for a waiter before the waiter runs.
 
         Raises:
             ValueError: `max_connections` is below 1.
