@@ -12,7 +12,7 @@ from botocore.awsrequest import HeadersDict
 from botocore.parsers import create_parser
 
 from splitserve._router import NoHealthyInstanceError, UnknownVariantError
-from splitserve.app import error_middleware
+from splitserve.app import errors_handled
 from splitserve.errors import (
     InvocationValidationError,
     ModelError,
@@ -37,9 +37,12 @@ async def _raise(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    app = web.Application(middlewares=[error_middleware], client_max_size=16)
-    app.router.add_post("/", _raise_control)
-    app.router.add_post("/endpoints/{kind}/invocations", _raise)
+    app = web.Application(client_max_size=16)
+    app.router.add_routes(
+        errors_handled(
+            [web.post("/", _raise_control), web.post("/endpoints/{kind}/invocations", _raise)]
+        )
+    )
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from splitserve import auth, cli
-from splitserve.app import create_app, error_middleware, signed_routes
+from splitserve.app import create_app, errors_handled, signed_routes
 from splitserve.auth import (
     AccessKey,
     AuthFileError,
@@ -431,13 +431,15 @@ async def client(
     verifier: SigV4Verifier,
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """Both planes' routes, signature-checked, in front of a handler that echoes the body size."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application()
     app.router.add_routes(
-        signed_routes(
-            [web.post("/", _echo), web.post("/endpoints/{name}/invocations", _echo)], verifier
+        errors_handled(
+            signed_routes(
+                [web.post("/", _echo), web.post("/endpoints/{name}/invocations", _echo)], verifier
+            )
         )
     )
-    app.router.add_get("/ping", _echo)
+    app.router.add_routes(errors_handled([web.get("/ping", _echo)]))
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 

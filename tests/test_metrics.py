@@ -266,13 +266,19 @@ async def gateway() -> AsyncIterator[Gateway]:
                 log_stream_arn="arn:log",
             )
         )
-        app = web.Application(middlewares=[gateway_app.error_middleware])
+        app = web.Application()
         app[keys.SETTINGS] = settings
         app[keys.INVOCATIONS] = InvocationService(settings, registry)
         app[keys.MINUTES] = minutes
         app.router.add_routes(runtime_routes.ROUTES)
-        app.router.add_get("/metrics", gateway_app.metrics)
-        app.router.add_get("/splitserve/stats/{endpoint}", gateway_app.stats)
+        app.router.add_routes(
+            gateway_app.errors_handled(
+                [
+                    web.get("/metrics", gateway_app.metrics),
+                    web.get("/splitserve/stats/{endpoint}", gateway_app.stats),
+                ]
+            )
+        )
         async with TestClient(TestServer(app)) as client:
             yield Gateway(client, endpoint)
         for live in [registry.withdraw(endpoint)]:

@@ -30,7 +30,7 @@ from splitserve.control.service import ControlService
 from splitserve.control.store import Store
 from splitserve.errors import SplitserveError, ValidationException
 from splitserve.gateway.deployer import FleetDeployer
-from splitserve.http_errors import error_middleware, handle_errors, unrouted
+from splitserve.http_errors import handle_errors, unrouted
 from splitserve.metrics import INSTANCES, REGISTRY
 from splitserve.procstat import CpuSampler
 from splitserve.runtime import routes as runtime_routes
@@ -42,7 +42,6 @@ from splitserve.workers.supervisor import Supervisor
 
 __all__ = [
     "create_app",
-    "error_middleware",  # from http_errors: the same answers, for apps built without create_app
     "errors_handled",
     "metrics",
     "ping",

@@ -14,7 +14,7 @@ handler in `handle_errors`, except InvokeEndpoint's, which catches its own error
 request id (a wrapper would be one more coroutine per request), and ends the route table with
 `unrouted`, which gives what no route takes aiohttp's own 404 or 405, with a request id. (An
 on_response_prepare signal could add the ids instead, but it costs every response five Python
-calls.) `error_middleware` gives an application built without `create_app` the same answers.
+calls.)
 """
 
 from __future__ import annotations
@@ -127,24 +127,6 @@ async def unrouted(request: web.Request) -> web.StreamResponse:
     )
     error.headers[REQUEST_ID_HEADER] = next_request_id()
     raise error
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """For an application not built by `create_app`: `answer_error` for every handler's errors,
-    and a request id on every response, aiohttp's own HTTP errors included."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as error:
-        if not isinstance(error, web.HTTPRequestEntityTooLarge):
-            error.headers[REQUEST_ID_HEADER] = next_request_id()
-            raise
-        response = answer_error(request, error)
-    except Exception as error:
-        response = answer_error(request, error)
-    if REQUEST_ID_HEADER not in response.headers:
-        response.headers[REQUEST_ID_HEADER] = next_request_id()
-    return response
 
 
 def _wire_response(request: web.Request, error: Exception) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -95,16 +96,23 @@ def start_gateway(state_dir: Path, model_store: Path, *extra: str) -> Gateway:
     raise RuntimeError(f"gateway did not answer /ping in time:\n{gateway.log()}")
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, model_store: Path) -> Iterator[Gateway]:
-    """A fresh gateway over the shared model store, stopped (SIGTERM) when the test ends."""
-    running = start_gateway(tmp_path / "state", model_store)
+@contextlib.contextmanager
+def running_gateway(state_dir: Path, model_store: Path, *extra: str) -> Iterator[Gateway]:
+    """`start_gateway`, stopped (SIGTERM) at the end, its log printed for a failing test."""
+    running = start_gateway(state_dir, model_store, *extra)
     try:
         yield running
     finally:
         running.stop()
         # pytest shows a test's captured output only when it fails: the gateway's side of it.
         print(f"--- gateway log ---\n{running.log()}")
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, model_store: Path) -> Iterator[Gateway]:
+    """A fresh gateway over the shared model store, stopped (SIGTERM) when the test ends."""
+    with running_gateway(tmp_path / "state", model_store) as running:
+        yield running
 
 
 @pytest.fixture

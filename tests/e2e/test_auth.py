@@ -18,7 +18,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import Gateway, start_gateway
+from tests.e2e.conftest import Gateway, running_gateway, start_gateway
 from tests.e2e.helpers import FAST_WAIT, create_model, csv_rows
 
 pytestmark = pytest.mark.e2e
@@ -71,15 +71,12 @@ def signed_gateway(
 ) -> Iterator[Gateway]:
     """A gateway requiring signatures on both planes, logging everything (DEBUG)."""
     directory = tmp_path_factory.mktemp("auth")
-    running = start_gateway(
+    with running_gateway(
         directory / "state",
         model_store,
         "--auth", str(keys_file(directory)), "--auth-data-plane", "--log-level", "DEBUG",
-    )  # fmt: skip
-    try:
+    ) as running:  # fmt: skip
         yield running
-    finally:
-        running.stop()
 
 
 def _refused(call: Any) -> tuple[int, str, str]:

@@ -17,14 +17,12 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-import boto3
 import numpy as np
 import psutil
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import Gateway, start_gateway
+from tests.e2e.conftest import Gateway, running_gateway
 from tests.e2e.helpers import FAST_WAIT, ROLE, csv_rows
 from tests.support.models import NUM_FEATURES, XGBOOST_IMAGE
 
@@ -34,18 +32,6 @@ pytestmark = pytest.mark.e2e
 BODY_READ_TIMEOUT_SECONDS = 1.0
 _GOOD_ROW = csv_rows(np.zeros((1, NUM_FEATURES), dtype=np.float32))
 _MAX_PAYLOAD = 6 * 1024 * 1024
-
-
-def _client(gateway: Gateway, service: str) -> Any:
-    """A boto3 client making one attempt per call (so a 5xx is seen, not retried away)."""
-    return boto3.client(
-        service,
-        endpoint_url=gateway.url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=20),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +44,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iter
     outside = root / "outside"
     shutil.copytree(model_store / "models" / "v1", outside)
     (store / "escape").symlink_to(outside, target_is_directory=True)
-    running = start_gateway(
+    with running_gateway(
         root / "state", store, "--body-read-timeout", str(BODY_READ_TIMEOUT_SECONDS)
-    )
-    try:
-        sagemaker = _client(running, "sagemaker")
+    ) as running:
+        sagemaker = running.client("sagemaker", read_timeout=20)
         sagemaker.create_model(
             ModelName="bad-model",
             ExecutionRoleArn=ROLE,
@@ -85,16 +70,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iter
         sagemaker.create_endpoint(EndpointName="bad", EndpointConfigName="bad-cfg")
         sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="bad", WaiterConfig=FAST_WAIT)
         yield running
-    finally:
-        running.stop()
-        # pytest shows a test's captured output only when it fails: the gateway's side of it.
-        print(f"--- gateway log ---\n{running.log()}")
 
 
 @pytest.fixture
 def runtime(gateway: Gateway) -> Any:
     """A boto3 runtime client, one attempt per call."""
-    return _client(gateway, "sagemaker-runtime")
+    return gateway.client("sagemaker-runtime", read_timeout=20)
 
 
 def assert_serving(gateway: Gateway, runtime: Any) -> None:
@@ -316,7 +297,7 @@ def test_memory_stays_bounded_under_bad_requests(gateway: Gateway, runtime: Any)
     ],
 )
 def test_locations_outside_the_model_store_are_refused(gateway: Gateway, url: str) -> None:
-    sagemaker = _client(gateway, "sagemaker")
+    sagemaker = gateway.client("sagemaker", read_timeout=20)
     with pytest.raises(ClientError) as refused:
         sagemaker.create_model(
             ModelName="escape",

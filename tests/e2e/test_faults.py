@@ -24,16 +24,14 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any, TypeVar
 
-import boto3
 import numpy as np
 import psutil
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import binom
 
-from tests.e2e.conftest import Gateway, start_gateway
+from tests.e2e.conftest import Gateway, running_gateway, start_gateway
 from tests.e2e.helpers import FAST_WAIT, ROLE, create_two_variant_endpoint, csv_rows
 
 pytestmark = pytest.mark.e2e
@@ -99,7 +97,7 @@ class Traffic:
         **invoke: Any,
     ) -> None:
         self._clients = [
-            client(gateway, "sagemaker-runtime", read_timeout=10, connect_timeout=2)
+            gateway.client("sagemaker-runtime", read_timeout=10, connect_timeout=2)
             for _ in range(threads)
         ]
         self._request = {"EndpointName": endpoint, "Body": body, "ContentType": "text/csv"}
@@ -156,19 +154,6 @@ class Traffic:
                 self._outcomes.append(Outcome(started, perf_counter() - started, variant, error))
 
 
-def client(gateway: Gateway, service: str, **config: Any) -> Any:
-    """A boto3 client that makes one attempt per call: `Gateway.client`'s `max_attempts: 1`
-    allows one retry, which would hide a 503 (boto3 retries ServiceUnavailable)."""
-    return boto3.client(
-        service,
-        endpoint_url=gateway.url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}, **config),
-    )
-
-
 def failures(outcomes: list[Outcome]) -> list[Outcome]:
     """The outcomes that are errors."""
     return [outcome for outcome in outcomes if outcome.error is not None]
@@ -194,7 +179,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iter
     """One gateway for the tests of this module (each uses endpoints of its own), with a short
     invocation timeout and a health check every 0.5 s."""
     root = tmp_path_factory.mktemp("faults")
-    running = start_gateway(
+    with running_gateway(
         root / "state",
         model_store,
         "--images",
@@ -203,19 +188,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iter
         str(INVOCATION_TIMEOUT_SECONDS),
         "--health-check-interval",
         "0.5",
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
-        # pytest shows a test's captured output only when it fails: the gateway's side of it.
-        print(f"--- gateway log ---\n{running.log()}")
 
 
 @pytest.fixture
 def sagemaker(gateway: Gateway) -> Any:
     """A boto3 SageMaker client against the module's gateway."""
-    return client(gateway, "sagemaker")
+    return gateway.client("sagemaker")
 
 
 def create_fault_model(sagemaker: Any, name: str, **faults: str) -> None:
@@ -401,7 +381,7 @@ def test_variant_down_fails_fast_unless_failover_is_on(
     for endpoint in ("down", "fo"):
         for pid in worker_pids(gateway, endpoint, "Flaky"):
             os.kill(pid, signal.SIGKILL)
-    runtime = client(gateway, "sagemaker-runtime")
+    runtime = gateway.client("sagemaker-runtime")
     for endpoint in ("down", "fo"):
 
         def flaky_is_down(endpoint: str = endpoint) -> bool:
@@ -504,7 +484,7 @@ def test_100_weight_updates_per_second_under_traffic(gateway: Gateway, sagemaker
     stop_describing = threading.Event()
 
     def describe() -> None:
-        describer = client(gateway, "sagemaker")
+        describer = gateway.client("sagemaker")
         while not stop_describing.is_set():
             answer = describer.describe_endpoint(EndpointName="weights")
             summaries = answer["ProductionVariants"]
@@ -658,7 +638,7 @@ def test_kill_9_of_the_gateway_mid_traffic(tmp_path: Path, model_store: Path) ->
     images = write_images_file(tmp_path)
     first = start_gateway(state_dir, model_store, "--images", str(images))
     try:
-        sagemaker = client(first, "sagemaker")
+        sagemaker = first.client("sagemaker")
         create_two_variant_endpoint(sagemaker, "crash-xgb")
         create_fault_model(sagemaker, "crash-echo")
         create_endpoint(
@@ -705,8 +685,8 @@ def test_kill_9_of_the_gateway_mid_traffic(tmp_path: Path, model_store: Path) ->
 
     second = start_gateway(state_dir, model_store, "--images", str(images))
     try:
-        sagemaker = client(second, "sagemaker")
-        runtime = client(second, "sagemaker-runtime")
+        sagemaker = second.client("sagemaker")
+        runtime = second.client("sagemaker-runtime")
         for endpoint, weights_and_counts in expected.items():
             sagemaker.get_waiter("endpoint_in_service").wait(
                 EndpointName=endpoint, WaiterConfig=FAST_WAIT

@@ -197,12 +197,7 @@ class InvocationService:
                 "satisfy constraint: Member must satisfy regular expression pattern: "
                 "^[a-zA-Z0-9](-*[a-zA-Z0-9])*"
             )
-        inference_id = request.inference_id
-        if inference_id is not None and not (
-            0 < len(inference_id) <= 64
-            and inference_id.isprintable()
-            and not inference_id[0].isspace()
-        ):
+        if request.inference_id is not None and not _valid_inference_id(request.inference_id):
             raise InvocationValidationError(
                 "1 validation error detected: Value at 'inferenceId' failed to satisfy constraint: "
                 "Member must have length between 1 and 64, start with a non-space character and "
