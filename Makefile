@@ -53,9 +53,10 @@ run: setup ## set up, then start the gateway (127.0.0.1:8080, state in ./.splits
 demo: setup ## run the A/B walkthrough against a gateway it starts
 	$(BIN)/python examples/walkthrough.py --start
 
-lint: setup ## ruff (lint + format check), mypy, stubtest, cargo fmt --check, cargo clippy -D warnings
+lint: setup ## ruff (lint + format check), import contracts, mypy, stubtest, cargo fmt --check, cargo clippy -D warnings
 	$(BIN)/ruff check python tests benches scripts examples
 	$(BIN)/ruff format --check python tests benches scripts examples
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest splitserve._router
 	cargo fmt --check

@@ -43,10 +43,10 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from benches.load import BODY, INVOKE_PATH, Fleet, Gateway, start_others, start_splitserve
 from benches.load_tools import Processes, cpu_seconds, pin, process_tree
-from splitserve.metrics import MODEL_BUCKETS, OVERHEAD_BUCKETS, VariantMetrics
+from splitserve.metrics.prometheus import MODEL_BUCKETS, OVERHEAD_BUCKETS, VariantMetrics
 from splitserve.runtime.routes import STICKY_KEY_HEADER, read_invocation
 from splitserve.runtime.service import Invocation
-from splitserve.stats import VariantMinutes
+from splitserve.metrics.minutes import VariantMinutes
 
 CALLS_PER_ROUND = 100
 #: Invocations per round of the live benchmark, and how many are in flight at once.

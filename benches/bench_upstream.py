@@ -28,7 +28,7 @@ import pytest
 import uvloop
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from splitserve.runtime.upstream import UpstreamAddress, UpstreamPool
+from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
 
 #: Requests per benchmark round.
 N = 200

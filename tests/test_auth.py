@@ -24,9 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from splitserve import auth, cli
+from splitserve import cli
+from splitserve.wiring import auth
 from splitserve.app import create_app, errors_handled, signed_routes
-from splitserve.auth import (
+from splitserve.wiring.auth import (
     AccessKey,
     AuthFileError,
     Principal,

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from scipy.stats import binom
 
-from splitserve.capture import CaptureSink, CaptureWriter
+from splitserve.capture.writer import CaptureSink, CaptureWriter
 from splitserve.config import CaptureSettings
 from splitserve.control.models import DataCapture
-from splitserve.metrics import REGISTRY
+from splitserve.metrics.prometheus import REGISTRY
 
 # 2022-02-14T17:25:49.5Z: a half second is exact in binary, so the file name's milliseconds are too.
 FIXED_TIME = 1644859549.5
@@ -329,7 +329,7 @@ def test_running_writer_flushes_promptly(tmp_path: Path) -> None:
 def test_full_disk_stops_capture_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     writer = CaptureWriter(CaptureSettings(max_disk_usage=0.0))  # any use is over the limit
     sink = make_sink(writer, "full-disk", capture_config(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="splitserve.capture"):
+    with caplog.at_level(logging.WARNING, logger="splitserve.capture.writer"):
         for _ in range(5):
             offer(sink)
         writer.close()
@@ -348,7 +348,7 @@ def test_disk_errors_are_counted_not_raised(
     writer = CaptureWriter(CaptureSettings())
     writer.start()
     sink = make_sink(writer, "disk-error", capture_config(tmp_path))
-    with caplog.at_level(logging.ERROR, logger="splitserve.capture"):
+    with caplog.at_level(logging.ERROR, logger="splitserve.capture.writer"):
         for _ in range(3):
             offer(sink)
         assert writer.close()

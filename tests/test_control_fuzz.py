@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from splitserve import keys
+from splitserve.wiring import keys
 from splitserve.app import create_app
 from splitserve.config import Settings
 from splitserve.control.validation import INPUT_SHAPES

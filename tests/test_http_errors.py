@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from splitserve.app import create_app
 from splitserve.config import Settings
-from splitserve.http_errors import REQUEST_ID_HEADER, next_request_id
+from splitserve.wiring.boundary import REQUEST_ID_HEADER, next_request_id
 
 
 @pytest.fixture

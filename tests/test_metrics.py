@@ -18,21 +18,21 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitserve import app as gateway_app
-from splitserve import keys
+from splitserve.wiring import keys
 from splitserve._router import Router, VariantSpec
 from splitserve.config import Settings, StatsSettings
-from splitserve.metrics import (
+from splitserve.metrics.prometheus import (
     REGISTRY,
     InstanceCollector,
     VariantMetrics,
     remove_variant_series,
 )
-from splitserve.procstat import CpuSampler, ProcessTimes, ProcessUsage, read_process
+from splitserve.metrics.procstat import CpuSampler, ProcessTimes, ProcessUsage, read_process
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
 from splitserve.runtime.service import InvocationService
-from splitserve.runtime.upstream import UpstreamAddress, UpstreamPool
-from splitserve.stats import MinuteStore
+from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
+from splitserve.metrics.minutes import MinuteStore
 from splitserve.workers.supervisor import InstanceInfo
 from tests.e2e.conftest import free_port
 

@@ -13,7 +13,7 @@ import pytest
 
 from splitserve.config import StatsSettings
 from splitserve.errors import ValidationException
-from splitserve.stats import (
+from splitserve.metrics.minutes import (
     LATENCY_BUCKETS,
     LATENCY_BUCKETS_PER_OCTAVE,
     LATENCY_LOWEST_SECONDS,

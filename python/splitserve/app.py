@@ -4,7 +4,7 @@ One server serves both planes on one port: the SageMaker control plane (POST / w
 the runtime's InvokeEndpoint (POST /endpoints/{name}/invocations), GET /metrics, the per-minute
 table of `splitserve stats` (GET /splitserve/stats/{endpoint}) and GET /ping. With an access-key
 file (`serve --auth`), the control plane's handler, and with `--auth-data-plane` InvokeEndpoint's,
-checks the request's SigV4 signature first (splitserve.auth); the GET routes stay open.
+checks the request's SigV4 signature first (splitserve.wiring.auth); the GET routes stay open.
 Nothing happens at import time; long-lived objects are built in cleanup contexts, in this order:
 the data-capture writer, the state store, the worker supervisor with its deployer, then the control
 service, which brings back the endpoints the store remembers. They are torn down in the reverse
@@ -21,18 +21,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from splitserve import keys
-from splitserve.auth import SigV4Verifier
-from splitserve.capture import CaptureWriter
+from splitserve.wiring import keys
+from splitserve.wiring.auth import SigV4Verifier
+from splitserve.capture.writer import CaptureWriter
 from splitserve.config import Settings
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
 from splitserve.errors import SplitserveError, ValidationException
-from splitserve.gateway.deployer import FleetDeployer
-from splitserve.http_errors import handle_errors, unrouted
-from splitserve.metrics import INSTANCES, REGISTRY
-from splitserve.procstat import CpuSampler
+from splitserve.wiring.fleet import FleetDeployer
+from splitserve.wiring.boundary import handle_errors, unrouted
+from splitserve.metrics.prometheus import INSTANCES, REGISTRY
+from splitserve.metrics.procstat import CpuSampler
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService

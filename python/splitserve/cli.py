@@ -24,11 +24,11 @@ import uvloop
 from aiohttp import web
 
 from splitserve.app import create_app
-from splitserve.auth import AuthFileError
+from splitserve.wiring.auth import AuthFileError
 from splitserve.config import EvaluationSettings, Settings, WorkerSettings
 from splitserve.control.store import StateFileError
 from splitserve.evaluation import EvaluateRequest, evaluate_command
-from splitserve.stats import StatsUnavailable, fetch_report, format_duration, render_table
+from splitserve.metrics.minutes import StatsUnavailable, fetch_report, format_duration, render_table
 from splitserve.workers.images import ImageRegistryError
 
 _DEFAULTS = Settings()

@@ -152,7 +152,7 @@ class AccountSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """Whether requests must carry an AWS Signature Version 4 (see splitserve.auth).
+    """Whether requests must carry an AWS Signature Version 4 (see splitserve.wiring.auth).
 
     Attributes:
         keys_file: TOML file of access keys and secrets; None turns authentication off.

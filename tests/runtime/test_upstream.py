@@ -17,7 +17,7 @@ from typing import Protocol
 import pytest
 from aiohttp import web
 
-from splitserve.runtime.upstream import (
+from splitserve.contract.upstream import (
     UpstreamAddress,
     UpstreamClosed,
     UpstreamConnectError,

@@ -24,7 +24,7 @@ import pytest
 
 from splitserve.config import WorkerSettings
 from splitserve.errors import DeploymentError
-from splitserve.runtime.upstream import UpstreamAddress
+from splitserve.contract.upstream import UpstreamAddress
 from splitserve.workers.catalog import InstanceCatalog, InstanceType
 from splitserve.workers.images import ImageRegistry
 from splitserve.workers.supervisor import (

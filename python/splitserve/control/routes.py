@@ -6,7 +6,7 @@ import json
 
 from aiohttp import web
 
-from splitserve import keys
+from splitserve.wiring import keys
 from splitserve.errors import SerializationException, UnknownOperationException
 
 _TARGET_PREFIX = "SageMaker."

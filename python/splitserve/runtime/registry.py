@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from splitserve._router import Router
-from splitserve.capture import CaptureSink
-from splitserve.metrics import VariantMetrics
-from splitserve.runtime.upstream import UpstreamPool
+from splitserve.capture.writer import CaptureSink
+from splitserve.metrics.prometheus import VariantMetrics
+from splitserve.contract.upstream import UpstreamPool
 
 
 @dataclass(frozen=True)

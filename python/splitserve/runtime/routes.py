@@ -6,9 +6,9 @@ import asyncio
 
 from aiohttp import web
 
-from splitserve import keys
+from splitserve.wiring import keys
 from splitserve.errors import BodyReadTimeout
-from splitserve.http_errors import REQUEST_ID_HEADER, answer_error, next_request_id
+from splitserve.wiring.boundary import REQUEST_ID_HEADER, answer_error, next_request_id
 from splitserve.runtime.service import Invocation
 
 #: Our own header for sticky assignment: requests with the same key go to the same variant while

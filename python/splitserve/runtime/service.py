@@ -26,7 +26,7 @@ from splitserve.errors import (
     ServiceUnavailable,
 )
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
-from splitserve.runtime.upstream import (
+from splitserve.contract.upstream import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamResponse,

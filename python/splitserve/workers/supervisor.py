@@ -43,7 +43,7 @@ import aiohttp
 import splitserve
 from splitserve.config import WorkerSettings
 from splitserve.errors import DeploymentError
-from splitserve.runtime.upstream import UpstreamAddress
+from splitserve.contract.upstream import UpstreamAddress
 from splitserve.workers.artifacts import prepare_model_dir, remove_model_dir
 from splitserve.workers.catalog import (
     CpuAllocator,

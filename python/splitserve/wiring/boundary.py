@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from splitserve import keys
+from splitserve.wiring import keys
 from splitserve._router import RouterError
 from splitserve.config import MAX_PAYLOAD_BYTES
 from splitserve.control.routes import CONTENT_TYPE as CONTROL_CONTENT_TYPE
@@ -38,8 +38,8 @@ from splitserve.errors import (
     SplitserveError,
     wire_error,
 )
-from splitserve.metrics import GATEWAY_ERRORS
-from splitserve.runtime.upstream import UpstreamError
+from splitserve.metrics.prometheus import GATEWAY_ERRORS
+from splitserve.contract.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 

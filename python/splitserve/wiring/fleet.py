@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from splitserve._router import Router, UnknownInstanceError, VariantSpec
-from splitserve.capture import CaptureSink, CaptureWriter
+from splitserve.capture.writer import CaptureSink, CaptureWriter
 from splitserve.config import Settings
 from splitserve.control.deployer import DeploymentPlan
 from splitserve.errors import DeploymentError
-from splitserve.metrics import (
+from splitserve.metrics.prometheus import (
     VARIANT_DESIRED_INSTANCES,
     VARIANT_DESIRED_WEIGHT,
     VARIANT_INSTANCES,
@@ -32,8 +32,8 @@ from splitserve.metrics import (
     remove_variant_series,
 )
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
-from splitserve.runtime.upstream import UpstreamPool
-from splitserve.stats import MinuteStore
+from splitserve.contract.upstream import UpstreamPool
+from splitserve.metrics.minutes import MinuteStore
 from splitserve.workers.supervisor import InstanceInfo, Supervisor, VariantDeployment, VariantFleet
 
 log = logging.getLogger(__name__)

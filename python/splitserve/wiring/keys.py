@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from splitserve.capture import CaptureWriter
+from splitserve.capture.writer import CaptureWriter
 from splitserve.config import Settings
 from splitserve.control.service import ControlService
 from splitserve.runtime.service import InvocationService
-from splitserve.stats import MinuteStore
+from splitserve.metrics.minutes import MinuteStore
 
 SETTINGS = web.AppKey("settings", Settings)
 CONTROL = web.AppKey("control", ControlService)

@@ -25,8 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from splitserve.procstat import CpuSampler
-from splitserve.stats import VariantMinutes
+from splitserve.metrics.procstat import CpuSampler
+from splitserve.metrics.minutes import VariantMinutes
 
 if TYPE_CHECKING:
     from splitserve.workers.supervisor import InstanceInfo

@@ -46,7 +46,7 @@ from prometheus_client import Counter
 
 from splitserve.config import CaptureSettings
 from splitserve.control.models import DataCapture
-from splitserve.metrics import CAPTURE_DROPPED
+from splitserve.metrics.prometheus import CAPTURE_DROPPED
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Data capture: sampling invocations and writing them in SageMaker's capture format."""
