@@ -17,7 +17,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Metric
 from prometheus_client import metrics as prometheus_metrics
@@ -25,11 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from splitserve.metrics.procstat import CpuSampler
 from splitserve.metrics.minutes import VariantMinutes
-
-if TYPE_CHECKING:
-    from splitserve.workers.supervisor import InstanceInfo
+from splitserve.metrics.procstat import CpuSampler
 
 #: The registry GET /metrics serves. Its own, so tests and embedders see only splitserve's metrics.
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -350,10 +347,30 @@ def remove_variant_series(endpoint_name: str, variant_name: str) -> None:
         metric.remove(endpoint_name, variant_name)
 
 
+class InstanceView(Protocol):
+    """The fields of one instance the instance metrics read (the workers' `InstanceInfo` has
+    them); a protocol of its own so that metrics never import workers."""
+
+    @property
+    def name(self) -> str:
+        """The instance's name, the `instance` label."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """Its current process, or None when none runs (then only its restarts are reported)."""
+        ...
+
+    @property
+    def restarts(self) -> int:
+        """How many times its process was replaced."""
+        ...
+
+
 class InstanceSource(Protocol):
     """What the instance metrics read at scrape time (the gateway's `FleetDeployer`)."""
 
-    def live_instances(self) -> Mapping[tuple[str, str], Sequence[InstanceInfo]]:
+    def live_instances(self) -> Mapping[tuple[str, str], Sequence[InstanceView]]:
         """Every instance of each endpoint's live generation, by (endpoint, variant)."""
         ...
 
