@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from scipy.stats import binom
 
+from splitserve.capture.spec import DataCapture
 from splitserve.capture.writer import CaptureSink, CaptureWriter
 from splitserve.config import CaptureSettings
-from splitserve.control.models import DataCapture
 from splitserve.metrics.prometheus import REGISTRY
 
 # 2022-02-14T17:25:49.5Z: a half second is exact in binary, so the file name's milliseconds are too.

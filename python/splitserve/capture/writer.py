@@ -44,8 +44,8 @@ from typing import BinaryIO
 
 from prometheus_client import Counter
 
+from splitserve.capture.spec import DataCapture
 from splitserve.config import CaptureSettings
-from splitserve.control.models import DataCapture
 from splitserve.metrics.prometheus import CAPTURE_DROPPED
 
 log = logging.getLogger(__name__)

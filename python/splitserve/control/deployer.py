@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from splitserve.control.models import DataCapture
+from splitserve.capture.spec import DataCapture
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from splitserve.config import AccountSettings
 
@@ -201,31 +200,3 @@ class EndpointRecord:
     def failover(self) -> bool:
         """Whether the endpoint was created with the tag `splitserve:failover` = `true`."""
         return failover_enabled(self.tags)
-
-
-@dataclass(frozen=True)
-class DataCapture:
-    """What an endpoint's instances capture, and where (the deployer's view of DataCaptureConfig).
-
-    Attributes:
-        enable_capture: EnableCapture (default true); False means configured but stopped.
-        sampling_percentage: InitialSamplingPercentage, 0 to 100.
-        destination_s3_uri: DestinationS3Uri as the client gave it (records name it).
-        destination: the local directory it resolves to (`paths.LocalPathResolver`).
-        kms_key_id: KmsKeyId, stored and echoed; local files are not encrypted.
-        capture_input: capture request payloads (CaptureMode Input or InputAndOutput).
-        capture_output: capture response payloads (CaptureMode Output or InputAndOutput).
-        csv_content_types: CaptureContentTypeHeader.CsvContentTypes (captured as CSV text).
-        json_content_types: CaptureContentTypeHeader.JsonContentTypes (captured as JSON text);
-            other payloads are captured base64-encoded.
-    """
-
-    enable_capture: bool
-    sampling_percentage: int
-    destination_s3_uri: str
-    destination: Path
-    kms_key_id: str | None
-    capture_input: bool
-    capture_output: bool
-    csv_content_types: tuple[str, ...]
-    json_content_types: tuple[str, ...]

@@ -54,12 +54,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar
 
+from splitserve.capture.spec import DataCapture
 from splitserve.config import Settings
 from splitserve.control.deployer import Deployer, DeploymentPlan, VariantPlan
 from splitserve.control.models import (
     FAILOVER_TAG,
     IN_PROGRESS_STATUSES,
-    DataCapture,
     DeployedVariant,
     EndpointConfigRecord,
     EndpointRecord,
