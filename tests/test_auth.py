@@ -25,15 +25,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from splitserve import cli
-from splitserve.wiring import auth
 from splitserve.app import create_app, errors_handled, signed_routes
-from splitserve.wiring.auth import (
-    AccessKey,
-    AuthFileError,
-    Principal,
-    SigV4Verifier,
-    load_access_keys,
-)
 from splitserve.config import AuthSettings, Settings
 from splitserve.control import routes as control_routes
 from splitserve.errors import (
@@ -42,6 +34,14 @@ from splitserve.errors import (
     UnrecognizedClientException,
 )
 from splitserve.runtime import routes as runtime_routes
+from splitserve.wiring import auth, edge
+from splitserve.wiring.auth import (
+    AccessKey,
+    AuthFileError,
+    Principal,
+    SigV4Verifier,
+    load_access_keys,
+)
 
 ACCESS_KEY_ID = "AKIDSPLITSERVE01"
 SECRET = "s3cr3t/K7MDENG+bPxRfiCYzEXAMPLEKEYwJalr"
@@ -535,14 +535,13 @@ def test_create_app_checks_only_the_planes_asked_for(tmp_path: Path) -> None:
 
 @pytest.fixture
 def run_app(monkeypatch: pytest.MonkeyPatch) -> list[web.Application]:
-    """Replace aiohttp's run_app: record the app instead of serving it."""
+    """Replace the server's start (`edge.run`): record the app instead of serving it."""
     started: list[web.Application] = []
 
-    def record(app: web.Application, **kwargs: Any) -> None:
-        kwargs["loop"].close()
+    def record(app: web.Application, settings: Settings, announce: Any) -> None:
         started.append(app)
 
-    monkeypatch.setattr(web, "run_app", record)
+    monkeypatch.setattr(edge, "run", record)
     return started
 
 

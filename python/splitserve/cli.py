@@ -2,7 +2,8 @@
 
 splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--images FILE]
                  [--max-batch-rows N] [--auth FILE [--auth-data-plane]] [--invocation-timeout S]
-                 [--health-check-interval S] [--body-read-timeout S]
+                 [--health-check-interval S] [--body-read-timeout S] [--header-read-timeout S]
+                 [--max-connections N] [--max-inflight-body-bytes N]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
 splitserve evaluate --capture DIR --ground-truth PATH [--endpoint E] [--threshold 0.5] [--json]
                     [--plot FILE.png] [--weights Variant1=1,Variant2=1 | --url URL]
@@ -20,15 +21,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import uvloop
-from aiohttp import web
-
 from splitserve.app import create_app
-from splitserve.wiring.auth import AuthFileError
 from splitserve.config import EvaluationSettings, Settings, WorkerSettings
 from splitserve.control.store import StateFileError
 from splitserve.evaluation import EvaluateRequest, evaluate_command
 from splitserve.metrics.minutes import StatsUnavailable, fetch_report, format_duration, render_table
+from splitserve.wiring import edge
+from splitserve.wiring.auth import AuthFileError
 from splitserve.workers.images import ImageRegistryError
 
 _DEFAULTS = Settings()
@@ -105,6 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=_DEFAULTS.body_read_timeout_seconds,
         metavar="SECONDS",
         help="an InvokeEndpoint body must arrive within this, else 408 (default %(default)g)",
+    )
+    serve.add_argument(
+        "--header-read-timeout",
+        type=positive_seconds,
+        default=_DEFAULTS.edge.header_read_timeout_seconds,
+        metavar="SECONDS",
+        help="a request's line and headers must arrive within this, else the connection is "
+        "closed (default %(default)g)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=positive_count,
+        default=_DEFAULTS.edge.max_connections,
+        metavar="N",
+        help="client connections open at once; at the cap idle ones are closed first "
+        "(default: from the file descriptor limit, see README)",
+    )
+    serve.add_argument(
+        "--max-inflight-body-bytes",
+        type=positive_count,
+        default=_DEFAULTS.edge.max_inflight_body_bytes,
+        metavar="N",
+        help="request-body bytes held at once; beyond it 503 with Retry-After (default: "
+        f"1/{1 / _DEFAULTS.edge.inflight_body_memory_fraction:g} of memory, at most "
+        f"{_DEFAULTS.edge.inflight_body_bytes_cap / 2**30:g} GiB)",
     )
     serve.add_argument("--log-level", default="INFO")
     _add_stats_command(commands)
@@ -272,6 +296,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         images_file=args.images,
         body_read_timeout_seconds=args.body_read_timeout,
         workers=workers,
+        edge=replace(
+            _DEFAULTS.edge,
+            header_read_timeout_seconds=args.header_read_timeout,
+            max_connections=args.max_connections,
+            max_inflight_body_bytes=args.max_inflight_body_bytes,
+        ),
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
     )
 
@@ -307,15 +337,8 @@ def serve(settings: Settings, *, insecure: bool) -> int:
         )
     settings.model_store.mkdir(parents=True, exist_ok=True)
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            loop=uvloop.new_event_loop(),
-            access_log=None,
-            print=lambda message: print(message, flush=True),
-        )
-    except (StateFileError, ImageRegistryError, AuthFileError) as error:
+        edge.run(create_app(settings), settings, lambda message: print(message, flush=True))
+    except (StateFileError, ImageRegistryError, AuthFileError, edge.EdgeLimitError) as error:
         print(f"splitserve: {error}", file=sys.stderr)
         return 2
     return 0

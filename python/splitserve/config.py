@@ -168,6 +168,53 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class EdgeSettings:
+    """What the gateway's server allows each client connection (splitserve.wiring.edge).
+
+    Attributes:
+        max_connections: client connections open at once; None derives it from the file
+            descriptor limit: (limit - descriptor_reserve) // 2, since each connection with a
+            request in flight holds a second descriptor, its connection to a worker. At the cap,
+            idle connections (no request in progress) are closed, least recently active first;
+            with none idle, a new connection is answered 503 and closed.
+        descriptor_reserve: descriptors kept out of the clients' reach for everything else the
+            gateway opens: health checks (one socket per instance), worker spawns (pipes), the
+            state store, capture files, the log and the listening socket.
+        header_read_timeout_seconds: a request head (request line and headers) must arrive whole
+            within this, counted from the connection's opening or the head's first byte; else
+            the connection is closed. A periodic sweep checks it, so it closes within a quarter
+            of it later.
+        keepalive_timeout_seconds: an idle kept-alive connection is closed after this (aiohttp's
+            run_app default, which the gateway used before it had its own server set-up).
+        max_inflight_body_bytes: the most request-body bytes held at once (by Content-Length, a
+            chunked body counting as `Settings.max_payload_bytes`); a request beyond it is
+            answered 503 ServiceUnavailable with Retry-After before its body is read. One body
+            is always admitted when none is in flight. None derives it from the host's memory:
+            `inflight_body_memory_fraction` of it, at most `inflight_body_bytes_cap`.
+        inflight_body_memory_fraction: the share of physical memory the derived budget takes.
+        inflight_body_bytes_cap: the derived budget's upper bound.
+        busy_retry_after_seconds: the Retry-After of those 503 answers.
+        memory_trim_interval_seconds: after a body of at least `memory_trim_min_bytes` is
+            released, the gateway asks glibc to return freed memory (malloc_trim) this long
+            after, at most once per interval.
+        memory_trim_min_bytes: the body size that makes a trim worth its cost (~1 ms).
+        listen_backlog: the listening socket's backlog (aiohttp's run_app default).
+    """
+
+    max_connections: int | None = None
+    descriptor_reserve: int = 256
+    header_read_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 75.0
+    max_inflight_body_bytes: int | None = None
+    inflight_body_memory_fraction: float = 1 / 8
+    inflight_body_bytes_cap: int = 1024 * 1024 * 1024
+    busy_retry_after_seconds: int = 1
+    memory_trim_interval_seconds: float = 1.0
+    memory_trim_min_bytes: int = 1024 * 1024
+    listen_backlog: int = 128
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `splitserve serve` needs.
 
@@ -182,6 +229,7 @@ class Settings:
             from the handler's start; a slower one (a client trickling bytes to hold the
             connection) is answered 408. aiohttp has no body timeout of its own.
         auth: signature checks on the control and data planes (off by default).
+        edge: limits on client connections: count, header time, body bytes in flight.
     """
 
     host: str = "127.0.0.1"
@@ -198,6 +246,7 @@ class Settings:
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,14 +67,20 @@ class Gateway:
         return self.process.returncode
 
 
-def start_gateway(state_dir: Path, model_store: Path, *extra: str) -> Gateway:
-    """Start `splitserve serve` on a free port and wait until it answers /ping."""
+def start_gateway(
+    state_dir: Path, model_store: Path, *extra: str, command_prefix: Sequence[str] = ()
+) -> Gateway:
+    """Start `splitserve serve` on a free port and wait until it answers /ping.
+
+    `command_prefix` runs it under another command, e.g. `prlimit --nofile=400:400`.
+    """
     port = free_port()
     log_path = state_dir.parent / f"gateway-{port}.log"
     state_dir.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
+                *command_prefix,
                 sys.executable, "-m", "splitserve.cli", "serve", "--port", str(port),
                 "--state-dir", str(state_dir), "--model-store", str(model_store), *extra,
             ],
@@ -97,9 +103,11 @@ def start_gateway(state_dir: Path, model_store: Path, *extra: str) -> Gateway:
 
 
 @contextlib.contextmanager
-def running_gateway(state_dir: Path, model_store: Path, *extra: str) -> Iterator[Gateway]:
+def running_gateway(
+    state_dir: Path, model_store: Path, *extra: str, command_prefix: Sequence[str] = ()
+) -> Iterator[Gateway]:
     """`start_gateway`, stopped (SIGTERM) at the end, its log printed for a failing test."""
-    running = start_gateway(state_dir, model_store, *extra)
+    running = start_gateway(state_dir, model_store, *extra, command_prefix=command_prefix)
     try:
         yield running
     finally:
