@@ -21,28 +21,27 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from splitserve.wiring import keys
-from splitserve.wiring.auth import SigV4Verifier
 from splitserve.capture.writer import CaptureWriter
 from splitserve.config import Settings
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
 from splitserve.errors import SplitserveError, ValidationException
-from splitserve.wiring.fleet import FleetDeployer
-from splitserve.wiring.boundary import handle_errors, unrouted
-from splitserve.metrics.prometheus import INSTANCES, REGISTRY
 from splitserve.metrics.procstat import CpuSampler
+from splitserve.metrics.prometheus import INSTANCES, REGISTRY
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
+from splitserve.wiring import keys
+from splitserve.wiring.auth import SigV4Verifier
+from splitserve.wiring.boundary import ErrorBoundary, Plane, unrouted
+from splitserve.wiring.fleet import FleetDeployer
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.images import ImageRegistry
 from splitserve.workers.supervisor import Supervisor
 
 __all__ = [
     "create_app",
-    "errors_handled",
     "metrics",
     "ping",
     "signed_routes",
@@ -57,12 +56,20 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for `settings`; nothing starts until the app runs.
 
-    No middleware, so a request pays for no middleware chain: each handler answers its errors
-    and sets its request id through `http_errors` (InvokeEndpoint's itself, the others wrapped in
-    `handle_errors`), and the last route, `unrouted`, answers what no route takes.
+    No middleware, so a request pays for no middleware chain: every handler is wrapped in its
+    plane's error boundary (`wiring.boundary`, one per plane), which answers its errors and gives
+    its answers a request id, and the last route, `unrouted`, answers what no route takes.
+
+    The invocation service and its registry are built here (they start nothing); the control
+    service is built when the app starts (it opens the store), so the control route reaches it
+    through the app.
     """
     app = web.Application(client_max_size=settings.max_payload_bytes)
     app[keys.SETTINGS] = settings
+    registry = EndpointRegistry()
+    invocations = InvocationService(settings, registry)
+    app[keys.ENDPOINTS] = registry
+    app[keys.INVOCATIONS] = invocations
     app.cleanup_ctx.append(_capture_writer)
     app.cleanup_ctx.append(_gateway)
     verifier = None
@@ -73,14 +80,26 @@ def create_app(settings: Settings) -> web.Application:
             " and the data plane" if settings.auth.data_plane else "",
             ", ".join(verifier.access_key_ids),
         )
-    app.router.add_routes(errors_handled(signed_routes(control_routes.ROUTES, verifier)))
-    if settings.auth.data_plane:
-        app.router.add_routes(errors_handled(signed_routes(runtime_routes.ROUTES, verifier)))
-    else:
-        app.router.add_routes(runtime_routes.ROUTES)  # InvokeEndpoint answers its own errors
-    app.router.add_get("/metrics", handle_errors(metrics))
-    app.router.add_get("/splitserve/stats/{endpoint}", handle_errors(stats))
-    app.router.add_get("/ping", handle_errors(ping))
+    control = ErrorBoundary(Plane.CONTROL, settings.max_payload_bytes)
+    runtime = ErrorBoundary(Plane.RUNTIME, settings.max_payload_bytes)
+    app.router.add_routes(
+        control.routes(signed_routes(control_routes.routes(_StartedControl(app)), verifier))
+    )
+    runtime_verifier = verifier if settings.auth.data_plane else None
+    app.router.add_routes(
+        runtime.routes(
+            signed_routes(runtime_routes.routes(invocations, settings), runtime_verifier)
+        )
+    )
+    app.router.add_routes(
+        control.routes(
+            [
+                web.get("/metrics", metrics),
+                web.get("/splitserve/stats/{endpoint}", stats),
+                web.get("/ping", ping),
+            ]
+        )
+    )
     app.router.add_route("*", "/{path:.*}", unrouted)  # last: it takes whatever is left
     return app
 
@@ -101,7 +120,7 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.state_dir / "state.sqlite3")
-    registry = EndpointRegistry()
+    registry = app[keys.ENDPOINTS]
     deployer = FleetDeployer(settings, registry, app[keys.CAPTURE])
     catalog = InstanceCatalog()
     images = (
@@ -109,11 +128,16 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         if settings.images_file is None
         else ImageRegistry.load(settings.images_file)
     )
-    supervisor = Supervisor(settings.workers, images, catalog, deployer)
+    supervisor = Supervisor(
+        settings.workers,
+        images,
+        catalog,
+        deployer,
+        artifact_roots=(settings.model_store, *settings.allowed_artifact_paths),
+    )
     deployer.attach(supervisor)
     control = ControlService(settings, store, deployer, instance_types=catalog.names())
     app[keys.CONTROL] = control
-    app[keys.INVOCATIONS] = InvocationService(settings, registry)
     app[keys.MINUTES] = deployer.minutes
     INSTANCES.attach(deployer, CpuSampler(settings.stats.cpu_sample_min_seconds))
     try:
@@ -143,16 +167,16 @@ def signed_routes(
     ]
 
 
-def errors_handled(routes: Sequence[web.RouteDef]) -> list[web.RouteDef]:
-    """`routes` with every handler answering its errors through `http_errors.answer_error`."""
-    handled = []
-    for route in routes:
-        if isinstance(route.handler, type):
-            raise TypeError(f"{route.path}: class-based views are not supported")
-        handled.append(
-            web.RouteDef(route.method, route.path, handle_errors(route.handler), route.kwargs)
-        )
-    return handled
+class _StartedControl:
+    """The control service of a running app, for the control route: the service is built when
+    the app starts (`_gateway`), after the routes."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    async def dispatch(self, operation: str, body: dict[str, object]) -> dict[str, object]:
+        """`ControlService.dispatch` of the running app."""
+        return await self._app[keys.CONTROL].dispatch(operation, body)
 
 
 def _signature_checked(route: web.RouteDef, verifier: SigV4Verifier) -> _Handler:

@@ -3,7 +3,8 @@
 splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--images FILE]
                  [--max-batch-rows N] [--auth FILE [--auth-data-plane]] [--invocation-timeout S]
                  [--health-check-interval S] [--body-read-timeout S] [--header-read-timeout S]
-                 [--max-connections N] [--max-inflight-body-bytes N]
+                 [--max-connections N] [--max-inflight-body-bytes N] [--worker-user NAME]
+                 [--allow-artifact-path DIR]... [--max-artifact-bytes N] [--max-artifact-files N]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
 splitserve evaluate --capture DIR --ground-truth PATH [--endpoint E] [--threshold 0.5] [--json]
                     [--plot FILE.png] [--weights Variant1=1,Variant2=1 | --url URL]
@@ -29,6 +30,7 @@ from splitserve.metrics.minutes import StatsUnavailable, fetch_report, format_du
 from splitserve.wiring import edge
 from splitserve.wiring.auth import AuthFileError
 from splitserve.workers.images import ImageRegistryError
+from splitserve.workers.process import WorkerUserError
 
 _DEFAULTS = Settings()
 
@@ -129,6 +131,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="request-body bytes held at once; beyond it 503 with Retry-After (default: "
         f"1/{1 / _DEFAULTS.edge.inflight_body_memory_fraction:g} of memory, at most "
         f"{_DEFAULTS.edge.inflight_body_bytes_cap / 2**30:g} GiB)",
+    )
+    serve.add_argument(
+        "--worker-user",
+        default=_DEFAULTS.workers.worker_user,
+        metavar="NAME",
+        help="when the gateway runs as root, workers run as this unprivileged account "
+        "(default %(default)s; see README, Security)",
+    )
+    serve.add_argument(
+        "--allow-artifact-path",
+        type=Path,
+        action="append",
+        default=list(_DEFAULTS.allowed_artifact_paths),
+        metavar="DIR",
+        help="let file:// and absolute ModelDataUrl locations name artifacts under DIR "
+        "(repeatable; by default only the model store is allowed)",
+    )
+    serve.add_argument(
+        "--max-artifact-bytes",
+        type=positive_count,
+        default=_DEFAULTS.workers.max_artifact_bytes,
+        metavar="N",
+        help="the most bytes a model artifact may unpack to (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-artifact-files",
+        type=positive_count,
+        default=_DEFAULTS.workers.max_artifact_files,
+        metavar="N",
+        help="the most files and directories a model artifact may unpack to (default %(default)s)",
     )
     serve.add_argument("--log-level", default="INFO")
     _add_stats_command(commands)
@@ -286,6 +318,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_batch_rows=args.max_batch_rows,
         invocation_timeout_seconds=args.invocation_timeout,
         health_interval_seconds=args.health_check_interval,
+        worker_user=args.worker_user,
+        max_artifact_bytes=args.max_artifact_bytes,
+        max_artifact_files=args.max_artifact_files,
     )
     return replace(
         _DEFAULTS,
@@ -294,6 +329,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         state_dir=state_dir,
         model_store=args.model_store if args.model_store is not None else state_dir / "models",
         images_file=args.images,
+        allowed_artifact_paths=tuple(args.allow_artifact_path),
         body_read_timeout_seconds=args.body_read_timeout,
         workers=workers,
         edge=replace(
@@ -338,7 +374,13 @@ def serve(settings: Settings, *, insecure: bool) -> int:
     settings.model_store.mkdir(parents=True, exist_ok=True)
     try:
         edge.run(create_app(settings), settings, lambda message: print(message, flush=True))
-    except (StateFileError, ImageRegistryError, AuthFileError, edge.EdgeLimitError) as error:
+    except (
+        StateFileError,
+        ImageRegistryError,
+        AuthFileError,
+        edge.EdgeLimitError,
+        WorkerUserError,
+    ) as error:
         print(f"splitserve: {error}", file=sys.stderr)
         return 2
     return 0

@@ -16,6 +16,74 @@ MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 #: The most production variants one endpoint config may hold (the API's list maximum).
 MAX_PRODUCTION_VARIANTS = 10
 
+#: Environment variables a model's Environment may not set (CreateModel refuses them, naming
+#: the key; README, "Security"): they change how a worker process loads or runs code (the
+#: dynamic loader, interpreters' start-up files and module paths, shells' start-up scripts,
+#: OpenMP tool libraries, OpenSSL engines, glibc's tunables and locale modules), or the gateway
+#: sets them itself. Names are matched exactly (the environment is case-sensitive).
+RESERVED_ENVIRONMENT_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "GCONV_PATH",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCPATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "OPENSSL_CONF",
+        "OPENSSL_ENGINES",
+        "OPENSSL_MODULES",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "CLASSPATH",
+        "RUBYOPT",
+        "RUBYLIB",
+        "SAGEMAKER_BIND_TO_PORT",
+        "SAGEMAKER_SAFE_PORT_RANGE",
+        "SM_MODEL_DIR",
+    }
+)
+
+#: Prefixes of reserved names, but for `ALLOWED_ENVIRONMENT_NAMES`: LD_PRELOAD and the rest of
+#: the loader's, PYTHONPATH, PYTHONSTARTUP, PYTHONWARNINGS (it imports the modules it names)
+#: and the rest of Python's, OMP_TOOL_LIBRARIES and the rest of OpenMP's (GOMP_ for GNU's),
+#: Perl's PERL5LIB/PERL5OPT/PERLLIB, and the exported Bash functions.
+RESERVED_ENVIRONMENT_PREFIXES = ("LD_", "DYLD_", "PYTHON", "OMP_", "GOMP_", "PERL", "BASH_FUNC_")
+
+#: Names under a reserved prefix that a model may set: they tune, they load nothing. Other
+#: common variables (MALLOC_ARENA_MAX and glibc's other MALLOC_ tuning, MKL_NUM_THREADS, the
+#: SAGEMAKER_ settings the SDK writes, XGBoost's) are not reserved at all.
+ALLOWED_ENVIRONMENT_NAMES = frozenset(
+    {
+        "PYTHONUNBUFFERED",
+        "PYTHONHASHSEED",
+        "PYTHONIOENCODING",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONFAULTHANDLER",
+        "OMP_NUM_THREADS",
+        "OMP_WAIT_POLICY",
+        "OMP_DYNAMIC",
+    }
+)
+
+#: The state file's mode: it holds every model's Environment, which may carry secrets.
+STATE_FILE_MODE = 0o600
+
+#: The mode a missing state directory is created with: only the gateway's user may list or
+#: change it; others may pass through (not 0700), because workers that run as another user (the
+#: gateway as root) reach their run directory, `state_dir/run`, through it.
+STATE_DIRECTORY_MODE = 0o711
+
 
 @dataclass(frozen=True)
 class RouterSettings:
@@ -51,6 +119,14 @@ class WorkerSettings:
         max_batch_wait_microseconds: dynamic batching: how long a batch waits for more rows.
         allow_pickle: load pickled XGBoost models (unpickling runs code, so off by default).
         memory_cap: cap each instance's address space at its instance type's memory.
+        worker_user: the account workers run as when the gateway runs as root (an unprivileged
+            one, so a model server cannot act as root; naming root keeps them root). Ignored
+            when the gateway is not root: its workers run as its own user.
+        max_artifact_bytes: the most bytes a model artifact may unpack to (4 GiB).
+        max_artifact_files: the most files and directories a model artifact may unpack to.
+        output_log_lines_per_second: how many lines of each instance's output per second are
+            relayed to the gateway's log; the rest are counted in a "suppressed" line (all of
+            the last lines still go into a failure reason).
     """
 
     run_dir: Path = Path(".splitserve/run")
@@ -68,6 +144,10 @@ class WorkerSettings:
     max_batch_wait_microseconds: int = 200
     allow_pickle: bool = False
     memory_cap: bool = False
+    worker_user: str = "nobody"
+    max_artifact_bytes: int = 4 * 1024**3
+    max_artifact_files: int = 10_000
+    output_log_lines_per_second: int = 20
 
     def host_cpus(self) -> tuple[int, ...]:
         """The CPUs instances may use: `cpu_pool` if set, else those this process may run on."""
@@ -224,6 +304,8 @@ class Settings:
         state_dir: where persisted state (SQLite) and worker run files live.
         model_store: the root that `s3://bucket/key` model and capture URLs resolve under.
         images_file: TOML registry mapping bring-your-own image names to server commands.
+        allowed_artifact_paths: directories besides `model_store` that file:// and absolute
+            ModelDataUrl locations may name (everything else on the host is refused).
         max_payload_bytes: the largest InvokeEndpoint body accepted.
         body_read_timeout_seconds: an InvokeEndpoint body must arrive whole within this, counted
             from the handler's start; a slower one (a client trickling bytes to hold the
@@ -237,6 +319,7 @@ class Settings:
     state_dir: Path = Path(".splitserve")
     model_store: Path = Path(".splitserve/models")
     images_file: Path | None = None
+    allowed_artifact_paths: tuple[Path, ...] = ()
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     body_read_timeout_seconds: float = 30.0
     account: AccountSettings = field(default_factory=AccountSettings)

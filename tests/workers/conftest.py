@@ -23,6 +23,8 @@ def marker() -> str:
 def run_dir() -> Iterator[Path]:
     """A short run directory (Unix socket paths are limited to 107 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="ssw", dir="/tmp"))
+    # Workers run as an unprivileged user when the tests run as root: let it through (not list).
+    path.chmod(0o711)
     try:
         yield path / "run"
     finally:

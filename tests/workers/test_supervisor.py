@@ -8,8 +8,10 @@ import dataclasses
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -23,16 +25,13 @@ import aiohttp
 import pytest
 
 from splitserve.config import WorkerSettings
-from splitserve.errors import DeploymentError
 from splitserve.contract.upstream import UpstreamAddress
+from splitserve.errors import DeploymentError
 from splitserve.workers.catalog import InstanceCatalog, InstanceType
+from splitserve.workers.fleet import VariantDeployment, VariantFleet
 from splitserve.workers.images import ImageRegistry
-from splitserve.workers.supervisor import (
-    InstanceInfo,
-    Supervisor,
-    VariantDeployment,
-    VariantFleet,
-)
+from splitserve.workers.instance import InstanceInfo
+from splitserve.workers.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULT_SERVER = Path(__file__).resolve().parent / "fault_server.py"
@@ -40,6 +39,9 @@ BYO_IMAGES = ROOT / "examples" / "byo_server" / "images.toml"
 BYO_IMAGE = "example.com/numpy-logistic:1"
 FAULT_IMAGE = "test.local/fault-server:1"
 XGBOOST_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+
+#: Where the tests' model artifacts may come from (pytest's temporary directories).
+ARTIFACT_ROOTS = (Path(tempfile.gettempdir()).resolve(),)
 
 #: The environment variable every test's workers carry, so leftovers can be found in /proc.
 MARKER_VARIABLE = "SPLITSERVE_TEST_MARKER"
@@ -149,6 +151,9 @@ def fast_settings(run_dir: Path, **overrides: Any) -> WorkerSettings:
         restart_backoff_initial_seconds=0.2,
         restart_backoff_max_seconds=1.0,
         stop_grace_seconds=3.0,
+        # The tests' interpreter may be root's own (e.g. under /root): keep workers root here;
+        # the switch to an unprivileged user has tests of its own, with the system's Python.
+        worker_user="root",
     )
     return dataclasses.replace(fast, **overrides)
 
@@ -189,7 +194,9 @@ async def supervisor(
     marker: str,
 ) -> AsyncIterator[Supervisor]:
     """A supervisor over the fast settings; closed after the test, which leaves no worker."""
-    supervisor = Supervisor(settings, images, InstanceCatalog(), listener)
+    supervisor = Supervisor(
+        settings, images, InstanceCatalog(), listener, artifact_roots=ARTIFACT_ROOTS
+    )
     try:
         yield supervisor
     finally:
@@ -316,7 +323,10 @@ async def test_byo_fleet_is_healthy_only_after_a_ping_pinned_and_isolated(
         assert "SPLITSERVE_TEST_GATEWAY_SECRET" not in environment
         assert environment["MODEL_SETTING"] == "from-create-model"
         assert environment["SAGEMAKER_BIND_TO_PORT"] == str(info.address.port)
-        assert environment["HOME"] == str(supervisor.run_dir)
+        private_dir = Path(environment["HOME"])
+        assert environment["TMPDIR"] == str(private_dir)
+        assert private_dir.parent == supervisor.run_dir / "w"
+        assert stat.S_IMODE(os.stat(private_dir).st_mode) == 0o700
         model_dir = Path(environment["SM_MODEL_DIR"])
         assert exists(model_dir / "model.json")
         assert not os.access(model_dir, os.W_OK) or os.geteuid() == 0
@@ -325,6 +335,7 @@ async def test_byo_fleet_is_healthy_only_after_a_ping_pinned_and_isolated(
             "LANG",
             "LC_ALL",
             "HOME",
+            "TMPDIR",
             "OMP_NUM_THREADS",
             "PYTHONUNBUFFERED",
             "MODEL_SETTING",
@@ -346,7 +357,11 @@ async def test_instances_are_spread_over_cpus(
     tiny = InstanceType("ml.test.tiny", 1, 1.0)
     cpus = tuple(sorted(os.sched_getaffinity(0)))[:2]
     supervisor = Supervisor(
-        fast_settings(settings.run_dir, cpu_pool=cpus), images, InstanceCatalog([tiny]), listener
+        fast_settings(settings.run_dir, cpu_pool=cpus),
+        images,
+        InstanceCatalog([tiny]),
+        listener,
+        artifact_roots=ARTIFACT_ROOTS,
     )
     try:
         fleet = supervisor.fleet(deployment(marker, instance_type="ml.test.tiny", count=2))
@@ -397,14 +412,20 @@ async def test_a_run_dir_too_long_for_a_socket_is_refused(
     images: ImageRegistry, listener: RecordingListener, marker: str, tmp_path: Path
 ) -> None:
     settings = fast_settings(Path("/tmp") / ("x" * 100))
-    supervisor = Supervisor(settings, images, InstanceCatalog(), listener)
+    supervisor = Supervisor(
+        settings, images, InstanceCatalog(), listener, artifact_roots=ARTIFACT_ROOTS
+    )
     model = tmp_path / "xgboost-model"
     model.write_bytes(b"m")
     with pytest.raises(DeploymentError, match="over the 107-byte limit"):
         supervisor.fleet(deployment(marker, image=XGBOOST_IMAGE, model_data=model))
     # TCP workers have no such limit.
     tcp = Supervisor(
-        fast_settings(settings.run_dir, use_tcp=True), images, InstanceCatalog(), listener
+        fast_settings(settings.run_dir, use_tcp=True),
+        images,
+        InstanceCatalog(),
+        listener,
+        artifact_roots=ARTIFACT_ROOTS,
     )
     assert tcp.fleet(deployment(marker, image=XGBOOST_IMAGE, model_data=model)) is not None
 
@@ -413,7 +434,11 @@ async def test_memory_cap_sets_rlimit_as(
     settings: WorkerSettings, images: ImageRegistry, listener: RecordingListener, marker: str
 ) -> None:
     supervisor = Supervisor(
-        fast_settings(settings.run_dir, memory_cap=True), images, InstanceCatalog(), listener
+        fast_settings(settings.run_dir, memory_cap=True),
+        images,
+        InstanceCatalog(),
+        listener,
+        artifact_roots=ARTIFACT_ROOTS,
     )
     try:
         fleet = supervisor.fleet(deployment(marker, instance_type="ml.t2.medium"))
@@ -573,7 +598,11 @@ async def test_stop_sends_sigkill_to_a_server_ignoring_sigterm(
     images: ImageRegistry, listener: RecordingListener, marker: str, run_dir: Path
 ) -> None:
     supervisor = Supervisor(
-        fast_settings(run_dir, stop_grace_seconds=1.0), images, InstanceCatalog(), listener
+        fast_settings(run_dir, stop_grace_seconds=1.0),
+        images,
+        InstanceCatalog(),
+        listener,
+        artifact_roots=ARTIFACT_ROOTS,
     )
     try:
         stubborn = supervisor.fleet(
@@ -694,7 +723,9 @@ async def test_failure_reason_health_check_timeout(
     images: ImageRegistry, listener: RecordingListener, marker: str, run_dir: Path
 ) -> None:
     settings = fast_settings(run_dir, startup_timeout_seconds=1.0, stop_grace_seconds=0.5)
-    supervisor = Supervisor(settings, images, InstanceCatalog(), listener)
+    supervisor = Supervisor(
+        settings, images, InstanceCatalog(), listener, artifact_roots=ARTIFACT_ROOTS
+    )
     try:
         fleet = supervisor.fleet(deployment(marker, environment={"FAULT_NEVER_LISTEN": "1"}))
         started = time.monotonic()
@@ -713,7 +744,11 @@ async def test_failure_reason_command_not_found(
     registry = tmp_path / "images.toml"
     registry.write_text('[images."a/b:1"]\ncommand = ["/nonexistent/server"]\n')
     supervisor = Supervisor(
-        fast_settings(run_dir), ImageRegistry.load(registry), InstanceCatalog(), listener
+        fast_settings(run_dir),
+        ImageRegistry.load(registry),
+        InstanceCatalog(),
+        listener,
+        artifact_roots=ARTIFACT_ROOTS,
     )
     fleet = supervisor.fleet(deployment(marker, image="a/b:1"))
     with pytest.raises(DeploymentError, match="could not start the model server"):
@@ -741,10 +776,11 @@ _PARENT = textwrap.dedent(
     async def main():
         run_dir, registry, marker = sys.argv[1:4]
         supervisor = Supervisor(
-            WorkerSettings(run_dir=Path(run_dir)),
+            WorkerSettings(run_dir=Path(run_dir), worker_user="root"),
             ImageRegistry.load(Path(registry)),
             InstanceCatalog(),
             Listener(),
+            artifact_roots=(),
         )
         fleet = supervisor.fleet(VariantDeployment(
             "ep", "A", 1, "test.local/fault-server:1", None,
@@ -812,6 +848,7 @@ async def test_built_in_xgboost_fleet(
         images,
         InstanceCatalog(),
         listener,
+        artifact_roots=ARTIFACT_ROOTS,
     )
     from tests.support.models import NUM_FEATURES, train_binary_model, write_model_tarball
 

@@ -14,29 +14,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from splitserve._router import Router, UnknownInstanceError, VariantSpec
+from splitserve._router import Router, RouterError, UnknownInstanceError, VariantSpec
 from splitserve.capture.writer import CaptureSink, CaptureWriter
 from splitserve.config import Settings
+from splitserve.contract.upstream import UpstreamPool
 from splitserve.control.deployer import DeploymentPlan
 from splitserve.errors import DeploymentError
+from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.prometheus import (
     VARIANT_DESIRED_INSTANCES,
     VARIANT_DESIRED_WEIGHT,
     VARIANT_INSTANCES,
     VARIANT_WEIGHT,
-    VariantMetrics,
     remove_variant_gauges,
     remove_variant_series,
 )
+from splitserve.metrics.recorder import VariantRecorder
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
-from splitserve.contract.upstream import UpstreamPool
-from splitserve.metrics.minutes import MinuteStore
-from splitserve.workers.supervisor import InstanceInfo, Supervisor, VariantDeployment, VariantFleet
+from splitserve.workers.fleet import VariantDeployment, VariantFleet
+from splitserve.workers.instance import InstanceInfo
+from splitserve.workers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _router_errors() -> Iterator[None]:
+    """Turn the router's refusal of a table (or of a change of weights) into a DeploymentError,
+    whose message the control plane reports (the router's messages name what is wrong)."""
+    try:
+        yield
+    except RouterError as error:
+        raise DeploymentError(f"The routing table was refused: {error}") from error
 
 
 @dataclass
@@ -119,19 +131,26 @@ class FleetDeployer:
                     raise failure
             raise failures[0]
         strategies = {v.variant_name: v.routing_strategy for v in plan.variants}
-        router = Router(
-            [
-                VariantSpec(
-                    v.variant_name,
-                    v.weight,
-                    [i.name for i in fleets[v.variant_name].instances()],
-                    v.routing_strategy,
+        specs = [
+            VariantSpec(
+                v.variant_name,
+                v.weight,
+                [i.name for i in fleets[v.variant_name].instances()],
+                v.routing_strategy,
+            )
+            for v in plan.variants
+        ]
+        try:
+            with _router_errors():
+                router = Router(
+                    specs,
+                    salt=plan.endpoint_name,
+                    seed=self._settings.router.seed,
+                    failover=plan.failover,
                 )
-                for v in plan.variants
-            ],
-            salt=plan.endpoint_name,
-            seed=self._settings.router.seed,
-        )
+        except DeploymentError:
+            await asyncio.gather(*(fleet.stop() for fleet in fleets.values()))
+            raise
         pools = {
             info.name: self._pool(info) for fleet in fleets.values() for info in fleet.instances()
         }
@@ -140,8 +159,8 @@ class FleetDeployer:
             generation=plan.generation,
             router=router,
             pools=dict(pools),
-            metrics={
-                v.variant_name: VariantMetrics.resolve(
+            recorders={
+                v.variant_name: VariantRecorder.resolve(
                     plan.endpoint_name,
                     v.variant_name,
                     self._minutes.variant(plan.endpoint_name, v.variant_name),
@@ -150,7 +169,6 @@ class FleetDeployer:
             },
             log_stream_arn=self._log_stream_arn(plan.endpoint_name),
             capture=self._capture_sink(plan),
-            failover=plan.failover,
         )
         generation = _Generation(plan, fleets, router, pools, live, strategies)
         self._generations[plan.endpoint_name, plan.generation] = generation
@@ -199,7 +217,8 @@ class FleetDeployer:
     async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:
         """Change the live generation's weights atomically in its router."""
         generation = self._live_generation(endpoint_name)
-        generation.router.set_weights(dict(weights))
+        with _router_errors():
+            generation.router.set_weights(dict(weights))
         for variant, weight in weights.items():
             VARIANT_WEIGHT.labels(endpoint_name, variant).set(weight)
             VARIANT_DESIRED_WEIGHT.labels(endpoint_name, variant).set(weight)
@@ -218,17 +237,17 @@ class FleetDeployer:
             self._owner[name] = generation
         self._republish(generation)
         weights = generation.router.weights()
-        generation.router.replace(
-            [
-                VariantSpec(
-                    variant,
-                    weights[variant],
-                    [i.name for i in variant_fleet.instances()],
-                    generation.strategies[variant],
-                )
-                for variant, variant_fleet in generation.fleets.items()
-            ]
-        )
+        specs = [
+            VariantSpec(
+                variant,
+                weights[variant],
+                [i.name for i in variant_fleet.instances()],
+                generation.strategies[variant],
+            )
+            for variant, variant_fleet in generation.fleets.items()
+        ]
+        with _router_errors():
+            generation.router.replace(specs)
         for name in after.keys() - before:
             self._apply_health(generation, name)
         # Removed instances were drained by the fleet before it stopped them.
@@ -347,10 +366,9 @@ class FleetDeployer:
             generation=live.generation,
             router=live.router,
             pools=dict(generation.pools),
-            metrics=live.metrics,
+            recorders=live.recorders,
             log_stream_arn=live.log_stream_arn,
             capture=live.capture,
-            failover=live.failover,
         )
         if self._registry.get(live.name) is live:
             self._registry.publish(generation.live)

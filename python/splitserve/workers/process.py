@@ -2,41 +2,44 @@
 
 Every instance is a fresh interpreter (or any program) started by
 `asyncio.create_subprocess_exec`, the equivalent of multiprocessing's spawn context: nothing of
-the gateway's state is inherited but what the environment and argv say. Between fork and exec the
-child:
+the gateway's state is inherited but what the environment and argv say. No Python code runs
+between fork and exec (`preexec_fn` is unsafe while other threads run): the event loop makes the
+child the leader of a new session and process group, in C, so stopping it reaches anything it
+started; then the child execs the shim `launch.py`, which confines itself first thing and execs
+the server in the same process (see its docstring):
 
-- becomes the leader of its own process group, so stopping it reaches anything it started;
-- asks the kernel for SIGKILL when its parent dies (`prctl(PR_SET_PDEATHSIG)`), then checks that the
-  parent is still the gateway, closing the race where the gateway died before the prctl;
-- pins itself to its CPU set (`sched_setaffinity`);
-- optionally caps its address space (`RLIMIT_AS`) at its instance type's memory.
+- as the worker user, when the gateway runs as root (`WorkerUser`), with no_new_privs;
+- with a parent-death signal (SIGKILL) and a check that its parent is still the gateway;
+- pinned to its CPU set (`sched_setaffinity`), its address space optionally capped (`RLIMIT_AS`).
 
 PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so spawn from the event loop's
 thread (as asyncio does) and keep that loop on the main thread.
 
 stdout and stderr are merged and kept in a bounded ring of the last lines: they end up in a
-deployment's FailureReason and in the `splitserve.workers.output` log.
+deployment's FailureReason. They are also relayed to the `splitserve.workers.output` log, at most
+`WorkerSettings.output_log_lines_per_second` lines per second per instance: a worker printing a
+traceback per bad request must not flood the gateway's log (the ring keeps every line).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import functools
 import logging
 import os
-import resource
+import pwd
 import signal
+import sys
+import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from splitserve.workers import launch
 
 #: Where worker output is logged, one record per line, prefixed by the instance name.
 output_logger = logging.getLogger("splitserve.workers.output")
-
-#: linux/prctl.h
-_PR_SET_PDEATHSIG = 1
 
 #: How many lines of a worker's output are kept for failure reasons.
 OUTPUT_LINES = 64
@@ -45,6 +48,84 @@ OUTPUT_LINES = 64
 OUTPUT_LINE_CHARS = 2000
 
 _READ_CHUNK_BYTES = 65536
+
+#: The shim every worker is exec'd through (run by path: it imports only the standard library).
+LAUNCH_SCRIPT = Path(launch.__file__).resolve()
+
+#: Variables the gateway sets in every worker's environment; a model's Environment never
+#: overrides them (see `worker_environment`).
+GATEWAY_VARIABLES = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "HOME",
+        "TMPDIR",
+        "OMP_NUM_THREADS",
+        "PYTHONUNBUFFERED",
+        "PYTHONPATH",
+        "SAGEMAKER_BIND_TO_PORT",
+        "SM_MODEL_DIR",
+    }
+)
+
+#: Prefixes of variables that change how the dynamic loader or the interpreter starts (code
+#: injection); dropped from a model's Environment even if the control plane let one through.
+_LOADER_PREFIXES = ("LD_", "PYTHON")
+
+
+class WorkerUserError(ValueError):
+    """The configured worker user does not exist."""
+
+
+@dataclass(frozen=True)
+class WorkerUser:
+    """The unprivileged account workers run as when the gateway runs as root.
+
+    Attributes:
+        name: the account name.
+        uid: its user id.
+        gid: its primary group id.
+        groups: every group it belongs to (its supplementary groups).
+    """
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    @classmethod
+    def for_gateway(cls, name: str) -> WorkerUser | None:
+        """The user workers switch to, or None when they run as the gateway's own user.
+
+        Only root can switch: a gateway run by another user runs its workers as itself. Naming
+        root itself (or the gateway's own account) keeps workers as root, which the log warns of.
+
+        Raises:
+            WorkerUserError: the gateway runs as root and `name` is no account of this host.
+        """
+        if os.geteuid() != 0:
+            return None
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise WorkerUserError(
+                f"the worker user {name!r} does not exist: create it (an account with no login"
+                " and no home is enough) or name another with --worker-user"
+            ) from None
+        if entry.pw_uid == 0:
+            output_logger.warning(
+                "workers run as root (--worker-user %s): a model server can do anything on this"
+                " host",
+                name,
+            )
+            return None
+        groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups)
+
+    def spec(self) -> str:
+        """The shim's `--user` value: `uid:gid:group,group`."""
+        return f"{self.uid}:{self.gid}:{','.join(str(group) for group in self.groups)}"
 
 
 class OutputRing:
@@ -88,7 +169,7 @@ def minimal_environment(home: Path, cpu_count: int) -> dict[str, str]:
     """The environment every worker starts from; none of the gateway's other variables.
 
     Args:
-        home: the worker's HOME (the run directory).
+        home: the worker's HOME and TMPDIR (its private directory).
         cpu_count: the size of its CPU set, for OMP_NUM_THREADS.
     """
     locale = os.environ.get("LC_ALL") or os.environ.get("LANG") or "C.UTF-8"
@@ -97,6 +178,7 @@ def minimal_environment(home: Path, cpu_count: int) -> dict[str, str]:
         "LANG": os.environ.get("LANG", locale),
         "LC_ALL": locale,
         "HOME": str(home),
+        "TMPDIR": str(home),
         # Native thread pools (OpenMP, BLAS) would otherwise size themselves to the host.
         "OMP_NUM_THREADS": str(cpu_count),
         # Output reaches the ring (and a failure reason) as it is printed, not at exit.
@@ -104,32 +186,84 @@ def minimal_environment(home: Path, cpu_count: int) -> dict[str, str]:
     }
 
 
-@functools.cache
-def _prctl() -> Callable[..., int]:
-    # Loaded in the parent: dlopen between fork and exec is not async-signal-safe.
-    libc = ctypes.CDLL(None, use_errno=True)
-    function: Callable[..., int] = libc.prctl
-    return function
+def worker_environment(
+    gateway: Mapping[str, str],
+    image: Mapping[str, str],
+    model: Mapping[str, str],
+    *,
+    name: str,
+) -> dict[str, str]:
+    """A worker's environment: the image's variables, then the model's, then the gateway's.
+
+    The gateway's variables (`GATEWAY_VARIABLES`: where to listen, the model directory, HOME,
+    TMPDIR, PATH, ...) win over both. A model's Environment comes from a CreateModel caller, so
+    its loader and interpreter variables (`LD_*`, `PYTHON*`) are dropped too (the control plane
+    refuses them already; this is the second line). The image's come from the operator's
+    registry file and are kept.
+
+    Args:
+        gateway: what the gateway sets (`minimal_environment` plus the contract's variables).
+        image: the image registry entry's `environment` (and PYTHONPATH from `python_path`).
+        model: the model's Environment from CreateModel.
+        name: the instance, for the log line naming what was dropped.
+    """
+    environment = dict(image)
+    dropped = []
+    for key, value in model.items():
+        if key in GATEWAY_VARIABLES or key.startswith(_LOADER_PREFIXES):
+            dropped.append(key)
+        else:
+            environment[key] = value
+    if dropped:
+        output_logger.warning(
+            "%s: ignored the model's Environment variables the gateway controls: %s",
+            name,
+            ", ".join(sorted(dropped)),
+        )
+    environment.update(gateway)
+    return environment
 
 
-def _child_setup(
-    parent_pid: int, cpus: tuple[int, ...], memory_limit_bytes: int | None
-) -> Callable[[], None]:
-    prctl = _prctl()
+class _OutputRelay:
+    """Relays a worker's lines to the log, at most `lines_per_second` per wall-clock second.
 
-    def setup() -> None:
-        os.setpgid(0, 0)
-        if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
-        if os.getppid() != parent_pid:
-            # The gateway died before the prctl took effect: nobody will ever stop us.
-            os._exit(1)
-        os.sched_setaffinity(0, cpus)
-        if memory_limit_bytes is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    Lines over the budget are counted, not logged; the next line logged after them is preceded
+    by one "suppressed K lines" record (so is the end of the output).
+    """
 
-    return setup
+    def __init__(self, name: str, lines_per_second: int) -> None:
+        self._name = name
+        self._budget = lines_per_second
+        self._window = -1
+        self._used = 0
+        self._suppressed = 0
+
+    def line(self, line: str) -> None:
+        """Log `line`, or count it when this second's budget is spent."""
+        # Logged output is shown to people per second; a monotonic clock would do as well.
+        window = int(time.monotonic())
+        if window != self._window:
+            self._window = window
+            self._used = 0
+        if self._used >= self._budget:
+            self._suppressed += 1
+            return
+        self.flush()
+        self._used += 1
+        output_logger.info("%s | %s", self._name, line)
+
+    def flush(self) -> None:
+        """Log how many lines were suppressed since the last record, if any."""
+        if self._suppressed:
+            output_logger.warning(
+                "%s | (suppressed %d lines of output over %d per second; the last %d are kept for"
+                " the failure reason)",
+                self._name,
+                self._suppressed,
+                self._budget,
+                OUTPUT_LINES,
+            )
+            self._suppressed = 0
 
 
 class WorkerProcess:
@@ -138,10 +272,17 @@ class WorkerProcess:
     Build one with `spawn_worker`.
     """
 
-    def __init__(self, name: str, process: asyncio.subprocess.Process, output: OutputRing):
+    def __init__(
+        self,
+        name: str,
+        process: asyncio.subprocess.Process,
+        output: OutputRing,
+        log_lines_per_second: int,
+    ) -> None:
         self.name = name
         self.process = process
         self.output = output
+        self._relay = _OutputRelay(name, log_lines_per_second)
         self._pump = asyncio.create_task(self._read_output(), name=f"output {name}")
 
     @property
@@ -197,6 +338,7 @@ class WorkerProcess:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+        self._relay.flush()
 
     async def _read_output(self) -> None:
         stream = self.process.stdout
@@ -217,7 +359,35 @@ class WorkerProcess:
     def _record(self, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip("\r")
         self.output.append(line)
-        output_logger.info("%s | %s", self.name, line)
+        self._relay.line(line[:OUTPUT_LINE_CHARS])
+
+
+@dataclass(frozen=True)
+class SpawnLimits:
+    """How a worker process is confined (see `launch.py`).
+
+    Attributes:
+        cpus: the CPU set it is pinned to.
+        memory_limit_bytes: its RLIMIT_AS, or None for no cap.
+        user: the account it runs as, or None for the gateway's own.
+        log_lines_per_second: how many of its output lines per second reach the log.
+    """
+
+    cpus: tuple[int, ...]
+    memory_limit_bytes: int | None
+    user: WorkerUser | None
+    log_lines_per_second: int
+
+
+def launch_argv(argv: Sequence[str], limits: SpawnLimits, parent_pid: int) -> list[str]:
+    """The command line that runs `argv` through the confining shim."""
+    shim = [sys.executable, "-I", "-S", str(LAUNCH_SCRIPT), "--parent-pid", str(parent_pid)]
+    shim += ["--cpus", ",".join(str(cpu) for cpu in limits.cpus)]
+    if limits.memory_limit_bytes is not None:
+        shim += ["--memory-limit", str(limits.memory_limit_bytes)]
+    if limits.user is not None:
+        shim += ["--user", limits.user.spec()]
+    return [*shim, "--", *argv]
 
 
 async def spawn_worker(
@@ -226,34 +396,38 @@ async def spawn_worker(
     name: str,
     environment: Mapping[str, str],
     cwd: Path,
-    cpus: Sequence[int],
-    memory_limit_bytes: int | None = None,
+    limits: SpawnLimits,
 ) -> WorkerProcess:
-    """Start one worker process (see the module docstring for what the child sets up).
+    """Start one worker process (see the module docstring for how it is confined).
+
+    A program that cannot be executed, or a confinement step that fails, makes the process exit
+    at once (status `launch.EXIT_EXEC_FAILED` or `launch.EXIT_SETUP_FAILED`) saying why on its
+    output.
 
     Args:
         argv: the program and its arguments.
         name: the instance name, for logs.
         environment: the complete environment (nothing is inherited).
         cwd: its working directory.
-        cpus: the CPU set it is pinned to.
-        memory_limit_bytes: its RLIMIT_AS, or None for no cap.
+        limits: its CPU set, memory cap, user and log rate.
 
     Returns:
         the running worker.
 
     Raises:
-        OSError: the program cannot be executed (missing, not executable).
-        subprocess.SubprocessError: the setup between fork and exec failed.
+        OSError: the interpreter cannot be started, or `cwd` is missing.
     """
     process = await asyncio.create_subprocess_exec(
-        *argv,
+        *launch_argv(argv, limits, os.getpid()),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=cwd,
         env=dict(environment),
         close_fds=True,
-        preexec_fn=_child_setup(os.getpid(), tuple(cpus), memory_limit_bytes),
+        # setsid() in C between fork and exec (no Python code runs there): a new session and
+        # process group whose id is the pid, so `signal_group` reaches all the worker started.
+        # (uvloop supports no `process_group`.)
+        start_new_session=True,
     )
-    return WorkerProcess(name, process, OutputRing())
+    return WorkerProcess(name, process, OutputRing(), limits.log_lines_per_second)

@@ -1,0 +1,527 @@
+"""One worker instance: its process, state, health checks and restarts with backoff.
+
+The life of an instance, as the listener (the gateway, which tells the router) sees it:
+
+1. started -> polled on /ping until the first 200 -> `instance_healthy`: only now may it take
+   traffic;
+2. pinged every `health_interval_seconds`; `unhealthy_after_failures` failed pings in a row, or the
+   process exiting -> `instance_unhealthy`, the process group is killed, and after an exponential
+   backoff a new process starts (the instance keeps its name, CPUs, private directory and socket
+   path; a TCP port may change, so use the address of each `instance_healthy`) ->
+   `instance_healthy` after its first 200;
+3. stopped (scale-in, update, delete, shutdown) -> `instance_unhealthy`, drain until the listener's
+   `in_flight` is 0, SIGTERM to its process group, SIGKILL `stop_grace_seconds` later; its private
+   directory is removed.
+
+A ping the gateway could not even send because it is out of file descriptors (EMFILE, ENFILE) says
+nothing about the instance: it is logged and counts neither as a failure nor as a success, so a
+gateway short of descriptors never replaces healthy instances (which would make things worse).
+
+What the instance runs is decided by its owner (`VariantFleet`) through the `LaunchPlanner` it is
+given; the instance does not know its fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from splitserve.config import WorkerSettings
+from splitserve.contract.upstream import UpstreamAddress, UpstreamError, UpstreamPool
+from splitserve.errors import DeploymentError
+from splitserve.workers.process import SpawnLimits, WorkerProcess, WorkerUser, spawn_worker
+
+logger = logging.getLogger(__name__)
+
+#: DescribeEndpoint's FailureReason holds at most this many characters.
+MAX_FAILURE_REASON_CHARS = 1024
+
+#: How often a starting instance is pinged until its first 200 (a start-up detail, not a policy).
+_STARTUP_POLL_SECONDS = 0.05
+
+#: How often a drain checks the listener's in-flight count.
+_DRAIN_POLL_SECONDS = 0.02
+
+#: A /ping answer is a status line and a few bytes; a larger one is not an answer.
+_PING_MAX_RESPONSE_BYTES = 64 * 1024
+
+#: The errors of a gateway out of file descriptors (its own, or the system's).
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """A read-only snapshot of one instance.
+
+    Attributes:
+        name: unique across the process: `{endpoint}/{variant}/g{generation}/{index}`.
+        variant_name: the variant it serves.
+        address: where it listens.
+        cpus: the CPUs it is pinned to.
+        pid: its current process, or None when none runs.
+        state: "starting" | "healthy" | "unhealthy" | "stopping" | "stopped".
+        restarts: how many times its process was replaced.
+    """
+
+    name: str
+    variant_name: str
+    address: UpstreamAddress
+    cpus: tuple[int, ...]
+    pid: int | None
+    state: str
+    restarts: int
+
+
+class InstanceListener(Protocol):
+    """What the gateway implements to learn which instances may take traffic."""
+
+    def instance_healthy(self, instance: InstanceInfo) -> None:
+        """`instance` passed a ping and may take traffic (its address may have changed)."""
+
+    def instance_unhealthy(self, instance: InstanceInfo) -> None:
+        """`instance` must get no new traffic (it failed, or is being stopped)."""
+
+    def in_flight(self, instance_name: str) -> int:
+        """How many requests the gateway has in flight to the instance (used to drain it)."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start one process of an instance.
+
+    Attributes:
+        argv: the server's program and arguments.
+        environment: its complete environment.
+        cwd: its working directory.
+        address: where it will listen.
+    """
+
+    argv: list[str]
+    environment: dict[str, str]
+    cwd: Path
+    address: UpstreamAddress
+
+
+class LaunchPlanner(Protocol):
+    """What an instance asks its owner before each start of a process."""
+
+    def plan(self, instance: WorkerInstance) -> Launch:
+        """The command, environment and address of `instance`'s next process.
+
+        Raises:
+            DeploymentError: no address could be found for it.
+        """
+
+
+class LoopbackPorts:
+    """Loopback TCP ports handed out to instances, so no two instances get the same one."""
+
+    def __init__(self) -> None:
+        self._ports: dict[str, int] = {}
+
+    def take(self, owner: str) -> int:
+        """A free loopback port for `owner` (replacing the one it had).
+
+        Raises:
+            DeploymentError: no free port was found.
+        """
+        self.release(owner)
+        taken = set(self._ports.values())
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind((LOOPBACK, 0))
+                port: int = probe.getsockname()[1]
+            if port not in taken:
+                self._ports[owner] = port
+                return port
+        raise DeploymentError("could not find a free loopback port")
+
+    def release(self, owner: str) -> None:
+        """Give `owner`'s port back (nothing if it has none)."""
+        self._ports.pop(owner, None)
+
+
+class PingResult(enum.Enum):
+    """What one health check found."""
+
+    #: /ping answered 200 in time.
+    OK = "ok"
+    #: No answer, another status, or too late.
+    FAILED = "failed"
+    #: The gateway is out of file descriptors: the instance was not checked at all.
+    NOT_CHECKED = "not checked"
+
+
+def _out_of_descriptors(error: BaseException) -> bool:
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in _OUT_OF_DESCRIPTORS:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+class HealthProbe:
+    """GET /ping against one address, through the forwarding client (a fresh connection each
+    time: this is not the hot path, and a hung connection must not outlive its check)."""
+
+    def __init__(self, address: UpstreamAddress, timeout_seconds: float) -> None:
+        """Probe `address`, giving each ping `timeout_seconds` (connecting included)."""
+        self._address = address
+        self._timeout = timeout_seconds
+        self._pool = UpstreamPool(
+            address,
+            max_idle=0,
+            max_connections=1,
+            connect_timeout=timeout_seconds,
+            max_response_bytes=_PING_MAX_RESPONSE_BYTES,
+        )
+
+    async def ping(self) -> PingResult:
+        """Check once; see `PingResult`."""
+        try:
+            response = await self._pool.request(b"GET", b"/ping", (), b"", self._timeout)
+        except (UpstreamError, OSError) as error:
+            if _out_of_descriptors(error):
+                logger.warning(
+                    "could not check %s: the gateway is out of file descriptors (%s); not"
+                    " counted as a failed health check",
+                    self._address,
+                    error,
+                )
+                return PingResult.NOT_CHECKED
+            return PingResult.FAILED
+        return PingResult.OK if response.status == 200 else PingResult.FAILED
+
+    async def close(self) -> None:
+        """Close the probe's connection, if one is open."""
+        await self._pool.close()
+
+
+@dataclass(frozen=True)
+class InstanceSetup:
+    """Everything an instance is given by its fleet.
+
+    Attributes:
+        name: its process-wide unique name.
+        variant_name: the variant it serves.
+        cpus: the CPUs it is pinned to.
+        socket_path: the Unix socket it keeps across restarts, or None (it listens on TCP).
+        private_dir: its HOME and TMPDIR, created before each start (mode 0700, owned by the
+            worker user) and removed when it stops.
+        limits: how its processes are confined.
+        startup_timeout_seconds: how long a new process has to pass its first /ping.
+    """
+
+    name: str
+    variant_name: str
+    cpus: tuple[int, ...]
+    socket_path: Path | None
+    private_dir: Path
+    limits: SpawnLimits
+    startup_timeout_seconds: float
+
+
+class WorkerInstance:
+    """One instance, and the task that keeps it running; it starts as soon as it is made.
+
+    Args:
+        setup: what it is and how it runs.
+        settings: health-check, backoff and stop timing.
+        planner: decides each process's command, environment and address.
+        listener: told of health changes, asked for in-flight counts.
+        ports: where its TCP port, if any, is given back.
+    """
+
+    def __init__(
+        self,
+        setup: InstanceSetup,
+        settings: WorkerSettings,
+        planner: LaunchPlanner,
+        listener: InstanceListener,
+        ports: LoopbackPorts,
+    ) -> None:
+        self.setup = setup
+        self.name = setup.name
+        self._settings = settings
+        self._planner = planner
+        self._listener = listener
+        self._ports = ports
+        self._state = "starting"
+        self._restarts = 0
+        self._worker: WorkerProcess | None = None
+        self._address: UpstreamAddress | None = None
+        #: Whether the listener was last told this instance is healthy.
+        self._announced = False
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(), name=f"instance {self.name}")
+        self._stop_task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> asyncio.Future[None]:
+        """Done once the first process passed its first /ping; failed with DeploymentError if
+        it never did; cancelled if the instance was stopped first."""
+        return self._ready
+
+    def info(self) -> InstanceInfo:
+        """A snapshot for the listener and `VariantFleet.instances`."""
+        worker = self._worker
+        address = self._address
+        if address is None:
+            socket_path = self.setup.socket_path
+            address = (
+                UpstreamAddress.unix(str(socket_path))
+                if socket_path is not None
+                else UpstreamAddress.tcp(LOOPBACK, 0)
+            )
+        return InstanceInfo(
+            name=self.name,
+            variant_name=self.setup.variant_name,
+            address=address,
+            cpus=self.setup.cpus,
+            pid=worker.pid if worker is not None and worker.returncode is None else None,
+            state=self._state,
+            restarts=self._restarts,
+        )
+
+    def stop(self) -> asyncio.Task[None]:
+        """Drain and stop this instance (idempotent: every call gets the same task)."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._stop(), name=f"stop {self.name}")
+        return self._stop_task
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._launch()
+            self._ready.set_result(None)
+            self._become_healthy()
+            await self._supervise()
+        except asyncio.CancelledError:
+            if not self._ready.done():
+                self._ready.cancel()
+            raise
+        except DeploymentError as error:
+            if not self._ready.done():
+                self._ready.set_exception(error)
+        except Exception:
+            logger.exception("supervision of %s failed", self.name)
+            if not self._ready.done():
+                self._ready.set_exception(
+                    DeploymentError(f"instance {self.name}: an internal error stopped its start-up")
+                )
+
+    async def _supervise(self) -> None:
+        settings = self._settings
+        failures_in_a_row = 0
+        while True:
+            healthy_seconds, reason = await self._watch()
+            logger.warning("%s is unhealthy: %s", self.name, reason)
+            self._state = "unhealthy"
+            self._notify_unhealthy()
+            await self._retire_worker()
+            if healthy_seconds >= settings.restart_backoff_max_seconds:
+                failures_in_a_row = 0
+            while True:
+                failures_in_a_row += 1
+                delay = min(
+                    settings.restart_backoff_initial_seconds * 2 ** (failures_in_a_row - 1),
+                    settings.restart_backoff_max_seconds,
+                )
+                logger.info("restarting %s in %.2f s", self.name, delay)
+                await asyncio.sleep(delay)
+                self._restarts += 1
+                try:
+                    await self._launch()
+                    break
+                except DeploymentError as error:
+                    logger.warning("restart of %s failed: %s", self.name, error.message)
+                    self._state = "unhealthy"
+                    await self._retire_worker()
+            self._become_healthy()
+
+    def _become_healthy(self) -> None:
+        self._state = "healthy"
+        logger.info("%s is healthy at %s (pid %s)", self.name, self._address, self.info().pid)
+        self._announced = True
+        try:
+            self._listener.instance_healthy(self.info())
+        except Exception:
+            logger.exception("the listener failed on instance_healthy(%s)", self.name)
+
+    def _notify_unhealthy(self) -> None:
+        """Tell the listener no new traffic (only if it was told healthy)."""
+        if not self._announced:
+            return
+        self._announced = False
+        try:
+            self._listener.instance_unhealthy(self.info())
+        except Exception:
+            logger.exception("the listener failed on instance_unhealthy(%s)", self.name)
+
+    async def _launch(self) -> None:
+        """Start a process and wait for its first good ping; DeploymentError if it never comes."""
+        self._state = "starting"
+        setup = self.setup
+        await asyncio.to_thread(_make_private_dir, setup.private_dir, setup.limits.user)
+        launch = self._planner.plan(self)
+        self._address = launch.address
+        try:
+            self._worker = await spawn_worker(
+                launch.argv,
+                name=self.name,
+                environment=launch.environment,
+                cwd=launch.cwd,
+                limits=setup.limits,
+            )
+        except OSError as error:
+            raise DeploymentError(
+                f"instance {self.name}: could not start the model server"
+                f" {launch.argv[0]!r}: {error.strerror or error}"
+            ) from error
+        await self._wait_first_ping(self._worker, launch.address)
+
+    async def _wait_first_ping(self, worker: WorkerProcess, address: UpstreamAddress) -> None:
+        timeout = self.setup.startup_timeout_seconds
+        deadline = time.monotonic() + timeout
+        exited = asyncio.ensure_future(worker.wait())
+        probe = HealthProbe(address, self._settings.ping_timeout_seconds)
+        try:
+            while True:
+                if exited.done():
+                    await worker.kill()  # collects the output still in the pipe
+                    raise DeploymentError(
+                        self._with_output(
+                            worker,
+                            f"instance {self.name}: the model server exited with status"
+                            f" {describe_status(exited.result())} before answering GET /ping",
+                        )
+                    )
+                if await probe.ping() is PingResult.OK:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeploymentError(
+                        self._with_output(
+                            worker,
+                            f"instance {self.name}: the model server did not answer GET /ping"
+                            f" with 200 within {timeout:g} s (health check timeout)",
+                        )
+                    )
+                await asyncio.wait({exited}, timeout=min(_STARTUP_POLL_SECONDS, remaining))
+        finally:
+            exited.cancel()
+            await probe.close()
+
+    async def _watch(self) -> tuple[float, str]:
+        """Ping until the instance fails; how long it was healthy, and why it failed."""
+        worker = self._worker
+        address = self._address
+        if worker is None or address is None:
+            raise RuntimeError(f"{self.name} has no process to watch")
+        settings = self._settings
+        healthy_since = time.monotonic()
+        exited = asyncio.ensure_future(worker.wait())
+        probe = HealthProbe(address, settings.ping_timeout_seconds)
+        failures = 0
+        try:
+            while True:
+                await asyncio.wait({exited}, timeout=settings.health_interval_seconds)
+                if exited.done():
+                    reason = f"the process exited with status {describe_status(exited.result())}"
+                    return time.monotonic() - healthy_since, reason
+                result = await probe.ping()
+                if result is PingResult.OK:
+                    failures = 0
+                elif result is PingResult.FAILED:
+                    failures += 1
+                    if failures >= settings.unhealthy_after_failures:
+                        reason = f"{failures} health checks in a row failed"
+                        return time.monotonic() - healthy_since, reason
+        finally:
+            exited.cancel()
+            await probe.close()
+
+    async def _retire_worker(self) -> None:
+        worker = self._worker
+        if worker is not None:
+            # It failed: no grace. SIGKILL also reaches a hung server's whole process group.
+            await worker.kill()
+            self._ports.release(self.name)
+
+    def _with_output(self, worker: WorkerProcess, message: str) -> str:
+        room = MAX_FAILURE_REASON_CHARS - len(message) - len("; last output:\n")
+        tail = worker.output.tail(room)
+        return f"{message}; last output:\n{tail}" if tail else f"{message} (it printed nothing)"
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    async def _stop(self) -> None:
+        settings = self._settings
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if not self._ready.done():
+            # Cancelled before it ever ran: its coroutine had no chance to settle this.
+            self._ready.cancel()
+        self._state = "stopping"
+        if self._announced:
+            self._notify_unhealthy()
+            await self._drain(settings.stop_grace_seconds)
+        worker = self._worker
+        if worker is not None:
+            status = await worker.stop(settings.stop_grace_seconds)
+            logger.info("%s stopped (status %s)", self.name, describe_status(status))
+        self._state = "stopped"
+        self._ports.release(self.name)
+        socket_path = self.setup.socket_path
+        await asyncio.to_thread(_remove_instance_files, socket_path, self.setup.private_dir)
+
+    async def _drain(self, limit_seconds: float) -> None:
+        deadline = time.monotonic() + limit_seconds
+        while time.monotonic() < deadline:
+            try:
+                if self._listener.in_flight(self.name) <= 0:
+                    return
+            except Exception:
+                logger.exception("the listener's in_flight(%s) failed", self.name)
+                return
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        logger.warning("%s still had requests in flight after %.1f s", self.name, limit_seconds)
+
+
+def _make_private_dir(path: Path, user: WorkerUser | None) -> None:
+    """Create an instance's private directory (kept across restarts): 0700, the worker's own.
+    Blocking."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if user is not None:
+        os.chown(path, user.uid, user.gid)
+    os.chmod(path, 0o700)
+
+
+def _remove_instance_files(socket_path: Path | None, private_dir: Path) -> None:
+    """Remove a stopped instance's socket and private directory. Blocking."""
+    if socket_path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+    shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def describe_status(status: int) -> str:
+    """An exit status as people read it: `2`, or `-9 (killed by signal 9)`."""
+    if status < 0:
+        return f"{status} (killed by signal {-status})"
+    return str(status)
