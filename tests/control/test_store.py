@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
 
+from splitserve.config import STATE_DIRECTORY_MODE, STATE_FILE_MODE
 from splitserve.control.models import (
     DeployedVariant,
     EndpointConfigRecord,
@@ -166,3 +169,94 @@ def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StateFileError) as refused:
         Store.open(path)
     assert refused.value.message.startswith(f"state file {path} cannot be read: ")
+
+
+def test_a_new_file_is_private_and_so_is_a_new_directory(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "state.sqlite3"
+    store = Store.open(path)
+    try:
+        store.insert_model(ModelRecord("m1", 1.0, {"PrimaryContainer": {"Image": "x"}}))
+        for file in path.parent.iterdir():  # the file and its -wal and -shm files
+            assert stat.S_IMODE(file.stat().st_mode) == STATE_FILE_MODE, file
+    finally:
+        store.close()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == STATE_DIRECTORY_MODE
+    assert sorted(p.name for p in path.parent.iterdir())[0] == "state.sqlite3"
+    assert not path.with_name("state.sqlite3.new").exists()
+
+
+def test_an_existing_file_open_to_others_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    Store.open(path).close()
+    os.chmod(path, 0o644)
+    Store.open(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == STATE_FILE_MODE
+
+
+def test_a_leftover_from_a_crashed_first_start_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    path.with_name("state.sqlite3.new").write_bytes(b"")  # a crash before the schema was written
+    store = Store.open(path)
+    try:
+        assert store.list_models() == []
+    finally:
+        store.close()
+    assert not path.with_name("state.sqlite3.new").exists()
+
+
+def test_an_empty_file_is_refused_not_taken_for_a_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = Store.open(path)
+    store.insert_model(ModelRecord("m1", 1.0, {}))
+    store.close()
+    path.write_bytes(b"")  # truncated by something else: the models are lost
+    _refused(path, "is corrupt: it is empty (0 bytes)")
+
+
+def _edit(path: Path, statement: str) -> None:
+    """Change the file behind the store's back, as an operator with sqlite3 would."""
+    connection = sqlite3.connect(path)
+    connection.execute(statement)
+    connection.commit()
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+
+
+def _stored_endpoint(path: Path) -> None:
+    store = Store.open(path)
+    store.insert_model(ModelRecord("m1", 1.0, {"PrimaryContainer": {"Image": "x"}}))
+    store.insert_endpoint(
+        EndpointRecord(
+            name="ep",
+            status=EndpointStatus.IN_SERVICE,
+            endpoint_config_name="cfg",
+            generation=1,
+            creation_time=1.0,
+            last_modified_time=1.0,
+            variants=(_variant("A"),),
+            data_capture=None,
+            deployment_config=None,
+        )
+    )
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        ("UPDATE endpoints SET status = 'Sleeping'", "endpoint 'ep' holds an invalid value"),
+        ("UPDATE endpoints SET generation = 'two'", "endpoint 'ep': a stored integer"),
+        ("UPDATE endpoint_variants SET spec = '{}'", "endpoint 'ep' holds an invalid value"),
+        ("UPDATE endpoint_variants SET spec = 'not json'", "endpoint 'ep': a stored document"),
+        ("UPDATE endpoints SET tags = '[1]'", "endpoint 'ep': stored tags"),
+        ("UPDATE models SET document = '[]'", "model 'm1': a stored document is not"),
+        ("UPDATE models SET creation_time = 'noon'", "model 'm1': a stored number"),
+    ],
+)
+def test_a_row_with_an_invalid_value_is_refused_cleanly(
+    tmp_path: Path, statement: str, expected: str
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    _stored_endpoint(path)
+    _edit(path, statement)
+    _refused(path, f"is corrupt: {expected}")

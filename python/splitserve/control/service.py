@@ -76,6 +76,7 @@ from splitserve.control.store import Store
 from splitserve.control.validation import (
     DEFAULT_MAX_RESULTS,
     check_deployment_config,
+    check_environment,
     check_metrics_config,
     check_production_variants,
     check_unique_variant_names,
@@ -1021,6 +1022,7 @@ class ControlService:
             self._check_instance_limit(variant_name, count)
             container = model.container()
             environment = _optional_mapping(container.get("Environment")) or {}
+            check_environment(environment, where=f'of model "{model.name}"')
             routing = _optional_mapping(variant.get("RoutingConfig")) or {}
             strategy = routing.get("RoutingStrategy")
             location, _ = _model_data_location(container, "")
@@ -1227,6 +1229,10 @@ def _check_container(container: Mapping[str, object], where: str) -> None:
         )
     if container.get("ModelDataUrl") is not None and container.get("ModelDataSource") is not None:
         raise ValidationException(f"Give ModelDataUrl or ModelDataSource (at '{where}'), not both.")
+    check_environment(
+        _optional_mapping(container.get("Environment")),
+        where=f"at '{member_path(where, 'Environment')}'",
+    )
 
 
 def _model_data_location(container: Mapping[str, object], where: str) -> tuple[str | None, str]:

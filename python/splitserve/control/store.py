@@ -6,19 +6,34 @@ check_same_thread=False because `Store.open` runs on the thread that builds the 
 one transaction, committed with WAL journaling and synchronous=FULL before the method returns, so a
 state the API reported survives a crash of the gateway or of the host.
 
-A state file that is not SQLite, fails `PRAGMA quick_check`, belongs to something else or to a newer
-splitserve stops start-up with `StateFileError`; the file is never written to in that case.
+A state file that is empty, is not SQLite, fails `PRAGMA quick_check`, belongs to something else,
+was written by a newer splitserve or holds a row this code cannot read stops start-up with
+`StateFileError`; the file is never written to in that case. Every row is read once when the file
+is opened, so a damaged row is found then, not in the middle of a request.
+
+The file holds every model's Environment, which may carry secrets: it is created 0600 (SQLite
+gives its -wal and -shm files the same mode), an existing one is narrowed to 0600, and a missing
+directory is created 0711 (`STATE_DIRECTORY_MODE`: not 0700, because workers running as another
+user, when the gateway runs as root, must pass through it to their run directory; nobody but the
+gateway's user may list it). A new file is built under a temporary name and linked into place
+only once its schema is written, so a crash during the first start leaves no empty or half-made
+state file behind: an empty file at the state path is therefore damage, not a new file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+import stat
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
+from splitserve.config import STATE_DIRECTORY_MODE, STATE_FILE_MODE
 from splitserve.control.models import (
     DeployedVariant,
     EndpointConfigRecord,
@@ -29,6 +44,10 @@ from splitserve.control.models import (
     VariantStatusEntry,
     name_key,
 )
+
+log = logging.getLogger(__name__)
+
+_Named = TypeVar("_Named", ModelRecord, EndpointConfigRecord)
 
 #: The schema this code writes. A file with a higher version is refused; one with a lower version
 #: is brought up to date (`_MIGRATIONS`) when it is opened.
@@ -117,23 +136,29 @@ class Store:
         path = Path(path)
         try:
             exists = path.exists()
+            header = b""
             if exists:
                 with path.open("rb") as state:
                     header = state.read(len(_SQLITE_HEADER))
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
         except OSError as error:
             raise StateFileError(
                 f"state file {path} cannot be read: {error.strerror or error}; "
                 "it was left untouched"
             ) from error
-        if exists and header and header != _SQLITE_HEADER:
+        if exists and not header:
+            # A new file is linked into place only with its schema (`_create`), so an empty one
+            # was truncated by something else: treating it as new would hide the lost state.
+            raise _corrupt(path, "it is empty (0 bytes)")
+        if exists and header != _SQLITE_HEADER:
             raise _corrupt(path, "it is not an SQLite database")
-        # mode=rw: an existing file is opened, never replaced; only a missing one is created.
-        mode = "rw" if exists else "rwc"
+        if not exists:
+            _create(path)
         try:
+            # mode=rw: the file is opened, never replaced (`_create` made a missing one).
             connection = sqlite3.connect(
-                f"file:{quote(str(path.absolute()))}?mode={mode}",
+                f"file:{quote(str(path.absolute()))}?mode=rw",
                 uri=True,
                 check_same_thread=False,
                 isolation_level=None,
@@ -143,12 +168,18 @@ class Store:
                 f"state file {path} cannot be opened: {error}; it was left untouched"
             ) from error
         try:
-            _check(path, connection)
+            version = _check(path, connection)
+            store = cls(path, connection)
+            if version == SCHEMA_VERSION:
+                store._read_every_row()  # before anything is written: a bad row leaves no trace
             _prepare(path, connection)
+            if version != SCHEMA_VERSION:
+                store._read_every_row()  # an older schema is read once it has every column
+            _narrow_mode(path)
         except BaseException:
             connection.close()
             raise
-        return cls(path, connection)
+        return store
 
     @property
     def path(self) -> Path:
@@ -168,7 +199,7 @@ class Store:
         row = self._db.execute(
             "SELECT name, creation_time, document FROM models WHERE name_key = ?", (name_key(name),)
         ).fetchone()
-        return None if row is None else ModelRecord(row[0], row[1], _decode(row[2]))
+        return None if row is None else _named(ModelRecord, "model", row)
 
     def insert_model(self, record: ModelRecord) -> bool:
         """Add a model; False (and nothing written) if one of that name exists."""
@@ -181,7 +212,7 @@ class Store:
     def list_models(self) -> list[ModelRecord]:
         """Every model, in no particular order."""
         rows = self._db.execute("SELECT name, creation_time, document FROM models").fetchall()
-        return [ModelRecord(row[0], row[1], _decode(row[2])) for row in rows]
+        return [_named(ModelRecord, "model", row) for row in rows]
 
     # --- endpoint configurations ------------------------------------------------------------------
 
@@ -191,7 +222,7 @@ class Store:
             "SELECT name, creation_time, document FROM endpoint_configs WHERE name_key = ?",
             (name_key(name),),
         ).fetchone()
-        return None if row is None else EndpointConfigRecord(row[0], row[1], _decode(row[2]))
+        return None if row is None else _named(EndpointConfigRecord, "endpoint configuration", row)
 
     def insert_endpoint_config(self, record: EndpointConfigRecord) -> bool:
         """Add an endpoint configuration; False (and nothing written) if the name exists."""
@@ -208,7 +239,7 @@ class Store:
         rows = self._db.execute(
             "SELECT name, creation_time, document FROM endpoint_configs"
         ).fetchall()
-        return [EndpointConfigRecord(row[0], row[1], _decode(row[2])) for row in rows]
+        return [_named(EndpointConfigRecord, "endpoint configuration", row) for row in rows]
 
     # --- endpoints --------------------------------------------------------------------------------
 
@@ -246,6 +277,21 @@ class Store:
         return [self._endpoint(row) for row in rows]
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    def _read_every_row(self) -> None:
+        """Decode every stored row once, so a damaged one stops start-up with a clean message.
+
+        Raises:
+            StateFileError: a row holds a value this code cannot read (the file is untouched).
+        """
+        try:
+            self.list_models()
+            self.list_endpoint_configs()
+            self.list_endpoints()
+        except StateFileError as error:
+            raise _corrupt(self._path, error.message) from error
+        except sqlite3.Error as error:
+            raise _corrupt(self._path, str(error)) from error
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -351,6 +397,16 @@ class Store:
         )
 
     def _endpoint(self, row: tuple[object, ...]) -> EndpointRecord:
+        try:
+            return self._decode_endpoint(row)
+        except (StateFileError, KeyError, TypeError, ValueError) as error:
+            if isinstance(error, StateFileError):
+                raise StateFileError(f"endpoint {row[0]!r}: {error.message}") from error
+            raise StateFileError(
+                f"endpoint {row[0]!r} holds an invalid value: {error!r}"
+            ) from error
+
+    def _decode_endpoint(self, row: tuple[object, ...]) -> EndpointRecord:
         (name, status, failure_reason, config_name, generation, created, modified) = row[:7]
         data_capture, deployment_config, pending_text, tags_text = row[7:]
         variants: dict[str, list[DeployedVariant]] = {"live": [], "pending": []}
@@ -395,8 +451,12 @@ _ENDPOINT_COLUMNS = (
 )
 
 
-def _check(path: Path, connection: sqlite3.Connection) -> None:
-    """Refuse a damaged database, or one that is not splitserve's, without writing to it."""
+def _check(path: Path, connection: sqlite3.Connection) -> int | None:
+    """Refuse a damaged database, or one that is not splitserve's, without writing to it.
+
+    Returns:
+        the file's schema version; None for a database without tables.
+    """
     try:
         result = connection.execute("PRAGMA quick_check").fetchall()
         tables = {
@@ -419,6 +479,7 @@ def _check(path: Path, connection: sqlite3.Connection) -> None:
             f"state file {path} has schema version {version}, newer than this splitserve's "
             f"({SCHEMA_VERSION}); it was left untouched"
         )
+    return version
 
 
 def _prepare(path: Path, connection: sqlite3.Connection) -> None:
@@ -450,6 +511,80 @@ def _prepare(path: Path, connection: sqlite3.Connection) -> None:
         raise StateFileError(
             f"state file {path} cannot be prepared: {error}; it was left untouched"
         ) from error
+
+
+def _create(path: Path) -> None:
+    """Make a new state file at `path`, mode 0600, holding the current schema.
+
+    It is built under a temporary name (rollback journal: nothing in a -wal file that a rename
+    would leave behind) and linked into place only when complete, so `path` is either missing or
+    a whole state file, whatever moment a crash comes at. `_prepare` turns on WAL afterwards.
+
+    Raises:
+        StateFileError: the file cannot be made (nothing is left at `path`).
+    """
+    building = path.with_name(path.name + ".new")
+    try:
+        for leftover in (building, building.with_name(building.name + "-journal")):
+            leftover.unlink(missing_ok=True)  # from a crash during an earlier first start
+        os.close(os.open(building, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STATE_FILE_MODE))
+        connection = sqlite3.connect(building, isolation_level=None)
+        try:
+            connection.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}"
+                f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION});COMMIT;"
+            )
+        finally:
+            connection.close()
+        descriptor = os.open(building, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.link(building, path)  # fails rather than replace a file that appeared meanwhile
+        building.unlink()
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except (OSError, sqlite3.Error) as error:
+        building.unlink(missing_ok=True)
+        detail = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise StateFileError(f"state file {path} cannot be created: {detail}") from error
+
+
+def _narrow_mode(path: Path) -> None:
+    """Make an existing state file (and its -wal and -shm files) private to the gateway's user."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & ~STATE_FILE_MODE:
+                os.chmod(file, STATE_FILE_MODE)
+                log.warning(
+                    "state file %s was mode %04o; it holds model Environment values, so it is "
+                    "now %04o",
+                    file,
+                    mode,
+                    STATE_FILE_MODE,
+                )
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise StateFileError(
+                f"state file {file} cannot be made private (mode {STATE_FILE_MODE:04o}): "
+                f"{error.strerror or error}"
+            ) from error
+
+
+def _named(
+    record: Callable[[str, float, dict[str, object]], _Named], kind: str, row: tuple[object, ...]
+) -> _Named:
+    """A model or endpoint configuration row as its record; StateFileError names a bad one."""
+    try:
+        return record(str(row[0]), _float(row[1]), _decode(row[2]))
+    except StateFileError as error:
+        raise StateFileError(f"{kind} {row[0]!r}: {error.message}") from error
 
 
 def _corrupt(path: Path, detail: str) -> StateFileError:

@@ -33,7 +33,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from splitserve.config import MAX_PRODUCTION_VARIANTS
+from splitserve.config import (
+    ALLOWED_ENVIRONMENT_NAMES,
+    MAX_PRODUCTION_VARIANTS,
+    RESERVED_ENVIRONMENT_NAMES,
+    RESERVED_ENVIRONMENT_PREFIXES,
+)
 from splitserve.errors import ValidationException
 
 #: SageMaker's `integer` is a signed 32-bit value.
@@ -1025,3 +1030,37 @@ def check_deployment_config(config: Mapping[str, object] | None) -> None:
             "(at 'deploymentConfig.blueGreenUpdatePolicy.trafficRoutingConfiguration.type'): "
             "updates shift all traffic at once (ALL_AT_ONCE)."
         )
+
+
+def reserved_environment_names(environment: Iterable[str]) -> list[str]:
+    """The names in `environment` a model may not set (config.RESERVED_ENVIRONMENT_*), sorted."""
+    return sorted(
+        name
+        for name in environment
+        if name not in ALLOWED_ENVIRONMENT_NAMES
+        and (name in RESERVED_ENVIRONMENT_NAMES or name.startswith(RESERVED_ENVIRONMENT_PREFIXES))
+    )
+
+
+def check_environment(environment: Mapping[str, object] | None, *, where: str) -> None:
+    """Refuse Environment variables that change how a worker loads or runs code.
+
+    Args:
+        environment: a container's Environment map (None: there is none).
+        where: where it is, for the message: "at 'primaryContainer.environment'", or
+            'of model "m1"' for a stored model (one created before a name was reserved).
+
+    Raises:
+        ValidationException: naming every reserved key (README, "Security").
+    """
+    reserved = reserved_environment_names(environment or {})
+    if not reserved:
+        return
+    names = ", ".join(reserved)
+    noun = "variable" if len(reserved) == 1 else "variables"
+    raise ValidationException(
+        f"The Environment {noun} {names} ({where}) may not be set: splitserve reserves the "
+        "variables that change how a model server loads or runs code (the dynamic loader's, "
+        "the interpreters', PATH, ...) and those it sets itself. See the Security section of "
+        "the README for the list."
+    )
