@@ -140,10 +140,13 @@ async def test_create_model_refusals(
     assert message in refused.value.message
 
 
-async def test_missing_artifact_is_not_an_error_at_create_model(service: ControlService) -> None:
+async def test_missing_artifact_is_not_an_error_at_create_model(
+    service: ControlService, settings: Settings
+) -> None:
     await create_model(service, "later", "s3://bucket/not-yet/model.tar.gz")
-    await create_model(service, "local-file", "file:///srv/models/model.tar.gz")
-    await create_model(service, "absolute", "/srv/models/model.tar.gz")
+    store = settings.model_store.resolve()
+    await create_model(service, "local-file", f"file://{store}/models/model.tar.gz")
+    await create_model(service, "absolute", f"{store}/models/model.tar.gz")
 
 
 async def test_endpoint_config_round_trips(service: ControlService, settings: Settings) -> None:

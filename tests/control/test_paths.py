@@ -112,3 +112,50 @@ def test_a_symlink_loop_is_refused(store: Path) -> None:
     (store / "bucket" / "loop").symlink_to(store / "bucket" / "loop")
     with pytest.raises(ValidationException):
         LocalPathResolver(store).resolve("s3://bucket/loop/x", field="f")
+
+
+# --- model artifacts: only under the model store or an allowed directory --------------------------
+
+
+def test_model_data_outside_the_store_is_refused(store: Path, tmp_path: Path) -> None:
+    resolver = LocalPathResolver(store)
+    for url in ("file:///etc/shadow", "/etc/shadow", f"file://{tmp_path}/elsewhere.tar.gz"):
+        with pytest.raises(ValidationException) as refused:
+            resolver.resolve_model_data(url, field="primaryContainer.modelDataUrl")
+        message = refused.value.message
+        assert "at 'primaryContainer.modelDataUrl'" in message
+        assert "must lie under the gateway's model store" in message
+        assert "--allow-artifact-path" in message
+    inside = store / "bucket" / "model.tar.gz"
+    assert resolver.resolve_model_data(f"file://{inside}", field="f") == inside
+    assert resolver.resolve_model_data(str(inside), field="f") == inside
+    assert resolver.resolve_model_data("s3://bucket/model.tar.gz", field="f") == inside.resolve()
+
+
+def test_allowed_artifact_paths_are_taken(store: Path, tmp_path: Path) -> None:
+    allowed = tmp_path / "artifacts"
+    (allowed / "v1").mkdir(parents=True)
+    resolver = LocalPathResolver(store, [allowed])
+    model = allowed / "v1" / "model.tar.gz"
+    assert resolver.resolve_model_data(f"file://{model}", field="f") == model
+    assert resolver.resolve_model_data(str(allowed / "v1"), field="f") == allowed / "v1"
+    with pytest.raises(ValidationException, match="must lie under"):
+        resolver.resolve_model_data(str(tmp_path / "other.tar.gz"), field="f")
+
+
+def test_a_symlink_out_of_an_allowed_directory_is_refused(store: Path, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s")
+    (store / "bucket" / "model.tar.gz").symlink_to(tmp_path / "secret")
+    resolver = LocalPathResolver(store)
+    with pytest.raises(ValidationException, match="symbolic links resolved"):
+        resolver.resolve_model_data(str(store / "bucket" / "model.tar.gz"), field="f")
+
+
+def test_a_whole_artifact_directory_is_refused(store: Path, tmp_path: Path) -> None:
+    allowed = tmp_path / "artifacts"
+    allowed.mkdir()
+    resolver = LocalPathResolver(store, [allowed])
+    for url in (str(store), f"file://{allowed}/", str(allowed)):
+        with pytest.raises(ValidationException, match="a whole artifact directory"):
+            resolver.resolve_model_data(url, field="f")
+    assert resolver.resolve_model_data("s3://bucket/dir", field="f") == store / "bucket" / "dir"

@@ -21,6 +21,11 @@ from botocore.config import Config
 
 _START_TIMEOUT_SECONDS = 30.0
 
+#: Run as root, the gateway runs its workers as `nobody`, who can reach neither pytest's 0700
+#: temporary directories nor an interpreter under /root: keep them root here (tests/workers tests
+#: the switch itself).
+_WORKER_USER = ("--worker-user", "root") if os.geteuid() == 0 else ()
+
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
@@ -82,7 +87,8 @@ def start_gateway(
             [
                 *command_prefix,
                 sys.executable, "-m", "splitserve.cli", "serve", "--port", str(port),
-                "--state-dir", str(state_dir), "--model-store", str(model_store), *extra,
+                "--state-dir", str(state_dir), "--model-store", str(model_store),
+                *_WORKER_USER, *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

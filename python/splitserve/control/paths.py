@@ -3,8 +3,14 @@
 `s3://bucket/key` means `<model store>/bucket/key`: the model store stands in for S3, and nothing
 named through s3:// may resolve outside it (no `.` or `..` segments, no absolute keys, no symbolic
 link that leads out; the final path is resolved and checked for containment). `file://` URLs and
-absolute paths name local files directly: the operator who writes them chooses where they point.
-https:// locations are refused; the gateway downloads nothing.
+absolute paths name local files directly. https:// locations are refused; the gateway downloads
+nothing.
+
+A model artifact (`resolve_model_data`) must moreover lie under the model store or a directory the
+operator allowed (`--allow-artifact-path`), symbolic links resolved: otherwise any CreateModel
+caller could have the gateway read any file of the host (`file:///etc/shadow`) into a model
+directory. The workers check again at deploy time, on what they actually open
+(`splitserve.workers.artifacts`).
 
 A location that does not exist is not an error here: SageMaker checks a model's artifact when it
 deploys it, and so does the control service (the endpoint goes Failed, naming the missing URL).
@@ -13,6 +19,7 @@ deploys it, and so does the control service (the endpoint goes Failed, naming th
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -25,9 +32,11 @@ _LOCAL_HOSTS = ("", "localhost")
 class LocalPathResolver:
     """Turns the locations clients send (ModelDataUrl, S3Uri, DestinationS3Uri) into local paths."""
 
-    def __init__(self, model_store: Path) -> None:
-        """Resolve s3:// locations under `model_store` (made absolute; it need not exist yet)."""
+    def __init__(self, model_store: Path, allowed_artifact_paths: Sequence[Path] = ()) -> None:
+        """Resolve s3:// locations under `model_store` (made absolute; it need not exist yet);
+        model artifacts may also come from under `allowed_artifact_paths`."""
         self._root = Path(os.path.abspath(model_store))
+        self._allowed = tuple(Path(os.path.abspath(path)) for path in allowed_artifact_paths)
 
     @property
     def model_store(self) -> Path:
@@ -74,6 +83,41 @@ class LocalPathResolver:
             field,
             "Member must be an s3://<bucket>/<key> URL, a file:// URL or an absolute path",
         )
+
+    def resolve_model_data(self, url: str, *, field: str) -> Path:
+        """The local path of a model artifact (`ModelDataUrl`), which must lie under the model
+        store or an allowed artifact directory, and may not be one of them whole. Reads
+        symbolic links: call it off the event loop.
+
+        Args:
+            url: as for `resolve`.
+            field: as for `resolve`.
+
+        Raises:
+            ValidationException: as for `resolve`, or the location (symbolic links resolved)
+                is outside those directories, or is one of them.
+        """
+        path = self.resolve(url, field=field)
+        try:
+            real = path.resolve()
+            roots = [root.resolve() for root in (self._root, *self._allowed)]
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, an unencodable name
+            raise _refused(url, field, "the location cannot be resolved") from None
+        if real in roots:
+            raise _refused(
+                url,
+                field,
+                "the location is a whole artifact directory; name a model file or a model "
+                "directory under it",
+            )
+        if not any(real.is_relative_to(root) for root in roots):
+            raise _refused(
+                url,
+                field,
+                "model artifacts must lie under the gateway's model store or a directory "
+                "allowed with --allow-artifact-path (symbolic links resolved)",
+            )
+        return path
 
     def _resolve_s3(self, url: str, field: str) -> Path:
         bucket, _, key = url.removeprefix("s3://").partition("/")

@@ -38,6 +38,8 @@ from pathlib import Path
 
 from splitserve.workers import launch
 
+logger = logging.getLogger(__name__)
+
 #: Where worker output is logged, one record per line, prefixed by the instance name.
 output_logger = logging.getLogger("splitserve.workers.output")
 
@@ -114,7 +116,7 @@ class WorkerUser:
                 " and no home is enough) or name another with --worker-user"
             ) from None
         if entry.pw_uid == 0:
-            output_logger.warning(
+            logger.warning(
                 "workers run as root (--worker-user %s): a model server can do anything on this"
                 " host",
                 name,
