@@ -132,7 +132,7 @@ class ControlService:
         self._deployer = deployer
         self._instance_types = frozenset(instance_types)
         self._max_instances_per_variant = max_instances_per_variant
-        self._resolver = LocalPathResolver(settings.model_store)
+        self._resolver = LocalPathResolver(settings.model_store, settings.allowed_artifact_paths)
         # One thread for every SQLite call: the connection is never used by two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitserve-store")
         # Held by every read-check-write of an endpoint, so checks and writes do not interleave.
@@ -219,7 +219,7 @@ class ControlService:
         _check_container(container, where)
         location, field = _model_data_location(container, where)
         if location is not None:
-            await asyncio.to_thread(self._resolver.resolve, location, field=field)
+            await asyncio.to_thread(self._resolver.resolve_model_data, location, field=field)
         document = {
             key: value for key, value in request.items() if key not in ("ModelName", "Tags")
         }
@@ -1062,7 +1062,7 @@ class ControlService:
             model_data = None
             if variant.model_data_url is not None:
                 model_data = await asyncio.to_thread(
-                    self._resolver.resolve, variant.model_data_url, field="modelDataUrl"
+                    self._resolver.resolve_model_data, variant.model_data_url, field="modelDataUrl"
                 )
             plans.append(
                 VariantPlan(
