@@ -118,8 +118,8 @@ async def _capture_writer(app: web.Application) -> AsyncIterator[None]:
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
     """Open the store, start supervisor and deployer, recover endpoints; undo it in reverse."""
     settings = app[keys.SETTINGS]
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store.open(settings.state_dir / "state.sqlite3")
+    # Opening reads and checks the whole file (and may create its directory): off the loop.
+    store = await asyncio.to_thread(Store.open, settings.state_file)
     registry = app[keys.ENDPOINTS]
     deployer = FleetDeployer(settings, registry, app[keys.CAPTURE])
     catalog = InstanceCatalog()
@@ -136,7 +136,12 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         artifact_roots=(settings.model_store, *settings.allowed_artifact_paths),
     )
     deployer.attach(supervisor)
-    control = ControlService(settings, store, deployer, instance_types=catalog.names())
+    control = ControlService(
+        settings,
+        store,
+        deployer,
+        instance_vcpus={name: catalog.get(name).vcpus for name in catalog.names()},
+    )
     app[keys.CONTROL] = control
     app[keys.MINUTES] = deployer.minutes
     INSTANCES.attach(deployer, CpuSampler(settings.stats.cpu_sample_min_seconds))

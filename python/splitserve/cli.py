@@ -5,6 +5,7 @@ splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--
                  [--health-check-interval S] [--body-read-timeout S] [--header-read-timeout S]
                  [--max-connections N] [--max-inflight-body-bytes N] [--worker-user NAME]
                  [--allow-artifact-path DIR]... [--max-artifact-bytes N] [--max-artifact-files N]
+                 [--max-instances-per-variant N] [--max-vcpu-overcommit X]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
 splitserve evaluate --capture DIR --ground-truth PATH [--endpoint E] [--threshold 0.5] [--json]
                     [--plot FILE.png] [--weights Variant1=1,Variant2=1 | --url URL]
@@ -162,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the most files and directories a model artifact may unpack to (default %(default)s)",
     )
+    serve.add_argument(
+        "--max-instances-per-variant",
+        type=positive_count,
+        default=_DEFAULTS.control.max_instances_per_variant,
+        metavar="N",
+        help="the most instances one variant may run; more is ResourceLimitExceeded "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-vcpu-overcommit",
+        type=positive_factor,
+        default=_DEFAULTS.control.max_vcpu_overcommit,
+        metavar="X",
+        help="one endpoint's instances may have at most X times the host's CPUs in vCPUs "
+        "(each counting at most the host's CPUs); more is ResourceLimitExceeded "
+        "(default %(default)g)",
+    )
     serve.add_argument("--log-level", default="INFO")
     _add_stats_command(commands)
     _add_evaluate_command(commands)
@@ -224,6 +242,17 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def positive_factor(text: str) -> float:
+    """A number above 0 (fractions allowed), for the multiple options."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
     return value
 
 
@@ -309,10 +338,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The `Settings` for `splitserve serve` with the given arguments."""
-    state_dir: Path = args.state_dir
+    located = _DEFAULTS.with_state_dir(args.state_dir, args.model_store)
     workers: WorkerSettings = replace(
-        _DEFAULTS.workers,
-        run_dir=state_dir / "run",
+        located.workers,
         allow_pickle=args.allow_pickle,
         use_tcp=args.worker_tcp,
         max_batch_rows=args.max_batch_rows,
@@ -323,11 +351,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_artifact_files=args.max_artifact_files,
     )
     return replace(
-        _DEFAULTS,
+        located,
         host=args.host,
         port=args.port,
-        state_dir=state_dir,
-        model_store=args.model_store if args.model_store is not None else state_dir / "models",
         images_file=args.images,
         allowed_artifact_paths=tuple(args.allow_artifact_path),
         body_read_timeout_seconds=args.body_read_timeout,
@@ -337,6 +363,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             header_read_timeout_seconds=args.header_read_timeout,
             max_connections=args.max_connections,
             max_inflight_body_bytes=args.max_inflight_body_bytes,
+        ),
+        control=replace(
+            _DEFAULTS.control,
+            max_instances_per_variant=args.max_instances_per_variant,
+            max_vcpu_overcommit=args.max_vcpu_overcommit,
         ),
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
     )

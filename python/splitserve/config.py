@@ -7,7 +7,7 @@ the Rust core) holds a default of its own. `cli.main` alone builds a `Settings` 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 #: SageMaker's InvokeEndpoint body limit (the service model's blob max): 6 MiB.
@@ -76,6 +76,15 @@ ALLOWED_ENVIRONMENT_NAMES = frozenset(
     }
 )
 
+#: The state directory's default; everything below derives from the state directory in force
+#: (`Settings.with_state_dir`).
+DEFAULT_STATE_DIR = Path(".splitserve")
+
+#: The state file, the model store and the workers' run directory, inside the state directory.
+STATE_FILE_NAME = "state.sqlite3"
+MODEL_STORE_DIR_NAME = "models"
+RUN_DIR_NAME = "run"
+
 #: The state file's mode: it holds every model's Environment, which may carry secrets.
 STATE_FILE_MODE = 0o600
 
@@ -97,6 +106,28 @@ class RouterSettings:
 
     seed: int | None = None
     default_routing_strategy: str = "LEAST_OUTSTANDING_REQUESTS"
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """What the control plane lets one endpoint ask of the host (README, "Limits").
+
+    Both limits are checked when instances are asked for, as SageMaker checks its quotas: by
+    CreateEndpoint and UpdateEndpoint (the configuration's counts) and by
+    UpdateEndpointWeightsAndCapacities (DesiredInstanceCount), which answer
+    ResourceLimitExceeded; CreateEndpointConfig stores any count the API allows.
+
+    Attributes:
+        max_instances_per_variant: the most instances one variant may run.
+        max_vcpu_overcommit: the vCPUs of all of one endpoint's instances may add up to at most
+            this many times the host's CPUs (`WorkerSettings.host_cpus()`). An instance counts
+            its type's vCPUs, but never more than the host's CPUs: it is pinned to that many at
+            most (`workers.catalog.CpuAllocator`), so a large type on a small host counts as
+            the whole host, not as more.
+    """
+
+    max_instances_per_variant: int = 16
+    max_vcpu_overcommit: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -129,7 +160,7 @@ class WorkerSettings:
             the last lines still go into a failure reason).
     """
 
-    run_dir: Path = Path(".splitserve/run")
+    run_dir: Path = DEFAULT_STATE_DIR / RUN_DIR_NAME
     cpu_pool: tuple[int, ...] | None = None
     use_tcp: bool = False
     ping_timeout_seconds: float = 2.0
@@ -310,26 +341,43 @@ class Settings:
         body_read_timeout_seconds: an InvokeEndpoint body must arrive whole within this, counted
             from the handler's start; a slower one (a client trickling bytes to hold the
             connection) is answered 408. aiohttp has no body timeout of its own.
+        control: the limits the control plane puts on one endpoint's instances.
         auth: signature checks on the control and data planes (off by default).
         edge: limits on client connections: count, header time, body bytes in flight.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
-    state_dir: Path = Path(".splitserve")
-    model_store: Path = Path(".splitserve/models")
+    state_dir: Path = DEFAULT_STATE_DIR
+    model_store: Path = DEFAULT_STATE_DIR / MODEL_STORE_DIR_NAME
     images_file: Path | None = None
     allowed_artifact_paths: tuple[Path, ...] = ()
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     body_read_timeout_seconds: float = 30.0
     account: AccountSettings = field(default_factory=AccountSettings)
     router: RouterSettings = field(default_factory=RouterSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
+
+    @property
+    def state_file(self) -> Path:
+        """The control plane's SQLite file, inside the state directory."""
+        return self.state_dir / STATE_FILE_NAME
+
+    def with_state_dir(self, state_dir: Path, model_store: Path | None = None) -> Settings:
+        """These settings moved to `state_dir`, with what derives from it: the model store
+        (unless `model_store` is given) and the workers' run directory."""
+        return replace(
+            self,
+            state_dir=state_dir,
+            model_store=state_dir / MODEL_STORE_DIR_NAME if model_store is None else model_store,
+            workers=replace(self.workers, run_dir=state_dir / RUN_DIR_NAME),
+        )
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,20 @@ from typing import Any
 
 import pytest
 
-from splitserve.config import Settings
+from splitserve.config import ControlSettings, Settings, WorkerSettings
 from splitserve.control.deployer import DeploymentPlan
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
 
-#: The instance types the tests' "catalog" offers.
-INSTANCE_TYPES = frozenset({"ml.m5.large", "ml.m5.xlarge", "ml.c5.large", "ml.t2.medium"})
+#: The instance types the tests' "catalog" offers, with their vCPUs.
+INSTANCE_VCPUS = {"ml.m5.large": 2, "ml.m5.xlarge": 4, "ml.c5.large": 2, "ml.t2.medium": 2}
+INSTANCE_TYPES = frozenset(INSTANCE_VCPUS)
+
+#: The host the tests' limits assume: 4 CPUs, whatever the machine has.
+HOST_CPUS = (0, 1, 2, 3)
+
+#: The tests' per-variant instance cap (lower than the default, to test it cheaply).
+MAX_INSTANCES_PER_VARIANT = 8
 
 ACCOUNT_ARN = "arn:aws:sagemaker:us-east-1:123456789012"
 IMAGE = "local/xgboost:1.7-1"
@@ -125,8 +132,14 @@ class RecordingDeployer:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Settings with the state and the model store under the test's temporary directory."""
-    return Settings(state_dir=tmp_path / "state", model_store=tmp_path / "models")
+    """Settings with the state and the model store under the test's temporary directory, a
+    4-CPU host and a cap of 8 instances per variant (the vCPU overcommit is the default)."""
+    return Settings(
+        state_dir=tmp_path / "state",
+        model_store=tmp_path / "models",
+        workers=WorkerSettings(cpu_pool=HOST_CPUS),
+        control=ControlSettings(max_instances_per_variant=MAX_INSTANCES_PER_VARIANT),
+    )
 
 
 @pytest.fixture
@@ -146,8 +159,7 @@ async def open_service(settings: Settings, deployer: RecordingDeployer) -> Contr
         settings,
         Store.open(state_file(settings)),
         deployer,
-        instance_types=INSTANCE_TYPES,
-        max_instances_per_variant=8,
+        instance_vcpus=INSTANCE_VCPUS,
     )
     await service.start()
     return service

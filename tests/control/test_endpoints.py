@@ -707,11 +707,11 @@ async def test_store_calls_run_off_the_event_loop(
             threads.add(threading.current_thread().name)
             return super().get_endpoint(name)
 
-    from tests.control.conftest import INSTANCE_TYPES, state_file
+    from tests.control.conftest import INSTANCE_VCPUS, state_file
 
     plain = Store.open(state_file(settings))
     store = WatchedStore(plain.path, plain._connection)  # type: ignore[arg-type]
-    service = ControlService(settings, store, deployer, instance_types=INSTANCE_TYPES)
+    service = ControlService(settings, store, deployer, instance_vcpus=INSTANCE_VCPUS)
     await service.start()
     try:
         with pytest.raises(ValidationException):

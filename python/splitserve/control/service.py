@@ -49,7 +49,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar
@@ -57,6 +57,7 @@ from typing import Any, ParamSpec, TypeVar
 from splitserve.capture.spec import DataCapture
 from splitserve.config import Settings
 from splitserve.control.deployer import Deployer, DeploymentPlan, VariantPlan
+from splitserve.control.limits import InstanceLimits
 from splitserve.control.models import (
     FAILOVER_TAG,
     IN_PROGRESS_STATUSES,
@@ -86,7 +87,6 @@ from splitserve.control.validation import (
 )
 from splitserve.errors import (
     DeploymentError,
-    ResourceLimitExceeded,
     SerializationException,
     SplitserveError,
     UnknownOperationException,
@@ -113,25 +113,28 @@ class ControlService:
         store: Store,
         deployer: Deployer,
         *,
-        instance_types: Iterable[str],
-        max_instances_per_variant: int | None = None,
+        instance_vcpus: Mapping[str, int],
     ) -> None:
         """Build the service; nothing runs until `start()`.
 
         Args:
-            settings: account (ARNs), model store (s3:// locations), default routing strategy.
+            settings: account (ARNs), model store (s3:// locations), default routing strategy,
+                the instance limits (`settings.control`) and the host's CPUs.
             store: the open state store; the service closes it in `close()`.
             deployer: what runs the endpoints.
-            instance_types: the instance types the workers' catalog can run.
-            max_instances_per_variant: the most instances one variant may ask for (answered with
-                ResourceLimitExceeded above it); None for no limit beyond the API's.
+            instance_vcpus: the instance types the workers' catalog can run, with their vCPUs.
         """
         self._account = settings.account
         self._default_routing_strategy = settings.router.default_routing_strategy
         self._store = store
         self._deployer = deployer
-        self._instance_types = frozenset(instance_types)
-        self._max_instances_per_variant = max_instances_per_variant
+        self._instance_types = frozenset(instance_vcpus)
+        self._limits = InstanceLimits(
+            instance_vcpus=dict(instance_vcpus),
+            host_cpus=len(settings.workers.host_cpus()),
+            max_instances_per_variant=settings.control.max_instances_per_variant,
+            max_vcpu_overcommit=settings.control.max_vcpu_overcommit,
+        )
         self._resolver = LocalPathResolver(settings.model_store, settings.allowed_artifact_paths)
         # One thread for every SQLite call: the connection is never used by two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitserve-store")
@@ -390,7 +393,7 @@ class ControlService:
             if await self._db(self._store.get_endpoint, name) is not None:
                 raise ValidationException(f'Cannot create already existing endpoint "{arn}".')
             config = await self._endpoint_config(_text(request, "EndpointConfigName"))
-            variants = await self._variants_for(config, retained=None)
+            variants = await self._variants_for(name, config, retained=None)
             plan = await self._plan(
                 name,
                 config.name,
@@ -469,7 +472,9 @@ class ControlService:
                     _text(item, "VariantPropertyType")
                     for item in _mappings(request.get("ExcludeRetainedVariantProperties"))
                 }
-            variants = await self._variants_for(config, retained=retained, excluded=excluded)
+            variants = await self._variants_for(
+                current.name, config, retained=retained, excluded=excluded
+            )
             if deployment_config is None and request.get("RetainDeploymentConfig") is True:
                 deployment_config = _optional_mapping(current.deployment_config)
             generation = current.generation + 1
@@ -539,8 +544,10 @@ class ControlService:
                 for variant in current.variants
             )
             check_weight_sum(variant.desired_weight for variant in updated)
-            for variant in updated:
-                self._check_instance_limit(variant.variant_name, variant.desired_instance_count)
+            self._limits.check(
+                [(v.variant_name, v.instance_type, v.desired_instance_count) for v in updated],
+                endpoint_name=current.name,
+            )
             record = replace(
                 current, status=EndpointStatus.UPDATING, last_modified_time=now, variants=updated
             )
@@ -982,16 +989,9 @@ class ControlService:
                 "is the only operation it allows."
             )
 
-    def _check_instance_limit(self, variant_name: str, count: int) -> None:
-        limit = self._max_instances_per_variant
-        if limit is not None and count > limit:
-            raise ResourceLimitExceeded(
-                f'The instance count {count} requested for variant "{variant_name}" is over this '
-                f"gateway's limit of {limit} instances per variant."
-            )
-
     async def _variants_for(
         self,
+        endpoint_name: str,
         config: EndpointConfigRecord,
         *,
         retained: Mapping[str, DeployedVariant] | None,
@@ -1019,7 +1019,6 @@ class ControlService:
                     weight = live.desired_weight
                 if "DesiredInstanceCount" not in (excluded or set()):
                     count = live.desired_instance_count
-            self._check_instance_limit(variant_name, count)
             container = model.container()
             environment = _optional_mapping(container.get("Environment")) or {}
             check_environment(environment, where=f'of model "{model.name}"')
@@ -1044,6 +1043,10 @@ class ControlService:
                     desired_instance_count=count,
                 )
             )
+        self._limits.check(
+            [(v.variant_name, v.instance_type, v.desired_instance_count) for v in variants],
+            endpoint_name=endpoint_name,
+        )
         return tuple(variants)
 
     async def _plan(
