@@ -7,8 +7,8 @@ Groups (`make bench` prints each group as one table; in `make test` every case r
   a frozen dataclass built by keyword.
 - "gateway - metrics": what one successful invocation records (Invocations,
   InvocationsPerInstance, its minute, model and overhead latency), through a variant's
-  `VariantMetrics`, against prometheus_client's Counter and Histogram children (which the gateway
-  used before) and against resolving the labels on every request.
+  `VariantRecorder` (`invoked` and `answered`), against prometheus_client's Counter and Histogram
+  children (which the gateway used before) and against resolving the labels on every request.
 - "gateway - live": a fixed batch of concurrent invocations through a live `splitserve serve`, in
   front of two stand-in workers (`benches/standin_server.py`, run as a bring-your-own image) that
   answer at once, against the plain aiohttp gateway (`benches/plain_gateway.py`) over the same
@@ -43,10 +43,11 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from benches.load import BODY, INVOKE_PATH, Fleet, Gateway, start_others, start_splitserve
 from benches.load_tools import Processes, cpu_seconds, pin, process_tree
-from splitserve.metrics.prometheus import MODEL_BUCKETS, OVERHEAD_BUCKETS, VariantMetrics
+from splitserve.metrics.minutes import VariantMinutes
+from splitserve.metrics.prometheus import MODEL_BUCKETS, OVERHEAD_BUCKETS
+from splitserve.metrics.recorder import VariantRecorder
 from splitserve.runtime.routes import STICKY_KEY_HEADER, read_invocation
 from splitserve.runtime.service import Invocation
-from splitserve.metrics.minutes import VariantMinutes
 
 CALLS_PER_ROUND = 100
 #: Invocations per round of the live benchmark, and how many are in flight at once.
@@ -150,21 +151,17 @@ _OVERHEAD_SECONDS = 0.00004
 
 
 @pytest.mark.benchmark(group="gateway - metrics")
-def test_metrics_variant_metrics(benchmark: BenchmarkFixture) -> None:
-    """splitserve: one success recorded through a variant's VariantMetrics, CALLS_PER_ROUND x."""
-    metrics = VariantMetrics.resolve("bench-metrics", "Variant1", VariantMinutes(2))
+def test_metrics_variant_recorder(benchmark: BenchmarkFixture) -> None:
+    """splitserve: one success recorded through a variant's VariantRecorder, CALLS_PER_ROUND x."""
+    recorder = VariantRecorder.resolve("bench-metrics", "Variant1", VariantMinutes(2))
 
     def calls() -> None:
         for _ in itertools.repeat(None, CALLS_PER_ROUND):
-            metrics.invocations.inc()
-            metrics.invocations_per_instance.inc(1.0)
-            metrics.minutes.count_invocation()
-            metrics.model_latency.observe(_MODEL_SECONDS)
-            metrics.minutes.observe_latency(_MODEL_SECONDS)
-            metrics.overhead_latency.observe(_OVERHEAD_SECONDS)
+            recorder.invoked(1)
+            recorder.answered(_MODEL_SECONDS, _OVERHEAD_SECONDS)
 
     benchmark(calls)
-    assert metrics.invocations.value > 0
+    assert recorder.metrics.invocations.value > 0
 
 
 def _prometheus_families() -> tuple[Counter, Counter, Histogram, Histogram]:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from splitserve._router import Router, VariantSpec
+from splitserve._router import Route, Router, VariantSpec
 
 VARIANT_COUNTS = [2, 10]
 INSTANCES_PER_VARIANT = 2
@@ -54,7 +54,7 @@ def variant_specs(request: pytest.FixtureRequest) -> list[VariantSpec]:
 @pytest.fixture
 def router(variant_specs: list[VariantSpec]) -> Router:
     """A seeded router over `variant_specs`."""
-    return Router(variant_specs, salt="bench", seed=1)
+    return Router(variant_specs, salt="bench", seed=1, failover=False)
 
 
 def _names(specs: list[VariantSpec]) -> list[str]:
@@ -72,12 +72,12 @@ def test_router_route_untargeted(
     """Router.route(): weighted variant, least-loaded instance (the in-flight counts only grow)."""
     route = router.route
 
-    def calls() -> tuple[str, str]:
+    def calls() -> Route:
         for _ in itertools.repeat(None, CALLS_PER_ROUND - 1):
             route()
         return route()
 
-    _check(benchmark(calls)[0], variant_specs)
+    _check(benchmark(calls).variant, variant_specs)
 
 
 def test_router_route_sticky(
@@ -86,26 +86,27 @@ def test_router_route_sticky(
     """Router.route(key=...): rendezvous-hashed variant for a user id, then an instance."""
     route = router.route
 
-    def calls() -> tuple[str, str]:
+    def calls() -> Route:
         for _ in itertools.repeat(None, CALLS_PER_ROUND - 1):
             route(key=STICKY_KEY)
         return route(key=STICKY_KEY)
 
-    _check(benchmark(calls)[0], variant_specs)
+    _check(benchmark(calls).variant, variant_specs)
 
 
 def test_router_route_and_release(
     benchmark: BenchmarkFixture, router: Router, variant_specs: list[VariantSpec]
 ) -> None:
-    """Router.route() then Router.release(instance): what one request costs the gateway."""
+    """Router.route() then Router.release(its instance): what one request costs the gateway."""
     route = router.route
     release = router.release
 
     def calls() -> str:
         variant = ""
         for _ in itertools.repeat(None, CALLS_PER_ROUND):
-            variant, instance = route()
-            release(instance)
+            picked = route()
+            release(picked.instance)
+            variant = picked.variant
         return variant
 
     _check(benchmark(calls), variant_specs)

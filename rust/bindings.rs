@@ -2,14 +2,13 @@
 //! Every method holds the GIL: each is nanosecond work with nothing to wait for.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyList, PyMapping, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyList, PyMapping, PyString};
 
 use crate::router;
 
-/// What the core hands back for a picked instance: its `(variant, instance)` tuple, made once per
-/// table. Tuples are immutable, so every pick of the instance returns the same object and a pick
-/// allocates nothing.
-type Label = Py<PyTuple>;
+/// What the core hands back for a picked instance: its `Instance` object, made once per table, so
+/// a pick converts no names.
+type Label = Py<Instance>;
 
 /// Each core error becomes its own Python exception class, with the core's message.
 impl From<router::RouterError> for PyErr {
@@ -36,13 +35,61 @@ impl From<router::RouterError> for PyErr {
 }
 
 /// Makes labels. The names are interned, so a name keeps one string object across table changes.
-fn labeller(py: Python<'_>) -> impl FnMut(&str, &str) -> PyResult<Label> + '_ {
-    move |variant, instance| {
-        let pair = [
-            PyString::intern(py, variant),
-            PyString::intern(py, instance),
-        ];
-        Ok(PyTuple::new(py, pair)?.unbind())
+fn labeller(
+    py: Python<'_>,
+) -> impl FnMut(&str, &str, router::InstanceHandle) -> PyResult<Label> + '_ {
+    move |variant, instance, handle| {
+        let instance = Instance {
+            variant: PyString::intern(py, variant).unbind(),
+            name: PyString::intern(py, instance).unbind(),
+            handle,
+        };
+        Py::new(py, instance)
+    }
+}
+
+/// One instance of a routing table, as a pick hands it back (see the stub).
+#[pyclass(frozen, module = "splitserve._router")]
+pub struct Instance {
+    #[pyo3(get)]
+    variant: Py<PyString>,
+    #[pyo3(get)]
+    name: Py<PyString>,
+    handle: router::InstanceHandle,
+}
+
+#[pymethods]
+impl Instance {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let variant = self.variant.bind(py).repr()?;
+        let name = self.name.bind(py).repr()?;
+        Ok(format!("Instance(variant={variant}, name={name})"))
+    }
+}
+
+/// What one `Router.route` call picked (see the stub).
+#[pyclass(frozen, module = "splitserve._router")]
+pub struct Route {
+    #[pyo3(get)]
+    variant: Py<PyString>,
+    #[pyo3(get)]
+    instance: Py<Instance>,
+    #[pyo3(get)]
+    healthy_instances: usize,
+    #[pyo3(get)]
+    failed_over: bool,
+}
+
+#[pymethods]
+impl Route {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let variant = self.variant.bind(py).repr()?;
+        let instance = self.instance.get().name.bind(py).repr()?;
+        Ok(format!(
+            "Route(variant={variant}, instance={instance}, healthy_instances={}, failed_over={})",
+            self.healthy_instances,
+            if self.failed_over { "True" } else { "False" }
+        ))
     }
 }
 
@@ -124,31 +171,43 @@ pub struct Router {
 #[pymethods]
 impl Router {
     #[new]
-    #[pyo3(signature = (variants, *, salt, seed))]
+    #[pyo3(signature = (variants, *, salt, seed, failover))]
     fn new(
         py: Python<'_>,
         variants: Vec<Bound<'_, VariantSpec>>,
         salt: &str,
         seed: Option<u64>,
+        failover: bool,
     ) -> PyResult<Self> {
-        let core = router::Router::new(&core_specs(variants), salt, seed, labeller(py))?;
+        let core = router::Router::new(&core_specs(variants), salt, seed, failover, labeller(py))?;
         Ok(Self { core })
     }
 
-    #[pyo3(signature = (target_variant=None, key=None))]
-    fn route<'py>(
-        &self,
-        py: Python<'py>,
-        target_variant: Option<&str>,
-        key: Option<&str>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
-        Ok(self
-            .core
-            .route(target_variant, key, |pair| pair.bind(py).clone())?)
+    #[getter]
+    fn failover(&self) -> bool {
+        self.core.failover()
     }
 
-    fn release(&self, instance: &str) -> Result<(), router::RouterError> {
-        self.core.release(instance)
+    #[pyo3(signature = (target_variant=None, key=None))]
+    fn route(
+        &self,
+        py: Python<'_>,
+        target_variant: Option<&str>,
+        key: Option<&str>,
+    ) -> PyResult<Route> {
+        Ok(self.core.route(target_variant, key, |routed| {
+            let instance = routed.label;
+            Route {
+                variant: instance.get().variant.clone_ref(py),
+                instance: instance.clone_ref(py),
+                healthy_instances: routed.healthy_instances,
+                failed_over: routed.failed_over,
+            }
+        })?)
+    }
+
+    fn release(&self, instance: &Bound<'_, Instance>) {
+        self.core.release(&instance.get().handle);
     }
 
     fn replace(&self, py: Python<'_>, variants: Vec<Bound<'_, VariantSpec>>) -> PyResult<()> {

@@ -52,6 +52,8 @@ fn _router(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     module.add_class::<bindings::VariantSpec>()?;
     module.add_class::<bindings::Router>()?;
+    module.add_class::<bindings::Route>()?;
+    module.add_class::<bindings::Instance>()?;
     module.add("RouterError", py.get_type::<RouterError>())?;
     module.add(
         "InvalidRoutingTableError",

@@ -1,4 +1,4 @@
-"""The error middleware puts every error on the wire in the form botocore parses for its plane."""
+"""Each plane's error boundary puts every error on the wire in the form botocore parses for it."""
 
 from __future__ import annotations
 
@@ -11,22 +11,25 @@ from aiohttp.test_utils import TestClient, TestServer
 from botocore.awsrequest import HeadersDict
 from botocore.parsers import create_parser
 
-from splitserve._router import NoHealthyInstanceError, UnknownVariantError
-from splitserve.app import errors_handled
+from splitserve._router import UnknownInstanceError
 from splitserve.errors import (
     InvocationValidationError,
     ModelError,
     ModelErrorDetail,
+    ServiceUnavailable,
     ValidationException,
 )
+from splitserve.wiring.boundary import ErrorBoundary, Plane
 
 _RAISED: dict[str, Exception] = {
     "validation": ValidationException('Could not find model "arn:aws:sagemaker:x:1:model/m".'),
     "invalid-invoke": InvocationValidationError("Endpoint e of account 1 not found."),
     "model": ModelError("Received client error (400)", ModelErrorDetail(400, "bad row", "arn:l")),
-    "variant": UnknownVariantError("Variant V3 is not a variant of endpoint e"),
-    "unhealthy": NoHealthyInstanceError("variant V1 has no healthy instance"),
+    "unhealthy": ServiceUnavailable("variant V1 has no healthy instance"),
     "bug": KeyError("internal detail"),
+    # The router's own errors are turned into the API's where they arise; one that escapes is a
+    # bug, and its text (which names an instance) stays in the log.
+    "router": UnknownInstanceError("instance 'internal-detail-0' is not in the routing table"),
 }
 
 
@@ -38,10 +41,9 @@ async def _raise(request: web.Request) -> web.Response:
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = web.Application(client_max_size=16)
+    app.router.add_routes(ErrorBoundary(Plane.CONTROL, 16).routes([web.post("/", _raise_control)]))
     app.router.add_routes(
-        errors_handled(
-            [web.post("/", _raise_control), web.post("/endpoints/{kind}/invocations", _raise)]
-        )
+        ErrorBoundary(Plane.RUNTIME, 16).routes([web.post("/endpoints/{kind}/invocations", _raise)])
     )
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
@@ -79,9 +81,9 @@ async def test_control_plane_error_body(client: TestClient[web.Request, web.Appl
     [
         ("invalid-invoke", 400, "ValidationError"),
         ("model", 424, "ModelError"),
-        ("variant", 400, "ValidationError"),
         ("unhealthy", 503, "ServiceUnavailable"),
         ("bug", 500, "InternalFailure"),
+        ("router", 500, "InternalFailure"),
     ],
 )
 async def test_runtime_error_codes(
@@ -109,10 +111,11 @@ async def test_model_error_carries_the_original(
 async def test_internal_errors_never_reach_the_client(
     client: TestClient[web.Request, web.Application],
 ) -> None:
-    response = await client.post("/endpoints/bug/invocations", data=b"1")
-    text = await response.text()
-    assert "internal detail" not in text
-    assert response.headers["x-amzn-RequestId"] in text
+    for kind in ("bug", "router"):
+        response = await client.post(f"/endpoints/{kind}/invocations", data=b"1")
+        text = await response.text()
+        assert "internal" not in text.replace("An internal error", "")
+        assert response.headers["x-amzn-RequestId"] in text
 
 
 async def test_oversized_body_is_413(client: TestClient[web.Request, web.Application]) -> None:

@@ -25,15 +25,13 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from splitserve import cli
-from splitserve.app import create_app, errors_handled, signed_routes
-from splitserve.config import AuthSettings, Settings
-from splitserve.control import routes as control_routes
+from splitserve.app import create_app, signed_routes
+from splitserve.config import MAX_PAYLOAD_BYTES, AuthSettings, Settings
 from splitserve.errors import (
     InvalidSignatureException,
     MissingAuthenticationToken,
     UnrecognizedClientException,
 )
-from splitserve.runtime import routes as runtime_routes
 from splitserve.wiring import auth, edge
 from splitserve.wiring.auth import (
     AccessKey,
@@ -42,6 +40,7 @@ from splitserve.wiring.auth import (
     SigV4Verifier,
     load_access_keys,
 )
+from splitserve.wiring.boundary import ErrorBoundary, Plane
 
 ACCESS_KEY_ID = "AKIDSPLITSERVE01"
 SECRET = "s3cr3t/K7MDENG+bPxRfiCYzEXAMPLEKEYwJalr"
@@ -433,14 +432,13 @@ async def client(
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """Both planes' routes, signature-checked, in front of a handler that echoes the body size."""
     app = web.Application()
+    control = ErrorBoundary(Plane.CONTROL, MAX_PAYLOAD_BYTES)
+    runtime = ErrorBoundary(Plane.RUNTIME, MAX_PAYLOAD_BYTES)
+    app.router.add_routes(control.routes(signed_routes([web.post("/", _echo)], verifier)))
     app.router.add_routes(
-        errors_handled(
-            signed_routes(
-                [web.post("/", _echo), web.post("/endpoints/{name}/invocations", _echo)], verifier
-            )
-        )
+        runtime.routes(signed_routes([web.post("/endpoints/{name}/invocations", _echo)], verifier))
     )
-    app.router.add_routes(errors_handled([web.get("/ping", _echo)]))
+    app.router.add_routes(control.routes([web.get("/ping", _echo)]))
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 
@@ -507,11 +505,12 @@ async def test_refusals_as_botocore_parses_them(
 
 
 def test_create_app_checks_only_the_planes_asked_for(tmp_path: Path) -> None:
-    def handlers(settings: Settings) -> dict[str, object]:
+    def handlers(settings: Settings) -> dict[str, str]:
         app = create_app(settings)
-        # What runs inside the error handling that create_app wraps around most handlers.
+        # The name of what runs inside the error boundary that create_app wraps around handlers:
+        # the plane's own handler, or the signature check in front of it.
         return {
-            route.resource.canonical: getattr(route.handler, "__wrapped__", route.handler)
+            route.resource.canonical: getattr(route.handler, "__wrapped__", route.handler).__name__
             for route in app.router.routes()
             if route.method == "POST" and route.resource is not None
         }
@@ -519,15 +518,13 @@ def test_create_app_checks_only_the_planes_asked_for(tmp_path: Path) -> None:
     keys_file = write_keys(tmp_path / "keys.toml", KEYS_TOML)
     invocations = "/endpoints/{name}/invocations"
     off = handlers(Settings(state_dir=tmp_path))
-    assert off == {"/": control_routes.sagemaker_api, invocations: runtime_routes.invoke_endpoint}
+    assert off == {"/": "sagemaker_api", invocations: "invoke_endpoint"}
     control_only = handlers(Settings(state_dir=tmp_path, auth=AuthSettings(keys_file=keys_file)))
-    assert control_only["/"] is not control_routes.sagemaker_api
-    assert control_only[invocations] is runtime_routes.invoke_endpoint
+    assert control_only == {"/": "checked", invocations: "invoke_endpoint"}
     both = handlers(
         Settings(state_dir=tmp_path, auth=AuthSettings(keys_file=keys_file, data_plane=True))
     )
-    assert both["/"] is not control_routes.sagemaker_api
-    assert both[invocations] is not runtime_routes.invoke_endpoint
+    assert both == {"/": "checked", invocations: "checked"}
 
 
 # --- the CLI ---------------------------------------------------------------------------------

@@ -18,21 +18,22 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitserve import app as gateway_app
-from splitserve.wiring import keys
 from splitserve._router import Router, VariantSpec
 from splitserve.config import Settings, StatsSettings
+from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
+from splitserve.metrics.minutes import MinuteStore
+from splitserve.metrics.procstat import CpuSampler, ProcessTimes, ProcessUsage, read_process
 from splitserve.metrics.prometheus import (
     REGISTRY,
     InstanceCollector,
-    VariantMetrics,
     remove_variant_series,
 )
-from splitserve.metrics.procstat import CpuSampler, ProcessTimes, ProcessUsage, read_process
+from splitserve.metrics.recorder import VariantRecorder
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
 from splitserve.runtime.service import InvocationService
-from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
-from splitserve.metrics.minutes import MinuteStore
+from splitserve.wiring import keys
+from splitserve.wiring.boundary import ErrorBoundary, Plane
 from splitserve.workers.supervisor import InstanceInfo
 from tests.e2e.conftest import free_port
 
@@ -250,6 +251,7 @@ async def gateway() -> AsyncIterator[Gateway]:
                     ],
                     salt=endpoint,
                     seed=1,
+                    failover=False,
                 ),
                 pools={
                     name: UpstreamPool(
@@ -257,8 +259,8 @@ async def gateway() -> AsyncIterator[Gateway]:
                     )
                     for name, address in pools.items()
                 },
-                metrics={
-                    variant: VariantMetrics.resolve(
+                recorders={
+                    variant: VariantRecorder.resolve(
                         endpoint, variant, minutes.variant(endpoint, variant)
                     )
                     for variant in ("Good", "Gone")
@@ -268,11 +270,15 @@ async def gateway() -> AsyncIterator[Gateway]:
         )
         app = web.Application()
         app[keys.SETTINGS] = settings
-        app[keys.INVOCATIONS] = InvocationService(settings, registry)
         app[keys.MINUTES] = minutes
-        app.router.add_routes(runtime_routes.ROUTES)
+        service = InvocationService(settings, registry)
         app.router.add_routes(
-            gateway_app.errors_handled(
+            ErrorBoundary(Plane.RUNTIME, settings.max_payload_bytes).routes(
+                runtime_routes.routes(service, settings)
+            )
+        )
+        app.router.add_routes(
+            ErrorBoundary(Plane.CONTROL, settings.max_payload_bytes).routes(
                 [
                     web.get("/metrics", gateway_app.metrics),
                     web.get("/splitserve/stats/{endpoint}", gateway_app.stats),
@@ -360,8 +366,7 @@ async def test_stats_route_refuses_bad_windows(gateway: Gateway) -> None:
 def test_removed_variants_leave_no_series() -> None:
     endpoint = f"r{uuid.uuid4().hex[:12]}"
     store = MinuteStore(StatsSettings(retention_minutes=5))
-    metrics = VariantMetrics.resolve(endpoint, "V", store.variant(endpoint, "V"))
-    metrics.invocations.inc()
+    VariantRecorder.resolve(endpoint, "V", store.variant(endpoint, "V")).invoked(1)
     labels = {"endpoint_name": endpoint, "variant_name": "V"}
     assert REGISTRY.get_sample_value("splitserve_invocations_total", labels) == 1
     remove_variant_series(endpoint, "V")

@@ -12,6 +12,10 @@ assignment depends on variant names, not their order.
 Inside the chosen variant an instance is picked among the healthy ones by its routing strategy:
 LEAST_OUTSTANDING_REQUESTS (fewest requests in flight, ties broken uniformly at random) or RANDOM.
 
+With failover on (a router option), an untargeted pick whose variant has no healthy instance is
+drawn again, by weight, among the variants with a weight above 0 and a healthy instance, from the
+same seeded generator, so seeded routers fail over reproducibly.
+
 Every call holds the GIL: each is nanoseconds of work with nothing to wait for. A `Router` is
 thread-safe: a table change swaps the whole table atomically, so a concurrent `route()` sees the old
 table or the new one, never a mix.
@@ -21,9 +25,11 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar, Self, final
 
 __all__ = [
+    "Instance",
     "InvalidRoutingTableError",
     "NoHealthyInstanceError",
     "NoRoutableVariantError",
+    "Route",
     "Router",
     "RouterError",
     "UnknownInstanceError",
@@ -102,6 +108,40 @@ class VariantSpec:
         """True if `other` is a VariantSpec with the same name, weight, instances and strategy."""
 
 @final
+class Instance:
+    """One instance of a routing table, as `Router.route` hands it back: its names, and a handle
+    on its in-flight count that `Router.release` takes. One object per instance and table, so
+    repeated picks of an instance return the same object."""
+
+    @property
+    def variant(self) -> str:
+        """The name of the instance's variant."""
+
+    @property
+    def name(self) -> str:
+        """The instance's name."""
+
+@final
+class Route:
+    """What one `Router.route` call picked (a new object per call)."""
+
+    @property
+    def variant(self) -> str:
+        """The variant that serves the request (after failover, the one failed over to)."""
+
+    @property
+    def instance(self) -> Instance:
+        """The instance that serves the request; give it to `Router.release` when done."""
+
+    @property
+    def healthy_instances(self) -> int:
+        """How many healthy instances the serving variant had at the pick (at least 1)."""
+
+    @property
+    def failed_over(self) -> bool:
+        """True when the drawn variant had no healthy instance and failover chose this one."""
+
+@final
 class Router:
     """A thread-safe router over one endpoint's production variants.
 
@@ -109,7 +149,9 @@ class Router:
     the in-flight count and health of every instance that keeps its name.
     """
 
-    def __new__(cls, variants: Sequence[VariantSpec], *, salt: str, seed: int | None) -> Self:
+    def __new__(
+        cls, variants: Sequence[VariantSpec], *, salt: str, seed: int | None, failover: bool
+    ) -> Self:
         """Build a router over `variants`.
 
         Args:
@@ -118,18 +160,26 @@ class Router:
                 and weights assign every key alike.
             seed: fixes the PRNG (0 <= seed < 2**64) so picks are reproducible; None seeds it from
                 the OS.
+            failover: an untargeted pick (sticky included) whose variant has no healthy instance
+                is drawn again by weight among the variants with a weight above 0 and a healthy
+                instance (the endpoint's `splitserve:failover` tag).
 
         Raises:
             InvalidRoutingTableError: `variants` break a rule (see the exception).
             OverflowError: `seed` is negative or not below 2**64.
         """
 
-    def route(self, target_variant: str | None = None, key: str | None = None) -> tuple[str, str]:
+    @property
+    def failover(self) -> bool:
+        """Whether untargeted picks fail over (as the router was built)."""
+
+    def route(self, target_variant: str | None = None, key: str | None = None) -> Route:
         """Pick a variant and one of its healthy instances, and count one more request in flight on
         that instance (undo with `release` when the request is done).
 
         The variant is `target_variant` whatever its weight, 0 included, if given; else the sticky
-        choice for `key` if given; else a weighted random choice.
+        choice for `key` if given; else a weighted random choice; then, with failover on and no
+        target, another variant if that one has no healthy instance.
 
         Args:
             target_variant: the variant to use (SageMaker's TargetVariant).
@@ -137,23 +187,22 @@ class Router:
                 weights stay the same.
 
         Returns:
-            (variant name, instance name). The tuple is cached per instance and table, so repeated
-            picks of one instance may return the same object.
+            The variant, the instance, the variant's healthy-instance count and whether the pick
+            failed over.
 
         Raises:
             UnknownVariantError: `target_variant` is not in the table.
             NoRoutableVariantError: no target, and every weight is 0.
-            NoHealthyInstanceError: the chosen variant has no healthy instance.
+            NoHealthyInstanceError: the chosen variant has no healthy instance (and failover, if
+                on, found no other); the message names the variant drawn.
         """
 
-    def release(self, instance: str) -> None:
-        """Count one request fewer in flight on `instance` (never below 0).
+    def release(self, instance: Instance) -> None:
+        """Count one request fewer in flight on `instance` (never below 0). The instance may have
+        left the table since its pick: its own count is released, nothing else changes.
 
         Args:
-            instance: an instance name, as `route` returned it.
-
-        Raises:
-            UnknownInstanceError: `instance` is not in the current table.
+            instance: the `Route.instance` of a pick of this router.
         """
 
     def replace(self, variants: Sequence[VariantSpec]) -> None:
@@ -219,7 +268,7 @@ class Router:
         """
 
     def healthy_instances(self, variant: str) -> list[str]:
-        """The healthy instances of one variant.
+        """The healthy instances of one variant (for gauges; a pick already returns the count).
 
         Args:
             variant: the variant's name.

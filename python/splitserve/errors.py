@@ -1,27 +1,19 @@
 """The errors splitserve raises, and the one table that maps each to its wire code and HTTP status.
 
 Every error a client may see derives from `SplitserveError`; its message is written for the client
-(it never carries internal exception text). The routing core's exceptions are declared in Rust
-(`splitserve._router`) and mapped here as well, so `app`'s middleware needs a single lookup.
+(it never carries internal exception text). The routing core's own exceptions (`splitserve._router`)
+never reach this table: the runtime service and the fleet deployer turn them into these classes
+where they arise, so this module imports nothing of the package.
 
-The two planes speak different wire formats (../shared/reference/sagemaker-api.md, section 1):
-the control plane (JSON 1.1) reads the code from the body's `__type`; the runtime (REST-JSON)
-from the `x-amzn-ErrorType` header. The table gives the code and status; the middleware picks
-the format by the plane the request came in on.
+The two planes speak different wire formats (docs/sagemaker-api.md, '1. Protocols'): the control
+plane (JSON 1.1) reads the code from the body's `__type`; the runtime (REST-JSON) from the
+`x-amzn-ErrorType` header. The table gives the code and status; each plane's error boundary
+(`wiring.boundary`) puts it in its plane's form.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from splitserve._router import (
-    InvalidRoutingTableError,
-    NoHealthyInstanceError,
-    NoRoutableVariantError,
-    RouterError,
-    UnknownInstanceError,
-    UnknownVariantError,
-)
 
 
 class SplitserveError(Exception):
@@ -146,13 +138,6 @@ ERROR_TABLE: dict[type[Exception], WireError] = {
     ServiceUnavailable: WireError("ServiceUnavailable", 503),
     InternalFailure: WireError("InternalFailure", 500),
     DeploymentError: WireError("ValidationException", 400),
-    # The Rust router's errors, as the runtime reports them.
-    UnknownVariantError: WireError("ValidationError", 400),
-    NoRoutableVariantError: WireError("ValidationError", 400),
-    NoHealthyInstanceError: WireError("ServiceUnavailable", 503),
-    InvalidRoutingTableError: WireError("ValidationException", 400),
-    UnknownInstanceError: WireError("InternalFailure", 500),
-    RouterError: WireError("InternalFailure", 500),
 }
 
 

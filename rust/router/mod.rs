@@ -1,15 +1,20 @@
 //! The routing core, free of Python: one call per request picks a production variant (weighted,
-//! targeted or sticky) and one of its healthy instances (least outstanding requests or random).
+//! targeted or sticky) and one of its healthy instances (least outstanding requests or random),
+//! and says how many healthy instances the variant has and whether the pick failed over.
 //!
 //! The table lives in an `ArcSwap`: a pick loads it without a lock, and a change (new specs, new
 //! weights) builds a whole new table and swaps it in, so a concurrent pick sees the old table or the
 //! new one, never a mix. Instances that keep their name across a change keep their in-flight count
 //! and health (the tables share the slot).
 //!
-//! The table is generic over a label type `L`, made once per instance (from its variant's name and
-//! its own) when a table is built, and handed back by each pick of that instance; the Python
-//! bindings use it to return a cached `(variant, instance)` tuple without allocating per call.
-//! Names and labels swap together because they live in the same table.
+//! The table is generic over a label type `L`, made once per instance (from its variant's name, its
+//! own and its `InstanceHandle`) when a table is built, and handed back by each pick of that
+//! instance; the Python bindings keep the Python-side names and handle object in it, so a pick
+//! converts nothing. Names and labels swap together because they live in the same table.
+//!
+//! Failover (a router option): when the variant an untargeted pick drew has no healthy instance,
+//! the pick is drawn again, by weight, among the variants with a weight above 0 and a healthy
+//! instance, from the same seeded generator.
 
 mod error;
 mod random;
@@ -24,7 +29,7 @@ use arc_swap::ArcSwap;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub use error::{InvalidTable, RouterError};
-pub use table::{RoutingStrategy, VariantSpec, MAX_PRODUCTION_VARIANTS};
+pub use table::{InstanceHandle, RoutingStrategy, VariantSpec, MAX_PRODUCTION_VARIANTS};
 
 use random::{LocalRng, SharedRng};
 use table::RoutingTable;
@@ -32,12 +37,25 @@ use table::RoutingTable;
 /// Seeds the hash of the router's salt (any fixed value works; this one is "splitsrv" in ASCII).
 const SALT_HASH_SEED: u64 = 0x7370_6c69_7473_7276;
 
+/// What one pick hands to the caller's `emit`.
+#[derive(Debug)]
+pub struct Routed<'table, L> {
+    /// The picked instance's label (it knows the variant, the instance and its handle).
+    pub label: &'table L,
+    /// How many healthy instances the serving variant had at the pick (at least 1).
+    pub healthy_instances: usize,
+    /// Whether the drawn variant had no healthy instance and the pick failed over to this one.
+    pub failed_over: bool,
+}
+
 /// A thread-safe router over one endpoint's production variants.
 pub struct Router<L> {
     table: ArcSwap<RoutingTable<L>>,
     rng: SharedRng,
     /// Seeds the sticky key hash; from the salt, so routers with one salt agree on every key.
     salt_seed: u64,
+    /// Untargeted picks whose variant has no healthy instance fail over to another variant.
+    failover: bool,
     /// Serialises table changes, so a change derived from the current table (`set_weights`) is not
     /// lost to a concurrent one. Picks never take it.
     writer: Mutex<()>,
@@ -46,9 +64,10 @@ pub struct Router<L> {
 impl<L> Router<L> {
     /// A router over `specs`. `salt` makes the sticky assignment specific to this router (routers
     /// with the same salt and weights agree on every key). `seed` fixes the PRNG for reproducible
-    /// picks; None seeds it from the OS. `label(variant, instance)` makes what a pick of that
-    /// instance hands back; it is called once per instance whenever a table is built, and its
-    /// error, if any, is returned as is.
+    /// picks; None seeds it from the OS. `failover` turns failover on (see the module docs).
+    /// `label(variant, instance, handle)` makes what a pick of that instance hands back; it is
+    /// called once per instance whenever a table is built, and its error, if any, is returned as
+    /// is.
     ///
     /// # Errors
     /// `RouterError::InvalidTable` when `specs` break a rule (see `InvalidTable`), converted to
@@ -57,32 +76,42 @@ impl<L> Router<L> {
         specs: &[VariantSpec],
         salt: &str,
         seed: Option<u64>,
-        mut label: impl FnMut(&str, &str) -> Result<L, E>,
+        failover: bool,
+        mut label: impl FnMut(&str, &str, InstanceHandle) -> Result<L, E>,
     ) -> Result<Self, E> {
         let table = RoutingTable::build(specs, None, &mut label)?;
         Ok(Self {
             table: ArcSwap::from_pointee(table),
             rng: SharedRng::new(seed.unwrap_or_else(random::os_seed)),
             salt_seed: xxh3_64_with_seed(salt.as_bytes(), SALT_HASH_SEED),
+            failover,
             writer: Mutex::new(()),
         })
     }
 
+    /// Whether untargeted picks fail over (the option the router was built with).
+    pub fn failover(&self) -> bool {
+        self.failover
+    }
+
     /// Picks a variant and one of its healthy instances, counts one more request in flight on that
-    /// instance (undo with `release`), and returns `emit(label of the instance)`.
+    /// instance (undo with `release`), and returns `emit(what was picked)`.
     ///
     /// The variant is `target` whatever its weight if given; else the sticky choice for `key` if
-    /// given; else a weighted random choice.
+    /// given; else a weighted random choice. With failover on, an untargeted pick (sticky
+    /// included) whose variant has no healthy instance is drawn again by weight among the
+    /// variants with a weight above 0 and a healthy instance.
     ///
     /// # Errors
     /// `UnknownVariant` (target not in the table), `NoRoutableVariant` (untargeted or sticky pick
-    /// with every weight 0), `NoHealthyInstance` (the variant has no healthy instance).
+    /// with every weight 0), `NoHealthyInstance` (the variant has no healthy instance, and no
+    /// failover found another).
     #[inline]
     pub fn route<R>(
         &self,
         target: Option<&str>,
         key: Option<&str>,
-        emit: impl FnOnce(&L) -> R,
+        emit: impl FnOnce(Routed<'_, L>) -> R,
     ) -> Result<R, RouterError> {
         let table = self.table.load();
         let draw = self.rng.next_u64();
@@ -91,22 +120,31 @@ impl<L> Router<L> {
             (None, Some(key)) => table.sticky_variant(sticky::key_hash(key, self.salt_seed))?,
             (None, None) => table.weighted_variant(draw)?,
         };
-        let instance = variant
-            .pick_instance(&mut LocalRng::new(draw))
-            .ok_or_else(|| RouterError::NoHealthyInstance {
+        let mut rng = LocalRng::new(draw);
+        let mut failed_over = false;
+        let mut picked = variant.pick_instance(&mut rng);
+        if picked.is_none() && self.failover && target.is_none() {
+            if let Some(other) = table.failover_variant(rng.next_u64()) {
+                picked = other.pick_instance(&mut rng);
+                failed_over = picked.is_some();
+            }
+        }
+        let (instance, healthy_instances) =
+            picked.ok_or_else(|| RouterError::NoHealthyInstance {
                 variant: variant.name.to_string(),
             })?;
         instance.slot.acquire();
-        Ok(emit(&instance.label))
+        Ok(emit(Routed {
+            label: &instance.label,
+            healthy_instances,
+            failed_over,
+        }))
     }
 
-    /// Counts one request fewer in flight on `instance` (never below 0).
-    ///
-    /// # Errors
-    /// `UnknownInstance` if the current table has no such instance.
-    pub fn release(&self, instance: &str) -> Result<(), RouterError> {
-        self.table.load().slot(instance)?.release();
-        Ok(())
+    /// Counts one request fewer in flight on the instance of `handle` (never below 0); the
+    /// handle is the one its pick's label carries, so no lookup is needed.
+    pub fn release(&self, handle: &InstanceHandle) {
+        handle.release();
     }
 
     /// Replaces the whole table (weights, instances, strategies) atomically.
@@ -117,7 +155,7 @@ impl<L> Router<L> {
     pub fn replace<E: From<RouterError>>(
         &self,
         specs: &[VariantSpec],
-        mut label: impl FnMut(&str, &str) -> Result<L, E>,
+        mut label: impl FnMut(&str, &str, InstanceHandle) -> Result<L, E>,
     ) -> Result<(), E> {
         let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.table.load_full();
@@ -134,7 +172,7 @@ impl<L> Router<L> {
     pub fn set_weights<'name, E: From<RouterError>>(
         &self,
         weights: impl IntoIterator<Item = (&'name str, f64)>,
-        mut label: impl FnMut(&str, &str) -> Result<L, E>,
+        mut label: impl FnMut(&str, &str, InstanceHandle) -> Result<L, E>,
     ) -> Result<(), E> {
         let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.table.load_full();

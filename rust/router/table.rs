@@ -110,6 +110,27 @@ impl InstanceSlot {
     }
 }
 
+/// A handle on one instance's in-flight count: what a pick hands back (inside its label) so that
+/// the request can be released without looking the instance up again. It stays valid after a
+/// table change: an instance that keeps its name keeps its slot, and releasing a removed
+/// instance's handle touches only its own, no longer routed, slot.
+#[derive(Clone, Debug)]
+pub struct InstanceHandle {
+    slot: Arc<InstanceSlot>,
+}
+
+impl InstanceHandle {
+    /// One request fewer in flight on the instance (never below 0).
+    pub fn release(&self) {
+        self.slot.release();
+    }
+
+    /// How many picks of the instance have not been released.
+    pub fn in_flight(&self) -> u64 {
+        self.slot.in_flight()
+    }
+}
+
 /// An instance in a table, with its caller-supplied label: what a pick of it hands back.
 pub(crate) struct Instance<L> {
     pub(crate) name: Box<str>,
@@ -131,26 +152,36 @@ pub(crate) struct Variant<L> {
 }
 
 impl<L> Variant<L> {
-    /// One of this variant's healthy instances by its strategy, or None if it has none.
+    /// One of this variant's healthy instances by its strategy and how many healthy instances the
+    /// variant has (at least 1), or None if it has none.
     #[inline]
-    pub(crate) fn pick_instance(&self, rng: &mut LocalRng) -> Option<&Instance<L>> {
+    pub(crate) fn pick_instance(&self, rng: &mut LocalRng) -> Option<(&Instance<L>, usize)> {
         match self.routing_strategy {
             RoutingStrategy::LeastOutstandingRequests => self.least_outstanding(rng),
             RoutingStrategy::Random => self.uniform(rng),
         }
     }
 
-    /// The healthy instance with the fewest requests in flight. Each instance gets a random
-    /// tiebreak, and the lowest (in-flight count, tiebreak) wins, so each tied instance is equally
-    /// likely whatever its position. Comparing one 128-bit rank keeps the random outcome of a tie
-    /// out of the branch predictor's way.
-    fn least_outstanding(&self, rng: &mut LocalRng) -> Option<&Instance<L>> {
+    /// Whether any instance of this variant is healthy.
+    pub(crate) fn has_healthy_instance(&self) -> bool {
+        self.instances
+            .iter()
+            .any(|instance| instance.slot.is_healthy())
+    }
+
+    /// The healthy instance with the fewest requests in flight, and the healthy count. Each
+    /// instance gets a random tiebreak, and the lowest (in-flight count, tiebreak) wins, so each
+    /// tied instance is equally likely whatever its position. Comparing one 128-bit rank keeps the
+    /// random outcome of a tie out of the branch predictor's way.
+    fn least_outstanding(&self, rng: &mut LocalRng) -> Option<(&Instance<L>, usize)> {
         let mut best: Option<&Instance<L>> = None;
         let mut best_rank = u128::MAX;
+        let mut healthy = 0_usize;
         for instance in &self.instances {
             if !instance.slot.is_healthy() {
                 continue;
             }
+            healthy += 1;
             let rank = (u128::from(instance.slot.in_flight()) << 64) | u128::from(rng.next_u64());
             // `<=`: the first healthy instance always wins against the initial rank.
             if rank <= best_rank {
@@ -158,20 +189,26 @@ impl<L> Variant<L> {
                 best_rank = rank;
             }
         }
-        best
+        best.map(|instance| (instance, healthy))
     }
 
-    /// A healthy instance chosen uniformly. One draw settles it when the drawn instance is healthy;
-    /// otherwise reservoir sampling over the healthy ones. Both together stay uniform: a healthy
-    /// instance is drawn first with probability 1/n, and from the reservoir with probability
-    /// (1 - h/n) / h, which sum to 1/h for h healthy instances of n.
-    fn uniform(&self, rng: &mut LocalRng) -> Option<&Instance<L>> {
+    /// A healthy instance chosen uniformly, and the healthy count. One draw settles it when the
+    /// drawn instance is healthy; otherwise reservoir sampling over the healthy ones. Both together
+    /// stay uniform: a healthy instance is drawn first with probability 1/n, and from the reservoir
+    /// with probability (1 - h/n) / h, which sum to 1/h for h healthy instances of n.
+    fn uniform(&self, rng: &mut LocalRng) -> Option<(&Instance<L>, usize)> {
         if self.instances.is_empty() {
             return None;
         }
         let drawn = self.instances.get(rng.below(self.instances.len()))?;
         if drawn.slot.is_healthy() {
-            return Some(drawn);
+            let healthy = self
+                .instances
+                .iter()
+                .filter(|instance| instance.slot.is_healthy())
+                .count();
+            // At least the drawn one, should its health change between the two reads.
+            return Some((drawn, healthy.max(1)));
         }
         let mut chosen = None;
         let mut healthy = 0_usize;
@@ -183,7 +220,7 @@ impl<L> Variant<L> {
                 }
             }
         }
-        chosen
+        chosen.map(|instance| (instance, healthy))
     }
 }
 
@@ -202,11 +239,11 @@ pub(crate) struct RoutingTable<L> {
 impl<L> RoutingTable<L> {
     /// Validates `specs` and builds the table. Instances whose name is in `previous` share its slot
     /// (in-flight count and health); new ones start healthy with nothing in flight. `label` makes
-    /// each instance's label from its variant's name and its own.
+    /// each instance's label from its variant's name, its own and its handle.
     pub(crate) fn build<E: From<RouterError>>(
         specs: &[VariantSpec],
         previous: Option<&Self>,
-        label: &mut impl FnMut(&str, &str) -> Result<L, E>,
+        label: &mut impl FnMut(&str, &str, InstanceHandle) -> Result<L, E>,
     ) -> Result<Self, E> {
         validate(specs).map_err(RouterError::from)?;
         let mut instances: HashMap<Box<str>, Arc<InstanceSlot>, Xxh3DefaultBuilder> =
@@ -225,9 +262,12 @@ impl<L> RoutingTable<L> {
                     .and_then(|table| table.instances.get(name.as_str()))
                     .map_or_else(|| Arc::new(InstanceSlot::new()), Arc::clone);
                 instances.insert(name.as_str().into(), Arc::clone(&slot));
+                let handle = InstanceHandle {
+                    slot: Arc::clone(&slot),
+                };
                 variant_instances.push(Instance {
                     name: name.as_str().into(),
-                    label: label(&spec.name, name)?,
+                    label: label(&spec.name, name, handle)?,
                     slot,
                 });
             }
@@ -300,6 +340,33 @@ impl<L> RoutingTable<L> {
         self.variants
             .get(index)
             .ok_or_else(|| self.no_routable_variant())
+    }
+
+    /// The variant a failed-over pick takes for the uniform draw `random`: drawn by weight among
+    /// the variants with a weight above 0 and a healthy instance; None when there is none.
+    pub(crate) fn failover_variant(&self, random: u64) -> Option<&Variant<L>> {
+        let eligible =
+            |variant: &&Variant<L>| variant.weight > 0.0 && variant.has_healthy_instance();
+        let total: f64 = self
+            .variants
+            .iter()
+            .filter(eligible)
+            .map(|variant| variant.weight)
+            .sum();
+        // The top 53 bits as a fraction in [0, 1), scaled to the eligible weights.
+        let point = (random >> (64 - PICK_BITS)) as f64 / PICK_SCALE as f64 * total;
+        let mut cumulative = 0.0_f64;
+        let mut last = None;
+        for variant in self.variants.iter().filter(eligible) {
+            cumulative += variant.weight;
+            if point < cumulative {
+                return Some(variant);
+            }
+            // Rounding (or a health change between the two passes) may leave the point past
+            // the sum: the last eligible variant takes it.
+            last = Some(variant);
+        }
+        last
     }
 
     /// The variant a sticky pick takes for a key whose salted hash is `key_hash`.

@@ -4,10 +4,27 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{InvalidTable, Router, RouterError, RoutingStrategy, VariantSpec};
+use super::{InstanceHandle, InvalidTable, Router, RouterError, RoutingStrategy, VariantSpec};
 
 type Pick = (String, String);
-type TestRouter = Router<Pick>;
+type TestRouter = Router<Label>;
+
+/// The label of an instance in these tests: its names and its handle.
+#[derive(Clone, Debug)]
+struct Label {
+    variant: String,
+    instance: String,
+    handle: InstanceHandle,
+}
+
+/// What a pick returned, in full.
+#[derive(Debug)]
+struct Picked {
+    pick: Pick,
+    handle: InstanceHandle,
+    healthy_instances: usize,
+    failed_over: bool,
+}
 
 const LOR: RoutingStrategy = RoutingStrategy::LeastOutstandingRequests;
 const RANDOM: RoutingStrategy = RoutingStrategy::Random;
@@ -24,27 +41,48 @@ fn spec(name: &str, weight: f64, instances: &[&str], strategy: RoutingStrategy) 
     }
 }
 
-/// The label of a pick in these tests: the (variant, instance) names. (The router takes fallible
-/// label makers; this one never fails.)
+/// The label of an instance in these tests. (The router takes fallible label makers; this one
+/// never fails.)
 #[allow(clippy::unnecessary_wraps)]
-fn names(variant: &str, instance: &str) -> Result<Pick, RouterError> {
-    Ok((variant.to_owned(), instance.to_owned()))
+fn names(variant: &str, instance: &str, handle: InstanceHandle) -> Result<Label, RouterError> {
+    Ok(Label {
+        variant: variant.to_owned(),
+        instance: instance.to_owned(),
+        handle,
+    })
 }
 
 fn router(specs: &[VariantSpec], seed: u64) -> Result<TestRouter, RouterError> {
-    Router::new(specs, "test-salt", Some(seed), names)
+    Router::new(specs, "test-salt", Some(seed), false, names)
+}
+
+fn failover_router(specs: &[VariantSpec], seed: u64) -> Result<TestRouter, RouterError> {
+    Router::new(specs, "test-salt", Some(seed), true, names)
+}
+
+fn full_pick(
+    router: &TestRouter,
+    target: Option<&str>,
+    key: Option<&str>,
+) -> Result<Picked, RouterError> {
+    router.route(target, key, |routed| Picked {
+        pick: (routed.label.variant.clone(), routed.label.instance.clone()),
+        handle: routed.label.handle.clone(),
+        healthy_instances: routed.healthy_instances,
+        failed_over: routed.failed_over,
+    })
 }
 
 fn pick(router: &TestRouter) -> Result<Pick, RouterError> {
-    router.route(None, None, Clone::clone)
+    full_pick(router, None, None).map(|picked| picked.pick)
 }
 
 fn pick_target(router: &TestRouter, target: &str) -> Result<Pick, RouterError> {
-    router.route(Some(target), None, Clone::clone)
+    full_pick(router, Some(target), None).map(|picked| picked.pick)
 }
 
 fn pick_key(router: &TestRouter, key: &str) -> Result<Pick, RouterError> {
-    router.route(None, Some(key), Clone::clone)
+    full_pick(router, None, Some(key)).map(|picked| picked.pick)
 }
 
 /// Three variants A, B, C with one instance each (a-0, b-0, c-0) and the given weights.
@@ -59,9 +97,9 @@ fn three(weights: [f64; 3]) -> Vec<VariantSpec> {
 fn counts(router: &TestRouter, picks: usize) -> Result<HashMap<String, usize>, RouterError> {
     let mut counts = HashMap::new();
     for _ in 0..picks {
-        let (variant, instance) = pick(router)?;
-        router.release(&instance)?;
-        *counts.entry(variant).or_insert(0) += 1;
+        let picked = full_pick(router, None, None)?;
+        router.release(&picked.handle);
+        *counts.entry(picked.pick.0).or_insert(0) += 1;
     }
     Ok(counts)
 }
@@ -130,8 +168,8 @@ fn the_same_seed_gives_the_same_picks() -> Result<(), RouterError> {
 
 #[test]
 fn routers_without_a_seed_differ() -> Result<(), RouterError> {
-    let first: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt", None, names)?;
-    let second: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt", None, names)?;
+    let first: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt", None, false, names)?;
+    let second: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt", None, false, names)?;
     let first_picks: Vec<Pick> = (0..64).map(|_| pick(&first)).collect::<Result<_, _>>()?;
     let second_picks: Vec<Pick> = (0..64).map(|_| pick(&second)).collect::<Result<_, _>>()?;
     assert_ne!(first_picks, second_picks);
@@ -150,8 +188,8 @@ fn target_variant_wins_whatever_its_weight() -> Result<(), RouterError> {
         );
     }
     // A target also beats a sticky key.
-    let targeted = router.route(Some("A"), Some("user-1"), Clone::clone)?;
-    assert_eq!(targeted.0, "A");
+    let targeted = full_pick(&router, Some("A"), Some("user-1"))?;
+    assert_eq!(targeted.pick.0, "A");
     Ok(())
 }
 
@@ -210,8 +248,8 @@ fn sticky_is_deterministic_across_routers_with_one_salt() -> Result<(), RouterEr
 
 #[test]
 fn sticky_depends_on_the_salt() -> Result<(), RouterError> {
-    let first: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt-1", Some(1), names)?;
-    let second: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt-2", Some(1), names)?;
+    let first: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt-1", Some(1), false, names)?;
+    let second: TestRouter = Router::new(&three([1.0, 1.0, 1.0]), "salt-2", Some(1), false, names)?;
     let (first, second) = (assignment(&first, 2_000)?, assignment(&second, 2_000)?);
     let differing = first.iter().zip(&second).filter(|(a, b)| a != b).count();
     // Independent assignments with three equal variants differ for about 2/3 of the keys.
@@ -298,14 +336,16 @@ fn least_outstanding_requests_picks_the_least_loaded() -> Result<(), RouterError
     let specs = vec![spec("A", 1.0, &["a-0", "a-1", "a-2"], LOR)];
     let router = router(&specs, 5)?;
     // Three picks without release spread over the three instances.
-    let mut picked: Vec<String> = (0..3)
-        .map(|_| pick(&router).map(|(_, instance)| instance))
+    let mut picked: Vec<Picked> = (0..3)
+        .map(|_| full_pick(&router, None, None))
         .collect::<Result<_, _>>()?;
-    picked.sort();
-    assert_eq!(picked, ["a-0", "a-1", "a-2"]);
+    picked.sort_by(|first, second| first.pick.cmp(&second.pick));
+    let names: Vec<&str> = picked.iter().map(|one| one.pick.1.as_str()).collect();
+    assert_eq!(names, ["a-0", "a-1", "a-2"]);
+    assert!(picked.iter().all(|one| one.healthy_instances == 3));
     // Release a-1 twice (the second saturates at 0): it is now the least loaded.
-    router.release("a-1")?;
-    router.release("a-1")?;
+    router.release(&picked[1].handle);
+    router.release(&picked[1].handle);
     assert_eq!(router.in_flight("a-1")?, 0);
     assert_eq!(pick(&router)?.1, "a-1");
     assert_eq!(router.in_flight("a-1")?, 1);
@@ -318,9 +358,9 @@ fn least_outstanding_requests_breaks_ties_at_random() -> Result<(), RouterError>
     let router = router(&specs, 5)?;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..4_000 {
-        let (_, instance) = pick(&router)?;
-        router.release(&instance)?;
-        *counts.entry(instance).or_insert(0) += 1;
+        let picked = full_pick(&router, None, None)?;
+        router.release(&picked.handle);
+        *counts.entry(picked.pick.1).or_insert(0) += 1;
     }
     // All always tied at 0: each should get about a quarter.
     assert_eq!(counts.len(), 4);
@@ -392,7 +432,6 @@ fn unknown_instances_are_errors() -> Result<(), RouterError> {
     let unknown = RouterError::UnknownInstance {
         instance: "x-0".to_owned(),
     };
-    assert_eq!(router.release("x-0"), Err(unknown.clone()));
     assert_eq!(router.set_healthy("x-0", true), Err(unknown.clone()));
     assert_eq!(router.in_flight("x-0"), Err(unknown.clone()));
     assert!(unknown.to_string().contains("'x-0'"));
@@ -479,7 +518,7 @@ fn a_refused_change_keeps_the_table() -> Result<(), RouterError> {
 #[test]
 fn a_label_error_is_returned_and_keeps_the_table() -> Result<(), RouterError> {
     let router = router(&three([1.0, 2.0, 3.0]), 5)?;
-    let refuse = |_: &str, _: &str| -> Result<Pick, RouterError> {
+    let refuse = |_: &str, _: &str, _: InstanceHandle| -> Result<Label, RouterError> {
         Err(RouterError::UnknownInstance {
             instance: "label".to_owned(),
         })
@@ -512,12 +551,13 @@ fn concurrent_picks_see_one_whole_table() -> Result<(), RouterError> {
                 scope.spawn(|| -> Result<usize, RouterError> {
                     let mut picks = 0;
                     while !stop.load(Ordering::Relaxed) || picks < 1_000 {
-                        let (variant, instance) = pick(&router)?;
+                        let picked = full_pick(&router, None, None)?;
+                        let (variant, instance) = &picked.pick;
                         assert!(variant.starts_with("old-") || variant.starts_with("new-"));
                         assert!(instance.starts_with(&format!("{variant}-")), "{variant}");
-                        // The instance may have been swapped out since; that is an error the
-                        // gateway tolerates, not a mix.
-                        let _ = router.release(&instance);
+                        // The instance may have been swapped out since: its handle still
+                        // releases its own slot.
+                        router.release(&picked.handle);
                         picks += 1;
                     }
                     Ok(picks)
@@ -540,6 +580,134 @@ fn concurrent_picks_see_one_whole_table() -> Result<(), RouterError> {
     for result in results {
         assert!(result? >= 1_000);
     }
+    Ok(())
+}
+
+// --- failover ---------------------------------------------------------------------------------
+
+/// A (weight 2, two instances), B (weight 1, one), C (weight 1, one), D (weight 0, one).
+fn four_for_failover() -> Vec<VariantSpec> {
+    vec![
+        spec("A", 2.0, &["a-0", "a-1"], LOR),
+        spec("B", 1.0, &["b-0"], LOR),
+        spec("C", 1.0, &["c-0"], RANDOM),
+        spec("D", 0.0, &["d-0"], LOR),
+    ]
+}
+
+#[test]
+fn picks_say_how_many_healthy_instances_the_variant_has() -> Result<(), RouterError> {
+    let router = router(&four_for_failover(), 3)?;
+    assert_eq!(full_pick(&router, Some("A"), None)?.healthy_instances, 2);
+    router.set_healthy("a-1", false)?;
+    assert_eq!(full_pick(&router, Some("A"), None)?.healthy_instances, 1);
+    let random = full_pick(&router, Some("C"), None)?;
+    assert_eq!((random.healthy_instances, random.failed_over), (1, false));
+    Ok(())
+}
+
+#[test]
+fn without_failover_an_unhealthy_variant_is_an_error() -> Result<(), RouterError> {
+    let router = router(&four_for_failover(), 3)?;
+    router.set_healthy("b-0", false)?;
+    let outcomes: Vec<Result<Pick, RouterError>> = (0..200).map(|_| pick(&router)).collect();
+    assert!(outcomes.iter().any(|outcome| outcome
+        == &Err(RouterError::NoHealthyInstance {
+            variant: "B".to_owned()
+        })));
+    assert!(!router.failover());
+    Ok(())
+}
+
+#[test]
+fn failover_redraws_by_weight_among_healthy_variants() -> Result<(), RouterError> {
+    let router = failover_router(&four_for_failover(), 7)?;
+    assert!(router.failover());
+    router.set_healthy("b-0", false)?;
+    let mut served: HashMap<String, usize> = HashMap::new();
+    let mut failed_over: HashMap<String, usize> = HashMap::new();
+    for _ in 0..30_000 {
+        let picked = full_pick(&router, None, None)?;
+        router.release(&picked.handle);
+        *served.entry(picked.pick.0.clone()).or_insert(0) += 1;
+        if picked.failed_over {
+            *failed_over.entry(picked.pick.0).or_insert(0) += 1;
+        }
+    }
+    // B (a quarter of the draws) never serves; its share goes to A and C by their weights (2:1),
+    // and never to D (weight 0), though D has a healthy instance.
+    assert_eq!(served.get("B"), None);
+    assert_eq!(served.get("D"), None);
+    let total_failed_over: usize = failed_over.values().sum();
+    assert!(
+        (6_800..8_200).contains(&total_failed_over),
+        "{failed_over:?}"
+    );
+    let to_a = share(&failed_over, "A", total_failed_over);
+    assert!((0.62..0.72).contains(&to_a), "{failed_over:?}");
+    Ok(())
+}
+
+#[test]
+fn failover_is_reproducible_with_a_seed() -> Result<(), RouterError> {
+    let outcomes = |seed: u64| -> Result<Vec<(Pick, bool)>, RouterError> {
+        let router = failover_router(&four_for_failover(), seed)?;
+        router.set_healthy("a-0", false)?;
+        router.set_healthy("a-1", false)?;
+        (0..500)
+            .map(|_| full_pick(&router, None, None).map(|picked| (picked.pick, picked.failed_over)))
+            .collect()
+    };
+    let first = outcomes(11)?;
+    assert_eq!(first, outcomes(11)?);
+    assert_ne!(first, outcomes(12)?);
+    assert!(first.iter().any(|(_, failed_over)| *failed_over));
+    Ok(())
+}
+
+#[test]
+fn failover_applies_to_sticky_picks_but_never_to_targeted_ones() -> Result<(), RouterError> {
+    let router = failover_router(&four_for_failover(), 5)?;
+    router.set_healthy("b-0", false)?;
+    assert_eq!(
+        full_pick(&router, Some("B"), None).map(|picked| picked.pick),
+        Err(RouterError::NoHealthyInstance {
+            variant: "B".to_owned()
+        })
+    );
+    for index in 0..300 {
+        let picked = full_pick(&router, None, Some(&format!("user-{index}")))?;
+        assert_ne!(picked.pick.0, "B");
+        router.release(&picked.handle);
+    }
+    Ok(())
+}
+
+#[test]
+fn failover_with_no_healthy_variant_names_the_drawn_one() -> Result<(), RouterError> {
+    let router = failover_router(
+        &[spec("A", 1.0, &["a-0"], LOR), spec("B", 0.0, &["b-0"], LOR)],
+        5,
+    )?;
+    router.set_healthy("a-0", false)?;
+    assert_eq!(
+        pick(&router),
+        Err(RouterError::NoHealthyInstance {
+            variant: "A".to_owned()
+        })
+    );
+    Ok(())
+}
+
+#[test]
+fn a_handle_releases_after_its_instance_left_the_table() -> Result<(), RouterError> {
+    let router = router(&[spec("A", 1.0, &["a-0"], LOR)], 5)?;
+    let picked = full_pick(&router, None, None)?;
+    assert_eq!(picked.handle.in_flight(), 1);
+    router.replace(&[spec("A", 1.0, &["a-1"], LOR)], names)?;
+    router.release(&picked.handle);
+    assert_eq!(picked.handle.in_flight(), 0);
+    assert_eq!(router.in_flight("a-1")?, 0);
     Ok(())
 }
 

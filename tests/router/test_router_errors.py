@@ -94,17 +94,17 @@ def _spec(name: str = "v", weight: float = 1.0, instances: list[str] | None = No
 )
 def test_invalid_tables_are_refused(variants: list[VariantSpec], message: str) -> None:
     with pytest.raises(InvalidRoutingTableError) as raised:
-        Router(variants, salt="s", seed=1)
+        Router(variants, salt="s", seed=1, failover=False)
     assert str(raised.value) == f"invalid routing table: {message}"
-    router = Router(make_specs([1.0]), salt="s", seed=1)
+    router = Router(make_specs([1.0]), salt="s", seed=1, failover=False)
     with pytest.raises(InvalidRoutingTableError):
         router.replace(variants)
     assert router.variants() == make_specs([1.0])
 
 
 def test_ten_variants_and_all_zero_weights_are_allowed() -> None:
-    Router(make_specs([1.0] * 10), salt="s", seed=1)
-    Router(make_specs([0.0, 0.0]), salt="s", seed=1)
+    Router(make_specs([1.0] * 10), salt="s", seed=1, failover=False)
+    Router(make_specs([0.0, 0.0]), salt="s", seed=1, failover=False)
 
 
 def test_an_unknown_routing_strategy_is_refused_when_the_spec_is_made() -> None:
@@ -117,7 +117,7 @@ def test_an_unknown_routing_strategy_is_refused_when_the_spec_is_made() -> None:
 
 
 def test_set_weights_refuses_unknown_variants_and_bad_weights() -> None:
-    router = Router(make_specs([1.0, 2.0]), salt="s", seed=1)
+    router = Router(make_specs([1.0, 2.0]), salt="s", seed=1, failover=False)
     with pytest.raises(UnknownVariantError) as raised:
         router.set_weights({"v-0": 5.0, "v-7": 1.0})
     assert str(raised.value) == (
@@ -129,7 +129,7 @@ def test_set_weights_refuses_unknown_variants_and_bad_weights() -> None:
 
 
 def test_no_routable_variant_message() -> None:
-    router = Router(make_specs([0.0, 0.0]), salt="s", seed=1)
+    router = Router(make_specs([0.0, 0.0]), salt="s", seed=1, failover=False)
     with pytest.raises(NoRoutableVariantError) as raised:
         router.route()
     assert str(raised.value) == (
@@ -139,9 +139,8 @@ def test_no_routable_variant_message() -> None:
 
 
 def test_unknown_instances_are_refused() -> None:
-    router = Router(make_specs([1.0]), salt="s", seed=1)
+    router = Router(make_specs([1.0]), salt="s", seed=1, failover=False)
     for call in (
-        lambda: router.release("nope"),
         lambda: router.set_healthy("nope", False),
         lambda: router.in_flight("nope"),
     ):
@@ -151,7 +150,7 @@ def test_unknown_instances_are_refused() -> None:
 
 
 def test_healthy_instances_of_an_unknown_variant() -> None:
-    router = Router(make_specs([1.0]), salt="s", seed=1)
+    router = Router(make_specs([1.0]), salt="s", seed=1, failover=False)
     with pytest.raises(UnknownVariantError, match="'missing'"):
         router.healthy_instances("missing")
 
@@ -162,7 +161,9 @@ def test_bad_argument_types_raise_type_errors() -> None:
     with pytest.raises(TypeError):
         Router(make_specs([1.0]), salt="s")  # type: ignore[call-arg]
     with pytest.raises(OverflowError):
-        Router(make_specs([1.0]), salt="s", seed=-1)
-    router = Router(make_specs([1.0]), salt="s", seed=1)
+        Router(make_specs([1.0]), salt="s", seed=-1, failover=False)
+    router = Router(make_specs([1.0]), salt="s", seed=1, failover=False)
     with pytest.raises(TypeError):
         router.set_weights([("v-0", 1.0)])  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        router.release("v-0-0")  # type: ignore[arg-type]  # a name is not a handle

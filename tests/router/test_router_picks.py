@@ -11,17 +11,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from splitserve._router import NoRoutableVariantError, Router, UnknownVariantError, VariantSpec
-from tests.support.router import SIGNIFICANCE, make_specs
+from splitserve._router import (
+    Instance,
+    NoHealthyInstanceError,
+    NoRoutableVariantError,
+    Route,
+    Router,
+    UnknownVariantError,
+    VariantSpec,
+)
+from tests.support.router import SIGNIFICANCE, make_specs, names
 
 
 def count_variants(router: Router, picks: int) -> Counter[str]:
     """How often each variant is picked in `picks` untargeted route+release calls."""
     counts: Counter[str] = Counter()
     for _ in range(picks):
-        variant, instance = router.route()
-        router.release(instance)
-        counts[variant] += 1
+        route = router.route()
+        router.release(route.instance)
+        counts[route.variant] += 1
     return counts
 
 
@@ -29,9 +37,9 @@ def sticky_assignment(router: Router, keys: int) -> list[str]:
     """The variant of each of the keys user-0 ... user-{keys-1}, released again."""
     variants = []
     for index in range(keys):
-        variant, instance = router.route(key=f"user-{index}")
-        router.release(instance)
-        variants.append(variant)
+        route = router.route(key=f"user-{index}")
+        router.release(route.instance)
+        variants.append(route.variant)
     return variants
 
 
@@ -44,7 +52,7 @@ def sticky_assignment(router: Router, keys: int) -> list[str]:
     ids=["even", "10-30-60", "with-zero", "ten"],
 )
 def test_split_passes_a_chi_square_test(weights: list[float]) -> None:
-    router = Router(make_specs(weights), salt="split", seed=20240601)
+    router = Router(make_specs(weights), salt="split", seed=20240601, failover=False)
     picks = 50_000
     counts = count_variants(router, picks)
 
@@ -67,7 +75,7 @@ def test_split_passes_a_chi_square_test(weights: list[float]) -> None:
 def test_any_valid_weights_give_only_positive_weight_variants(
     weights: list[float], seed: int
 ) -> None:
-    router = Router(make_specs(weights), salt="any", seed=seed)
+    router = Router(make_specs(weights), salt="any", seed=seed, failover=False)
     allowed = {f"v-{index}" for index, weight in enumerate(weights) if weight > 0}
     if not allowed:
         with pytest.raises(NoRoutableVariantError):
@@ -77,37 +85,37 @@ def test_any_valid_weights_give_only_positive_weight_variants(
 
 
 def test_the_same_seed_repeats_the_picks() -> None:
-    first = Router(make_specs([1.0, 2.0, 3.0]), salt="a", seed=5)
-    second = Router(make_specs([1.0, 2.0, 3.0]), salt="b", seed=5)
-    assert [first.route() for _ in range(500)] == [second.route() for _ in range(500)]
+    first = Router(make_specs([1.0, 2.0, 3.0]), salt="a", seed=5, failover=False)
+    second = Router(make_specs([1.0, 2.0, 3.0]), salt="b", seed=5, failover=False)
+    assert [names(first.route()) for _ in range(500)] == [names(second.route()) for _ in range(500)]
 
 
 def test_target_variant_wins_whatever_its_weight() -> None:
-    router = Router(make_specs([0.0, 1.0]), salt="t", seed=1)
+    router = Router(make_specs([0.0, 1.0]), salt="t", seed=1, failover=False)
     for _ in range(100):
-        assert router.route("v-0") == ("v-0", "v-0-0")
-        assert router.route(target_variant="v-1") == ("v-1", "v-1-0")
+        assert names(router.route("v-0")) == ("v-0", "v-0-0")
+        assert names(router.route(target_variant="v-1")) == ("v-1", "v-1-0")
     assert router.in_flight("v-0-0") == 100
 
 
 def test_target_beats_a_sticky_key() -> None:
-    router = Router(make_specs([1.0, 1.0]), salt="t", seed=1)
-    sticky_variant, _ = router.route(key="user-7")
+    router = Router(make_specs([1.0, 1.0]), salt="t", seed=1, failover=False)
+    sticky_variant = router.route(key="user-7").variant
     other = "v-1" if sticky_variant == "v-0" else "v-0"
-    assert router.route(target_variant=other, key="user-7")[0] == other
+    assert router.route(target_variant=other, key="user-7").variant == other
 
 
 def test_all_weights_zero_allows_only_targeted_picks() -> None:
-    router = Router(make_specs([0.0, 0.0]), salt="z", seed=1)
+    router = Router(make_specs([0.0, 0.0]), salt="z", seed=1, failover=False)
     with pytest.raises(NoRoutableVariantError, match="TargetVariant"):
         router.route()
     with pytest.raises(NoRoutableVariantError, match="'v-0', 'v-1'"):
         router.route(key="user-1")
-    assert router.route("v-1") == ("v-1", "v-1-0")
+    assert names(router.route("v-1")) == ("v-1", "v-1-0")
 
 
 def test_an_unknown_target_names_it_and_the_variants() -> None:
-    router = Router(make_specs([1.0, 1.0]), salt="u", seed=1)
+    router = Router(make_specs([1.0, 1.0]), salt="u", seed=1, failover=False)
     with pytest.raises(UnknownVariantError) as raised:
         router.route("v-9")
     assert str(raised.value) == (
@@ -115,12 +123,19 @@ def test_an_unknown_target_names_it_and_the_variants() -> None:
     )
 
 
-def test_route_returns_a_pair_of_str() -> None:
-    router = Router(make_specs([1.0]), salt="r", seed=None)
-    pick = router.route()
-    assert type(pick) is tuple
-    assert all(type(name) is str for name in pick)
-    assert pick == ("v-0", "v-0-0")
+def test_route_returns_what_the_request_needs() -> None:
+    router = Router(make_specs([1.0]), salt="r", seed=None, failover=False)
+    route = router.route()
+    assert type(route) is Route
+    assert type(route.variant) is str
+    assert type(route.instance) is Instance
+    assert (route.instance.variant, route.instance.name) == ("v-0", "v-0-0")
+    assert (route.variant, route.healthy_instances, route.failed_over) == ("v-0", 1, False)
+    # One Instance object per instance and table: every pick of it hands back the same one.
+    assert router.route().instance is route.instance
+    assert repr(route) == (
+        "Route(variant='v-0', instance='v-0-0', healthy_instances=1, failed_over=False)"
+    )
 
 
 # --- sticky -----------------------------------------------------------------------------------
@@ -130,16 +145,16 @@ KEYS = 2_000
 
 def test_routers_with_one_salt_assign_keys_alike() -> None:
     specs = make_specs([1.0, 2.0, 3.0])
-    first = Router(specs, salt="endpoint-a", seed=1)
-    second = Router(specs, salt="endpoint-a", seed=2)
+    first = Router(specs, salt="endpoint-a", seed=1, failover=False)
+    second = Router(specs, salt="endpoint-a", seed=2, failover=False)
     assert sticky_assignment(first, KEYS) == sticky_assignment(second, KEYS)
     assert sticky_assignment(first, KEYS) == sticky_assignment(first, KEYS)
 
 
 def test_a_different_salt_gives_a_different_assignment() -> None:
     specs = make_specs([1.0, 1.0, 1.0])
-    first = sticky_assignment(Router(specs, salt="endpoint-a", seed=1), KEYS)
-    second = sticky_assignment(Router(specs, salt="endpoint-b", seed=1), KEYS)
+    first = sticky_assignment(Router(specs, salt="endpoint-a", seed=1, failover=False), KEYS)
+    second = sticky_assignment(Router(specs, salt="endpoint-b", seed=1, failover=False), KEYS)
     differing = sum(a != b for a, b in zip(first, second, strict=True))
     # Independent assignments over three equal variants differ for about 2/3 of the keys.
     assert differing > KEYS / 2
@@ -148,7 +163,9 @@ def test_a_different_salt_gives_a_different_assignment() -> None:
 def test_sticky_shares_match_the_weights() -> None:
     weights = [1.0, 3.0, 6.0]
     keys = 30_000
-    counts = Counter(sticky_assignment(Router(make_specs(weights), salt="s", seed=1), keys))
+    counts = Counter(
+        sticky_assignment(Router(make_specs(weights), salt="s", seed=1, failover=False), keys)
+    )
     observed = [counts[f"v-{index}"] for index in range(len(weights))]
     expected = [keys * weight / sum(weights) for weight in weights]
     assert chisquare(observed, expected).pvalue > SIGNIFICANCE
@@ -165,7 +182,7 @@ def test_growing_one_weight_only_moves_keys_into_it(
     weights: list[float], grown: int, factor: float, salt: str
 ) -> None:
     grown %= len(weights)
-    router = Router(make_specs(weights), salt=salt, seed=1)
+    router = Router(make_specs(weights), salt=salt, seed=1, failover=False)
     before = sticky_assignment(router, 500)
     router.set_weights({f"v-{grown}": weights[grown] * factor})
     after = sticky_assignment(router, 500)
@@ -174,7 +191,7 @@ def test_growing_one_weight_only_moves_keys_into_it(
 
 
 def test_a_canary_raised_from_10_to_20_percent_keeps_its_users() -> None:
-    router = Router(make_specs([1.0, 4.5, 4.5]), salt="canary", seed=1)
+    router = Router(make_specs([1.0, 4.5, 4.5]), salt="canary", seed=1, failover=False)
     before = sticky_assignment(router, 10_000)
     router.set_weights({"v-0": 2.25})
     after = sticky_assignment(router, 10_000)
@@ -185,7 +202,7 @@ def test_a_canary_raised_from_10_to_20_percent_keeps_its_users() -> None:
 
 
 def test_adding_a_variant_only_moves_keys_into_it() -> None:
-    router = Router(make_specs([1.0, 1.0]), salt="grow", seed=1)
+    router = Router(make_specs([1.0, 1.0]), salt="grow", seed=1, failover=False)
     before = sticky_assignment(router, KEYS)
     router.replace([*make_specs([1.0, 1.0]), VariantSpec("new", 1.0, ["new-0"], "RANDOM")])
     after = sticky_assignment(router, KEYS)
@@ -194,7 +211,70 @@ def test_adding_a_variant_only_moves_keys_into_it() -> None:
 
 def test_the_assignment_ignores_the_variants_order() -> None:
     specs = make_specs([1.0, 2.0, 3.0])
-    router = Router(specs, salt="order", seed=1)
+    router = Router(specs, salt="order", seed=1, failover=False)
     before = sticky_assignment(router, KEYS)
     router.replace(list(reversed(specs)))
     assert sticky_assignment(router, KEYS) == before
+
+
+# --- failover ---------------------------------------------------------------------------------
+
+
+def _failover_router(seed: int, *, failover: bool = True) -> Router:
+    """v-0 (weight 2, two instances), v-1 (weight 1, unhealthy), v-2 (weight 1), v-3 (weight 0)."""
+    router = Router(
+        make_specs([2.0, 1.0, 1.0, 0.0], instances=2), salt="f", seed=seed, failover=failover
+    )
+    router.set_healthy("v-1-0", False)
+    router.set_healthy("v-1-1", False)
+    return router
+
+
+def test_failover_redraws_by_weight_among_variants_with_a_healthy_instance() -> None:
+    router = _failover_router(seed=17)
+    assert router.failover
+    served: Counter[str] = Counter()
+    failed_over: Counter[str] = Counter()
+    for _ in range(8_000):
+        route = router.route()
+        router.release(route.instance)
+        served[route.variant] += 1
+        if route.failed_over:
+            failed_over[route.variant] += 1
+    assert set(served) == {"v-0", "v-2"}  # never v-1 (no healthy instance) nor v-3 (weight 0)
+    # v-1 is drawn a quarter of the time; those requests split 2:1 between v-0 and v-2.
+    total = sum(failed_over.values())
+    assert chisquare([total, 8_000 - total], [2_000, 6_000]).pvalue > SIGNIFICANCE
+    assert (
+        chisquare([failed_over["v-0"], failed_over["v-2"]], [total * 2 / 3, total / 3]).pvalue
+        > SIGNIFICANCE
+    )
+
+
+def test_failover_is_reproducible_with_the_routers_seed() -> None:
+    def outcomes(seed: int) -> list[tuple[str, bool]]:
+        router = _failover_router(seed)
+        return [
+            (route.variant, route.failed_over) for route in (router.route() for _ in range(300))
+        ]
+
+    assert outcomes(5) == outcomes(5)
+    assert outcomes(5) != outcomes(6)
+
+
+def test_targeted_requests_never_fail_over() -> None:
+    router = _failover_router(seed=1)
+    with pytest.raises(NoHealthyInstanceError, match="'v-1'"):
+        router.route("v-1")
+
+
+def test_without_failover_the_drawn_variant_is_an_error() -> None:
+    router = _failover_router(seed=1, failover=False)
+    assert not router.failover
+
+    def route_until_an_error() -> None:
+        for _ in range(100):
+            router.release(router.route().instance)
+
+    with pytest.raises(NoHealthyInstanceError, match="'v-1'"):
+        route_until_an_error()

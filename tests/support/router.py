@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from splitserve._router import VariantSpec
+from splitserve._router import Route, VariantSpec
 
 LOR = "LEAST_OUTSTANDING_REQUESTS"
 RANDOM = "RANDOM"
@@ -12,6 +12,11 @@ RANDOM = "RANDOM"
 #: Every statistical test rejects "the router follows its weights" below this p-value. Seeds are
 #: fixed, so each test is deterministic; the level only says how surprising a failure would be.
 SIGNIFICANCE = 0.001
+
+
+def names(route: Route) -> tuple[str, str]:
+    """The (variant, instance) names of a pick."""
+    return route.variant, route.instance.name
 
 
 def make_specs(

@@ -25,7 +25,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from splitserve.metrics.minutes import VariantMinutes
 from splitserve.metrics.procstat import CpuSampler
 
 #: The registry GET /metrics serves. Its own, so tests and embedders see only splitserve's metrics.
@@ -281,7 +280,8 @@ CAPTURE_DROPPED = Counter(
 class VariantMetrics:
     """The label children of one variant, resolved once so the request path does no lookups.
 
-    `minutes` is the variant's per-minute ring (`splitserve stats`), recorded alongside.
+    The request path records through `metrics.recorder.VariantRecorder`, which feeds these and the
+    variant's per-minute ring together.
     """
 
     invocations: LoopCounterChild
@@ -292,12 +292,9 @@ class VariantMetrics:
     failovers: Counter
     model_latency: LoopHistogramChild
     overhead_latency: LoopHistogramChild
-    minutes: VariantMinutes
 
     @classmethod
-    def resolve(
-        cls, endpoint_name: str, variant_name: str, minutes: VariantMinutes
-    ) -> VariantMetrics:
+    def resolve(cls, endpoint_name: str, variant_name: str) -> VariantMetrics:
         """Create (or find) every per-variant series, so each exists from the endpoint's start."""
         labels = (endpoint_name, variant_name)
         return cls(
@@ -309,7 +306,6 @@ class VariantMetrics:
             failovers=FAILOVERS.labels(*labels),
             model_latency=MODEL_LATENCY.labels(*labels),
             overhead_latency=OVERHEAD_LATENCY.labels(*labels),
-            minutes=minutes,
         )
 
 

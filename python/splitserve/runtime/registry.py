@@ -4,6 +4,11 @@ The control plane (through the deployer) builds a new `LiveEndpoint` for every g
 endpoint and swaps it into the registry in one assignment. A request takes the `LiveEndpoint` it
 found at its start and uses that object's router and connection pools to the end, so a blue/green
 switch never strands a request between two fleets.
+
+The registry also knows the endpoints that exist but have no live generation: pending ones (being
+created, or redeployed after a restart), which the runtime answers with a retryable 503, and failed
+ones, which it answers with a 400 giving the endpoint's FailureReason. Only a request for a name
+with no live generation looks at them.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from types import MappingProxyType
 
 from splitserve._router import Router
 from splitserve.capture.writer import CaptureSink
-from splitserve.metrics.prometheus import VariantMetrics
 from splitserve.contract.upstream import UpstreamPool
+from splitserve.metrics.recorder import VariantRecorder
 
 
 @dataclass(frozen=True)
@@ -25,24 +30,34 @@ class LiveEndpoint:
     Attributes:
         name: the endpoint's name.
         generation: which fleet of the endpoint this is (it grows with every UpdateEndpoint).
-        router: the Rust router that picks a variant and an instance per request.
+        router: the Rust router that picks a variant and an instance per request (and fails
+            over, when built so, for the endpoint's `splitserve:failover` tag).
         pools: a keep-alive connection pool per instance name the router can return.
-        metrics: pre-resolved metric children per variant name.
+        recorders: each variant's recorder (metrics and minutes), by variant name.
         log_stream_arn: what ModelError responses name as the log stream.
         capture: where this generation's successful invocations are sampled for data capture;
             None when its configuration captures nothing.
-        failover: an untargeted request whose variant has no healthy instance goes to another
-            variant instead of failing (the endpoint's `splitserve:failover` tag).
     """
 
     name: str
     generation: int
     router: Router
     pools: Mapping[str, UpstreamPool]
-    metrics: Mapping[str, VariantMetrics]
+    recorders: Mapping[str, VariantRecorder]
     log_stream_arn: str
     capture: CaptureSink | None = None
-    failover: bool = False
+
+
+@dataclass(frozen=True)
+class Unroutable:
+    """An endpoint that exists but has no live generation.
+
+    Attributes:
+        failure_reason: None while it is being deployed (created, or redeployed after a restart);
+            its FailureReason once it failed.
+    """
+
+    failure_reason: str | None
 
 
 @dataclass
@@ -50,22 +65,41 @@ class EndpointRegistry:
     """Endpoint name -> its live generation. Readers see a mapping that is swapped, not mutated."""
 
     _endpoints: Mapping[str, LiveEndpoint] = field(default_factory=lambda: MappingProxyType({}))
+    _unroutable: dict[str, Unroutable] = field(default_factory=dict)
 
     def get(self, name: str) -> LiveEndpoint | None:
         """The live generation of endpoint `name`, or None when it is not routable."""
         return self._endpoints.get(name)
+
+    def unroutable(self, name: str) -> Unroutable | None:
+        """Why endpoint `name` has no live generation: pending or failed; None when the registry
+        knows no such endpoint (or it is live)."""
+        return self._unroutable.get(name)
 
     def publish(self, endpoint: LiveEndpoint) -> None:
         """Make `endpoint` the one requests for its name are routed to, in one step."""
         updated = dict(self._endpoints)
         updated[endpoint.name] = endpoint
         self._endpoints = MappingProxyType(updated)
+        self._unroutable.pop(endpoint.name, None)
+
+    def pending(self, name: str) -> None:
+        """Endpoint `name` exists and is being deployed: until a generation is published, its
+        requests are told to try again."""
+        self._unroutable[name] = Unroutable(failure_reason=None)
+
+    def failed(self, name: str, reason: str) -> None:
+        """Endpoint `name` failed for `reason` (its FailureReason). Without a live generation its
+        requests are refused with that reason; a live generation, if any, keeps serving."""
+        self._unroutable[name] = Unroutable(failure_reason=reason)
 
     def withdraw(self, name: str) -> LiveEndpoint | None:
-        """Stop routing to endpoint `name`; return the generation that was live, if any."""
+        """Stop routing to endpoint `name` and forget it (it is being deleted); return the
+        generation that was live, if any."""
         updated = dict(self._endpoints)
         removed = updated.pop(name, None)
         self._endpoints = MappingProxyType(updated)
+        self._unroutable.pop(name, None)
         return removed
 
     def names(self) -> list[str]:

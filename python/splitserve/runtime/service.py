@@ -1,23 +1,35 @@
 """InvokeEndpoint: route one request to a variant and an instance, forward it, report the answer.
 
 No aiohttp here: the handler passes the path, the headers that matter and the body bytes; the
-service returns what goes back, or raises an error from `splitserve.errors` (or the router's own),
-which the app's middleware puts on the wire. The request path makes one router call, one forward
-over a kept-alive connection, and records metrics through label children resolved when the
-endpoint went live.
+service returns what goes back, or raises an error from `splitserve.errors`, which the runtime
+plane's error boundary puts on the wire. The request path makes one router call (it returns the
+variant, the instance, the variant's healthy-instance count and whether it failed over), one
+forward over a kept-alive connection, and records each event once through the variant's
+`VariantRecorder`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import random
 import re
+from collections.abc import Sequence
 from time import perf_counter
 from typing import NamedTuple
 
-from splitserve._router import NoHealthyInstanceError, UnknownInstanceError
+from splitserve._router import (
+    NoHealthyInstanceError,
+    NoRoutableVariantError,
+    Route,
+    UnknownVariantError,
+)
 from splitserve.config import Settings
+from splitserve.contract.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from splitserve.errors import (
     InvocationValidationError,
     ModelError,
@@ -26,12 +38,6 @@ from splitserve.errors import (
     ServiceUnavailable,
 )
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
-from splitserve.contract.upstream import (
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamResponse,
-    UpstreamTimeout,
-)
 
 log = logging.getLogger(__name__)
 
@@ -89,78 +95,54 @@ class InvocationService:
         """Route `request` to one instance of one variant and return its answer.
 
         Raises:
-            InvocationValidationError: unknown endpoint or one not InService, bad header values.
+            InvocationValidationError: unknown or failed endpoint, a TargetVariant naming no
+                variant, an untargeted request when every weight is 0, bad header values.
             PayloadTooLarge: the body is over the 6 MiB limit.
-            UnknownVariantError, NoRoutableVariantError: from the router, for TargetVariant
-                naming no variant, or an untargeted request when every weight is zero.
-            NoHealthyInstanceError, ServiceUnavailable: no instance can take the request now
-                (on an endpoint with failover, an untargeted one goes to another variant first).
-            ModelError: the worker answered non-2xx, or not within the timeout.
+            ServiceUnavailable: the endpoint is being deployed, or no instance can take the
+                request now (on an endpoint with failover, an untargeted request goes to another
+                variant first), or the instance refused the connection (the request never
+                reached it).
+            ModelError: the worker answered non-2xx, or not completely within the timeout.
         """
         started = perf_counter()
         live = self._registry.get(request.endpoint_name)
         if live is None:
-            raise InvocationValidationError(
-                f"Endpoint {request.endpoint_name} of account {self._account_id} not found."
-            )
+            raise self._not_routable(request.endpoint_name)
         if (
             request.target_model is not None
             or request.target_variant is not None
             or request.inference_id is not None
+            or request.sticky_key is not None
             or len(request.body) > self._max_payload
         ):
             self._check(request)  # most requests carry none of these: no call for them
+        route = _route(live, request)
+        variant = route.variant
+        recorder = live.recorders[variant]
+        recorder.invoked(route.healthy_instances)
+        if route.failed_over:
+            recorder.failed_over()
+        instance = route.instance
+        sent = perf_counter()
         try:
-            variant, instance = live.router.route(request.target_variant, request.sticky_key)
-        except NoHealthyInstanceError:
-            rerouted = None
-            if live.failover and request.target_variant is None:
-                rerouted = _fail_over(live)
-            if rerouted is None:
-                raise
-            variant, instance = rerouted
-        metrics = live.metrics[variant]
-        metrics.invocations.inc()
-        # CloudWatch's InvocationsPerInstance: each routed request adds 1/healthy instances.
-        healthy = len(live.router.healthy_instances(variant)) or 1
-        metrics.invocations_per_instance.inc(1.0 / healthy)
-        metrics.minutes.count_invocation()
-        try:
-            sent = perf_counter()
-            try:
-                response = await live.pools[instance].request(
-                    _POST,
-                    _INVOCATIONS_PATH,
-                    _forwarded_headers(
-                        request.content_type, request.accept, request.custom_attributes
-                    ),
-                    request.body,
-                    self._timeout,
-                )
-            finally:
-                model_seconds = perf_counter() - sent
-            metrics.model_latency.observe(model_seconds)
-            metrics.minutes.observe_latency(model_seconds)
+            response = await live.pools[instance.name].request(
+                _POST,
+                _INVOCATIONS_PATH,
+                _forwarded_headers(request.content_type, request.accept, request.custom_attributes),
+                request.body,
+                self._timeout,
+            )
         except UpstreamError as error:
-            metrics.model_errors.inc()
-            metrics.minutes.count_model_error(0)
+            recorder.model_error(0, None)
             raise self._upstream_failure(error, live.log_stream_arn) from error
         finally:
-            # Not contextlib.suppress: this is the request path, and a bare try costs nothing.
-            try:  # noqa: SIM105
-                live.router.release(instance)
-            except UnknownInstanceError:
-                pass  # scaled in while this request was on it: its slot already left the table
+            live.router.release(instance)
+        model_seconds = perf_counter() - sent
         status = response.status
         if status >= 300:
-            metrics.model_errors.inc()
-            metrics.minutes.count_model_error(status)
-            if status >= 500:
-                metrics.errors_5xx.inc()
-            elif status >= 400:
-                metrics.errors_4xx.inc()
+            recorder.model_error(status, model_seconds)
             raise _model_error(response, live.log_stream_arn)
-        metrics.overhead_latency.observe(perf_counter() - started - model_seconds)
+        recorder.answered(model_seconds, perf_counter() - started - model_seconds)
         content_type, custom_attributes = _answer_headers(response)
         if live.capture is not None:
             # Only successful invocations are captured: a failed one has no model output to monitor.
@@ -173,9 +155,24 @@ class InvocationService:
                 response.body,
                 content_type,
             )
-        # tuple.__new__: the NamedTuple built in C, without its generated Python __new__.
-        return tuple.__new__(
-            InvocationResult, (variant, response.body, content_type, custom_attributes)
+        return InvocationResult(variant, response.body, content_type, custom_attributes)
+
+    def _not_routable(self, endpoint_name: str) -> Exception:
+        """The error for an endpoint with no live generation: being deployed (503, which boto3
+        retries), failed (400 with its FailureReason) or unknown (400 not found)."""
+        unroutable = self._registry.unroutable(endpoint_name)
+        if unroutable is None:
+            return InvocationValidationError(
+                f"Endpoint {endpoint_name} of account {self._account_id} not found."
+            )
+        if unroutable.failure_reason is None:
+            return ServiceUnavailable(
+                f"Endpoint {endpoint_name} of account {self._account_id} is being deployed and "
+                "cannot take requests yet; try again."
+            )
+        return InvocationValidationError(
+            f"Endpoint {endpoint_name} of account {self._account_id} failed and cannot take "
+            f"requests: {unroutable.failure_reason}"
         )
 
     def _check(self, request: Invocation) -> None:
@@ -203,6 +200,8 @@ class InvocationService:
                 "Member must have length between 1 and 64, start with a non-space character and "
                 "hold only printable characters"
             )
+        if request.sticky_key is not None and not request.sticky_key.isascii():
+            raise _not_ascii("X-Splitserve-Sticky-Key")
 
     def _upstream_failure(self, error: UpstreamError, log_stream_arn: str) -> Exception:
         """The wire error for a forward that got no complete answer."""
@@ -224,30 +223,21 @@ class InvocationService:
         )
 
 
-def _fail_over(live: LiveEndpoint) -> tuple[str, str] | None:
-    """Route an untargeted request again, among the variants that have a healthy instance.
+def _route(live: LiveEndpoint, request: Invocation) -> Route:
+    """The router's pick for `request`, its errors turned into the API's.
 
-    Called only when the router found no healthy instance in the variant it drew, for a request
-    without TargetVariant on an endpoint with failover on, so the normal path pays nothing for
-    it. The variant is drawn by weight among those with a weight above 0 and a healthy instance;
-    the one drawn counts the request in splitserve_failover_total.
-
-    Returns:
-        (variant name, instance name) as `Router.route` returns them, or None when no variant
-        can take the request.
+    Raises:
+        InvocationValidationError: TargetVariant names no variant; every weight is 0 and the
+            request names no TargetVariant.
+        ServiceUnavailable: the chosen variant (and, with failover, every other) has no healthy
+            instance.
     """
-    router = live.router
-    names: list[str] = []
-    weights: list[float] = []
-    for name, weight in router.weights().items():
-        if weight > 0 and router.healthy_instances(name):
-            names.append(name)
-            weights.append(weight)
-    if not names:
-        return None
-    routed = router.route(random.choices(names, weights)[0], None)
-    live.metrics[routed[0]].failovers.inc()
-    return routed
+    try:
+        return live.router.route(request.target_variant, request.sticky_key)
+    except (UnknownVariantError, NoRoutableVariantError) as error:
+        raise InvocationValidationError(str(error)) from None
+    except NoHealthyInstanceError as error:
+        raise ServiceUnavailable(str(error)) from None
 
 
 def _answer_headers(response: UpstreamResponse) -> tuple[bytes | None, bytes | None]:
@@ -268,20 +258,36 @@ def _valid_inference_id(value: str) -> bool:
     return 0 < len(value) <= 64 and value.isprintable() and not value[0].isspace()
 
 
+def _not_ascii(header: str) -> InvocationValidationError:
+    """The refusal of a header value holding a byte outside ASCII (or invalid UTF-8)."""
+    return InvocationValidationError(
+        f"The {header} header holds a character outside ASCII; header values must be ASCII."
+    )
+
+
 # Cached: clients send the same few Content-Type and Accept values again and again, and a hit is
-# answered in C, without a Python call. Bounded, so distinct custom attributes cannot grow it.
+# answered in C, without a Python call. Bounded, so distinct custom attributes cannot grow it. A
+# value that is refused raises, and a raise is never cached, so each refusal is checked anew.
 @functools.lru_cache(maxsize=256)
 def _forwarded_headers(
     content_type: str | None, accept: str | None, custom_attributes: str | None
-) -> tuple[tuple[bytes, bytes], ...]:
-    """The headers the container contract passes through to the worker."""
+) -> Sequence[tuple[bytes, bytes]]:
+    """The headers the container contract passes through to the worker.
+
+    Raises:
+        InvocationValidationError: a value holds a character outside ASCII (the API allows only
+            ASCII in these headers; aiohttp hands invalid UTF-8 over as surrogates).
+    """
     headers: list[tuple[bytes, bytes]] = []
-    if content_type is not None:
-        headers.append((b"Content-Type", content_type.encode("latin-1")))
-    if accept is not None:
-        headers.append((b"Accept", accept.encode("latin-1")))
-    if custom_attributes is not None:
-        headers.append((b"X-Amzn-SageMaker-Custom-Attributes", custom_attributes.encode("latin-1")))
+    for name, value in (
+        ("Content-Type", content_type),
+        ("Accept", accept),
+        ("X-Amzn-SageMaker-Custom-Attributes", custom_attributes),
+    ):
+        if value is not None:
+            if not value.isascii():
+                raise _not_ascii(name)
+            headers.append((name.encode(), value.encode("ascii")))
     return tuple(headers)
 
 

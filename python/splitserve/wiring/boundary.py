@@ -1,35 +1,39 @@
-"""Errors on the wire: the one place the error table (`errors.wire_error`) becomes HTTP responses.
+"""The error boundary: the one place errors become HTTP answers, built once per plane.
 
-Each plane answers errors in the form its SageMaker client parses: the control plane's JSON
-`{"__type", "Message"}`, the runtime's REST-JSON `{"ErrorCode", "Message", ...}` with
-x-amzn-ErrorType. Internal exception text never goes to a client: it goes to the log under the
-request id that the answer names.
+`create_app` builds one `ErrorBoundary` per plane and wraps every handler of that plane in it,
+InvokeEndpoint's included: the runtime plane answers in sagemaker-runtime's REST-JSON form
+(`{"ErrorCode", "Message", ...}` with x-amzn-ErrorType), the control plane in SageMaker's JSON 1.1
+form (`{"__type", "Message"}`); see docs/sagemaker-api.md, '1.1 Control plane' and '1.2 Data
+plane'. The code and status come from the one error table (`errors.wire_error`).
 
-Every answer carries an x-amzn-RequestId, as AWS's do.
+The boundary decides; the formatters (`control_error_response`, `runtime_error_response`) only
+format, with no side effects. The boundary:
+- answers an error of the error table in its plane's form; aiohttp's 413 (a body over
+  client_max_size) as the API's PayloadTooLarge; any other exception as an InternalFailure whose
+  message names only the request id (the exception and its traceback go to the log under that id);
+- lets aiohttp's own HTTP answers (404, 405, ...) through, with a request id;
+- counts, on the runtime plane, the requests refused before a variant took them
+  (splitserve_gateway_errors_total by code): what a variant took is counted by its recorder;
+- gives every answer an x-amzn-RequestId, as AWS's answers have.
 
-The gateway uses no aiohttp middleware: with one, aiohttp runs a middleware chain for every request
-(two more coroutines, a cache lookup and the current-app bookkeeping: 15 Python calls, where an
-invocation makes ~120 in all), on InvokeEndpoint too. Instead `create_app` wraps each route's
-handler in `handle_errors`, except InvokeEndpoint's, which catches its own errors and sets its own
-request id (a wrapper would be one more coroutine per request), and ends the route table with
-`unrouted`, which gives what no route takes aiohttp's own 404 or 405, with a request id. (An
-on_response_prepare signal could add the ids instead, but it costs every response five Python
-calls.)
+There is no aiohttp middleware: a middleware chain costs every request two more coroutines and
+the current-app bookkeeping; one wrapper coroutine per handler does the same job for less. The
+last route, `unrouted`, gives what no route takes aiohttp's own 404 or 405 with a request id.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import itertools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from splitserve.wiring import keys
-from splitserve._router import RouterError
 from splitserve.config import MAX_PAYLOAD_BYTES
+from splitserve.contract.upstream import UpstreamError
 from splitserve.control.routes import CONTENT_TYPE as CONTROL_CONTENT_TYPE
 from splitserve.errors import (
     InternalFailure,
@@ -39,7 +43,6 @@ from splitserve.errors import (
     wire_error,
 )
 from splitserve.metrics.prometheus import GATEWAY_ERRORS
-from splitserve.contract.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -60,52 +63,127 @@ def next_request_id() -> str:
     return f"{_REQUEST_ID_PREFIX}{next(_request_numbers):012x}"
 
 
-def answer_error(request: web.Request, error: Exception) -> web.Response:
-    """The answer to `error`, raised while handling `request`. Call it from an `except` clause.
+class Plane(enum.Enum):
+    """Which SageMaker client a route answers, and so which wire form its errors take."""
 
-    Errors of the error table (and the router's) go on the wire in the form of the plane the
-    request came in on; aiohttp's 413 (a body over client_max_size) becomes the API's
-    PayloadTooLarge. Any other HTTPException is raised again, with a request id, for aiohttp to
-    answer as it does. Anything else is an InternalFailure: logged with its traceback under the
-    request id, which the message names.
+    CONTROL = "control"
+    """`sagemaker` (JSON 1.1), and the gateway's own GET routes."""
+    RUNTIME = "runtime"
+    """`sagemaker-runtime` (REST-JSON): InvokeEndpoint."""
 
-    Raises:
-        web.HTTPException: `error` itself, when it is one of aiohttp's own answers.
-    """
-    request_id = next_request_id()
-    if isinstance(error, SplitserveError | RouterError):
-        response = _wire_response(request, error)
-    elif isinstance(error, web.HTTPRequestEntityTooLarge):
-        settings = request.app.get(keys.SETTINGS)
-        limit = MAX_PAYLOAD_BYTES if settings is None else settings.max_payload_bytes
-        response = _wire_response(
-            request, PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
-        )
-    elif isinstance(error, web.HTTPException):
-        error.headers[REQUEST_ID_HEADER] = request_id
-        raise error
-    else:
-        log.error("request %s failed", request_id, exc_info=error)
-        response = _wire_response(
-            request, InternalFailure(f"An internal error occurred (request id {request_id}).")
-        )
-    response.headers[REQUEST_ID_HEADER] = request_id
+
+def control_error_response(error: SplitserveError) -> web.Response:
+    """`error` in the control plane's JSON 1.1 form (no side effects)."""
+    wire = wire_error(error)
+    return web.json_response(
+        {"__type": wire.code, "Message": error.message},
+        status=wire.status,
+        content_type=CONTROL_CONTENT_TYPE,
+    )
+
+
+def runtime_error_response(error: SplitserveError) -> web.Response:
+    """`error` in sagemaker-runtime's REST-JSON form, with x-amzn-ErrorType (no side effects)."""
+    wire = wire_error(error)
+    body: dict[str, object] = {"ErrorCode": wire.code, "Message": error.message}
+    if isinstance(error, ModelError):
+        body["OriginalStatusCode"] = error.detail.original_status_code
+        body["OriginalMessage"] = error.detail.original_message
+        body["LogStreamArn"] = error.detail.log_stream_arn
+    response = web.json_response(body, status=wire.status)
+    response.headers["x-amzn-ErrorType"] = wire.code
     return response
 
 
-def handle_errors(handler: Handler) -> Handler:
-    """`handler`, answering its errors with `answer_error` and giving its answers a request id."""
+class ErrorBoundary:
+    """Answers the errors of one plane's handlers; built once per plane by `create_app`."""
 
-    @functools.wraps(handler)
-    async def handled(request: web.Request) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except Exception as error:
-            return answer_error(request, error)
-        response.headers[REQUEST_ID_HEADER] = next_request_id()
+    def __init__(self, plane: Plane, max_payload_bytes: int) -> None:
+        """A boundary answering in `plane`'s wire form; `max_payload_bytes` is what a 413's
+        message names (the application's client_max_size)."""
+        self.plane = plane
+        self._max_payload_bytes = max_payload_bytes
+        self._format = runtime_error_response if plane is Plane.RUNTIME else control_error_response
+
+    def wrap(self, handler: Handler) -> Handler:
+        """`handler`, its errors answered by this boundary and its answers given a request id."""
+        answer = self.answer
+
+        @functools.wraps(handler)
+        async def bounded(request: web.Request) -> web.StreamResponse:
+            try:
+                response = await handler(request)
+            except Exception as error:
+                return answer(error)
+            response.headers[REQUEST_ID_HEADER] = next_request_id()
+            return response
+
+        return bounded
+
+    def routes(self, routes: Sequence[web.RouteDef]) -> list[web.RouteDef]:
+        """`routes` with every handler wrapped in this boundary.
+
+        Raises:
+            TypeError: a route's handler is a class-based view (not supported).
+        """
+        bounded = []
+        for route in routes:
+            if isinstance(route.handler, type):
+                raise TypeError(f"{route.path}: class-based views are not supported")
+            bounded.append(
+                web.RouteDef(route.method, route.path, self.wrap(route.handler), route.kwargs)
+            )
+        return bounded
+
+    def answer(self, error: Exception) -> web.Response:
+        """The answer to `error`, raised while handling a request of this plane, with a request
+        id. Call it from an `except` clause.
+
+        Raises:
+            web.HTTPException: `error` itself (given a request id), when it is one of aiohttp's
+                own answers other than 413.
+        """
+        request_id = next_request_id()
+        if isinstance(error, SplitserveError):
+            known = error
+        elif isinstance(error, web.HTTPRequestEntityTooLarge):
+            known = PayloadTooLarge(
+                f"Request body is over the limit of {self._max_payload_bytes} bytes."
+            )
+        elif isinstance(error, web.HTTPException):
+            error.headers[REQUEST_ID_HEADER] = request_id
+            raise error
+        else:
+            log.error("request %s failed", request_id, exc_info=error)
+            known = InternalFailure(f"An internal error occurred (request id {request_id}).")
+        if self.plane is Plane.RUNTIME and not _taken_by_a_variant(known):
+            GATEWAY_ERRORS.labels(wire_error(known).code).inc()
+        response = self._format(known)
+        response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
-    return handled
+
+def _taken_by_a_variant(error: SplitserveError) -> bool:
+    """Whether a variant's recorder counted the request `error` ended: a ModelError, or an error
+    the runtime service raised `from` the UpstreamError that ended a forward. Everything else was
+    refused before a variant took the request."""
+    return isinstance(error, ModelError) or isinstance(error.__cause__, UpstreamError)
+
+
+def plane_of(request: web.BaseRequest) -> Plane:
+    """The plane a request came in on, by its path."""
+    return Plane.RUNTIME if request.path.startswith(_RUNTIME_PREFIX) else Plane.CONTROL
+
+
+def answer_error(request: web.BaseRequest, error: Exception) -> web.Response:
+    """The answer to `error` for a request no route's boundary holds (the connection edge's own
+    refusals), in the wire form of the plane its path belongs to, with a request id.
+
+    Raises:
+        web.HTTPException: as `ErrorBoundary.answer`.
+    """
+    max_payload = getattr(request, "client_max_size", MAX_PAYLOAD_BYTES)
+    return ErrorBoundary(plane_of(request), max_payload).answer(error)
 
 
 async def unrouted(request: web.Request) -> web.StreamResponse:
@@ -127,28 +205,3 @@ async def unrouted(request: web.Request) -> web.StreamResponse:
     )
     error.headers[REQUEST_ID_HEADER] = next_request_id()
     raise error
-
-
-def _wire_response(request: web.Request, error: Exception) -> web.Response:
-    """The wire form of `error` for the plane `request` came in on."""
-    wire = wire_error(error)
-    message = error.message if isinstance(error, SplitserveError) else str(error)
-    if not request.path.startswith(_RUNTIME_PREFIX):
-        return web.json_response(
-            {"__type": wire.code, "Message": message},
-            status=wire.status,
-            content_type=CONTROL_CONTENT_TYPE,
-        )
-    body: dict[str, object] = {"ErrorCode": wire.code, "Message": message}
-    if isinstance(error, ModelError):
-        body["OriginalStatusCode"] = error.detail.original_status_code
-        body["OriginalMessage"] = error.detail.original_message
-        body["LogStreamArn"] = error.detail.log_stream_arn
-    elif not isinstance(error.__cause__, UpstreamError):
-        # Refused before a variant was chosen: not any variant's invocation. (After routing, the
-        # runtime service raises a ModelError, or another error `from` the UpstreamError that
-        # ended the forward; those it counted as the variant's invocation and model error.)
-        GATEWAY_ERRORS.labels(wire.code).inc()
-    response = web.json_response(body, status=wire.status)
-    response.headers["x-amzn-ErrorType"] = wire.code
-    return response

@@ -7,11 +7,13 @@ from aiohttp import web
 from splitserve.capture.writer import CaptureWriter
 from splitserve.config import Settings
 from splitserve.control.service import ControlService
-from splitserve.runtime.service import InvocationService
 from splitserve.metrics.minutes import MinuteStore
+from splitserve.runtime.registry import EndpointRegistry
+from splitserve.runtime.service import InvocationService
 
 SETTINGS = web.AppKey("settings", Settings)
 CONTROL = web.AppKey("control", ControlService)
 INVOCATIONS = web.AppKey("invocations", InvocationService)
+ENDPOINTS = web.AppKey("endpoints", EndpointRegistry)
 MINUTES = web.AppKey("minutes", MinuteStore)
 CAPTURE = web.AppKey("capture", CaptureWriter)
