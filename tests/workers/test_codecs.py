@@ -430,3 +430,53 @@ def test_every_accept_has_a_content_type_and_an_encoder() -> None:
     for accept, content_type in codecs.ACCEPT_TYPES.items():
         assert content_type.startswith(accept)
         assert codecs.encode_predictions(SCORES, accept)
+
+
+# --- bounds checked before parsing ----------------------------------------------------------------
+
+
+def test_deeply_nested_json_is_a_400_not_a_recursion_error() -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    error = refused(body, codecs.JSON)
+    assert error.status == 400
+    assert f"more than {codecs.MAX_JSON_DEPTH} deep" in error.message
+    nested = b'{"instances": [{"features": ' + json.dumps(ROW).encode() + b"}]}"
+    assert decode(nested, codecs.JSON).shape == (1, FEATURES)
+    # Brackets inside strings are not structure.
+    padded = (
+        b'{"note": "[[[[[[[[[[[[[[[[\\"[[[[", "instances": [' + json.dumps(ROW).encode() + b"]}"
+    )
+    assert decode(padded, codecs.JSON).shape == (1, FEATURES)
+
+
+def test_a_5000_digit_json_number_is_a_400_not_a_value_error() -> None:
+    row = ["1" * 5000, *(str(value) for value in ROW[1:])]
+    error = refused(("[" + ",".join(row) + "]").encode(), codecs.JSON)
+    assert error.status == 400
+    assert f"more than {codecs.MAX_NUMBER_DIGITS} digits" in error.message
+    # At the limit the number parses (and is then refused as outside float32, a 400 too).
+    row[0] = "1" * codecs.MAX_NUMBER_DIGITS
+    error = refused(("[" + ",".join(row) + "]").encode(), codecs.JSON)
+    assert "outside the float32 range" in error.message
+
+
+def test_other_formats_take_huge_numbers_as_400s() -> None:
+    huge = "1" * 5000
+    assert (
+        "outside the float32 range"
+        in refused(",".join([huge, *ROW_CSV.split(",")[1:]]).encode(), codecs.CSV).message
+    )
+    assert "integer index" in refused(f"{huge}:1".encode(), codecs.LIBSVM).message
+
+
+def test_an_npy_header_declaring_more_rows_than_sent_is_a_400() -> None:
+    body = npy_bytes(np.zeros((2, FEATURES), dtype=np.float32))
+    lying = body.replace(b"(2, 13)", b"(1000000000000, 13)")
+    assert lying != body
+    error = refused(lying, codecs.NPY)
+    assert error.status == 400
+    assert "declares shape (1000000000000, 13)" in error.message
+    assert error.message.startswith("the body is not a valid .npy array")
+    error = refused(body[:-4], codecs.NPY)
+    assert "holds 100 bytes after it" in error.message
+    assert decode(body, codecs.NPY).shape == (2, FEATURES)

@@ -589,6 +589,20 @@ def test_a_file_that_is_not_a_model_exits_2_naming_it(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
 
 
+def test_a_load_failure_never_quotes_the_file(tmp_path: Path) -> None:
+    # Were the artifact any file of the host, its contents must not reach a FailureReason.
+    (tmp_path / "xgboost-model").write_bytes(b"root:$6$secret-hash:19000:0:99999:7:::\n")
+    code, stderr = start_failure(tmp_path)
+    assert code == 2
+    assert "not an XGBoost model" in stderr
+    assert "secret" not in stderr
+    assert "root:" not in stderr
+    (tmp_path / "xgboost-model").write_bytes(b'{"learner": "hunter2"')
+    code, stderr = start_failure(tmp_path)
+    assert code == 2
+    assert "hunter2" not in stderr
+
+
 def test_an_empty_or_missing_model_directory_exits_2(tmp_path: Path) -> None:
     (tmp_path / ".hidden").write_bytes(b"dot files are not models")
     code, stderr = start_failure(tmp_path)

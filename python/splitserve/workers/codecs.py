@@ -16,6 +16,10 @@ The formats follow the SageMaker XGBoost container (reference section 5.2), with
 - Missing values: an empty CSV cell, `nan`, a JSON `null` and an absent libsvm index are missing
   (NaN, XGBoost's default). Infinite values, and finite values outside the float32 range (which
   XGBoost would see as infinite), are refused with the row and column.
+- Bounds before parsing, so that no body makes a worker fail with a 500 (MemoryError,
+  RecursionError, ValueError): a JSON body may nest at most `MAX_JSON_DEPTH` arrays and objects
+  (rows need 4 at most) and hold no number of more than `MAX_NUMBER_DIGITS` digits; an `.npy`
+  header must declare exactly as many bytes as the body holds after it.
 - An empty body is a 400: a request that asks for no prediction is a client error to us (the
   container answers 204 with an empty body, which clients then fail to parse).
 - Blank lines are allowed only at the end of a text body; a blank line between rows is refused
@@ -33,6 +37,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -64,6 +69,20 @@ ACCEPT_TYPES: Final[dict[str, str]] = {
 
 #: The Accept used when the request has none, an empty one, or `*/*`.
 DEFAULT_ACCEPT: Final = CSV
+
+#: The deepest nesting of JSON arrays and objects accepted (`{"instances": [{"features": [...]}]}`
+#: is 4); deeper bodies are refused before parsing, which would recurse once per level.
+MAX_JSON_DEPTH: Final = 8
+
+#: The most digits in a row a JSON number may have (float32 needs 9 significant digits; Python
+#: refuses to convert an integer of more than 4300 digits, with a ValueError).
+MAX_NUMBER_DIGITS: Final = 100
+
+_JSON_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+#: Per byte: +1 opens an array or object, -1 closes one.
+_BRACKET_STEPS: Final = np.zeros(256, dtype=np.int8)
+_BRACKET_STEPS[[ord("["), ord("{")]] = 1
+_BRACKET_STEPS[[ord("]"), ord("}")]] = -1
 
 #: How much of an offending cell an error message quotes.
 _CELL_QUOTE_CHARS: Final = 40
@@ -316,6 +335,14 @@ def _decode_npy(body: bytes, num_features: int) -> Rows:
         raise _feature_count_error(1, columns, num_features)
     if len(shape) == 2 and shape[0] == 0:
         raise _bad("the array holds no rows")
+    # Before np.load allocates what the header declares: 10**12 rows must not be tried.
+    declared = math.prod(shape) * dtype.itemsize
+    present = len(body) - stream.tell()
+    if declared != present:
+        raise _bad(
+            f"the body is not a valid .npy array: its header declares shape {tuple(shape)} of"
+            f" {dtype} ({declared} bytes of data) but the body holds {present} bytes after it"
+        )
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except ValueError as error:
@@ -324,13 +351,35 @@ def _decode_npy(body: bytes, num_features: int) -> Rows:
     return _finish(values, lambda flat: repr(float(values.flat[flat])))
 
 
+def _check_json_bounds(text: str) -> None:
+    """Refuse a JSON body nested deeper than MAX_JSON_DEPTH or holding a number of more than
+    MAX_NUMBER_DIGITS digits, without parsing it (strings hold neither: they are skipped)."""
+    codes = np.frombuffer(_JSON_STRING.sub('""', text).encode("utf-8"), dtype=np.uint8)
+    if codes.size == 0:
+        return
+    digits = (codes - ord("0") < 10).view(np.int8)
+    edges = np.flatnonzero(np.diff(digits, prepend=0, append=0))  # where runs of digits start, end
+    if edges.size and int((edges[1::2] - edges[::2]).max()) > MAX_NUMBER_DIGITS:
+        raise _bad(f"the JSON body holds a number of more than {MAX_NUMBER_DIGITS} digits")
+    steps = _BRACKET_STEPS[codes]
+    steps = steps[steps != 0]
+    if steps.size and int(np.cumsum(steps, dtype=np.int64).max()) > MAX_JSON_DEPTH:
+        raise _bad(
+            f"the JSON body nests arrays and objects more than {MAX_JSON_DEPTH} deep; rows need"
+            " at most 4"
+        )
+
+
 def _decode_json(text: str, num_features: int) -> Rows:
+    _check_json_bounds(text)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise _bad(
             f"the body is not valid JSON: {error.msg} (line {error.lineno} column {error.colno})"
         ) from None
+    except (RecursionError, ValueError) as error:  # a second line behind _check_json_bounds
+        raise _bad(f"the JSON body cannot be decoded: {type(error).__name__}") from None
     rows: Any = document
     if isinstance(document, dict):
         if "instances" not in document:

@@ -313,11 +313,19 @@ def _is_pickle(data: bytes) -> bool:
 _XGBOOST_MESSAGE_PREFIX: Final = re.compile(r"^\[[0-9:]+\] \S+:[0-9]+: ")
 
 
+#: What XGBoost's JSON parser quotes of the text it choked on.
+_XGBOOST_QUOTED_INPUT: Final = re.compile(r',? got: "[^"]*"')
+
+
 def _xgboost_reason(error: Exception) -> str:
-    # XGBoost's messages carry a time and source location prefix and a stack trace: drop them.
+    """XGBoost's message without its time and source prefix, its stack trace, and anything it
+    quotes of the file: its next lines show the bytes around the error, and the message names
+    the character it found. A failure reason must never show a file's contents (the artifact
+    could be any file the gateway was tricked into reading)."""
     text = str(error).split("Stack trace:", 1)[0].strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return _XGBOOST_MESSAGE_PREFIX.sub("", " ".join(lines)) or type(error).__name__
+    first = _XGBOOST_MESSAGE_PREFIX.sub("", lines[0]) if lines else ""
+    return _XGBOOST_QUOTED_INPUT.sub("", first) or type(error).__name__
 
 
 def load_model(model_dir: Path, *, allow_pickle: bool, nthread: int) -> LoadedModel:
@@ -360,7 +368,8 @@ def load_model(model_dir: Path, *, allow_pickle: bool, nthread: int) -> LoadedMo
         try:
             loaded = pickle.loads(data)  # the operator allowed it with --allow-pickle
         except Exception as error:
-            raise ModelLoadError(f"{path}: cannot unpickle: {error}") from None
+            # The exception's text may quote the file's bytes: name only its kind.
+            raise ModelLoadError(f"{path}: cannot unpickle: {type(error).__name__}") from None
         if isinstance(loaded, xgboost.Booster):
             booster = loaded
         elif callable(getattr(loaded, "get_booster", None)):
