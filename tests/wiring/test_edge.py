@@ -320,6 +320,22 @@ async def test_kept_alive_connections_are_not_timed_between_requests(tmp_path: P
                 # Idle longer than the header timeout: idle is the keep-alive timeout's business.
                 await asyncio.sleep(0.5)
         assert edge.server.slow_heads_closed == 0
+        # Nor are a body's bytes arriving over several reads taken for the start of a head.
+        reader, writer = await edge.connect()
+        for _ in range(2):
+            writer.write(_invocation_head(4))
+            await writer.drain()
+            for part in (b"1,", b"2\n"):
+                await asyncio.sleep(0.05)
+                writer.write(part)
+                await writer.drain()
+            answer = await reader.readuntil(b"\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400 ")
+            length = int(answer.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            await asyncio.sleep(0.5)
+        assert edge.server.slow_heads_closed == 0
+        writer.close()
 
 
 async def test_at_the_cap_idle_connections_are_closed_least_recently_active_first(

@@ -252,7 +252,9 @@ class EdgeProtocol(web.RequestHandler):
     @property
     def idle(self) -> bool:
         """No request in progress or queued: the connection waits for a request head."""
-        return self._waiter is not None
+        # A waiter that is done has been given a request that its handler has not taken yet.
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit the connection under the cap, or answer 503 and close it."""
@@ -282,9 +284,9 @@ class EdgeProtocol(web.RequestHandler):
             if self._head_started is not None:
                 self._head_started = None
                 self._edge.pending_heads.discard(self)
-        elif self._head_started is None and self._waiter is not None and data:
-            # The start of a head that this read did not complete: the sweep times it. (With no
-            # waiter, a request is in progress and these are its body's bytes.)
+        elif self._head_started is None and data and self.idle:
+            # The start of a head that this read did not complete: the sweep times it. (When not
+            # idle, a request is in progress and these are its body's bytes.)
             self._head_started = self._loop.time()
             self._edge.pending_heads.add(self)
 
