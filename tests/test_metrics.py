@@ -239,6 +239,10 @@ async def gateway() -> AsyncIterator[Gateway]:
             f"{endpoint}/Good/g1/0": UpstreamAddress.tcp("127.0.0.1", worker.port),
             f"{endpoint}/Gone/g1/0": UpstreamAddress.tcp("127.0.0.1", free_port()),
         }
+        upstream_pools = {
+            name: UpstreamPool(address, max_idle=4, connect_timeout=1.0, max_response_bytes=1 << 20)
+            for name, address in pools.items()
+        }
         registry = EndpointRegistry()
         registry.publish(
             LiveEndpoint(
@@ -253,12 +257,7 @@ async def gateway() -> AsyncIterator[Gateway]:
                     seed=1,
                     failover=False,
                 ),
-                pools={
-                    name: UpstreamPool(
-                        address, max_idle=4, connect_timeout=1.0, max_response_bytes=1 << 20
-                    )
-                    for name, address in pools.items()
-                },
+                pools=dict(upstream_pools),
                 recorders={
                     variant: VariantRecorder.resolve(
                         endpoint, variant, minutes.variant(endpoint, variant)
@@ -287,10 +286,9 @@ async def gateway() -> AsyncIterator[Gateway]:
         )
         async with TestClient(TestServer(app)) as client:
             yield Gateway(client, endpoint)
-        for live in [registry.withdraw(endpoint)]:
-            assert live is not None
-            for pool in live.pools.values():
-                await pool.close()
+        assert registry.withdraw(endpoint) is not None
+        for pool in upstream_pools.values():
+            await pool.close()
         for variant in ("Good", "Gone"):
             remove_variant_series(endpoint, variant)
 

@@ -218,6 +218,35 @@ def test_malformed_http_gets_a_4xx(
     assert_serving(gateway, runtime)
 
 
+@pytest.mark.parametrize(
+    ("name", "header", "body"),
+    [
+        ("content-type-bad-utf8", b"Content-Type: text/\xff\xfecsv", _GOOD_ROW),
+        ("accept-latin-1", b"Accept: caf\xe9", _GOOD_ROW),
+        ("custom-attributes-utf8", b"X-Amzn-SageMaker-Custom-Attributes: caf\xc3\xa9", _GOOD_ROW),
+        ("sticky-key-bad-utf8", b"X-Splitserve-Sticky-Key: user-\xff", _GOOD_ROW),
+        ("gzip-that-is-not", b"Content-Encoding: gzip", _GOOD_ROW),
+    ],
+)
+def test_undecodable_headers_and_bodies_are_a_400_naming_the_header(
+    gateway: Gateway, runtime: Any, name: str, header: bytes, body: bytes
+) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    request = _post(
+        b"Content-Length: %d\r\nConnection: close\r\n%s\r\n" % (len(body), header), body
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        response = b""
+        while chunk := sock.recv(65536):  # the gateway closes the connection after its answer
+            response += chunk
+    assert status_of(response) == 400, (name, response[:300])
+    head, _, answer = response.partition(b"\r\n\r\n")
+    assert b"x-amzn-errortype: validationerror" in head.lower()
+    assert header.split(b":")[0] in answer, answer
+    assert_serving(gateway, runtime)
+
+
 def test_trickled_body_is_cut_off_with_408(gateway: Gateway, runtime: Any) -> None:
     host, port = gateway.url.removeprefix("http://").split(":")
     body = _GOOD_ROW

@@ -13,14 +13,37 @@ with no live generation looks at them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 from splitserve._router import Router
 from splitserve.capture.writer import CaptureSink
-from splitserve.contract.upstream import UpstreamPool
+from splitserve.contract.upstream import UpstreamResponse
 from splitserve.metrics.recorder import VariantRecorder
+
+
+class InstanceClient(Protocol):
+    """What the runtime needs of one instance's connection: one request, one whole answer (the
+    container contract's client, `contract.upstream.UpstreamPool`, in the gateway)."""
+
+    async def request(
+        self,
+        method: bytes,
+        path: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109 (the client's own deadline, cheaper than a scope)
+    ) -> UpstreamResponse:
+        """Send one request and return the whole answer, whatever its status.
+
+        Raises:
+            UpstreamConnectError: no connection could be made (the request reached no worker).
+            UpstreamTimeout: the answer was not complete within `timeout` seconds.
+            UpstreamError: any other failure after the request may have been sent.
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -32,7 +55,7 @@ class LiveEndpoint:
         generation: which fleet of the endpoint this is (it grows with every UpdateEndpoint).
         router: the Rust router that picks a variant and an instance per request (and fails
             over, when built so, for the endpoint's `splitserve:failover` tag).
-        pools: a keep-alive connection pool per instance name the router can return.
+        pools: a client (a keep-alive connection pool) per instance name the router can return.
         recorders: each variant's recorder (metrics and minutes), by variant name.
         log_stream_arn: what ModelError responses name as the log stream.
         capture: where this generation's successful invocations are sampled for data capture;
@@ -42,7 +65,7 @@ class LiveEndpoint:
     name: str
     generation: int
     router: Router
-    pools: Mapping[str, UpstreamPool]
+    pools: Mapping[str, InstanceClient]
     recorders: Mapping[str, VariantRecorder]
     log_stream_arn: str
     capture: CaptureSink | None = None

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from splitserve.config import Settings
-from splitserve.errors import BodyReadTimeout
+from splitserve.errors import BodyReadTimeout, InvocationValidationError
 from splitserve.runtime.service import Invocation, InvocationService
 
 #: Our own header for sticky assignment: requests with the same key go to the same variant while
@@ -27,14 +27,17 @@ def routes(service: InvocationService, settings: Settings) -> list[web.RouteDef]
     async def invoke_endpoint(request: web.Request) -> web.Response:
         """POST /endpoints/{name}/invocations: InvokeEndpoint."""
         content = request.content
-        if not content.is_eof():
-            body = await _read_slow_body(request, body_read_timeout)
-        elif content.at_eof():
-            body = await request.read()  # empty, or read before (a signature check reads it)
-        else:
-            # The usual case: the whole body is in aiohttp's buffer. Taking it without read()'s
-            # loop of coroutines saves six Python calls; the size limit is the service's check.
-            body = content.read_nowait()
+        try:
+            if not content.is_eof():
+                body = await _read_slow_body(request, body_read_timeout)
+            elif content.at_eof():
+                body = await request.read()  # empty, or read before (a signature check reads it)
+            else:
+                # The usual case: the whole body is in aiohttp's buffer. Taking it without read()'s
+                # loop of coroutines saves six Python calls; the size limit is the service's check.
+                body = content.read_nowait()
+        except web.RequestPayloadError:
+            raise _undecodable_body(request) from None
         result = await service.invoke(read_invocation(request, body))
         headers = {"x-Amzn-Invoked-Production-Variant": result.variant}
         if result.content_type is not None:
@@ -62,6 +65,18 @@ def read_invocation(request: web.Request, body: bytes) -> Invocation:
         sticky_key=get(STICKY_KEY_HEADER),
         inference_id=get("X-Amzn-SageMaker-Inference-Id"),
         target_model=get("X-Amzn-SageMaker-Target-Model"),
+    )
+
+
+def _undecodable_body(request: web.Request) -> InvocationValidationError:
+    """The refusal of a body aiohttp could not read: it decodes a Content-Encoding (gzip, deflate)
+    while it parses, and a body that is not what the header says ends the read with an error."""
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is None:
+        return InvocationValidationError("The request body is malformed: its framing is broken.")
+    shown = encoding[:64] if encoding.isascii() and encoding.isprintable() else "(not ASCII)"
+    return InvocationValidationError(
+        f"The request body is not encoded as its Content-Encoding header ({shown}) says."
     )
 
 

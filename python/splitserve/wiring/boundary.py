@@ -9,7 +9,9 @@ plane'. The code and status come from the one error table (`errors.wire_error`).
 The boundary decides; the formatters (`control_error_response`, `runtime_error_response`) only
 format, with no side effects. The boundary:
 - answers an error of the error table in its plane's form; aiohttp's 413 (a body over
-  client_max_size) as the API's PayloadTooLarge; any other exception as an InternalFailure whose
+  client_max_size) as the API's PayloadTooLarge; a body aiohttp could not read (broken framing,
+  or not what its Content-Encoding says) as the plane's 400; any other exception as an
+  InternalFailure whose
   message names only the request id (the exception and its traceback go to the log under that id);
 - lets aiohttp's own HTTP answers (404, 405, ...) through, with a request id;
 - counts, on the runtime plane, the requests refused before a variant took them
@@ -37,8 +39,10 @@ from splitserve.contract.upstream import UpstreamError
 from splitserve.control.routes import CONTENT_TYPE as CONTROL_CONTENT_TYPE
 from splitserve.errors import (
     InternalFailure,
+    InvocationValidationError,
     ModelError,
     PayloadTooLarge,
+    SerializationException,
     SplitserveError,
     wire_error,
 )
@@ -149,6 +153,13 @@ class ErrorBoundary:
         elif isinstance(error, web.HTTPRequestEntityTooLarge):
             known = PayloadTooLarge(
                 f"Request body is over the limit of {self._max_payload_bytes} bytes."
+            )
+        elif isinstance(error, web.RequestPayloadError):
+            message = "The request body could not be read: its framing or encoding is broken."
+            known = (
+                InvocationValidationError(message)
+                if self.plane is Plane.RUNTIME
+                else SerializationException(message)
             )
         elif isinstance(error, web.HTTPException):
             error.headers[REQUEST_ID_HEADER] = request_id
