@@ -298,19 +298,26 @@ def test_a_missing_worker_user_fails_clearly(run_dir: Path) -> None:
 
 
 @needs_root
-def test_a_run_dir_the_worker_user_cannot_reach_fails_clearly(tmp_path: Path) -> None:
-    closed = tmp_path / "closed"
+async def test_a_run_dir_the_worker_user_cannot_reach_fails_the_deploy_clearly(
+    run_dir: Path, images_file: ImageRegistry
+) -> None:
+    closed = run_dir.parent / "closed"
     closed.mkdir(mode=0o700)
-    with pytest.raises(WorkerUserError) as raised:
-        Supervisor(
-            fast_settings(closed / "state" / "run", worker_user="nobody"),
-            ImageRegistry(),
-            InstanceCatalog(),
-            RecordingListener(),
-            artifact_roots=(),
-        )
-    assert "cannot reach the run directory" in str(raised.value)
-    assert "--worker-user" in str(raised.value)
+    supervisor = Supervisor(
+        fast_settings(closed / "state" / "run", worker_user="nobody"),
+        images_file,
+        InstanceCatalog(),
+        RecordingListener(),
+        artifact_roots=(),
+    )
+    fleet = supervisor.fleet(deployment("m"))
+    with pytest.raises(DeploymentError) as raised:
+        await fleet.start()
+    message = raised.value.message
+    assert f"cannot reach the run directory {closed / 'state' / 'run'}" in message
+    assert f"{closed} (mode 0700)" in message
+    assert "--worker-user" in message
+    assert supervisor.fleets() == []
 
 
 @needs_root

@@ -7,7 +7,8 @@ loopback ports, the run directory and the account workers run as. Each fleet's i
 
 When the gateway runs as root, workers run as `WorkerSettings.worker_user` (default `nobody`):
 the run directory is laid out so that user can reach what it needs and nothing more (see
-`_prepare_run_dirs`), and the directories above it must let it through (checked at start-up).
+`_prepare_run_dirs`), and the directories above it must let it through (checked when a fleet
+starts: the endpoint fails, saying which directory is in the way).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from splitserve.workers.fleet import (
 )
 from splitserve.workers.images import BuiltinXGBoostImage, ImageRegistry
 from splitserve.workers.instance import InstanceInfo, InstanceListener, LoopbackPorts
-from splitserve.workers.process import WorkerUser, WorkerUserError
+from splitserve.workers.process import WorkerUser
 
 __all__ = [
     "MAX_UNIX_PATH_BYTES",
@@ -65,8 +66,7 @@ class Supervisor:
             every `--allow-artifact-path`); anything else is refused at deploy time.
 
     Raises:
-        WorkerUserError: the gateway runs as root and the worker user does not exist, or cannot
-            reach the run directory.
+        WorkerUserError: the gateway runs as root and the worker user does not exist.
     """
 
     def __init__(
@@ -85,8 +85,6 @@ class Supervisor:
         self.run_dir = settings.run_dir.resolve()
         self.cpu_allocator = CpuAllocator(settings.host_cpus())
         self.worker_user = WorkerUser.for_gateway(settings.worker_user)
-        if self.worker_user is not None:
-            _check_reachable(self.run_dir, self.worker_user)
         self._resources = FleetResources(
             settings=settings,
             listener=listener,
@@ -161,12 +159,17 @@ class Supervisor:
     def _prepare_run_dirs(self) -> None:
         """Create the run directory's layout. Blocking; idempotent.
 
+        Raises:
+            DeploymentError: the worker user could not reach the run directory.
+
         - `s/` holds the Unix sockets: only the workers' account may enter it (sockets are not
           authenticated, so nobody else may connect); the gateway, as root, still can.
         - `m/` holds the read-only model directories, `w/` the instances' private directories
           (each 0700 and the worker's own); other users may pass through both, not list them.
         """
         user = self.worker_user
+        if user is not None:
+            _check_reachable(self.run_dir, user)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for name, mode in ((MODEL_DIR, 0o711), (PRIVATE_DIR, 0o711), (SOCKET_DIR, 0o700)):
             path = self.run_dir / name
@@ -213,12 +216,12 @@ def _check_reachable(run_dir: Path, user: WorkerUser) -> None:
     and private directories are under it).
 
     Raises:
-        WorkerUserError: a directory above `run_dir` does not let the user search it.
+        DeploymentError: a directory above `run_dir` does not let the user search it.
     """
     blocking = _blocking_directory(run_dir, user)
     if blocking is not None:
         directory, mode = blocking
-        raise WorkerUserError(
+        raise DeploymentError(
             f"workers run as {user.name!r} (the gateway runs as root) but cannot reach the run"
             f" directory {run_dir}: {directory} (mode {mode:04o}) does not let {user.name!r}"
             f" through. Let it (chmod o+x {directory}), move --state-dir, or name another"
