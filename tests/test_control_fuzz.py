@@ -29,10 +29,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from splitserve.wiring import keys
 from splitserve.app import create_app
 from splitserve.config import Settings
-from splitserve.control.validation import INPUT_SHAPES
+from splitserve.control.shapes import INPUT_SHAPES
+from splitserve.wiring import keys
 from tests.support.models import XGBOOST_IMAGE
 
 _T = TypeVar("_T")

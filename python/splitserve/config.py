@@ -16,6 +16,19 @@ MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 #: The most production variants one endpoint config may hold (the API's list maximum).
 MAX_PRODUCTION_VARIANTS = 10
 
+#: A FailureReason is at most this many characters (the service model's FailureReason max).
+MAX_FAILURE_REASON = 1024
+
+#: Endpoint, endpoint configuration and variant names: SageMaker's pattern (the service model's
+#: EndpointName, EndpointConfigName and VariantName; the runtime model writes the same set as
+#: `[a-zA-Z0-9](-*[a-zA-Z0-9])*`, which the length limit makes equal) and most characters.
+NAME_PATTERN = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"
+MAX_NAME_LENGTH = 63
+
+#: The routing strategies (ProductionVariantRoutingConfig) the Rust router implements inside a
+#: variant; `RouterSettings.default_routing_strategy` is one of them.
+SUPPORTED_ROUTING_STRATEGIES = ("LEAST_OUTSTANDING_REQUESTS", "RANDOM")
+
 #: Environment variables a model's Environment may not set (CreateModel refuses them, naming
 #: the key; README, "Security"): they change how a worker process loads or runs code (the
 #: dynamic loader, interpreters' start-up files and module paths, shells' start-up scripts,

@@ -46,6 +46,7 @@ class RecordingDeployer:
         live: the plan last activated, per endpoint (what the data plane would route to).
         weights: the weights the router would hold, per endpoint.
         counts: the instance count per (endpoint, variant) of the live generation.
+        unroutable: what `pending` (None) and `failed` (the reason) last said of each endpoint.
     """
 
     calls: list[tuple[str, str, object]] = field(default_factory=list)
@@ -54,6 +55,7 @@ class RecordingDeployer:
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     details: dict[str, dict[str, list[dict[str, object]]]] = field(default_factory=dict)
+    unroutable: dict[str, str | None] = field(default_factory=dict)
     _failures: dict[str, list[BaseException]] = field(default_factory=dict)
     _gates: dict[str, asyncio.Event] = field(default_factory=dict)
     _entered: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -128,6 +130,14 @@ class RecordingDeployer:
     def instance_details(self, endpoint_name: str) -> dict[str, list[dict[str, object]]]:
         """Whatever the test put in `details`."""
         return self.details.get(endpoint_name, {})
+
+    def pending(self, endpoint_name: str) -> None:
+        """Recorded in `unroutable` as None (not in `calls`: it is no deployment step)."""
+        self.unroutable[endpoint_name] = None
+
+    def failed(self, endpoint_name: str, failure_reason: str) -> None:
+        """Recorded in `unroutable` as the reason."""
+        self.unroutable[endpoint_name] = failure_reason
 
 
 @pytest.fixture

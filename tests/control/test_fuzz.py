@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from splitserve.config import Settings
 from splitserve.control.service import ControlService
-from splitserve.control.validation import INPUT_SHAPES
+from splitserve.control.shapes import INPUT_SHAPES
 from splitserve.errors import SplitserveError
 from tests.control.conftest import (
     RecordingDeployer,

@@ -1,4 +1,4 @@
-"""The input shapes in validation.py agree with botocore's service model; the walker's messages."""
+"""The input shapes in shapes.py agree with botocore's service model; the walker's messages."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from botocore.model import Shape as BotoShape
 from botocore.model import StructureShape as BotoStructure
 
 from splitserve.control import validation
-from splitserve.control.validation import (
-    INPUT_SHAPES,
+from splitserve.control.schema import (
     BooleanShape,
     FloatShape,
     IntegerShape,
@@ -24,6 +23,9 @@ from splitserve.control.validation import (
     StringShape,
     StructureShape,
     TimestampShape,
+)
+from splitserve.control.shapes import INPUT_SHAPES
+from splitserve.control.validation import (
     describe_value,
     validate_request,
 )

@@ -112,3 +112,14 @@ class Deployer(Protocol):
     def instance_details(self, endpoint_name: str) -> dict[str, list[dict[str, object]]]:
         """Per variant of the live generation: {"InstanceName", "Cpus", "State"} per instance."""
         ...
+
+    def pending(self, endpoint_name: str) -> None:
+        """The endpoint exists and is being deployed (Creating, or redeployed after a restart):
+        until a generation of it is activated, the data plane asks its callers to try again
+        (503) rather than calling it unknown. Call it before the deployment starts."""
+        ...
+
+    def failed(self, endpoint_name: str, failure_reason: str) -> None:
+        """The endpoint is Failed with `failure_reason`: without a live generation, the data plane
+        refuses its requests with that reason (400) rather than calling it unknown."""
+        ...

@@ -2,38 +2,23 @@
 
 Every method is blocking. The control service calls them through its own single-thread executor,
 never on the event loop, so one connection is used by one thread at a time (it is opened with
-check_same_thread=False because `Store.open` runs on the thread that builds the app). Each write is
-one transaction, committed with WAL journaling and synchronous=FULL before the method returns, so a
-state the API reported survives a crash of the gateway or of the host.
+check_same_thread=False because `Store.open` runs on another thread than the one that uses it).
+Each write is one transaction, committed with WAL journaling and synchronous=FULL before the method
+returns, so a state the API reported survives a crash of the gateway or of the host.
 
-A state file that is empty, is not SQLite, fails `PRAGMA quick_check`, belongs to something else,
-was written by a newer splitserve or holds a row this code cannot read stops start-up with
-`StateFileError`; the file is never written to in that case. Every row is read once when the file
-is opened, so a damaged row is found then, not in the middle of a request.
-
-The file holds every model's Environment, which may carry secrets: it is created 0600 (SQLite
-gives its -wal and -shm files the same mode), an existing one is narrowed to 0600, and a missing
-directory is created 0711 (`STATE_DIRECTORY_MODE`: not 0700, because workers running as another
-user, when the gateway runs as root, must pass through it to their run directory; nobody but the
-gateway's user may list it). A new file is built under a temporary name and linked into place
-only once its schema is written, so a crash during the first start leaves no empty or half-made
-state file behind: an empty file at the state path is therefore damage, not a new file.
+How the file is created, checked and kept private is `statefile.py`; every row is read once when
+the file is opened, so a damaged row stops start-up (`StateFileError`) rather than a request.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sqlite3
-import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote
 
-from splitserve.config import STATE_DIRECTORY_MODE, STATE_FILE_MODE
 from splitserve.control.models import (
     DeployedVariant,
     EndpointConfigRecord,
@@ -44,77 +29,19 @@ from splitserve.control.models import (
     VariantStatusEntry,
     name_key,
 )
+from splitserve.control.statefile import (
+    SCHEMA_VERSION,
+    StateFileError,
+    check,
+    connect,
+    corrupt,
+    narrow_mode,
+    prepare,
+)
 
-log = logging.getLogger(__name__)
+__all__ = ["SCHEMA_VERSION", "StateFileError", "Store"]
 
 _Named = TypeVar("_Named", ModelRecord, EndpointConfigRecord)
-
-#: The schema this code writes. A file with a higher version is refused; one with a lower version
-#: is brought up to date (`_MIGRATIONS`) when it is opened.
-SCHEMA_VERSION = 2
-
-#: The first bytes of every SQLite 3 database file.
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-_SCHEMA = """
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE models (
-    name_key TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    creation_time REAL NOT NULL,
-    document TEXT NOT NULL
-);
-CREATE TABLE endpoint_configs (
-    name_key TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    creation_time REAL NOT NULL,
-    document TEXT NOT NULL
-);
-CREATE TABLE endpoints (
-    name_key TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    failure_reason TEXT,
-    endpoint_config_name TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    creation_time REAL NOT NULL,
-    last_modified_time REAL NOT NULL,
-    data_capture TEXT,
-    deployment_config TEXT,
-    pending TEXT,
-    tags TEXT
-);
-CREATE TABLE endpoint_variants (
-    endpoint_key TEXT NOT NULL REFERENCES endpoints (name_key) ON DELETE CASCADE,
-    role TEXT NOT NULL CHECK (role IN ('live', 'pending')),
-    position INTEGER NOT NULL,
-    variant_name TEXT NOT NULL,
-    current_weight REAL NOT NULL,
-    desired_weight REAL NOT NULL,
-    current_instance_count INTEGER NOT NULL,
-    desired_instance_count INTEGER NOT NULL,
-    deployed_time REAL,
-    status TEXT,
-    status_message TEXT,
-    status_start_time REAL,
-    spec TEXT NOT NULL,
-    PRIMARY KEY (endpoint_key, role, position)
-);
-"""
-
-#: The statements that bring a file from version N to N + 1, by N.
-_MIGRATIONS = {
-    # Version 2 keeps CreateEndpoint's Tags (JSON [[key, value], ...]; NULL for none).
-    1: "ALTER TABLE endpoints ADD COLUMN tags TEXT;",
-}
-
-
-class StateFileError(Exception):
-    """The state file cannot be used; start-up stops and the file is left as it was."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class Store:
@@ -134,48 +61,16 @@ class Store:
                 splitserve state file or was written by a newer splitserve. It is left untouched.
         """
         path = Path(path)
+        connection = connect(path)
         try:
-            exists = path.exists()
-            header = b""
-            if exists:
-                with path.open("rb") as state:
-                    header = state.read(len(_SQLITE_HEADER))
-            else:
-                path.parent.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
-        except OSError as error:
-            raise StateFileError(
-                f"state file {path} cannot be read: {error.strerror or error}; "
-                "it was left untouched"
-            ) from error
-        if exists and not header:
-            # A new file is linked into place only with its schema (`_create`), so an empty one
-            # was truncated by something else: treating it as new would hide the lost state.
-            raise _corrupt(path, "it is empty (0 bytes)")
-        if exists and header != _SQLITE_HEADER:
-            raise _corrupt(path, "it is not an SQLite database")
-        if not exists:
-            _create(path)
-        try:
-            # mode=rw: the file is opened, never replaced (`_create` made a missing one).
-            connection = sqlite3.connect(
-                f"file:{quote(str(path.absolute()))}?mode=rw",
-                uri=True,
-                check_same_thread=False,
-                isolation_level=None,
-            )
-        except sqlite3.Error as error:
-            raise StateFileError(
-                f"state file {path} cannot be opened: {error}; it was left untouched"
-            ) from error
-        try:
-            version = _check(path, connection)
+            version = check(path, connection)
             store = cls(path, connection)
             if version == SCHEMA_VERSION:
                 store._read_every_row()  # before anything is written: a bad row leaves no trace
-            _prepare(path, connection)
+            prepare(path, connection)
             if version != SCHEMA_VERSION:
                 store._read_every_row()  # an older schema is read once it has every column
-            _narrow_mode(path)
+            narrow_mode(path)
         except BaseException:
             connection.close()
             raise
@@ -289,9 +184,9 @@ class Store:
             self.list_endpoint_configs()
             self.list_endpoints()
         except StateFileError as error:
-            raise _corrupt(self._path, error.message) from error
+            raise corrupt(self._path, error.message) from error
         except sqlite3.Error as error:
-            raise _corrupt(self._path, str(error)) from error
+            raise corrupt(self._path, str(error)) from error
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -451,132 +346,6 @@ _ENDPOINT_COLUMNS = (
 )
 
 
-def _check(path: Path, connection: sqlite3.Connection) -> int | None:
-    """Refuse a damaged database, or one that is not splitserve's, without writing to it.
-
-    Returns:
-        the file's schema version; None for a database without tables.
-    """
-    try:
-        result = connection.execute("PRAGMA quick_check").fetchall()
-        tables = {
-            row[0]
-            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        version = None
-        if "schema_version" in tables:
-            version = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-    except sqlite3.DatabaseError as error:
-        raise _corrupt(path, str(error)) from error
-    if result != [("ok",)]:
-        raise _corrupt(path, "; ".join(str(row[0]) for row in result[:5]))
-    if tables and "schema_version" not in tables:
-        raise _corrupt(path, "it is an SQLite database but not a splitserve state file")
-    if tables and not isinstance(version, int):
-        raise _corrupt(path, "its schema_version table is empty")
-    if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise StateFileError(
-            f"state file {path} has schema version {version}, newer than this splitserve's "
-            f"({SCHEMA_VERSION}); it was left untouched"
-        )
-    return version
-
-
-def _prepare(path: Path, connection: sqlite3.Connection) -> None:
-    """Turn on WAL and full syncs, and create the schema in a new file."""
-    try:
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = FULL")
-        connection.execute("PRAGMA foreign_keys = ON")
-        has_schema = connection.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-        ).fetchone()
-        if has_schema is None:
-            # One script, one transaction: executescript() commits before it runs, so the BEGIN
-            # and COMMIT must be inside it for a crash to leave either no schema or all of it.
-            connection.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}"
-                f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION});COMMIT;"
-            )
-            return
-        version = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-        while version < SCHEMA_VERSION:
-            # Each step in one transaction too, so a crash leaves the file at N or at N + 1.
-            connection.executescript(
-                f"BEGIN IMMEDIATE;{_MIGRATIONS[version]}"
-                f"UPDATE schema_version SET version = {version + 1};COMMIT;"
-            )
-            version += 1
-    except sqlite3.Error as error:
-        raise StateFileError(
-            f"state file {path} cannot be prepared: {error}; it was left untouched"
-        ) from error
-
-
-def _create(path: Path) -> None:
-    """Make a new state file at `path`, mode 0600, holding the current schema.
-
-    It is built under a temporary name (rollback journal: nothing in a -wal file that a rename
-    would leave behind) and linked into place only when complete, so `path` is either missing or
-    a whole state file, whatever moment a crash comes at. `_prepare` turns on WAL afterwards.
-
-    Raises:
-        StateFileError: the file cannot be made (nothing is left at `path`).
-    """
-    building = path.with_name(path.name + ".new")
-    try:
-        for leftover in (building, building.with_name(building.name + "-journal")):
-            leftover.unlink(missing_ok=True)  # from a crash during an earlier first start
-        os.close(os.open(building, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STATE_FILE_MODE))
-        connection = sqlite3.connect(building, isolation_level=None)
-        try:
-            connection.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}"
-                f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION});COMMIT;"
-            )
-        finally:
-            connection.close()
-        descriptor = os.open(building, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.link(building, path)  # fails rather than replace a file that appeared meanwhile
-        building.unlink()
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except (OSError, sqlite3.Error) as error:
-        building.unlink(missing_ok=True)
-        detail = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise StateFileError(f"state file {path} cannot be created: {detail}") from error
-
-
-def _narrow_mode(path: Path) -> None:
-    """Make an existing state file (and its -wal and -shm files) private to the gateway's user."""
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            mode = stat.S_IMODE(file.stat().st_mode)
-            if mode & ~STATE_FILE_MODE:
-                os.chmod(file, STATE_FILE_MODE)
-                log.warning(
-                    "state file %s was mode %04o; it holds model Environment values, so it is "
-                    "now %04o",
-                    file,
-                    mode,
-                    STATE_FILE_MODE,
-                )
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            raise StateFileError(
-                f"state file {file} cannot be made private (mode {STATE_FILE_MODE:04o}): "
-                f"{error.strerror or error}"
-            ) from error
-
-
 def _named(
     record: Callable[[str, float, dict[str, object]], _Named], kind: str, row: tuple[object, ...]
 ) -> _Named:
@@ -585,10 +354,6 @@ def _named(
         return record(str(row[0]), _float(row[1]), _decode(row[2]))
     except StateFileError as error:
         raise StateFileError(f"{kind} {row[0]!r}: {error.message}") from error
-
-
-def _corrupt(path: Path, detail: str) -> StateFileError:
-    return StateFileError(f"state file {path} is corrupt: {detail}; it was left untouched")
 
 
 def _variant(row: tuple[object, ...]) -> DeployedVariant:

@@ -1,0 +1,218 @@
+"""The operations on models and endpoint configurations: Create, Describe, Delete and List.
+
+They store what an endpoint is made of; nothing runs until CreateEndpoint or UpdateEndpoint
+deploys a configuration (`endpoints.py`). A model's data location and a configuration's capture
+destination are checked here (they must resolve to permitted local paths), but the model data
+need not exist until a deployment: SageMaker checks it then, and so does splitserve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+from splitserve.control.documents import (
+    check_container,
+    mappings,
+    model_data_location,
+    not_found,
+    optional_mapping,
+    single_container,
+    text,
+)
+from splitserve.control.listing import Listed, paginate
+from splitserve.control.models import EndpointConfigRecord, ModelRecord, ResourceKind
+from splitserve.control.paths import LocalPathResolver
+from splitserve.control.state import ControlState
+from splitserve.control.validation import (
+    check_metrics_config,
+    check_production_variants,
+    check_unique_variant_names,
+    validate_request,
+)
+from splitserve.errors import ValidationException
+
+
+class DefinitionOperations:
+    """Serves the model and endpoint configuration operations.
+
+    Args:
+        state: the store and its lookups.
+        resolver: checks model data and capture locations.
+        instance_types: the instance types a variant may name.
+    """
+
+    def __init__(
+        self, state: ControlState, resolver: LocalPathResolver, instance_types: frozenset[str]
+    ) -> None:
+        self._state = state
+        self._resolver = resolver
+        self._instance_types = instance_types
+
+    async def create_model(self, body: Mapping[str, object]) -> dict[str, object]:
+        """CreateModel: store a model with one container -> {ModelArn}.
+
+        Its model data location is checked (it must resolve inside the model store when it is an
+        s3:// location) but need not exist yet: that is checked when an endpoint deploys it.
+        """
+        request = validate_request("CreateModel", body)
+        name = text(request, "ModelName")
+        container, where = single_container(request)
+        check_container(container, where)
+        location, field = model_data_location(container, where)
+        if location is not None:
+            await asyncio.to_thread(self._resolver.resolve_model_data, location, field=field)
+        document = {
+            key: value for key, value in request.items() if key not in ("ModelName", "Tags")
+        }
+        record = ModelRecord(name, time.time(), document)
+        arn = self._state.arn(ResourceKind.MODEL, name)
+        if not await self._state.run(self._state.store.insert_model, record):
+            raise ValidationException(f'Cannot create already existing model "{arn}".')
+        return {"ModelArn": arn}
+
+    async def describe_model(self, body: Mapping[str, object]) -> dict[str, object]:
+        """DescribeModel -> the model as created (name, ARN, creation time, container, ...)."""
+        request = validate_request("DescribeModel", body)
+        record = await self._state.model(text(request, "ModelName"))
+        return {
+            "ModelName": record.name,
+            "ModelArn": self._state.arn(ResourceKind.MODEL, record.name),
+            "CreationTime": record.creation_time,
+            **record.document,
+        }
+
+    async def delete_model(self, body: Mapping[str, object]) -> dict[str, object]:
+        """DeleteModel -> {}. Allowed while endpoints use the model (they keep running)."""
+        request = validate_request("DeleteModel", body)
+        name = text(request, "ModelName")
+        if not await self._state.run(self._state.store.delete_model, name):
+            raise not_found(ResourceKind.MODEL, self._state.arn(ResourceKind.MODEL, name))
+        return {}
+
+    async def list_models(self, body: Mapping[str, object]) -> dict[str, object]:
+        """ListModels -> {Models: [{ModelName, ModelArn, CreationTime}], NextToken?}."""
+        request = validate_request("ListModels", body)
+        records = await self._state.run(self._state.store.list_models)
+        rows = [
+            Listed(
+                record.name,
+                record.creation_time,
+                record.creation_time,
+                "",
+                {
+                    "ModelName": record.name,
+                    "ModelArn": self._state.arn(ResourceKind.MODEL, record.name),
+                    "CreationTime": record.creation_time,
+                },
+            )
+            for record in records
+        ]
+        return paginate(rows, request, "Models")
+
+    # --- endpoint configurations ------------------------------------------------------------------
+
+    async def create_endpoint_config(self, body: Mapping[str, object]) -> dict[str, object]:
+        """CreateEndpointConfig -> {EndpointConfigArn}.
+
+        Accepts everything DescribeEndpointConfig echoes. Shadow variants are validated (one
+        production and one shadow variant) and then refused: splitserve does not run them yet.
+        """
+        request = validate_request("CreateEndpointConfig", body)
+        name = text(request, "EndpointConfigName")
+        variants = mappings(request.get("ProductionVariants"))
+        check_production_variants(
+            variants, path="productionVariants", instance_types=self._instance_types
+        )
+        shadows = request.get("ShadowProductionVariants")
+        if shadows is not None:
+            shadow_variants = mappings(shadows)
+            check_production_variants(
+                shadow_variants,
+                path="shadowProductionVariants",
+                instance_types=self._instance_types,
+            )
+            check_unique_variant_names(
+                variant.get("VariantName") for variant in [*variants, *shadow_variants]
+            )
+            if len(variants) != 1 or len(shadow_variants) != 1:
+                raise ValidationException(
+                    "With ShadowProductionVariants, ProductionVariants and "
+                    "ShadowProductionVariants must each hold exactly one variant."
+                )
+            raise ValidationException(
+                "splitserve does not implement ShadowProductionVariants (at "
+                "'shadowProductionVariants') yet: shadow variants are not run. Deploy the shadow "
+                "model as a production variant with InitialVariantWeight 0 and call it with "
+                "TargetVariant instead."
+            )
+        check_metrics_config(optional_mapping(request.get("MetricsConfig")))
+        capture = optional_mapping(request.get("DataCaptureConfig"))
+        if capture is not None:
+            await asyncio.to_thread(
+                self._resolver.resolve,
+                text(capture, "DestinationS3Uri"),
+                field="dataCaptureConfig.destinationS3Uri",
+            )
+        for variant in variants:
+            variant.setdefault("InitialVariantWeight", 1.0)
+        arn = self._state.arn(ResourceKind.ENDPOINT_CONFIG, name)
+        if await self._state.run(self._state.store.get_endpoint_config, name) is not None:
+            raise ValidationException(
+                f'Cannot create already existing endpoint configuration "{arn}".'
+            )
+        for variant in variants:
+            await self._state.model(text(variant, "ModelName"))
+        document = {
+            key: value
+            for key, value in request.items()
+            if key not in ("EndpointConfigName", "Tags")
+        }
+        record = EndpointConfigRecord(name, time.time(), document)
+        if not await self._state.run(self._state.store.insert_endpoint_config, record):
+            raise ValidationException(
+                f'Cannot create already existing endpoint configuration "{arn}".'
+            )
+        return {"EndpointConfigArn": arn}
+
+    async def describe_endpoint_config(self, body: Mapping[str, object]) -> dict[str, object]:
+        """DescribeEndpointConfig -> the configuration as created (with InitialVariantWeight)."""
+        request = validate_request("DescribeEndpointConfig", body)
+        record = await self._state.endpoint_config(text(request, "EndpointConfigName"))
+        return {
+            "EndpointConfigName": record.name,
+            "EndpointConfigArn": self._state.arn(ResourceKind.ENDPOINT_CONFIG, record.name),
+            "CreationTime": record.creation_time,
+            **record.document,
+        }
+
+    async def delete_endpoint_config(self, body: Mapping[str, object]) -> dict[str, object]:
+        """DeleteEndpointConfig -> {}. Allowed while endpoints use it (they keep their copy)."""
+        request = validate_request("DeleteEndpointConfig", body)
+        name = text(request, "EndpointConfigName")
+        if not await self._state.run(self._state.store.delete_endpoint_config, name):
+            raise not_found(
+                ResourceKind.ENDPOINT_CONFIG, self._state.arn(ResourceKind.ENDPOINT_CONFIG, name)
+            )
+        return {}
+
+    async def list_endpoint_configs(self, body: Mapping[str, object]) -> dict[str, object]:
+        """ListEndpointConfigs -> {EndpointConfigs: [{Name, Arn, CreationTime}], NextToken?}."""
+        request = validate_request("ListEndpointConfigs", body)
+        records = await self._state.run(self._state.store.list_endpoint_configs)
+        rows = [
+            Listed(
+                record.name,
+                record.creation_time,
+                record.creation_time,
+                "",
+                {
+                    "EndpointConfigName": record.name,
+                    "EndpointConfigArn": self._state.arn(ResourceKind.ENDPOINT_CONFIG, record.name),
+                    "CreationTime": record.creation_time,
+                },
+            )
+            for record in records
+        ]
+        return paginate(rows, request, "EndpointConfigs")

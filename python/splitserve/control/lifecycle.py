@@ -1,0 +1,426 @@
+"""The endpoint lifecycle: the background work that converges endpoints to what the API accepted.
+
+Each endpoint has at most one background task at a time (`EndpointLifecycle.spawn`); the
+operations (`endpoints.py`) write the new desired state, then start the task that deploys it.
+
+- CreateEndpoint answers Creating; the task checks the model data exists, deploys, activates, and
+  writes InService. A DeploymentError (or missing model data) gives Failed with FailureReason; any
+  other exception gives Failed with a generic reason (the details go to the log).
+- UpdateEndpoint is blue/green, all at once: Updating with a PendingDeploymentSummary while the new
+  generation starts beside the live one; then one atomic switch (`Deployer.activate`), after which
+  the new generation is what DescribeEndpoint shows as ProductionVariants (VariantStatus Baking
+  during TerminationWaitInSeconds), then the old generation is retired and the endpoint is
+  InService. If the new generation fails, the old one keeps serving: the endpoint goes back to
+  InService and FailureReason says why the update failed (as AWS documents FailureReason: "or the
+  status is InService but update operation fails"). The reason is cleared by the next update.
+- UpdateEndpointWeightsAndCapacities changes the live generation in place: the new weights reach
+  the router before the call answers (`apply_weights_now`); instance counts change in the
+  background (`resize`), then Current = Desired and InService. If scaling fails the endpoint is
+  RollingBack to its previous weights and counts, then InService with FailureReason (Failed if
+  even that fails).
+- DeleteEndpoint answers Deleting; the task removes the endpoint from the deployer and deletes the
+  record, after which DescribeEndpoint says `Could not find endpoint`.
+- `start()` brings back every endpoint that was serving or being created or updated, with the last
+  weights and instance counts the API accepted (the Desired values; RollingBack ones return to their
+  Current values). One that was Creating stays Creating; any other shows SystemUpdating ("undergoing
+  maintenance", so it cannot be changed meanwhile) until it serves again. An interrupted blue/green
+  update that had not switched yet is abandoned for the configuration that was live, and
+  FailureReason says so. Failed stays Failed; Deleting finishes deleting. The instance limits are
+  not checked again: what the API accepted is brought back even if the limits were lowered since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Coroutine, Mapping
+from dataclasses import replace
+from typing import Any
+
+from splitserve.config import MAX_FAILURE_REASON
+from splitserve.control.deployer import Deployer, DeploymentPlan
+from splitserve.control.documents import optional_int, optional_mapping
+from splitserve.control.models import (
+    DeployedVariant,
+    EndpointRecord,
+    EndpointStatus,
+    VariantStatusEntry,
+    name_key,
+)
+from splitserve.control.planning import Planner, check_model_data
+from splitserve.control.state import ControlState
+from splitserve.control.variants import launching, restored, settled
+from splitserve.errors import DeploymentError, SplitserveError, ValidationException
+
+log = logging.getLogger(__name__)
+
+
+class EndpointLifecycle:
+    """Runs every endpoint's background work: deploy, switch, scale, roll back, delete, recover.
+
+    Args:
+        state: the store, its lock and the record changes.
+        deployer: what runs the endpoints.
+        planner: turns stored variants into deployment plans (for recoveries).
+    """
+
+    def __init__(self, state: ControlState, deployer: Deployer, planner: Planner) -> None:
+        self._state = state
+        self._deployer = deployer
+        self._planner = planner
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> None:
+        """Bring back the endpoints the store remembers (deployments continue in the background)."""
+        records = await self._state.run(self._state.store.list_endpoints)
+        for record in records:
+            if record.status is EndpointStatus.DELETING:
+                self.spawn(record.name, self.delete(record.name))
+            elif record.status in (
+                EndpointStatus.IN_SERVICE,
+                EndpointStatus.CREATING,
+                EndpointStatus.UPDATING,
+                EndpointStatus.SYSTEM_UPDATING,
+                EndpointStatus.ROLLING_BACK,
+            ):
+                await self._recover(record)
+
+    async def cancel(self) -> None:
+        """Cancel the background tasks and wait for them to end."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def settle(self) -> None:
+        """Wait until no background task runs (tests; an orderly stop that lets deployments end)."""
+        while pending := [task for task in self._tasks.values() if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def create(self, record: EndpointRecord, plan: DeploymentPlan) -> None:
+        """Deploy and activate a new (or recovered) endpoint, then InService; Failed on failure."""
+        try:
+            await check_model_data(record.variants, plan)
+            await self._deployer.deploy(plan)
+            try:
+                await self._deployer.activate(plan)
+            except Exception:
+                await self._retire_quietly(plan.endpoint_name, plan.generation)
+                raise
+        except DeploymentError as error:
+            await self._state.set_failed(record.name, error.message)
+            return
+        except Exception:
+            await self._state.set_failed(record.name, internal_reason("deploying the endpoint"))
+            return
+        now = time.time()
+
+        def in_service(current: EndpointRecord) -> EndpointRecord:
+            return replace(
+                current,
+                status=EndpointStatus.IN_SERVICE,
+                last_modified_time=now,
+                variants=tuple(settled(variant, deployed_time=now) for variant in current.variants),
+            )
+
+        await self._state.transition(record.name, in_service)
+
+    async def update(
+        self,
+        endpoint_name: str,
+        blue_generation: int,
+        plan: DeploymentPlan,
+        deployment_config: Mapping[str, object] | None,
+    ) -> None:
+        """Blue/green: deploy green beside blue, switch, bake, retire blue, InService."""
+        policy = optional_mapping((deployment_config or {}).get("BlueGreenUpdatePolicy")) or {}
+        bake = optional_int(policy.get("TerminationWaitInSeconds")) or 0
+        limit = optional_int(policy.get("MaximumExecutionTimeoutInSeconds"))
+        current = await self._state.run(self._state.store.get_endpoint, endpoint_name)
+        if current is None or current.pending is None:
+            return
+        green_variants = current.pending.variants
+        reason: str | None = None
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                await check_model_data(green_variants, plan)
+                await self._deployer.deploy(plan)
+                try:
+                    await self._deployer.activate(plan)
+                except Exception:
+                    await self._retire_quietly(endpoint_name, plan.generation)
+                    raise
+        except TimeoutError:
+            await self._retire_quietly(endpoint_name, plan.generation)
+            if deadline.expired():
+                reason = (
+                    "The update did not finish within MaximumExecutionTimeoutInSeconds "
+                    f"({limit} s)."
+                )
+            else:
+                reason = internal_reason("deploying the new endpoint configuration")
+        except DeploymentError as error:
+            reason = error.message
+        except Exception:
+            reason = internal_reason("deploying the new endpoint configuration")
+        if reason is not None:
+            failure = (
+                "Failed to update endpoint to endpoint configuration "
+                f'"{plan.endpoint_config_name}"; the endpoint still serves its previous '
+                f"configuration. {reason}"
+            )
+
+            def back_on_blue(record: EndpointRecord) -> EndpointRecord:
+                return replace(
+                    record,
+                    status=EndpointStatus.IN_SERVICE,
+                    last_modified_time=time.time(),
+                    failure_reason=failure[:MAX_FAILURE_REASON],
+                    pending=None,
+                )
+
+            await self._state.transition(endpoint_name, back_on_blue)
+            return
+        switched = time.time()
+        baking = (
+            VariantStatusEntry(
+                "Baking",
+                f"Baking for {bake} seconds (TerminationWaitInSeconds) with traffic enabled on "
+                "full capacity.",
+                switched,
+            )
+            if bake
+            else None
+        )
+
+        def green_is_live(record: EndpointRecord) -> EndpointRecord:
+            pending = record.pending
+            if pending is None:
+                return record
+            return replace(
+                record,
+                endpoint_config_name=pending.endpoint_config_name,
+                generation=pending.generation,
+                variants=tuple(
+                    replace(settled(variant, deployed_time=switched), status=baking)
+                    for variant in pending.variants
+                ),
+                data_capture=pending.data_capture,
+                pending=None,
+                last_modified_time=switched,
+            )
+
+        await self._state.transition(endpoint_name, green_is_live)
+        if bake:
+            await asyncio.sleep(bake)
+        await self._retire_quietly(endpoint_name, blue_generation)
+
+        def in_service(record: EndpointRecord) -> EndpointRecord:
+            return replace(
+                record,
+                status=EndpointStatus.IN_SERVICE,
+                last_modified_time=time.time(),
+                variants=tuple(replace(variant, status=None) for variant in record.variants),
+            )
+
+        await self._state.transition(endpoint_name, in_service)
+
+    async def resize(
+        self, endpoint_name: str, before: tuple[DeployedVariant, ...], weights_changed: bool
+    ) -> None:
+        """Scale the variants whose DesiredInstanceCount changed, then Current = Desired."""
+        record = await self._state.run(self._state.store.get_endpoint, endpoint_name)
+        if record is None:
+            return
+        resized = [
+            variant
+            for variant in record.variants
+            if variant.desired_instance_count != variant.current_instance_count
+        ]
+        done: list[DeployedVariant] = []
+        reason: str | None = None
+        try:
+            for variant in resized:
+                done.append(variant)
+                await self._deployer.scale(
+                    endpoint_name, variant.variant_name, variant.desired_instance_count
+                )
+        except DeploymentError as error:
+            reason = error.message
+        except Exception:
+            reason = internal_reason("changing instance counts")
+        if reason is None:
+
+            def scaled(current: EndpointRecord) -> EndpointRecord:
+                return replace(
+                    current,
+                    status=EndpointStatus.IN_SERVICE,
+                    last_modified_time=time.time(),
+                    variants=tuple(settled(variant) for variant in current.variants),
+                )
+
+            await self._state.transition(endpoint_name, scaled)
+            return
+        await self._roll_back(endpoint_name, before, done, weights_changed, reason)
+
+    async def _roll_back(
+        self,
+        endpoint_name: str,
+        before: tuple[DeployedVariant, ...],
+        scaled: list[DeployedVariant],
+        weights_changed: bool,
+        reason: str,
+    ) -> None:
+        """RollingBack to the weights and counts of `before`, then InService (or Failed)."""
+
+        def rolling_back(current: EndpointRecord) -> EndpointRecord:
+            return replace(
+                current, status=EndpointStatus.ROLLING_BACK, last_modified_time=time.time()
+            )
+
+        await self._state.transition(endpoint_name, rolling_back)
+        failure = f"Failed to update the endpoint's weights and capacities: {reason}"
+        try:
+            if weights_changed:
+                await self._deployer.set_weights(
+                    endpoint_name, {v.variant_name: v.current_weight for v in before}
+                )
+            counts = {variant.variant_name: variant.current_instance_count for variant in before}
+            for variant in scaled:
+                await self._deployer.scale(
+                    endpoint_name, variant.variant_name, counts[variant.variant_name]
+                )
+        except Exception as error:
+            detail = error.message if isinstance(error, DeploymentError) else None
+            if detail is None:
+                detail = internal_reason("rolling back")
+            await self._state.set_failed(
+                endpoint_name, f"{failure} Rolling back failed too: {detail}"
+            )
+            return
+
+        def rolled_back(current: EndpointRecord) -> EndpointRecord:
+            return replace(
+                current,
+                status=EndpointStatus.IN_SERVICE,
+                last_modified_time=time.time(),
+                failure_reason=failure[:MAX_FAILURE_REASON],
+                variants=tuple(replace(variant, status=None) for variant in before),
+            )
+
+        await self._state.transition(endpoint_name, rolled_back)
+
+    async def delete(self, endpoint_name: str) -> None:
+        """Remove the endpoint from the deployer, then its record; Failed if removal fails."""
+        try:
+            await self._deployer.remove(endpoint_name)
+        except DeploymentError as error:
+            await self._state.set_failed(
+                endpoint_name, f"Failed to delete the endpoint: {error.message}"
+            )
+            return
+        except Exception:
+            reason = internal_reason("deleting the endpoint")
+            await self._state.set_failed(endpoint_name, f"Failed to delete the endpoint: {reason}")
+            return
+        async with self._state.lock:
+            await self._state.run(self._state.store.delete_endpoint, endpoint_name)
+
+    async def _recover(self, record: EndpointRecord) -> None:
+        """Redeploy an endpoint that was serving or changing (see the module docstring)."""
+        creating = record.status is EndpointStatus.CREATING
+        rolling_back = record.status is EndpointStatus.ROLLING_BACK
+        now = time.time()
+        variants = tuple(restored(variant, use_current=rolling_back) for variant in record.variants)
+        failure_reason = record.failure_reason
+        if record.pending is not None:
+            failure_reason = (
+                "The update to endpoint configuration "
+                f'"{record.pending.endpoint_config_name}" was interrupted by a restart of the '
+                f'gateway; the endpoint was restored on "{record.endpoint_config_name}".'
+            )
+        generation = max(
+            record.generation, 0 if record.pending is None else record.pending.generation
+        )
+        recovered = replace(
+            record,
+            status=EndpointStatus.CREATING if creating else EndpointStatus.SYSTEM_UPDATING,
+            generation=generation + 1,
+            last_modified_time=now,
+            variants=tuple(
+                launching(variant, now) if creating else replace(variant, status=None)
+                for variant in variants
+            ),
+            failure_reason=failure_reason,
+            pending=None,
+        )
+        async with self._state.lock:
+            try:
+                plan = await self._planner.plan(
+                    record.name,
+                    record.endpoint_config_name,
+                    recovered.generation,
+                    variants,
+                    record.data_capture,
+                    failover=record.failover,
+                )
+            except SplitserveError as error:
+                await self._state.run(self._state.store.put_endpoint, recovered)
+                await self._state.set_failed_locked(record.name, error.message)
+                return
+            await self._state.run(self._state.store.put_endpoint, recovered)
+            self.spawn(record.name, self.create(recovered, plan))
+
+    def spawn(self, endpoint_name: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as the endpoint's background task; it is logged, never raised, if it fails."""
+        key = name_key(endpoint_name)
+        task = asyncio.create_task(self._guarded(endpoint_name, work), name=f"endpoint {key}")
+        self._tasks[key] = task
+
+        def forget(finished: asyncio.Task[None]) -> None:
+            if self._tasks.get(key) is finished:
+                del self._tasks[key]
+
+        task.add_done_callback(forget)
+
+    async def _guarded(self, endpoint_name: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background work on endpoint %s failed", endpoint_name)
+
+    async def _retire_quietly(self, endpoint_name: str, generation: int) -> None:
+        try:
+            await self._deployer.retire(endpoint_name, generation)
+        except Exception:
+            log.exception("retiring generation %d of endpoint %s failed", generation, endpoint_name)
+
+    async def apply_weights_now(
+        self, before: EndpointRecord, updated: tuple[DeployedVariant, ...]
+    ) -> None:
+        """Hand the new weights to the router before answering; on failure, undo and refuse."""
+        try:
+            await self._deployer.set_weights(
+                before.name, {variant.variant_name: variant.desired_weight for variant in updated}
+            )
+        except Exception as error:
+            await self._state.run(self._state.store.put_endpoint, before)
+            if isinstance(error, SplitserveError):
+                raise ValidationException(
+                    f"The new weights could not be applied: {error.message}"
+                ) from error
+            raise ValidationException(
+                "The new weights could not be applied: " + internal_reason("changing the weights")
+            ) from error
+
+
+def internal_reason(doing: str) -> str:
+    """A FailureReason for an unexpected exception (logged here with the same incident id)."""
+    incident = uuid.uuid4()
+    log.exception("internal error while %s (incident %s)", doing, incident)
+    return f"An internal error occurred while {doing} (incident {incident}); see the gateway log."

@@ -1,0 +1,234 @@
+"""From stored configurations to deployments: the variants an endpoint runs and the Deployer's plan.
+
+CreateEndpoint and UpdateEndpoint turn an endpoint configuration (and its models) into the
+variants they store (`Planner.variants_for`), checked against the instance limits; every
+deployment, including a recovery's, turns stored variants into a `DeploymentPlan`
+(`Planner.plan`), resolving model and capture locations again since the files may have moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from splitserve.capture.spec import DataCapture
+from splitserve.control.deployer import DeploymentPlan, VariantPlan
+from splitserve.control.documents import (
+    mappings,
+    model_data_location,
+    optional_float,
+    optional_int,
+    optional_mapping,
+    text,
+    texts,
+)
+from splitserve.control.limits import InstanceLimits
+from splitserve.control.models import DeployedVariant, EndpointConfigRecord
+from splitserve.control.paths import LocalPathResolver
+from splitserve.control.state import ControlState
+from splitserve.control.validation import check_environment
+from splitserve.errors import DeploymentError, ValidationException
+
+log = logging.getLogger(__name__)
+
+
+class Planner:
+    """Builds the variants and deployment plans of endpoints.
+
+    Args:
+        state: the store (models are looked up there).
+        resolver: resolves model data and capture locations to local paths.
+        limits: the instance limits every new set of variants must keep.
+        default_routing_strategy: a variant's routing strategy when its config names none.
+    """
+
+    def __init__(
+        self,
+        state: ControlState,
+        resolver: LocalPathResolver,
+        limits: InstanceLimits,
+        default_routing_strategy: str,
+    ) -> None:
+        self._state = state
+        self._resolver = resolver
+        self.limits = limits
+        self._default_routing_strategy = default_routing_strategy
+
+    @property
+    def instance_types(self) -> frozenset[str]:
+        """The instance types this gateway runs."""
+        return frozenset(self.limits.instance_vcpus)
+
+    async def variants_for(
+        self,
+        endpoint_name: str,
+        config: EndpointConfigRecord,
+        *,
+        retained: Mapping[str, DeployedVariant] | None,
+        excluded: set[str] | None = None,
+    ) -> tuple[DeployedVariant, ...]:
+        """The variants a deployment of `config` runs: weights and counts from the configuration,
+        or from `retained` live variants of the same name (except `excluded` properties).
+
+        Raises:
+            ValidationException: a model is missing or sets a reserved Environment variable, or
+                an instance type is not available here.
+            ResourceLimitExceeded: the variants are over the instance limits.
+        """
+        variants: list[DeployedVariant] = []
+        instance_types = self.instance_types
+        for variant in config.production_variants():
+            variant_name = text(variant, "VariantName")
+            model = await self._state.model(text(variant, "ModelName"))
+            instance_type = text(variant, "InstanceType")
+            if instance_type not in instance_types:
+                raise ValidationException(
+                    f'The instance type "{instance_type}" of variant "{variant_name}" in endpoint '
+                    f'configuration "{config.name}" is not available on this gateway (available: '
+                    f"{', '.join(sorted(instance_types))})."
+                )
+            weight = optional_float(variant.get("InitialVariantWeight"))
+            weight = 1.0 if weight is None else weight
+            count = optional_int(variant.get("InitialInstanceCount")) or 1
+            live = None if retained is None else retained.get(variant_name)
+            if live is not None:
+                if "DesiredWeight" not in (excluded or set()):
+                    weight = live.desired_weight
+                if "DesiredInstanceCount" not in (excluded or set()):
+                    count = live.desired_instance_count
+            container = model.container()
+            environment = optional_mapping(container.get("Environment")) or {}
+            # A model stored before a name was reserved is refused here, when it would run.
+            check_environment(environment, where=f'of model "{model.name}"')
+            routing = optional_mapping(variant.get("RoutingConfig")) or {}
+            strategy = routing.get("RoutingStrategy")
+            location, _ = model_data_location(container, "")
+            variants.append(
+                DeployedVariant(
+                    variant_name=variant_name,
+                    model_name=model.name,
+                    image=text(container, "Image"),
+                    model_data_url=location,
+                    environment={str(k): str(v) for k, v in environment.items()},
+                    instance_type=instance_type,
+                    routing_strategy=strategy if isinstance(strategy, str) else None,
+                    container_startup_timeout_seconds=optional_int(
+                        variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
+                    ),
+                    current_weight=weight,
+                    desired_weight=weight,
+                    current_instance_count=count,
+                    desired_instance_count=count,
+                )
+            )
+        self.check_limits(endpoint_name, variants)
+        return tuple(variants)
+
+    def check_limits(
+        self, endpoint_name: str, variants: tuple[DeployedVariant, ...] | list[DeployedVariant]
+    ) -> None:
+        """Refuse `variants` (by their Desired counts) if they are over the instance limits.
+
+        Raises:
+            ResourceLimitExceeded: see `InstanceLimits.check`.
+        """
+        self.limits.check(
+            [(v.variant_name, v.instance_type, v.desired_instance_count) for v in variants],
+            endpoint_name=endpoint_name,
+        )
+
+    async def plan(
+        self,
+        endpoint_name: str,
+        config_name: str,
+        generation: int,
+        variants: tuple[DeployedVariant, ...],
+        data_capture: Mapping[str, object] | None,
+        *,
+        failover: bool,
+    ) -> DeploymentPlan:
+        """The Deployer's plan for these variants; locations are resolved (and checked) again.
+
+        Raises:
+            ValidationException: a location no longer resolves to a permitted local path.
+        """
+        plans = []
+        for variant in variants:
+            model_data = None
+            if variant.model_data_url is not None:
+                model_data = await asyncio.to_thread(
+                    self._resolver.resolve_model_data, variant.model_data_url, field="modelDataUrl"
+                )
+            plans.append(
+                VariantPlan(
+                    variant_name=variant.variant_name,
+                    model_name=variant.model_name,
+                    image=variant.image,
+                    model_data=model_data,
+                    environment=dict(variant.environment),
+                    instance_type=variant.instance_type,
+                    instance_count=variant.desired_instance_count,
+                    weight=variant.desired_weight,
+                    routing_strategy=variant.routing_strategy or self._default_routing_strategy,
+                    container_startup_timeout_seconds=variant.container_startup_timeout_seconds,
+                )
+            )
+        capture = None
+        if data_capture is not None:
+            capture = await self._data_capture(data_capture)
+        return DeploymentPlan(
+            endpoint_name=endpoint_name,
+            endpoint_config_name=config_name,
+            generation=generation,
+            variants=tuple(plans),
+            data_capture=capture,
+            failover=failover,
+        )
+
+    async def _data_capture(self, document: Mapping[str, object]) -> DataCapture:
+        uri = text(document, "DestinationS3Uri")
+        destination = await asyncio.to_thread(
+            self._resolver.resolve, uri, field="dataCaptureConfig.destinationS3Uri"
+        )
+        modes = {text(option, "CaptureMode") for option in mappings(document.get("CaptureOptions"))}
+        header = optional_mapping(document.get("CaptureContentTypeHeader")) or {}
+        kms_key_id = document.get("KmsKeyId")
+        return DataCapture(
+            enable_capture=document.get("EnableCapture") is not False,
+            sampling_percentage=optional_int(document.get("InitialSamplingPercentage")) or 0,
+            destination_s3_uri=uri,
+            destination=destination,
+            kms_key_id=kms_key_id if isinstance(kms_key_id, str) else None,
+            capture_input=bool(modes & {"Input", "InputAndOutput"}),
+            capture_output=bool(modes & {"Output", "InputAndOutput"}),
+            csv_content_types=texts(header.get("CsvContentTypes")),
+            json_content_types=texts(header.get("JsonContentTypes")),
+        )
+
+
+async def check_model_data(variants: tuple[DeployedVariant, ...], plan: DeploymentPlan) -> None:
+    """SageMaker checks the model data when it deploys: a missing one fails the deployment.
+
+    Raises:
+        DeploymentError: naming the variant, the model and the URL whose data is missing.
+    """
+    urls = {variant.variant_name: variant for variant in variants}
+    for variant_plan in plan.variants:
+        path = variant_plan.model_data
+        if path is None or await asyncio.to_thread(path.exists):
+            continue
+        variant = urls.get(variant_plan.variant_name)
+        url = variant.model_data_url if variant is not None else str(path)
+        log.warning(
+            "endpoint %s, variant %s: model data %s (%s) does not exist",
+            plan.endpoint_name,
+            variant_plan.variant_name,
+            url,
+            path,
+        )
+        raise DeploymentError(
+            f'Failed to find model data for variant "{variant_plan.variant_name}" (model '
+            f'"{variant_plan.model_name}") at URL "{url}". Please ensure that there is an '
+            "object located at the URL."
+        )
