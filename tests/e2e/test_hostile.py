@@ -91,15 +91,19 @@ def _address(gateway: Gateway) -> tuple[str, int]:
     return host, int(port)
 
 
-def _metric(gateway: Gateway, name: str) -> float:
+def _metric(gateway: Gateway, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels` (0 if none)."""
     with urllib.request.urlopen(f"{gateway.url}/metrics", timeout=10) as response:
         text = response.read().decode()
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == name
+        if sample.name == name and labels.items() <= sample.labels.items()
     )
+
+
+_ENFORCEMENTS = "splitserve_edge_enforcements_total"
 
 
 def assert_serving(gateway: Gateway, runtime: Any) -> None:
@@ -150,6 +154,7 @@ def test_idle_connections_beyond_the_descriptor_limit_leave_the_gateway_serving(
     assert answered == 500  # each was answered before later arrivals closed it
     assert still_open <= CONNECTION_CAP
     assert _metric(gateway, "splitserve_instance_restarts_total") == 0
+    assert _metric(gateway, _ENFORCEMENTS, action="closed_idle_connection") >= 500 - still_open
     assert_serving(gateway, runtime)
 
 
@@ -194,6 +199,7 @@ def test_trickled_heads_are_cut_off_while_others_are_served(gateway: Gateway, ru
     print(f"trickled heads: {len(closed)} of 50 closed after {sent} bytes each")
     assert len(closed) == len(trickling), "some trickled heads were still open"
     assert sent < len(head) - 1
+    assert _metric(gateway, _ENFORCEMENTS, action="closed_slow_head") >= len(trickling)
     assert_serving(gateway, runtime)
 
 
@@ -269,6 +275,7 @@ def test_a_burst_of_large_bodies_is_bounded_in_memory_and_returned(
     assert len(statuses) == count
     assert set(statuses) == {b"400", b"503"}, statuses
     assert all(b"Retry-After: 1" in head for head in refused)
+    assert _metric(gateway, _ENFORCEMENTS, action="refused_body") == len(refused)
     # The budget is 64 MiB of bodies; a body is held about twice while it is read.
     assert peak - before < 4 * INFLIGHT_BODY_BYTES
     assert returned, f"RSS stayed {(after - before) / _MIB:.0f} MiB above its level before"

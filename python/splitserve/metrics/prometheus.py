@@ -274,6 +274,15 @@ CAPTURE_DROPPED = Counter(
     _VARIANT,
     registry=REGISTRY,
 )
+EDGE_ENFORCEMENTS = Counter(
+    "splitserve_edge_enforcements",
+    "What the connection limits did: refused_connection (503 at the connection cap, none idle), "
+    "closed_idle_connection (to make room at the cap), closed_slow_head (request head not "
+    "complete within the header read timeout), refused_body (503: request bodies in flight at "
+    "their budget).",
+    ("action",),
+    registry=REGISTRY,
+)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from aiohttp import web
 
 from splitserve.config import EdgeSettings, Settings
 from splitserve.errors import ServiceUnavailable
+from splitserve.metrics.prometheus import EDGE_ENFORCEMENTS
 from splitserve.wiring.boundary import answer_error
 
 __all__ = [
@@ -328,13 +329,18 @@ class EdgeServer(web.Server):
         self.clients: dict[EdgeProtocol, None] = {}
         #: Connections whose request head is under way and was not complete after one read.
         self.pending_heads: set[EdgeProtocol] = set()
-        #: What the edge has done, for tests and the log: connections refused at the cap, idle
-        #: ones closed to make room, ones closed for a slow head, requests refused for memory.
+        #: What the edge has done (also counted in splitserve_edge_enforcements_total): connections
+        #: refused at the cap, idle ones closed to make room, ones closed for a slow head,
+        #: requests refused for memory.
         self.refused_connections = 0
         self.evicted_connections = 0
         self.slow_heads_closed = 0
         self.refused_bodies = 0
         self._cap_warned_at = -_CAP_WARNING_INTERVAL_SECONDS
+        self._counted_refused_connection = EDGE_ENFORCEMENTS.labels("refused_connection")
+        self._counted_closed_idle = EDGE_ENFORCEMENTS.labels("closed_idle_connection")
+        self._counted_closed_slow_head = EDGE_ENFORCEMENTS.labels("closed_slow_head")
+        self._counted_refused_body = EDGE_ENFORCEMENTS.labels("refused_body")
         self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep)
         self._busy_answer = self._refusal_bytes()
 
@@ -371,11 +377,13 @@ class EdgeServer(web.Server):
             self.forget(client)
             client.force_close()
         self.evicted_connections += len(oldest)
+        self._counted_closed_idle.inc(len(oldest))
         return len(oldest)
 
     def refuse(self, transport: asyncio.BaseTransport) -> None:
         """Answer a connection beyond the cap with a 503 and close it."""
         self.refused_connections += 1
+        self._counted_refused_connection.inc()
         if isinstance(transport, asyncio.WriteTransport):
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write(self._busy_answer)
@@ -417,6 +425,7 @@ class EdgeServer(web.Server):
             client.stop_timing_head()
             if client.idle:  # still no complete head (else a request is under way: leave it)
                 self.slow_heads_closed += 1
+                self._counted_closed_slow_head.inc()
                 log.debug("closed a connection whose request head was not complete in time")
                 self.forget(client)
                 client.force_close()
@@ -448,6 +457,7 @@ class EdgeServer(web.Server):
     def _busy(self, request: web.BaseRequest) -> web.StreamResponse:
         """503 ServiceUnavailable with Retry-After, in the wire format of the request's plane."""
         self.refused_bodies += 1
+        self._counted_refused_body.inc()
         response = answer_error(
             cast(web.Request, request),  # the application's request factory makes web.Requests
             ServiceUnavailable(
