@@ -23,7 +23,7 @@ from splitserve._router import (
     Route,
     UnknownVariantError,
 )
-from splitserve.config import Settings
+from splitserve.config import MAX_NAME_LENGTH, NAME_PATTERN, Settings
 from splitserve.contract.upstream import (
     UpstreamConnectError,
     UpstreamError,
@@ -41,7 +41,8 @@ from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
+# The control plane names variants by the same rule (config.NAME_PATTERN).
+_NAME = re.compile(NAME_PATTERN)
 _INVOCATIONS_PATH = b"/invocations"
 _POST = b"POST"
 # How much of a worker's error body a ModelError message quotes (the API's Message max is 2048).
@@ -188,7 +189,7 @@ class InvocationService:
                 "support target model header."
             )
         target = request.target_variant
-        if target is not None and (len(target) > 63 or not _NAME.fullmatch(target)):
+        if target is not None and (len(target) > MAX_NAME_LENGTH or not _NAME.fullmatch(target)):
             raise InvocationValidationError(
                 f"1 validation error detected: Value '{target[:100]}' at 'targetVariant' failed to "
                 "satisfy constraint: Member must satisfy regular expression pattern: "
