@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import select
+import shutil
 import socket
 import threading
 import time
@@ -26,7 +27,10 @@ from tests.e2e.conftest import Gateway, running_gateway
 from tests.e2e.helpers import FAST_WAIT, ROLE, csv_rows
 from tests.support.models import NUM_FEATURES, XGBOOST_IMAGE
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)"),
+]
 
 #: The gateway's descriptor limit (soft and hard) in these tests.
 DESCRIPTOR_LIMIT = 400

@@ -15,7 +15,7 @@ memory. aiohttp's server limits none of them, so the gateway runs its own server
   request: a head that arrives within one read (nearly all of them) is never tracked; one that
   does not joins a set that one periodic sweep looks at.
 - **Body memory.** The request bodies in flight are bounded by bytes (`max_inflight_body_bytes`),
-  by Content-Length before the body is read: one subtraction and one comparison per request with
+  by Content-Length before the body is read: one addition and one comparison per request with
   a body. A request beyond the budget is answered 503 ServiceUnavailable with Retry-After (the
   plane's wire format, through the error boundary) and its body is discarded as it arrives. After
   large bodies are released, glibc is asked to return freed memory to the system (malloc_trim,
