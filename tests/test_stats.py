@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import math
 import random
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from splitserve.cli_stats import StatsUnavailable, fetch_report, format_duration, render_table
 from splitserve.config import StatsSettings
 from splitserve.errors import ValidationException
 from splitserve.metrics.minutes import (
@@ -18,15 +16,12 @@ from splitserve.metrics.minutes import (
     LATENCY_BUCKETS_PER_OCTAVE,
     LATENCY_LOWEST_SECONDS,
     MinuteStore,
-    StatsReport,
-    StatsUnavailable,
     VariantMinutes,
-    fetch_report,
-    format_duration,
     latency_bucket,
     latency_percentiles,
-    render_table,
 )
+from splitserve.metrics.report import StatsReport
+from tests.support.http import Answer, Received, answering_server, free_port
 
 # 2024-05-01 12:00:00 UTC, a whole minute.
 _NOON = 1_714_564_800.0
@@ -279,61 +274,34 @@ def test_format_duration() -> None:
     ]
 
 
-@pytest.fixture
-def answering_server() -> Iterator[tuple[str, list[str]]]:
-    """A tiny HTTP server: /splitserve/stats/ok answers a report, anything else a 400."""
-    paths: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            paths.append(self.path)
-            if self.path.startswith("/splitserve/stats/ok?"):
-                body = json.dumps(
-                    {
-                        "EndpointName": "ok",
-                        "PeriodSeconds": 60,
-                        "StartTime": 0,
-                        "EndTime": 60,
-                        "Variants": [],
-                        "Periods": [{"StartTime": 0, "Variants": {}}],
-                    }
-                ).encode()
-                self.send_response(200)
-            else:
-                body = b'{"__type": "ValidationException", "Message": "no such thing"}'
-                self.send_response(400)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", paths
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def _stats_answer(request: Received) -> Answer:
+    """/splitserve/stats/ok answers a report, anything else a 400 as the gateway's."""
+    if request.path.startswith("/splitserve/stats/ok?"):
+        report = {
+            "EndpointName": "ok",
+            "PeriodSeconds": 60,
+            "StartTime": 0,
+            "EndTime": 60,
+            "Variants": [],
+            "Periods": [{"StartTime": 0, "Variants": {}}],
+        }
+        return Answer(200, json.dumps(report).encode())
+    if request.path.startswith("/splitserve/stats/odd?"):
+        return Answer(200, b'{"EndpointName": "odd"}')
+    return Answer(400, b'{"__type": "ValidationException", "Message": "no such thing"}')
 
 
-def test_fetch_report(answering_server: tuple[str, list[str]]) -> None:
-    url, paths = answering_server
-    report = fetch_report(url + "/", "ok", 900, 60, timeout=5)
-    assert report.endpoint_name == "ok"
-    assert paths[-1] == "/splitserve/stats/ok?since=900&per=60"
-    with pytest.raises(StatsUnavailable, match="no such thing"):
-        fetch_report(url, "missing", 900, 60, timeout=5)
+def test_fetch_report() -> None:
+    with answering_server(_stats_answer) as server:
+        report = fetch_report(server.url + "/", "ok", 900, 60, timeout=5)
+        assert report.endpoint_name == "ok"
+        assert server.received[-1].path == "/splitserve/stats/ok?since=900&per=60"
+        with pytest.raises(StatsUnavailable, match=r"^no such thing$"):
+            fetch_report(server.url, "missing", 900, 60, timeout=5)
+        with pytest.raises(StatsUnavailable, match="did not answer with a stats report"):
+            fetch_report(server.url, "odd", 900, 60, timeout=5)
 
 
 def test_fetch_report_without_a_gateway() -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with pytest.raises(StatsUnavailable, match="cannot reach the gateway"):
-        fetch_report(f"http://127.0.0.1:{port}", "ep", 900, 60, timeout=5)
+        fetch_report(f"http://127.0.0.1:{free_port()}", "ep", 900, 60, timeout=5)

@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from splitserve.app import create_app
+from splitserve.cli_stats import StatsUnavailable, fetch_report, format_duration, render_table
 from splitserve.config import EvaluationSettings, Settings, WorkerSettings
 from splitserve.control.store import StateFileError
-from splitserve.evaluation import EvaluateRequest, evaluate_command
-from splitserve.metrics.minutes import StatsUnavailable, fetch_report, format_duration, render_table
+from splitserve.evaluation.command import EvaluateRequest, evaluate_command
 from splitserve.wiring import edge
 from splitserve.wiring.auth import AuthFileError
 from splitserve.workers.images import ImageRegistryError
@@ -403,6 +402,10 @@ def serve(settings: Settings, *, insecure: bool) -> int:
             settings.host,
         )
     settings.model_store.mkdir(parents=True, exist_ok=True)
+    # Imported here, not at the top: the gateway loads the Rust router, and `splitserve evaluate`
+    # and `stats` must run where it was never built (tests/test_architecture.py).
+    from splitserve.app import create_app  # noqa: PLC0415
+
     try:
         edge.run(create_app(settings), settings, lambda message: print(message, flush=True))
     except (

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +21,7 @@ from tests.evaluation.records import (
     joined_from_samples,
     write_experiment,
 )
+from tests.support.http import Answer, Received, answering_server, free_port
 
 
 def _evaluate(
@@ -149,49 +147,32 @@ def test_unusable_inputs_exit_2_with_the_reason(
     assert "no capture files for endpoint other" in err
 
 
-class _DescribeEndpoint(BaseHTTPRequestHandler):
+def _describe_endpoint(request: Received) -> Answer:
     """Answers DescribeEndpoint as the gateway does (only the fields the evaluation reads)."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.headers["X-Amz-Target"] != "SageMaker.DescribeEndpoint":
-            self.send_response(400)
-            self.end_headers()
-            return
-        answer: dict[str, object]
-        if body["EndpointName"] != "churn":
-            answer = {"__type": "ValidationException", "message": "Could not find endpoint."}
-            status = 400
-        else:
-            answer = {
-                "EndpointName": "churn",
-                "ProductionVariants": [
-                    {"VariantName": "Variant1", "CurrentWeight": 1.0},
-                    {"VariantName": "Variant2", "CurrentWeight": 1.0},
-                ],
-            }
-            status = 200
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/x-amz-json-1.1")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
+    if request.headers["X-Amz-Target"] != "SageMaker.DescribeEndpoint":
+        return Answer(400)
+    answer: dict[str, object]
+    if json.loads(request.body)["EndpointName"] != "churn":
+        answer = {"__type": "ValidationException", "message": "Could not find endpoint."}
+        status = 400
+    else:
+        answer = {
+            "EndpointName": "churn",
+            "ProductionVariants": [
+                {"VariantName": "Variant1", "CurrentWeight": 1.0},
+                {"VariantName": "Variant2", "CurrentWeight": 1.0},
+            ],
+        }
+        status = 200
+    return Answer(
+        status, json.dumps(answer).encode(), {"Content-Type": "application/x-amz-json-1.1"}
+    )
 
 
 @pytest.fixture
 def fake_gateway() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _DescribeEndpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering_server(_describe_endpoint) as server:
+        yield server.url
 
 
 def test_weights_from_describe_endpoint(
@@ -201,7 +182,7 @@ def test_weights_from_describe_endpoint(
     assert code == 0, err
     assert f"weights from DescribeEndpoint at {fake_gateway} (current weights)" in out
     assert "consistent with the weights" in out
-    code, _, err = _evaluate(capsys, walkthrough_sized, "--url", "http://127.0.0.1:9")
+    code, _, err = _evaluate(capsys, walkthrough_sized, "--url", f"http://127.0.0.1:{free_port()}")
     assert code == 2
     assert "cannot reach the gateway" in err
     with pytest.raises(EvaluationInputError, match="failed: Could not find endpoint"):

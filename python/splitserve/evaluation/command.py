@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -26,6 +24,7 @@ from splitserve.evaluation.join import JoinedData, join
 from splitserve.evaluation.plot import write_plot
 from splitserve.evaluation.render import report_json, report_text
 from splitserve.evaluation.report import EvaluationReport, TrafficWeights, evaluate
+from splitserve.gateway_client import GatewayClient, GatewayRequestError
 
 
 @dataclass(frozen=True)
@@ -94,29 +93,14 @@ def describe_weights(url: str, endpoint: str, timeout: float) -> dict[str, float
         EvaluationInputError: the gateway cannot be reached, answers with an error (its message
             is passed on), or its answer has no weights.
     """
-    request = urllib.request.Request(
-        url.rstrip("/") + "/",
-        data=json.dumps({"EndpointName": endpoint}).encode(),
-        headers={
-            "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": "SageMaker.DescribeEndpoint",
-        },
-        method="POST",
-    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            document = json.load(response)
-    except urllib.error.HTTPError as error:
-        with error:
-            try:
-                body = json.load(error)
-                message = str(body.get("message") or body.get("Message") or body)
-            except (ValueError, AttributeError):
-                message = f"HTTP {error.code} {error.reason}"
-        raise EvaluationInputError(f"DescribeEndpoint at {url} failed: {message}") from None
-    except (OSError, ValueError) as error:
-        reason = error.reason if isinstance(error, urllib.error.URLError) else error
-        raise EvaluationInputError(f"cannot reach the gateway at {url}: {reason}") from None
+        document = GatewayClient(url, timeout).sagemaker(
+            "DescribeEndpoint", {"EndpointName": endpoint}
+        )
+    except GatewayRequestError as error:
+        if error.status is None:
+            raise EvaluationInputError(error.message) from None
+        raise EvaluationInputError(f"DescribeEndpoint at {url} failed: {error.message}") from None
     try:
         return {
             str(variant["VariantName"]): float(variant["CurrentWeight"])

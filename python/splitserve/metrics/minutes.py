@@ -13,29 +13,25 @@ Recording is on the request path and costs a few array increments. The minute is
 read once per invocation when it is counted. Errors and latency go to the slot of the variant's
 newest invocation, which is the minute their request was routed in or a later one.
 
-No aiohttp here: the gateway's GET /splitserve/stats/{endpoint} serialises `MinuteStore.report`,
-and the `splitserve stats` command renders that JSON with `render_table`.
+No aiohttp here: the gateway's GET /splitserve/stats/{endpoint} serialises `MinuteStore.report`
+(a `report.StatsReport`), and the `splitserve stats` command renders that JSON
+(`splitserve.cli_stats`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import accumulate
 from operator import add
-from typing import Any
 
 from splitserve.config import StatsSettings
 from splitserve.errors import ValidationException
+from splitserve.metrics.report import StatsPeriod, StatsReport, VariantPeriod
 
 #: The latency histogram of a minute: bucket i counts latencies in [LOWEST x 2**(i/PER_OCTAVE),
 #: LOWEST x 2**((i+1)/PER_OCTAVE)); the first bucket also counts anything faster, the last anything
@@ -223,117 +219,6 @@ class VariantMinutes:
         self._slot = slot
 
 
-@dataclass(frozen=True)
-class VariantPeriod:
-    """One variant's numbers over one period (a row's cell)."""
-
-    invocations: int
-    errors_4xx: int
-    errors_5xx: int
-    model_errors: int
-    latency_p50_seconds: float | None = None
-    latency_p99_seconds: float | None = None
-
-    def to_json(self) -> dict[str, object]:
-        """The cell as the stats route sends it (CloudWatch's metric names)."""
-        cell: dict[str, object] = {
-            "Invocations": self.invocations,
-            "Invocation4XXErrors": self.errors_4xx,
-            "Invocation5XXErrors": self.errors_5xx,
-            "InvocationModelErrors": self.model_errors,
-        }
-        if self.latency_p50_seconds is not None:
-            cell["ModelLatencyP50Seconds"] = self.latency_p50_seconds
-        if self.latency_p99_seconds is not None:
-            cell["ModelLatencyP99Seconds"] = self.latency_p99_seconds
-        return cell
-
-    @classmethod
-    def from_json(cls, cell: Mapping[str, Any]) -> VariantPeriod:
-        """The cell `to_json` made."""
-        p50 = cell.get("ModelLatencyP50Seconds")
-        p99 = cell.get("ModelLatencyP99Seconds")
-        return cls(
-            invocations=int(cell["Invocations"]),
-            errors_4xx=int(cell["Invocation4XXErrors"]),
-            errors_5xx=int(cell["Invocation5XXErrors"]),
-            model_errors=int(cell["InvocationModelErrors"]),
-            latency_p50_seconds=None if p50 is None else float(p50),
-            latency_p99_seconds=None if p99 is None else float(p99),
-        )
-
-
-@dataclass(frozen=True)
-class StatsPeriod:
-    """One row: a period's start (epoch seconds, UTC) and the variants that had traffic in it."""
-
-    start: int
-    variants: Mapping[str, VariantPeriod]
-
-
-@dataclass(frozen=True)
-class StatsReport:
-    """The table `splitserve stats` prints: periods of `period_seconds`, oldest first.
-
-    Attributes:
-        endpoint_name: the endpoint.
-        period_seconds: the length of a row (a whole number of minutes).
-        start, end: the window, epoch seconds; the last period is the current, unfinished one.
-        variants: the columns: the endpoint's variants, then retired ones with traffic in the
-            window, in the order they were deployed.
-        periods: every period of the window, with or without traffic.
-    """
-
-    endpoint_name: str
-    period_seconds: int
-    start: int
-    end: int
-    variants: tuple[str, ...]
-    periods: tuple[StatsPeriod, ...]
-
-    def to_json(self) -> dict[str, object]:
-        """The report as GET /splitserve/stats/{endpoint} sends it."""
-        return {
-            "EndpointName": self.endpoint_name,
-            "PeriodSeconds": self.period_seconds,
-            "StartTime": self.start,
-            "EndTime": self.end,
-            "Variants": list(self.variants),
-            "Periods": [
-                {
-                    "StartTime": period.start,
-                    "Variants": {name: cell.to_json() for name, cell in period.variants.items()},
-                }
-                for period in self.periods
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> StatsReport:
-        """The report `to_json` made (what `splitserve stats` reads from the gateway).
-
-        Raises:
-            KeyError, TypeError, ValueError: `data` is not such a report.
-        """
-        return cls(
-            endpoint_name=str(data["EndpointName"]),
-            period_seconds=int(data["PeriodSeconds"]),
-            start=int(data["StartTime"]),
-            end=int(data["EndTime"]),
-            variants=tuple(str(name) for name in data["Variants"]),
-            periods=tuple(
-                StatsPeriod(
-                    start=int(period["StartTime"]),
-                    variants={
-                        str(name): VariantPeriod.from_json(cell)
-                        for name, cell in period["Variants"].items()
-                    },
-                )
-                for period in data["Periods"]
-            ),
-        )
-
-
 _P50_P99 = (0.5, 0.99)
 
 
@@ -483,141 +368,3 @@ class MinuteStore:
             if (endpoint_name, variant_name) in self._retired:
                 del rings[variant_name]
                 self._retired.discard((endpoint_name, variant_name))
-
-
-# --- the `splitserve stats` table ---------------------------------------------------------------
-
-
-def format_duration(seconds: int) -> str:
-    """`seconds` in the largest unit that divides it: 60 -> "1m", 5400 -> "90m", 86400 -> "1d"."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _milliseconds(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    value = seconds * 1000
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-def render_table(report: StatsReport, *, errors: bool = False, latency: bool = False) -> str:
-    """The report as a text table: one row per period, a column (group) per variant.
-
-    Invocation counts are blank where a variant had none. With `errors`, each variant also gets
-    4xx, 5xx and model-error counts; with `latency`, its p50 and p99 model latency in ms.
-    """
-    labels = ["invocations"]
-    if errors:
-        labels += ["4xx", "5xx", "model errors"]
-    if latency:
-        labels += ["p50 ms", "p99 ms"]
-    time_format = "%Y-%m-%d %H:%M" if report.period_seconds < 86400 else "%Y-%m-%d"
-    time_column = [
-        datetime.fromtimestamp(period.start, UTC).strftime(time_format) for period in report.periods
-    ]
-    groups: list[tuple[str, list[tuple[str, list[str]]]]] = []
-    for variant in report.variants:
-        columns: list[tuple[str, list[str]]] = [(label, []) for label in labels]
-        for period in report.periods:
-            cell = period.variants.get(variant)
-            values = [""] * len(labels)
-            if cell is not None:
-                values[0] = str(cell.invocations) if cell.invocations else ""
-                if errors:
-                    values[1:4] = [
-                        str(cell.errors_4xx),
-                        str(cell.errors_5xx),
-                        str(cell.model_errors),
-                    ]
-                if latency:
-                    values[-2:] = [
-                        _milliseconds(cell.latency_p50_seconds),
-                        _milliseconds(cell.latency_p99_seconds),
-                    ]
-            for (_, column), value in zip(columns, values, strict=True):
-                column.append(value)
-        groups.append((variant, columns))
-
-    time_header = "time (UTC)"
-    time_width = max([len(time_header), *map(len, time_column)])
-    grouped = len(labels) > 1
-    # Grouped: a line of variant names over a line of column labels; else the names label columns.
-    header_lines: list[list[str]] = [[time_header.ljust(time_width)]]
-    if grouped:
-        header_lines.insert(0, [" " * time_width])
-    body_lines = [[value.ljust(time_width)] for value in time_column]
-    for variant, variant_columns in groups:
-        columns = variant_columns if grouped else [(variant, variant_columns[0][1])]
-        widths = [max([len(label), *map(len, values)]) for label, values in columns]
-        if grouped:
-            group_width = sum(widths) + 2 * (len(widths) - 1)
-            if len(variant) > group_width:
-                widths[-1] += len(variant) - group_width
-                group_width = len(variant)
-            header_lines[0].append(variant.ljust(group_width))
-        header_lines[-1].append(
-            "  ".join(label.rjust(width) for (label, _), width in zip(columns, widths, strict=True))
-        )
-        for row, line in enumerate(body_lines):
-            line.append(
-                "  ".join(
-                    values[row].rjust(width)
-                    for (_, values), width in zip(columns, widths, strict=True)
-                )
-            )
-    title = (
-        f"Endpoint {report.endpoint_name}: per {format_duration(report.period_seconds)}, "
-        f"{len(report.periods)} periods"
-    )
-    if not report.variants:
-        title += " (no variants)"
-    lines = [title] + ["   ".join(parts).rstrip() for parts in header_lines + body_lines]
-    return "\n".join(lines) + "\n"
-
-
-# --- the client side of `splitserve stats` ------------------------------------------------------
-
-
-class StatsUnavailable(Exception):
-    """The gateway could not be reached, or refused the request; the message says which."""
-
-
-def fetch_report(
-    gateway_url: str, endpoint_name: str, since_seconds: int, period_seconds: int, timeout: float
-) -> StatsReport:
-    """GET the endpoint's report from a running gateway at `gateway_url` (blocking).
-
-    Raises:
-        StatsUnavailable: no answer, an error answer (its Message), or not a report.
-    """
-    query = urllib.parse.urlencode({"since": since_seconds, "per": period_seconds})
-    url = (
-        f"{gateway_url.rstrip('/')}/splitserve/stats/"
-        f"{urllib.parse.quote(endpoint_name, safe='')}?{query}"
-    )
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as error:
-        with error:
-            try:
-                message = str(json.load(error)["Message"])
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {error.code} {error.reason}"
-        raise StatsUnavailable(message) from error
-    except (OSError, ValueError) as error:
-        reason = error.reason if isinstance(error, urllib.error.URLError) else error
-        raise StatsUnavailable(f"cannot reach the gateway at {gateway_url}: {reason}") from error
-    try:
-        return StatsReport.from_json(json.loads(raw))
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise StatsUnavailable(f"{gateway_url} did not answer with a stats report") from error

@@ -1,0 +1,134 @@
+"""The client side of `splitserve stats`: fetch an endpoint's report from a gateway, print it.
+
+Part of the face, beside `cli`: the report model is the gateway's (`metrics.report`), the call goes
+through the command line's one gateway client (`gateway_client`), and this module only turns the
+report into the table a person reads.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from datetime import UTC, datetime
+
+from splitserve.gateway_client import GatewayClient, GatewayRequestError
+from splitserve.metrics.report import StatsReport
+
+
+class StatsUnavailable(Exception):
+    """The gateway could not be reached, or refused the request; the message says which."""
+
+
+def fetch_report(
+    gateway_url: str, endpoint_name: str, since_seconds: int, period_seconds: int, timeout: float
+) -> StatsReport:
+    """GET the endpoint's report from a running gateway at `gateway_url` (blocking).
+
+    Raises:
+        StatsUnavailable: no answer, an error answer (its Message), or not a report.
+    """
+    client = GatewayClient(gateway_url, timeout)
+    path = f"/splitserve/stats/{urllib.parse.quote(endpoint_name, safe='')}"
+    try:
+        document = client.get_json(path, {"since": since_seconds, "per": period_seconds})
+    except GatewayRequestError as error:
+        raise StatsUnavailable(error.message) from error
+    try:
+        return StatsReport.from_json(document)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise StatsUnavailable(f"{gateway_url} did not answer with a stats report") from error
+
+
+def format_duration(seconds: int) -> str:
+    """`seconds` in the largest unit that divides it: 60 -> "1m", 5400 -> "90m", 86400 -> "1d"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _milliseconds(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    value = seconds * 1000
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def render_table(report: StatsReport, *, errors: bool = False, latency: bool = False) -> str:
+    """The report as a text table: one row per period, a column (group) per variant.
+
+    Invocation counts are blank where a variant had none. With `errors`, each variant also gets
+    4xx, 5xx and model-error counts; with `latency`, its p50 and p99 model latency in ms.
+    """
+    labels = ["invocations"]
+    if errors:
+        labels += ["4xx", "5xx", "model errors"]
+    if latency:
+        labels += ["p50 ms", "p99 ms"]
+    time_format = "%Y-%m-%d %H:%M" if report.period_seconds < 86400 else "%Y-%m-%d"
+    time_column = [
+        datetime.fromtimestamp(period.start, UTC).strftime(time_format) for period in report.periods
+    ]
+    groups: list[tuple[str, list[tuple[str, list[str]]]]] = []
+    for variant in report.variants:
+        columns: list[tuple[str, list[str]]] = [(label, []) for label in labels]
+        for period in report.periods:
+            cell = period.variants.get(variant)
+            values = [""] * len(labels)
+            if cell is not None:
+                values[0] = str(cell.invocations) if cell.invocations else ""
+                if errors:
+                    values[1:4] = [
+                        str(cell.errors_4xx),
+                        str(cell.errors_5xx),
+                        str(cell.model_errors),
+                    ]
+                if latency:
+                    values[-2:] = [
+                        _milliseconds(cell.latency_p50_seconds),
+                        _milliseconds(cell.latency_p99_seconds),
+                    ]
+            for (_, column), value in zip(columns, values, strict=True):
+                column.append(value)
+        groups.append((variant, columns))
+
+    time_header = "time (UTC)"
+    time_width = max([len(time_header), *map(len, time_column)])
+    grouped = len(labels) > 1
+    # Grouped: a line of variant names over a line of column labels; else the names label columns.
+    header_lines: list[list[str]] = [[time_header.ljust(time_width)]]
+    if grouped:
+        header_lines.insert(0, [" " * time_width])
+    body_lines = [[value.ljust(time_width)] for value in time_column]
+    for variant, variant_columns in groups:
+        columns = variant_columns if grouped else [(variant, variant_columns[0][1])]
+        widths = [max([len(label), *map(len, values)]) for label, values in columns]
+        if grouped:
+            group_width = sum(widths) + 2 * (len(widths) - 1)
+            if len(variant) > group_width:
+                widths[-1] += len(variant) - group_width
+                group_width = len(variant)
+            header_lines[0].append(variant.ljust(group_width))
+        header_lines[-1].append(
+            "  ".join(label.rjust(width) for (label, _), width in zip(columns, widths, strict=True))
+        )
+        for row, line in enumerate(body_lines):
+            line.append(
+                "  ".join(
+                    values[row].rjust(width)
+                    for (_, values), width in zip(columns, widths, strict=True)
+                )
+            )
+    title = (
+        f"Endpoint {report.endpoint_name}: per {format_duration(report.period_seconds)}, "
+        f"{len(report.periods)} periods"
+    )
+    if not report.variants:
+        title += " (no variants)"
+    lines = [title] + ["   ".join(parts).rstrip() for parts in header_lines + body_lines]
+    return "\n".join(lines) + "\n"
