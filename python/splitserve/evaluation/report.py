@@ -28,7 +28,7 @@ from itertools import combinations
 import numpy as np
 
 from splitserve.config import EvaluationSettings
-from splitserve.evaluation import stats
+from splitserve.evaluation import stats  # the module itself: the package's __init__ is lazy
 from splitserve.evaluation.join import JoinAccounting, JoinedData, VariantSample
 from splitserve.evaluation.stats import Difference, Estimate
 
