@@ -256,6 +256,10 @@ def start_splitserve(
         argv += ["--images", str(images_file)]
     if max_batch_rows is not None:
         argv += ["--max-batch-rows", str(max_batch_rows)]
+    if os.geteuid() == 0:
+        # Run as root, the gateway's workers would run as nobody, who cannot reach a workdir or
+        # interpreter of root's own; the load measures the gateway, not the confinement.
+        argv += ["--worker-user", "root"]
     process = processes.start(f"splitserve-{port}", argv)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: urllib.request.urlopen(f"{url}/ping", timeout=1), "splitserve")
