@@ -8,6 +8,7 @@ model's Environment; the figures they measure are in docs/reliability.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -363,6 +364,55 @@ def test_hung_instance_times_out_and_is_replaced(gateway: Gateway, sagemaker: An
     )
     assert percentile(during, 99) < INVOCATION_TIMEOUT_SECONDS / 2
     sagemaker.delete_endpoint(EndpointName="hang")
+
+
+def test_a_stopped_worker_gives_a_model_error_not_a_retryable_503(
+    tmp_path: Path, model_store: Path
+) -> None:
+    # With the default-like long invocation timeout, a SIGSTOPped worker fails its health checks
+    # and is replaced while a request waits on it. That request reached the worker, so it must
+    # end as a ModelError (boto3 does not retry it), never as a 503 (which it would send again).
+    with running_gateway(
+        tmp_path / "state",
+        model_store,
+        "--images",
+        str(write_images_file(tmp_path)),
+        "--invocation-timeout",
+        "60",
+        "--health-check-interval",
+        "0.5",
+    ) as gateway:
+        sagemaker = gateway.client("sagemaker")
+        create_fault_model(sagemaker, "stop-echo")
+        create_endpoint(sagemaker, "stop", [("Only", "stop-echo", 1, 1.0)])
+        runtime = gateway.client("sagemaker-runtime", read_timeout=90)
+        for _ in range(3):  # kept-alive connections to the worker, as under steady traffic
+            runtime.invoke_endpoint(EndpointName="stop", Body=_ECHO_BODY, ContentType="text/csv")
+        (stopped,) = worker_pids(gateway, "stop", "Only")
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            with pytest.raises(ClientError) as raised:
+                runtime.invoke_endpoint(
+                    EndpointName="stop", Body=_ECHO_BODY, ContentType="text/csv"
+                )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+        error = raised.value.response
+        assert error["Error"]["Code"] == "ModelError", error
+        assert error["ResponseMetadata"]["HTTPStatusCode"] == 424
+        # The replacement serves again.
+        wait_until(lambda: worker_pids(gateway, "stop", "Only") - {stopped}, 30)
+        wait_until(lambda: _invokes(runtime, "stop"), 30)
+
+
+def _invokes(runtime: Any, endpoint: str) -> bool:
+    """Whether one request to `endpoint` is answered."""
+    try:
+        runtime.invoke_endpoint(EndpointName=endpoint, Body=_ECHO_BODY, ContentType="text/csv")
+    except ClientError:
+        return False
+    return True
 
 
 def test_variant_down_fails_fast_unless_failover_is_on(

@@ -429,6 +429,29 @@ async def test_stale_retry_happens_only_once(tmp_path: Path, pools: MakePool) ->
         assert counter.connections == 3
 
 
+async def test_an_instance_gone_while_holding_the_request_is_no_connect_error(
+    tmp_path: Path, pools: MakePool
+) -> None:
+    # The instance reads the second request, hangs, and is killed (a SIGSTOPped worker replaced
+    # after failing its health checks): its socket is gone when the pool retries the request.
+    # The request reached it, so this must not look like "never reached the worker" (which the
+    # runtime answers with a retryable 503 and a client would send again).
+    async def handler(reader: Reader, writer: Writer, index: int) -> None:
+        assert await read_request(reader) is not None
+        writer.write(ok(b"first"))
+        assert await read_request(reader) is not None
+        (tmp_path / "raw.sock").unlink()
+        writer.transport.abort()
+
+    async with raw_server(tmp_path, handler) as counter:
+        pool = pools(raw_address(tmp_path))
+        assert (await post(pool, b"a")).body == b"first"
+        with pytest.raises(UpstreamProtocolError, match="refused a new one") as raised:
+            await post(pool, b"b")
+        assert isinstance(raised.value.__cause__, UpstreamConnectError)
+        assert counter.connections == 1
+
+
 async def test_no_retry_after_part_of_a_response(tmp_path: Path, pools: MakePool) -> None:
     async def handler(reader: Reader, writer: Writer, index: int) -> None:
         assert await read_request(reader) is not None

@@ -584,7 +584,7 @@ class UpstreamPool:
             The response, whatever its status.
 
         Raises:
-            UpstreamConnectError: no connection could be made.
+            UpstreamConnectError: no connection could be made: the request reached no instance.
             UpstreamTimeout: the response was not complete within `timeout`.
             UpstreamProtocolError: the response was malformed, over `max_response_bytes`, or cut
                 short.
@@ -626,9 +626,21 @@ class UpstreamPool:
         ):
             connection = await self._wait_for_connection(loop, deadline)
         reused = connection is not None
+        retrying = False
         while True:
             if connection is None:
-                connection = await self._connect(loop, deadline)
+                try:
+                    connection = await self._connect(loop, deadline)
+                except UpstreamConnectError as error:
+                    if not retrying:
+                        raise
+                    # The instance went away while it held the request (a crash, or killed
+                    # after failing its health checks while it hung): it may have run it, so
+                    # this is no "never reached the worker", which callers may retry.
+                    raise UpstreamProtocolError(
+                        "the connection closed before any byte of the response, and the instance "
+                        "refused a new one"
+                    ) from error
             waiter = connection.send(request, tail, deadline)
             try:
                 # The pool reads its connections' state directly, not through their properties:
@@ -646,12 +658,16 @@ class UpstreamPool:
                 # connection, as urllib3 and browsers do. A server that closed the socket before
                 # our bytes arrived ran nothing. The one case where it did is a server that read
                 # the whole request and then dropped the connection without a byte of answer (a
-                # crash mid-request): that request runs twice. A fresh connection that fails the
-                # same way, or any failure after a byte of the response, is never retried.
+                # crash mid-request): that request runs twice if the instance is back in time,
+                # and if it is not, the retry's failed connect is reported as a broken exchange
+                # (UpstreamProtocolError), never as UpstreamConnectError. A fresh connection that
+                # fails the same way, or any failure after a byte of the response, is never
+                # retried.
                 if self._closed:
                     raise UpstreamClosed("the upstream pool was closed") from None
                 connection = None
                 reused = False
+                retrying = True
                 continue
             except BaseException:
                 connection.close()

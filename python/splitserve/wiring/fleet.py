@@ -285,6 +285,14 @@ class FleetDeployer:
             for variant, fleet in generation.fleets.items()
         }
 
+    def pending(self, endpoint_name: str) -> None:
+        """The endpoint is being deployed: its requests get a retryable 503 until it is live."""
+        self._registry.pending(endpoint_name)
+
+    def failed(self, endpoint_name: str, failure_reason: str) -> None:
+        """The endpoint failed: without a live generation its requests get a 400 saying why."""
+        self._registry.failed(endpoint_name, failure_reason)
+
     def live_instances(self) -> dict[tuple[str, str], list[InstanceInfo]]:
         """Every instance of each endpoint's live generation, by (endpoint, variant name)."""
         listing: dict[tuple[str, str], list[InstanceInfo]] = {}
