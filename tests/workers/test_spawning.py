@@ -381,3 +381,29 @@ async def test_workers_of_a_root_gateway_run_unprivileged(
     finally:
         await supervisor.close()
     assert processes_with_marker(marker) == []
+
+
+async def test_what_a_killed_gateway_left_in_the_run_directory_is_swept(
+    images_file: ImageRegistry, run_dir: Path, marker: str
+) -> None:
+    leftover_home = run_dir / "w" / "0badc0de"
+    (leftover_home / "tmp").mkdir(parents=True)
+    (leftover_home / "tmp" / "big.bin").write_bytes(b"x" * 1024)
+    (run_dir / "s").mkdir()
+    (run_dir / "s" / "0badc0de.sock").write_bytes(b"")
+    supervisor = Supervisor(
+        fast_settings(run_dir),
+        images_file,
+        InstanceCatalog(),
+        RecordingListener(),
+        artifact_roots=(),
+    )
+    try:
+        fleet = supervisor.fleet(deployment(marker))
+        await fleet.start()
+        assert not exists(leftover_home)
+        assert not exists(run_dir / "s" / "0badc0de.sock")
+        (info,) = fleet.instances()
+        assert info.state == "healthy"
+    finally:
+        await supervisor.close()

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import stat
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,6 +104,9 @@ class Supervisor:
         )
         self._fleets: dict[tuple[str, str, int], VariantFleet] = {}
         self._closed = False
+        # Fleets start concurrently, each preparing the run directory from a thread.
+        self._run_dir_lock = threading.Lock()
+        self._swept = False
 
     def fleet(self, deployment: VariantDeployment) -> VariantFleet:
         """A new, not yet started fleet for `deployment`.
@@ -166,15 +171,26 @@ class Supervisor:
           authenticated, so nobody else may connect); the gateway, as root, still can.
         - `m/` holds the read-only model directories, `w/` the instances' private directories
           (each 0700 and the worker's own); other users may pass through both, not list them.
+
+        The first call also removes what instances of a previous gateway left in `w/` and `s/`
+        (after a kill -9 nothing else would): no instance of this one exists yet.
         """
         user = self.worker_user
         if user is not None:
             _check_reachable(self.run_dir, user)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name, mode in ((MODEL_DIR, 0o711), (PRIVATE_DIR, 0o711), (SOCKET_DIR, 0o700)):
-            path = self.run_dir / name
-            path.mkdir(mode=mode, exist_ok=True)
-            os.chmod(path, mode)
+        with self._run_dir_lock:
+            for name, mode in ((MODEL_DIR, 0o711), (PRIVATE_DIR, 0o711), (SOCKET_DIR, 0o700)):
+                path = self.run_dir / name
+                path.mkdir(mode=mode, exist_ok=True)
+                os.chmod(path, mode)
+                if not self._swept and name != MODEL_DIR:
+                    for leftover in path.iterdir():
+                        if leftover.is_dir() and not leftover.is_symlink():
+                            shutil.rmtree(leftover, ignore_errors=True)
+                        else:
+                            leftover.unlink(missing_ok=True)
+            self._swept = True
         if user is not None:
             os.chmod(self.run_dir, stat.S_IMODE(self.run_dir.stat().st_mode) | 0o711)
             os.chown(self.run_dir / SOCKET_DIR, user.uid, user.gid)
