@@ -26,16 +26,20 @@ The registry file is TOML::
     working_directory = "."
     # Optional: directories put on PYTHONPATH, relative to this file's directory (default: none).
     python_path = []
-    # Optional: extra environment variables; the model's Environment from CreateModel wins.
+    # Optional: extra environment variables; the model's Environment from CreateModel wins,
+    # except over what the gateway sets (see below).
     environment = { LOG_LEVEL = "info" }
     # Optional: how long the server may take to pass its first /ping
     # (default: WorkerSettings.startup_timeout_seconds).
     startup_timeout_seconds = 60
 
-The server is started with a minimal environment, never the gateway's own: PATH, LANG, LC_ALL,
-HOME (the run directory), OMP_NUM_THREADS (its CPU count), PYTHONPATH when `python_path` is set,
-the entry's `environment`, the model's Environment, and the contract's `SAGEMAKER_BIND_TO_PORT`
-and `SM_MODEL_DIR`.
+The server is started with a minimal environment, never the gateway's own: PYTHONPATH when
+`python_path` is set, the entry's `environment`, the model's Environment (less its `LD_*` and
+`PYTHON*` variables), then what the gateway sets, which nothing overrides: PATH, LANG, LC_ALL,
+HOME and TMPDIR (the instance's private directory), OMP_NUM_THREADS (its CPU count),
+PYTHONUNBUFFERED and the contract's `SAGEMAKER_BIND_TO_PORT` and `SM_MODEL_DIR`. When the gateway
+runs as root, the server runs as the worker user (`--worker-user`), so the command, its working
+directory and its files must be readable by that user.
 """
 
 from __future__ import annotations
