@@ -57,7 +57,7 @@ async def test_failover_tag_reaches_the_plan_and_survives_a_restart(
 
 @pytest.mark.parametrize("value", ["yes", "1", "", "on"])
 async def test_failover_tag_value_must_be_true_or_false(
-    service: ControlService, settings: Settings, value: str
+    service: ControlService, settings: Settings, deployer: RecordingDeployer, value: str
 ) -> None:
     await two_variant_endpoint(service, settings)
     with pytest.raises(ValidationException, match="splitserve:failover must have the value"):
@@ -80,6 +80,9 @@ async def test_failover_tag_value_must_be_true_or_false(
             "Tags": [{"Key": "splitserve:failover", "Value": "False"}],
         },
     )
+    await service.settle()
+    assert (await describe(service, "off"))["EndpointStatus"] == "InService"
+    assert deployer.live["off"].failover is False
 
 
 async def test_weight_only_update_is_done_before_the_call_answers(

@@ -147,6 +147,16 @@ async def test_missing_artifact_is_not_an_error_at_create_model(
     store = settings.model_store.resolve()
     await create_model(service, "local-file", f"file://{store}/models/model.tar.gz")
     await create_model(service, "absolute", f"{store}/models/model.tar.gz")
+    listed = await service.dispatch("ListModels", {"SortBy": "Name", "SortOrder": "Ascending"})
+    assert [model["ModelName"] for model in listed["Models"]] == [  # type: ignore[attr-defined]
+        "absolute",
+        "later",
+        "local-file",
+    ]
+    described = await service.dispatch("DescribeModel", {"ModelName": "later"})
+    container = described["PrimaryContainer"]
+    assert isinstance(container, dict)
+    assert container["ModelDataUrl"] == "s3://bucket/not-yet/model.tar.gz"
 
 
 async def test_endpoint_config_round_trips(service: ControlService, settings: Settings) -> None:

@@ -216,4 +216,5 @@ def test_describe_value_stays_short_and_safe() -> None:
     assert len(describe_value("x" * 10_000)) == validation._MAX_VALUE_CHARS + 2
     assert describe_value(None) == "null"
     assert describe_value(False) == "'false'"
-    json.dumps(describe_value({"k": [1, 2.5, None]}))
+    assert describe_value({"k": [1, 2.5, None]}) == "'{k=[1, 2.5, null]}'"
+    json.dumps(describe_value({"k": [1, 2.5, None]}))  # a plain str: it goes into JSON as is
