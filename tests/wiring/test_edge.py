@@ -89,6 +89,26 @@ def test_a_descriptor_limit_below_the_reserve_is_refused_by_name() -> None:
     )
 
 
+def test_serve_refuses_to_start_with_too_few_descriptors(tmp_path: Path) -> None:
+    def lower() -> None:  # in the child, before exec: soft and hard, so it cannot be raised
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    child = subprocess.run(
+        [
+            sys.executable, "-m", "splitserve.cli", "serve", "--port", "0",
+            "--state-dir", str(tmp_path / "state"),
+        ],
+        preexec_fn=lower,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert child.returncode == 2, child.stderr
+    assert "file descriptor limit (200)" in child.stderr
+    assert "ulimit -n" in child.stderr
+
+
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_one() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 300:
