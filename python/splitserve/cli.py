@@ -24,7 +24,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from splitserve.cli_stats import StatsUnavailable, fetch_report, format_duration, render_table
-from splitserve.config import EvaluationSettings, Settings, WorkerSettings
+from splitserve.config import (
+    STATE_DIRECTORY_MODE,
+    EvaluationSettings,
+    Settings,
+    WorkerSettings,
+)
 from splitserve.control.store import StateFileError
 from splitserve.evaluation.command import EvaluateRequest, evaluate_command
 from splitserve.wiring import edge
@@ -401,6 +406,8 @@ def serve(settings: Settings, *, insecure: bool) -> int:
             "endpoints (--auth-data-plane requires signatures there too)",
             settings.host,
         )
+    # The state directory first, with its own mode (the model store is usually inside it).
+    settings.state_dir.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
     settings.model_store.mkdir(parents=True, exist_ok=True)
     # Imported here, not at the top: the gateway loads the Rust router, and `splitserve evaluate`
     # and `stats` must run where it was never built (tests/test_architecture.py).

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from splitserve import cli
 from splitserve.config import STATE_DIRECTORY_MODE, STATE_FILE_MODE
 from splitserve.control.models import (
     DeployedVariant,
@@ -20,6 +21,7 @@ from splitserve.control.models import (
     VariantStatusEntry,
 )
 from splitserve.control.store import SCHEMA_VERSION, StateFileError, Store
+from splitserve.wiring import edge
 
 
 def _variant(name: str, **changes: object) -> DeployedVariant:
@@ -260,3 +262,15 @@ def test_a_row_with_an_invalid_value_is_refused_cleanly(
     _stored_endpoint(path)
     _edit(path, statement)
     _refused(path, f"is corrupt: {expected}")
+
+
+def test_serve_creates_the_state_directory_private_before_the_model_store_inside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served: list[object] = []
+    monkeypatch.setattr(edge, "run", lambda app, settings, printer: served.append(settings))
+    args = cli.build_parser().parse_args(["serve", "--state-dir", str(tmp_path / "state")])
+    assert cli.serve(cli.settings_from_args(args), insecure=False) == 0
+    assert len(served) == 1
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == STATE_DIRECTORY_MODE
+    assert (tmp_path / "state" / "models").is_dir()
