@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from splitserve.contract.upstream import UpstreamAddress, UpstreamConnectError, 
 from splitserve.errors import DeploymentError
 from splitserve.workers import launch, process
 from splitserve.workers.catalog import InstanceCatalog
+from splitserve.workers.fleet import VariantFleet
 from splitserve.workers.images import ImageRegistry
-from splitserve.workers.instance import HealthProbe, PingResult
+from splitserve.workers.instance import HealthProbe, Launch, PingResult, WorkerInstance
 from splitserve.workers.process import (
     SpawnLimits,
     WorkerUser,
@@ -407,3 +409,33 @@ async def test_what_a_killed_gateway_left_in_the_run_directory_is_swept(
         assert info.state == "healthy"
     finally:
         await supervisor.close()
+
+
+async def test_a_restart_that_finds_the_gateway_out_of_descriptors_is_retried(
+    images_file: ImageRegistry, run_dir: Path, marker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listener = RecordingListener()
+    supervisor = Supervisor(
+        fast_settings(run_dir), images_file, InstanceCatalog(), listener, artifact_roots=()
+    )
+    try:
+        fleet = supervisor.fleet(deployment(marker))
+        await fleet.start()
+        (info,) = fleet.instances()
+        real_plan = VariantFleet.plan
+        failures = [OSError(errno.EMFILE, "Too many open files")]
+
+        def plan_once_out_of_descriptors(self: VariantFleet, instance: WorkerInstance) -> Launch:
+            if failures:
+                raise failures.pop()
+            return real_plan(self, instance)
+
+        monkeypatch.setattr(VariantFleet, "plan", plan_once_out_of_descriptors)
+        assert info.pid is not None
+        os.kill(info.pid, signal.SIGKILL)
+        await listener.wait_for_kinds(info.name, ["healthy", "unhealthy", "healthy"])
+        assert failures == []
+        assert fleet.instances()[0].restarts == 2  # the failed start, then the good one
+    finally:
+        await supervisor.close()
+    assert processes_with_marker(marker) == []

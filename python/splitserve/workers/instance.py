@@ -376,8 +376,14 @@ class WorkerInstance:
         """Start a process and wait for its first good ping; DeploymentError if it never comes."""
         self._state = "starting"
         setup = self.setup
-        await asyncio.to_thread(_make_private_dir, setup.private_dir, setup.limits.user)
-        launch = self._planner.plan(self)
+        try:
+            await asyncio.to_thread(_make_private_dir, setup.private_dir, setup.limits.user)
+            launch = self._planner.plan(self)
+        except OSError as error:
+            # E.g. the gateway out of descriptors or disk: a failed start, retried with backoff.
+            raise DeploymentError(
+                f"instance {self.name}: could not prepare its start: {error.strerror or error}"
+            ) from error
         self._address = launch.address
         try:
             self._worker = await spawn_worker(
