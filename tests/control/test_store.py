@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import stat
@@ -274,3 +275,40 @@ def test_serve_creates_the_state_directory_private_before_the_model_store_inside
     assert len(served) == 1
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == STATE_DIRECTORY_MODE
     assert (tmp_path / "state" / "models").is_dir()
+
+
+def test_a_file_system_without_hard_links_still_gets_a_whole_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "state.sqlite3"
+    store = Store.open(path)
+    try:
+        assert store.list_models() == []
+    finally:
+        store.close()
+    assert stat.S_IMODE(path.stat().st_mode) == STATE_FILE_MODE
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [
+        "state.sqlite3"
+    ]
+
+
+def test_a_file_that_appears_while_the_new_one_is_built_is_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    real_link = os.link
+
+    def someone_was_first(source: str, target: str) -> None:
+        Path(target).write_bytes(b"theirs")
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", someone_was_first)
+    with pytest.raises(StateFileError) as refused:
+        Store.open(path)
+    assert refused.value.message.startswith(f"state file {path} cannot be created: ")
+    assert path.read_bytes() == b"theirs"
+    assert not path.with_name("state.sqlite3.new").exists()

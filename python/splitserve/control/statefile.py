@@ -15,6 +15,7 @@ half-made state file behind: an empty file at the state path is therefore damage
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -225,8 +226,7 @@ def create(path: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        os.link(building, path)  # fails rather than replace a file that appeared meanwhile
-        building.unlink()
+        _move_into_place(building, path)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
@@ -236,6 +236,21 @@ def create(path: Path) -> None:
         building.unlink(missing_ok=True)
         detail = error.strerror if isinstance(error, OSError) and error.strerror else error
         raise StateFileError(f"state file {path} cannot be created: {detail}") from error
+
+
+def _move_into_place(building: Path, path: Path) -> None:
+    """Give the finished file its name. A hard link fails rather than replace a file that appeared
+    meanwhile; a file system without hard links gets a rename after one more look."""
+    try:
+        os.link(building, path)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from error
+        os.rename(building, path)
+        return
+    building.unlink()
 
 
 def narrow_mode(path: Path) -> None:
