@@ -415,6 +415,63 @@ def _invokes(runtime: Any, endpoint: str) -> bool:
     return True
 
 
+def test_after_a_restart_endpoints_are_unavailable_or_failed_never_unknown(
+    tmp_path: Path, model_store: Path
+) -> None:
+    # While the restarted gateway redeploys an endpoint (its worker takes a while to start), the
+    # endpoint exists: boto3 must get a retryable 503, not a 400 "not found" it will not retry.
+    # A Failed endpoint says that it failed and why.
+    images = write_images_file(tmp_path)
+    state = tmp_path / "state"
+    with running_gateway(state, model_store, "--images", str(images)) as first:
+        sagemaker = first.client("sagemaker")
+        create_fault_model(sagemaker, "back-slow", FAULT_STARTUP_DELAY_SECONDS="2")
+        create_endpoint(sagemaker, "back", [("Only", "back-slow", 1, 1.0)])
+        create_fault_model(sagemaker, "back-broken", FAULT_EXIT_AT_START="3")
+        sagemaker.create_endpoint_config(
+            EndpointConfigName="broken-cfg",
+            ProductionVariants=[
+                {
+                    "VariantName": "Only",
+                    "ModelName": "back-broken",
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.t2.medium",
+                }
+            ],
+        )
+        sagemaker.create_endpoint(EndpointName="broken", EndpointConfigName="broken-cfg")
+        wait_until(
+            lambda: (
+                sagemaker.describe_endpoint(EndpointName="broken")["EndpointStatus"] == "Failed"
+            ),
+            60,
+        )
+        reason = sagemaker.describe_endpoint(EndpointName="broken")["FailureReason"]
+    with running_gateway(state, model_store, "--images", str(images)) as second:
+        runtime = second.client("sagemaker-runtime")
+        refusals: list[str] = []
+
+        def answered() -> bool:
+            try:
+                runtime.invoke_endpoint(
+                    EndpointName="back", Body=_ECHO_BODY, ContentType="text/csv"
+                )
+            except ClientError as error:
+                refusals.append(error.response["Error"]["Code"])
+                return False
+            return True
+
+        wait_until(answered, 60, interval=0.1)
+        assert set(refusals) <= {"ServiceUnavailable"}, refusals
+        print(f"after the restart: {len(refusals)} x 503 before the endpoint answered")
+        with pytest.raises(ClientError) as raised:
+            runtime.invoke_endpoint(EndpointName="broken", Body=_ECHO_BODY, ContentType="text/csv")
+        error = raised.value.response["Error"]
+        assert error["Code"] == "ValidationError"
+        assert "failed" in error["Message"]
+        assert reason[:100] in error["Message"]
+
+
 def test_variant_down_fails_fast_unless_failover_is_on(
     gateway: Gateway, sagemaker: Any, tmp_path: Path
 ) -> None:

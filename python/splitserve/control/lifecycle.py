@@ -75,6 +75,13 @@ class EndpointLifecycle:
     async def start(self) -> None:
         """Bring back the endpoints the store remembers (deployments continue in the background)."""
         records = await self._state.run(self._state.store.list_endpoints)
+        # First tell the data plane which endpoints exist, so that while they are redeployed
+        # their callers get a retryable 503 (or a Failed endpoint's reason), not "not found".
+        for record in records:
+            if record.status is EndpointStatus.FAILED:
+                self._deployer.failed(record.name, record.failure_reason or "")
+            elif record.status is not EndpointStatus.DELETING:
+                self._deployer.pending(record.name)
         for record in records:
             if record.status is EndpointStatus.DELETING:
                 self.spawn(record.name, self.delete(record.name))
@@ -101,6 +108,7 @@ class EndpointLifecycle:
 
     async def create(self, record: EndpointRecord, plan: DeploymentPlan) -> None:
         """Deploy and activate a new (or recovered) endpoint, then InService; Failed on failure."""
+        self._deployer.pending(record.name)
         try:
             await check_model_data(record.variants, plan)
             await self._deployer.deploy(plan)
@@ -110,10 +118,10 @@ class EndpointLifecycle:
                 await self._retire_quietly(plan.endpoint_name, plan.generation)
                 raise
         except DeploymentError as error:
-            await self._state.set_failed(record.name, error.message)
+            await self._fail(record.name, error.message)
             return
         except Exception:
-            await self._state.set_failed(record.name, internal_reason("deploying the endpoint"))
+            await self._fail(record.name, internal_reason("deploying the endpoint"))
             return
         now = time.time()
 
@@ -297,9 +305,7 @@ class EndpointLifecycle:
             detail = error.message if isinstance(error, DeploymentError) else None
             if detail is None:
                 detail = internal_reason("rolling back")
-            await self._state.set_failed(
-                endpoint_name, f"{failure} Rolling back failed too: {detail}"
-            )
+            await self._fail(endpoint_name, f"{failure} Rolling back failed too: {detail}")
             return
 
         def rolled_back(current: EndpointRecord) -> EndpointRecord:
@@ -318,16 +324,24 @@ class EndpointLifecycle:
         try:
             await self._deployer.remove(endpoint_name)
         except DeploymentError as error:
-            await self._state.set_failed(
-                endpoint_name, f"Failed to delete the endpoint: {error.message}"
-            )
+            await self._fail(endpoint_name, f"Failed to delete the endpoint: {error.message}")
             return
         except Exception:
             reason = internal_reason("deleting the endpoint")
-            await self._state.set_failed(endpoint_name, f"Failed to delete the endpoint: {reason}")
+            await self._fail(endpoint_name, f"Failed to delete the endpoint: {reason}")
             return
         async with self._state.lock:
             await self._state.run(self._state.store.delete_endpoint, endpoint_name)
+
+    async def _fail(self, endpoint_name: str, reason: str, *, locked: bool = False) -> None:
+        """The endpoint is Failed with `reason`: in the store and, through the deployer, for the
+        data plane (which answers its requests with the reason while nothing of it is live)."""
+        if locked:
+            stored = await self._state.set_failed_locked(endpoint_name, reason)
+        else:
+            stored = await self._state.set_failed(endpoint_name, reason)
+        if stored is not None:
+            self._deployer.failed(endpoint_name, stored)
 
     async def _recover(self, record: EndpointRecord) -> None:
         """Redeploy an endpoint that was serving or changing (see the module docstring)."""
@@ -369,7 +383,7 @@ class EndpointLifecycle:
                 )
             except SplitserveError as error:
                 await self._state.run(self._state.store.put_endpoint, recovered)
-                await self._state.set_failed_locked(record.name, error.message)
+                await self._fail(record.name, error.message, locked=True)
                 return
             await self._state.run(self._state.store.put_endpoint, recovered)
             self.spawn(record.name, self.create(recovered, plan))

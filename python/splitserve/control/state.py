@@ -91,16 +91,17 @@ class ControlState:
             if current is not None:
                 await self.run(self.store.put_endpoint, change(current))
 
-    async def set_failed(self, endpoint_name: str, reason: str) -> None:
-        """The endpoint is Failed with FailureReason `reason` (takes the lock)."""
+    async def set_failed(self, endpoint_name: str, reason: str) -> str | None:
+        """The endpoint is Failed with FailureReason `reason` (takes the lock); the FailureReason
+        as stored, or None when the endpoint no longer exists."""
         async with self.lock:
-            await self.set_failed_locked(endpoint_name, reason)
+            return await self.set_failed_locked(endpoint_name, reason)
 
-    async def set_failed_locked(self, endpoint_name: str, reason: str) -> None:
+    async def set_failed_locked(self, endpoint_name: str, reason: str) -> str | None:
         """`set_failed` for a caller that holds the lock already."""
         current = await self.run(self.store.get_endpoint, endpoint_name)
         if current is None:
-            return
+            return None
         failed = replace(
             current,
             status=EndpointStatus.FAILED,
@@ -113,3 +114,4 @@ class ControlState:
             ),
         )
         await self.run(self.store.put_endpoint, failed)
+        return failed.failure_reason
