@@ -12,10 +12,10 @@ PORT ?= 8080
 STATE_DIR ?= ./.splitserve
 SOAK_SECONDS ?= 600
 
-.PHONY: help setup build run demo test lint test-rust test-python bench bench-load soak clean lock
+.PHONY: help setup build run demo test test-fast lint test-rust test-python test-python-fast bench bench-load soak clean lock
 
 help: ## list the targets and what each does
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMPS)/venv:
 	@mkdir -p $(STAMPS)
@@ -68,7 +68,15 @@ test-rust: ## cargo test of the pure Rust routing core
 test-python: setup $(STAMPS)/prometheus $(STAMPS)/wrk ## pytest (benchmarks run once each as smoke tests)
 	$(BIN)/pytest -q
 
+test-python-fast: setup ## pytest's unit and HTTP tiers: no end-to-end tests, no benchmark smoke runs, no root
+	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e" tests
+
 test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs
+
+# The edit loop. pytest starts first and lint, then cargo test, run beside it (-j2): on 2 cores the
+# whole is about as long as pytest alone. Output is printed per target when that target ends.
+test-fast: setup ## lint, cargo test and the unit + HTTP tiers side by side, no e2e, no root: the edit loop
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-python-fast lint test-rust
 
 bench: setup ## pytest-benchmark suites, enabled, against the release build
 	@mkdir -p .benchmarks
