@@ -233,10 +233,7 @@ class EndpointOperations:
                 for variant in current.variants
             )
             check_weight_sum(variant.desired_weight for variant in updated)
-            self._planner.limits.check(
-                [(v.variant_name, v.instance_type, v.desired_instance_count) for v in updated],
-                endpoint_name=current.name,
-            )
+            self._planner.check_limits(current.name, updated)
             record = replace(
                 current, status=EndpointStatus.UPDATING, last_modified_time=now, variants=updated
             )

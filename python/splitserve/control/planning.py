@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from splitserve.capture.spec import DataCapture
 from splitserve.control.deployer import DeploymentPlan, VariantPlan
@@ -52,13 +52,13 @@ class Planner:
     ) -> None:
         self._state = state
         self._resolver = resolver
-        self.limits = limits
+        self._limits = limits
         self._default_routing_strategy = default_routing_strategy
 
     @property
     def instance_types(self) -> frozenset[str]:
         """The instance types this gateway runs."""
-        return frozenset(self.limits.instance_vcpus)
+        return frozenset(self._limits.instance_vcpus)
 
     async def variants_for(
         self,
@@ -125,15 +125,13 @@ class Planner:
         self.check_limits(endpoint_name, variants)
         return tuple(variants)
 
-    def check_limits(
-        self, endpoint_name: str, variants: tuple[DeployedVariant, ...] | list[DeployedVariant]
-    ) -> None:
+    def check_limits(self, endpoint_name: str, variants: Sequence[DeployedVariant]) -> None:
         """Refuse `variants` (by their Desired counts) if they are over the instance limits.
 
         Raises:
             ResourceLimitExceeded: see `InstanceLimits.check`.
         """
-        self.limits.check(
+        self._limits.check(
             [(v.variant_name, v.instance_type, v.desired_instance_count) for v in variants],
             endpoint_name=endpoint_name,
         )
