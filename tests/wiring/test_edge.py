@@ -89,21 +89,22 @@ def test_a_descriptor_limit_below_the_reserve_is_refused_by_name() -> None:
     )
 
 
-def test_serve_refuses_to_start_with_too_few_descriptors(tmp_path: Path) -> None:
-    def lower() -> None:  # in the child, before exec: soft and hard, so it cannot be raised
-        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+def _python_with_descriptor_limit(soft: int, hard: int, code: str) -> list[str]:
+    """A Python command that lowers its own descriptor limit to (soft, hard), then runs `code`
+    (the child does it itself: no preexec_fn in the test process)."""
+    lower = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))"
+    return [sys.executable, "-c", f"{lower}\n{code}"]
 
-    child = subprocess.run(
-        [
-            sys.executable, "-m", "splitserve.cli", "serve", "--port", "0",
-            "--state-dir", str(tmp_path / "state"),
-        ],
-        preexec_fn=lower,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )  # fmt: skip
+
+def test_serve_refuses_to_start_with_too_few_descriptors(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    command = _python_with_descriptor_limit(
+        200,
+        200,  # hard too, so that it cannot be raised
+        "from splitserve.cli import main\n"
+        f"raise SystemExit(main(['serve', '--port', '0', '--state-dir', {state!r}]))",
+    )
+    child = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert child.returncode == 2, child.stderr
     assert "file descriptor limit (200)" in child.stderr
     assert "ulimit -n" in child.stderr
@@ -114,22 +115,13 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one() -> None:
     if hard != resource.RLIM_INFINITY and hard <= 300:
         pytest.skip("the hard limit leaves no room to lower the soft one")
     lowered = 300
-
-    def lower() -> None:  # in the child, before exec
-        resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
-
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import resource; from splitserve.wiring.edge import raise_descriptor_limit; "
-            "print(*raise_descriptor_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])",
-        ],
-        preexec_fn=lower,
-        capture_output=True,
-        text=True,
-        check=True,
+    command = _python_with_descriptor_limit(
+        lowered,
+        hard,
+        "from splitserve.wiring.edge import raise_descriptor_limit\n"
+        "print(*raise_descriptor_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])",
     )
+    child = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
     before, after, in_force = map(int, child.stdout.split())
     assert before == lowered
     assert after == in_force
