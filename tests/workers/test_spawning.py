@@ -439,3 +439,45 @@ async def test_a_restart_that_finds_the_gateway_out_of_descriptors_is_retried(
     finally:
         await supervisor.close()
     assert processes_with_marker(marker) == []
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def test_the_serve_flags_for_workers_and_artifacts() -> None:
+    from splitserve import cli
+
+    defaults = cli.settings_from_args(cli.build_parser().parse_args(["serve"]))
+    assert defaults.workers.worker_user == "nobody"
+    assert defaults.allowed_artifact_paths == ()
+    assert (defaults.workers.max_artifact_bytes, defaults.workers.max_artifact_files) == (
+        4 * 1024**3,
+        10_000,
+    )
+    argv = ["serve", "--worker-user", "splitserve-worker", "--allow-artifact-path", "/srv/a"]
+    argv += ["--allow-artifact-path", "/srv/b", "--max-artifact-bytes", "1000"]
+    argv += ["--max-artifact-files", "7"]
+    settings = cli.settings_from_args(cli.build_parser().parse_args(argv))
+    assert settings.workers.worker_user == "splitserve-worker"
+    assert settings.allowed_artifact_paths == (Path("/srv/a"), Path("/srv/b"))
+    assert (settings.workers.max_artifact_bytes, settings.workers.max_artifact_files) == (1000, 7)
+
+
+@needs_root
+def test_serve_with_a_missing_worker_user_exits_2_saying_so(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "splitserve.cli", "serve", "--port", str(port)]
+    argv += ["--state-dir", str(tmp_path / "state"), "--worker-user", "no-such-user-x"]
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "splitserve: the worker user 'no-such-user-x' does not exist" in result.stderr
