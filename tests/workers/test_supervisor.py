@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import signal
 import stat
@@ -512,8 +513,7 @@ async def test_restarts_back_off_exponentially_until_the_instance_recovers(
         restarts = fleet.instances()[0].restarts
         if restarts > len(restart_times):
             restart_times.append(time.monotonic())
-        assert time.monotonic() - killed_at < 15
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # restarts that never come end in the test's timeout
     gaps = [b - a for a, b in zip([killed_at, *restart_times], restart_times, strict=False)]
     # Each wait is at least the backoff (0.2, 0.4, 0.8 s), whatever the start-up time adds.
     for gap, backoff in zip(gaps, [0.2, 0.4, 0.8], strict=True):
@@ -595,7 +595,11 @@ async def test_scale_up_and_down_drains_a_request_in_flight(
 
 
 async def test_stop_sends_sigkill_to_a_server_ignoring_sigterm(
-    images: ImageRegistry, listener: RecordingListener, marker: str, run_dir: Path
+    images: ImageRegistry,
+    listener: RecordingListener,
+    marker: str,
+    run_dir: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     supervisor = Supervisor(
         fast_settings(run_dir, stop_grace_seconds=1.0),
@@ -612,14 +616,17 @@ async def test_stop_sends_sigkill_to_a_server_ignoring_sigterm(
         await asyncio.gather(stubborn.start(), polite.start())
         pids = live_pids(stubborn) + live_pids(polite)
 
-        started = time.monotonic()
+        caplog.set_level(logging.WARNING, logger="splitserve.workers.output")
         await polite.stop()
-        assert time.monotonic() - started < 1.0  # SIGTERM was enough: no SIGKILL needed
+        sigkills = [r.getMessage() for r in caplog.records if "sending SIGKILL" in r.getMessage()]
+        assert sigkills == []  # SIGTERM was enough
 
         started = time.monotonic()
         await stubborn.stop()
-        elapsed = time.monotonic() - started
-        assert 1.0 <= elapsed < 3.5
+        assert time.monotonic() - started >= 1.0  # it was given its grace first
+        sigkills = [r.getMessage() for r in caplog.records if "sending SIGKILL" in r.getMessage()]
+        assert len(sigkills) == 1
+        assert "/stubborn/" in sigkills[0]
         assert not any(process_alive(pid) for pid in pids)
         await stubborn.stop()  # idempotent
         assert supervisor.fleets() == []
@@ -731,7 +738,7 @@ async def test_failure_reason_health_check_timeout(
         started = time.monotonic()
         with pytest.raises(DeploymentError, match=r"GET /ping with 200 within 1 s") as raised:
             await fleet.start()
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started >= 1.0  # the start-up timeout ran out, no sooner
         assert "health check timeout" in raised.value.message
         assert processes_with_marker(marker) == []
     finally:
