@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import stat
@@ -135,6 +136,11 @@ def test_a_corrupt_archive_is_a_deployment_error(
     with pytest.raises(DeploymentError, match=r"not a readable tar\.gz archive"):
         prepare_model_dir(corrupt, destination, limits)
     assert not destination.exists()
+    # A file that is not gzip at all: its first bytes are not quoted back.
+    corrupt.write_bytes(gzip.compress(b"x" * 10) + b"root:$6$secret")
+    with pytest.raises(DeploymentError, match="not gzip data") as raised:
+        prepare_model_dir(corrupt, destination, limits)
+    assert "root" not in raised.value.message.replace(str(corrupt.parent), "")
 
 
 @pytest.mark.parametrize(

@@ -324,8 +324,10 @@ def _extract_tar(source: Path, stream: BinaryIO, destination: Path, limits: Arti
     except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as error:
         if isinstance(error, OSError) and error.filename is not None:
             raise  # a write into the staging directory failed: not the archive's fault
+        # gzip's message quotes the file's first bytes: a failure reason never shows contents.
+        reason = "not gzip data" if isinstance(error, gzip.BadGzipFile) else str(error)
         raise DeploymentError(
-            f"model artifact {source.name} is not a readable tar.gz archive: {error}"
+            f"model artifact {source.name} is not a readable tar.gz archive: {reason}"
         ) from error
 
 
