@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import numpy.typing as npt
@@ -216,13 +215,11 @@ def test_csv_quotes_a_long_bad_cell_truncated() -> None:
     assert "..." in error.message
 
 
-def test_csv_a_100k_column_row_fails_fast_on_the_feature_count() -> None:
+def test_csv_a_100k_column_row_fails_on_the_feature_count() -> None:
+    # How fast is for benches/bench_worker.py; here, that the count is what refuses it.
     body = ",".join(["1.5"] * 100_000).encode()
-    started = time.perf_counter()
     error = refused(body, codecs.CSV)
-    elapsed = time.perf_counter() - started
     assert error.message == "row 1 has 100000 features, the model expects 13"
-    assert elapsed < 0.05
 
 
 # --- libsvm -------------------------------------------------------------------------------------
@@ -272,9 +269,7 @@ def test_libsvm_refusals(body: bytes, message: str) -> None:
 
 def test_libsvm_a_huge_row_fails_at_the_first_bad_index() -> None:
     body = ("1 " + " ".join(f"{index}:1" for index in range(1, 100_001))).encode()
-    started = time.perf_counter()
     error = refused(body, codecs.LIBSVM)
-    assert time.perf_counter() - started < 0.5
     assert "feature index 14" in error.message
 
 

@@ -499,6 +499,7 @@ async def test_ping_answers_while_a_large_request_is_handled(servers: dict[str, 
     rows = np.tile(query_rows(rows=100), (200, 1))  # 20,000 rows, ~5 MiB of CSV
     body = as_csv(rows)
     assert len(body) < MAX_BODY_BYTES
+    answered: list[str] = []  # the order answers came in: no clock, so no load makes it flaky
     async with server.session() as session:
 
         async def large() -> int:
@@ -506,21 +507,22 @@ async def test_ping_answers_while_a_large_request_is_handled(servers: dict[str, 
                 server.url("/invocations"), data=payload(body), headers={"Content-Type": "text/csv"}
             ) as response:
                 await response.read()
+                answered.append("invocations")
                 return response.status
 
-        async def pings() -> list[float]:
-            latencies = []
+        async def pings() -> None:
             for _ in range(10):
-                started = time.perf_counter()
                 async with session.get(server.url("/ping")) as response:
                     assert response.status == 200
-                latencies.append(time.perf_counter() - started)
+                answered.append("ping")
                 await asyncio.sleep(0.02)
-            return latencies
 
-        status, latencies = await asyncio.gather(large(), pings())
+        status, _ = await asyncio.gather(large(), pings())
     assert status == 200
-    assert max(latencies) < 1.0  # the contract allows 2 s
+    # The contract wants /ping answered within 2 s even while the server works: a ping sent with
+    # the large request is answered before it, so the request does not hold up the server.
+    assert answered.count("ping") == 10
+    assert answered[0] == "ping", answered
 
 
 # --- bad requests -------------------------------------------------------------------------------
