@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from splitserve.control.paths import LocalPathResolver
+from splitserve.control.service import ControlService
 from splitserve.errors import ValidationException
+from tests.control.conftest import model_body
 
 
 @pytest.fixture
@@ -159,3 +161,14 @@ def test_a_whole_artifact_directory_is_refused(store: Path, tmp_path: Path) -> N
         with pytest.raises(ValidationException, match="a whole artifact directory"):
             resolver.resolve_model_data(url, field="f")
     assert resolver.resolve_model_data("s3://bucket/dir", field="f") == store / "bucket" / "dir"
+
+
+async def test_create_model_refuses_a_host_file_naming_the_url(service: ControlService) -> None:
+    body = model_body("shadow", "file:///etc/shadow")
+    with pytest.raises(ValidationException) as refused:
+        await service.dispatch("CreateModel", body)
+    message = refused.value.message
+    assert "Value 'file:///etc/shadow' at 'primaryContainer.modelDataUrl'" in message
+    assert "--allow-artifact-path" in message
+    listed = await service.dispatch("ListModels", {})
+    assert listed["Models"] == []
