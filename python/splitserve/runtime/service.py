@@ -156,7 +156,12 @@ class InvocationService:
                 response.body,
                 content_type,
             )
-        return InvocationResult(variant, response.body, content_type, custom_attributes)
+        return InvocationResult(
+            variant=variant,
+            body=response.body,
+            content_type=content_type,
+            custom_attributes=custom_attributes,
+        )
 
     def _not_routable(self, endpoint_name: str) -> Exception:
         """The error for an endpoint with no live generation: being deployed (503, which boto3
