@@ -277,4 +277,5 @@ def narrow_mode(path: Path) -> None:
 
 
 def corrupt(path: Path, detail: str) -> StateFileError:
+    """The error for a damaged state file at `path`; `detail` says what is wrong with it."""
     return StateFileError(f"state file {path} is corrupt: {detail}; it was left untouched")
