@@ -1,4 +1,5 @@
-"""The per-minute store behind `splitserve stats`: bucketing, retention, percentiles, windows."""
+"""The per-minute store behind `splitserve stats`: bucketing, retention, percentiles, windows, and
+the report it builds (metrics/report.py) as the JSON the stats route sends."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import random
 
 import pytest
 
-from splitserve.cli_stats import StatsUnavailable, fetch_report, format_duration, render_table
 from splitserve.config import StatsSettings
 from splitserve.errors import ValidationException
 from splitserve.metrics.minutes import (
@@ -21,23 +21,7 @@ from splitserve.metrics.minutes import (
     latency_percentiles,
 )
 from splitserve.metrics.report import StatsReport
-from tests.support.http import Answer, Received, answering_server, free_port
-
-# 2024-05-01 12:00:00 UTC, a whole minute.
-_NOON = 1_714_564_800.0
-
-
-class FakeClock:
-    """Wall-clock seconds that only move when told to."""
-
-    def __init__(self, now: float = _NOON) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.clock import NOON, FakeClock
 
 
 @pytest.fixture
@@ -88,7 +72,7 @@ def test_minutes_bucket_counts_by_wall_clock_minute(clock: FakeClock) -> None:
     ring.count_invocation()  # 12:01
     ring.count_model_error(503)
     ring.count_model_error(0)
-    noon = int(_NOON // 60)
+    noon = int(NOON // 60)
     minutes = {m.minute: m for m in ring.minutes(noon - 5, noon + 1)}
     assert set(minutes) == {noon, noon + 1}
     assert minutes[noon].invocations == 4
@@ -141,15 +125,15 @@ def test_report_rows_are_aligned_periods_with_the_current_one_last(clock: FakeCl
 
     report = store.report("ep", since_seconds=300, period_seconds=60)
     assert report.variants == ("Variant1", "Variant2")
-    assert [p.start for p in report.periods] == [_NOON + 60 * m for m in range(-1, 4)]
-    assert report.start == _NOON - 60
-    assert report.end == _NOON + 240
+    assert [p.start for p in report.periods] == [NOON + 60 * m for m in range(-1, 4)]
+    assert report.start == NOON - 60
+    assert report.end == NOON + 240
     counts = [{v: c.invocations for v, c in p.variants.items()} for p in report.periods]
     assert counts == [{}, {"Variant1": 30, "Variant2": 10}, {}, {"Variant1": 1}, {}]
 
     # Five-minute periods: 12:00-12:04 holds everything; since=10m gives two periods.
     coarse = store.report("ep", since_seconds=600, period_seconds=300)
-    assert [p.start for p in coarse.periods] == [_NOON - 300, _NOON]
+    assert [p.start for p in coarse.periods] == [NOON - 300, NOON]
     assert coarse.periods[1].variants["Variant1"].invocations == 31
     # A window shorter than its period still shows the current period.
     assert len(store.report("ep", since_seconds=60, period_seconds=3600).periods) == 1
@@ -238,70 +222,3 @@ def test_report_json_round_trip(clock: FakeClock) -> None:
         "ModelLatencyP99Seconds": 0.003,
     }
     assert StatsReport.from_json(data) == report
-
-
-def test_table_has_a_row_per_period_and_a_column_per_variant(clock: FakeClock) -> None:
-    store = MinuteStore(StatsSettings(retention_minutes=60), clock)
-    first = store.variant("ab", "Variant1")
-    store.variant("ab", "Variant2")
-    for _ in range(12):
-        first.count_invocation()
-        first.observe_latency(0.0042)
-    first.count_model_error(400)
-    clock.advance(60)
-    text = render_table(store.report("ab", 180, 60))
-    assert text.splitlines() == [
-        "Endpoint ab: per 1m, 3 periods",
-        "time (UTC)         Variant1   Variant2",
-        "2024-05-01 11:59",
-        "2024-05-01 12:00         12",
-        "2024-05-01 12:01",
-    ]
-    wide = render_table(store.report("ab", 120, 60), errors=True, latency=True).splitlines()
-    assert wide[1].split() == ["Variant1", "Variant2"]
-    assert wide[2].split()[2:9] == ["invocations", "4xx", "5xx", "model", "errors", "p50", "ms"]
-    assert wide[3].split()[2:] == ["12", "1", "0", "1", "4.20", "4.20"]
-
-
-def test_format_duration() -> None:
-    assert [format_duration(s) for s in (60, 900, 3600, 5400, 86400, 90)] == [
-        "1m",
-        "15m",
-        "1h",
-        "90m",
-        "1d",
-        "90s",
-    ]
-
-
-def _stats_answer(request: Received) -> Answer:
-    """/splitserve/stats/ok answers a report, anything else a 400 as the gateway's."""
-    if request.path.startswith("/splitserve/stats/ok?"):
-        report = {
-            "EndpointName": "ok",
-            "PeriodSeconds": 60,
-            "StartTime": 0,
-            "EndTime": 60,
-            "Variants": [],
-            "Periods": [{"StartTime": 0, "Variants": {}}],
-        }
-        return Answer(200, json.dumps(report).encode())
-    if request.path.startswith("/splitserve/stats/odd?"):
-        return Answer(200, b'{"EndpointName": "odd"}')
-    return Answer(400, b'{"__type": "ValidationException", "Message": "no such thing"}')
-
-
-def test_fetch_report() -> None:
-    with answering_server(_stats_answer) as server:
-        report = fetch_report(server.url + "/", "ok", 900, 60, timeout=5)
-        assert report.endpoint_name == "ok"
-        assert server.received[-1].path == "/splitserve/stats/ok?since=900&per=60"
-        with pytest.raises(StatsUnavailable, match=r"^no such thing$"):
-            fetch_report(server.url, "missing", 900, 60, timeout=5)
-        with pytest.raises(StatsUnavailable, match="did not answer with a stats report"):
-            fetch_report(server.url, "odd", 900, 60, timeout=5)
-
-
-def test_fetch_report_without_a_gateway() -> None:
-    with pytest.raises(StatsUnavailable, match="cannot reach the gateway"):
-        fetch_report(f"http://127.0.0.1:{free_port()}", "ep", 900, 60, timeout=5)
