@@ -23,9 +23,9 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Gateway, running_gateway
-from tests.e2e.helpers import FAST_WAIT, ROLE, csv_rows
-from tests.support.models import NUM_FEATURES, XGBOOST_IMAGE
+from tests.e2e.helpers import FAST_WAIT, csv_rows
+from tests.support.gateway import Gateway, running_gateway
+from tests.support.models import NUM_FEATURES, ROLE, XGBOOST_IMAGE
 
 pytestmark = [
     pytest.mark.e2e,
@@ -164,8 +164,9 @@ def test_idle_connections_beyond_the_descriptor_limit_leave_the_gateway_serving(
 
 def _closed(sock: socket.socket) -> bool:
     """Whether the peer closed `sock` (without blocking)."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
+    poller = select.poll()  # not select(): the test process may hold descriptors above 1,024
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
         return False
     try:
         return sock.recv(4096, socket.MSG_PEEK) == b""
