@@ -15,6 +15,7 @@ endpoint is stopped, it writes out whatever was accepted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -22,6 +23,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splitserve.capture.writer import CaptureWriter
+from splitserve.cloudwatch import routes as cloudwatch_routes
+from splitserve.cloudwatch.gateway import CloudWatchGateway
 from splitserve.config import Settings
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
@@ -33,7 +36,7 @@ from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
 from splitserve.wiring import keys
-from splitserve.wiring.auth import SigV4Verifier
+from splitserve.wiring.auth import CLOUDWATCH_SIGNING_SERVICE, SigV4Verifier
 from splitserve.wiring.boundary import ErrorBoundary, Plane, unrouted
 from splitserve.wiring.fleet import FleetDeployer
 from splitserve.workers.catalog import InstanceCatalog
@@ -72,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.INVOCATIONS] = invocations
     app.cleanup_ctx.append(_capture_writer)
     app.cleanup_ctx.append(_gateway)
+    app.cleanup_ctx.append(_cloudwatch)
     verifier = None
     if settings.auth.keys_file is not None:
         verifier = SigV4Verifier.from_settings(settings.auth)
@@ -82,8 +86,19 @@ def create_app(settings: Settings) -> web.Application:
         )
     control = ErrorBoundary(Plane.CONTROL, settings.max_payload_bytes)
     runtime = ErrorBoundary(Plane.RUNTIME, settings.max_payload_bytes)
+    cloudwatch = cloudwatch_routes.handler(
+        _StartedCloudWatch(app), _cloudwatch_verify(verifier), settings.max_payload_bytes
+    )
     app.router.add_routes(
-        control.routes(signed_routes(control_routes.routes(_StartedControl(app)), verifier))
+        _shared_root(
+            control.routes(signed_routes(control_routes.routes(_StartedControl(app)), verifier)),
+            cloudwatch,
+        )
+    )
+    app.router.add_routes(
+        cloudwatch_routes.routes(
+            _StartedCloudWatch(app), _cloudwatch_verify(verifier), settings.max_payload_bytes
+        )
     )
     runtime_verifier = verifier if settings.auth.data_plane else None
     app.router.add_routes(
@@ -144,6 +159,7 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
     )
     app[keys.CONTROL] = control
     app[keys.MINUTES] = deployer.minutes
+    app[keys.FLEET] = deployer
     INSTANCES.attach(deployer, CpuSampler(settings.stats.cpu_sample_min_seconds))
     try:
         await control.start()
@@ -154,6 +170,70 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         await deployer.close()
         await supervisor.close()
         store.close()
+
+
+async def _cloudwatch(app: web.Application) -> AsyncIterator[None]:
+    """Start CloudWatch's API over the deployer's figures (after `_gateway`); stop it first."""
+    cloudwatch = CloudWatchGateway(app[keys.SETTINGS], app[keys.MINUTES], app[keys.FLEET])
+    app[keys.CLOUDWATCH] = cloudwatch
+    await cloudwatch.start()
+    try:
+        yield
+    finally:
+        await cloudwatch.close()
+
+
+def _shared_root(routes: Sequence[web.RouteDef], cloudwatch: _Handler) -> list[web.RouteDef]:
+    """`routes` with `POST /` also serving CloudWatch: the SageMaker control plane and
+    CloudWatch's JSON 1.0 and query protocols share it, told apart by X-Amz-Target's prefix and
+    the form content type (`cloudwatch.routes.is_cloudwatch_request`), here and nowhere else."""
+    shared = []
+    for route in routes:
+        if route.method == "POST" and route.path == "/" and not isinstance(route.handler, type):
+            control = route.handler
+
+            @functools.wraps(control)
+            async def post_root(
+                request: web.Request, control: _Handler = control
+            ) -> web.StreamResponse:
+                if cloudwatch_routes.is_cloudwatch_request(request):
+                    return await cloudwatch(request)
+                return await control(request)
+
+            shared.append(web.RouteDef(route.method, route.path, post_root, route.kwargs))
+        else:
+            shared.append(route)
+    return shared
+
+
+def _cloudwatch_verify(verifier: SigV4Verifier | None) -> cloudwatch_routes.Verify | None:
+    """CloudWatch's signature check: the control plane's keys, CloudWatch's signing name."""
+    if verifier is None:
+        return None
+
+    def verify(request: web.Request, body: bytes) -> None:
+        path, _, query = request.raw_path.partition("?")
+        try:
+            verifier.verify(
+                request.method, path, query, request.headers, body,
+                service=CLOUDWATCH_SIGNING_SERVICE,
+            )  # fmt: skip
+        except SplitserveError as error:
+            log.info("refused %s %s: %s", request.method, path, error.message)
+            raise
+
+    return verify
+
+
+class _StartedCloudWatch:
+    """The CloudWatch service of a running app (built when the app starts, after the routes)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    async def dispatch(self, operation: str, params: dict[str, object]) -> dict[str, object]:
+        """`CloudWatchService.dispatch` of the running app."""
+        return await self._app[keys.CLOUDWATCH].service.dispatch(operation, params)
 
 
 def signed_routes(

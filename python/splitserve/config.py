@@ -267,6 +267,42 @@ class StatsSettings:
 
 
 @dataclass(frozen=True)
+class CloudWatchSettings:
+    """CloudWatch's API on the gateway (splitserve.cloudwatch; docs/sagemaker-api.md, section 7).
+
+    Attributes:
+        retention_days: how long per-minute figures stay in the state store (`--metrics-retention`);
+            CloudWatch keeps one-minute data 15 days.
+        max_retention_days: the largest `--metrics-retention` accepted, so the store stays bounded.
+        flush_interval_seconds: how often the minutes in memory are written to the store (a restart
+            loses at most this much) and the instances' CPU and memory are sampled.
+        max_datapoints: the most datapoints one GetMetricStatistics call returns
+            (CloudWatch's 1,440); a call that could return more is InvalidParameterCombination.
+        max_metric_data_queries: the most MetricDataQueries in one GetMetricData call.
+        max_metric_data_datapoints: GetMetricData's page size without MaxDatapoints (CloudWatch's
+            100,800); the rest comes with a NextToken.
+        list_metrics_page_size: metrics per ListMetrics page (CloudWatch's 500).
+        describe_alarms_page_size: alarms per DescribeAlarms page without MaxRecords.
+        max_alarms: the most metric alarms the gateway keeps.
+        alarm_history_per_alarm: history items kept per alarm (older ones are dropped).
+        alarm_evaluation_interval_seconds: how often alarms are evaluated (CloudWatch: each
+            minute).
+    """
+
+    retention_days: int = 15
+    max_retention_days: int = 455
+    flush_interval_seconds: float = 10.0
+    max_datapoints: int = 1440
+    max_metric_data_queries: int = 500
+    max_metric_data_datapoints: int = 100_800
+    list_metrics_page_size: int = 500
+    describe_alarms_page_size: int = 50
+    max_alarms: int = 5000
+    alarm_history_per_alarm: int = 1000
+    alarm_evaluation_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class AccountSettings:
     """The identity that ARNs and error messages name (no AWS account is involved)."""
 
@@ -357,6 +393,7 @@ class Settings:
         control: the limits the control plane puts on one endpoint's instances.
         auth: signature checks on the control and data planes (off by default).
         edge: limits on client connections: count, header time, body bytes in flight.
+        cloudwatch: CloudWatch's API: retention of per-minute figures, limits, alarms.
     """
 
     host: str = "127.0.0.1"
@@ -376,6 +413,7 @@ class Settings:
     stats: StatsSettings = field(default_factory=StatsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
+    cloudwatch: CloudWatchSettings = field(default_factory=CloudWatchSettings)
 
     @property
     def state_file(self) -> Path:

@@ -103,6 +103,42 @@ class InternalFailure(SplitserveError):
     """Something failed inside the gateway; the details are only in its log (HTTP 500)."""
 
 
+# --- CloudWatch (docs/sagemaker-api.md, section 7) -----------------------------------------------
+
+
+class CloudWatchError(SplitserveError):
+    """Base of the errors CloudWatch's API answers; its wire code is CloudWatch's legacy (query)
+    code, which every CloudWatch protocol carries (splitserve.cloudwatch.protocols)."""
+
+
+class InvalidParameterValue(CloudWatchError):
+    """A CloudWatch parameter has a value out of its type, range or enumeration."""
+
+
+class MissingParameter(CloudWatchError):
+    """A required CloudWatch parameter is absent."""
+
+
+class InvalidParameterCombination(CloudWatchError):
+    """CloudWatch parameters that cannot go together (or too many datapoints asked for)."""
+
+
+class ResourceNotFound(CloudWatchError):
+    """The named alarm does not exist (HTTP 404)."""
+
+
+class InvalidNextToken(CloudWatchError):
+    """A NextToken this gateway did not hand out (or for another query)."""
+
+
+class CloudWatchLimitExceeded(CloudWatchError):
+    """The gateway keeps no more alarms (wire code `LimitExceeded`)."""
+
+
+class InvalidFormat(CloudWatchError):
+    """SetAlarmState's StateReasonData is not JSON."""
+
+
 # --- workers and deployments ----------------------------------------------------------------------
 
 
@@ -138,6 +174,13 @@ ERROR_TABLE: dict[type[Exception], WireError] = {
     ServiceUnavailable: WireError("ServiceUnavailable", 503),
     InternalFailure: WireError("InternalFailure", 500),
     DeploymentError: WireError("ValidationException", 400),
+    InvalidParameterValue: WireError("InvalidParameterValue", 400),
+    MissingParameter: WireError("MissingParameter", 400),
+    InvalidParameterCombination: WireError("InvalidParameterCombination", 400),
+    ResourceNotFound: WireError("ResourceNotFound", 404),
+    InvalidNextToken: WireError("InvalidNextToken", 400),
+    CloudWatchLimitExceeded: WireError("LimitExceeded", 400),
+    InvalidFormat: WireError("InvalidFormat", 400),
 }
 
 

@@ -517,14 +517,16 @@ def test_create_app_checks_only_the_planes_asked_for(tmp_path: Path) -> None:
 
     keys_file = write_keys(tmp_path / "keys.toml", KEYS_TOML)
     invocations = "/endpoints/{name}/invocations"
+    # CloudWatch's handler checks signatures itself (its errors take CloudWatch's form).
+    cloudwatch = {"/service/GraniteServiceVersion20100801/operation/{operation}": "cloudwatch_api"}
     off = handlers(Settings(state_dir=tmp_path))
-    assert off == {"/": "sagemaker_api", invocations: "invoke_endpoint"}
+    assert off == {"/": "sagemaker_api", invocations: "invoke_endpoint", **cloudwatch}
     control_only = handlers(Settings(state_dir=tmp_path, auth=AuthSettings(keys_file=keys_file)))
-    assert control_only == {"/": "checked", invocations: "invoke_endpoint"}
+    assert control_only == {"/": "checked", invocations: "invoke_endpoint", **cloudwatch}
     both = handlers(
         Settings(state_dir=tmp_path, auth=AuthSettings(keys_file=keys_file, data_plane=True))
     )
-    assert both == {"/": "checked", invocations: "checked"}
+    assert both == {"/": "checked", invocations: "checked", **cloudwatch}
 
 
 # --- the CLI ---------------------------------------------------------------------------------

@@ -95,6 +95,11 @@ class MinuteCounts:
         model_errors: every non-2xx answer, timeout or broken connection.
         latency: a copy of the latency histogram, or None when no latency was recorded.
         latency_min, latency_max: the fastest and slowest latency (0 without a histogram).
+        invocations_per_instance: the sum of 1 / healthy instances over the minute's requests
+            (CloudWatch's InvocationsPerInstance).
+        latency_sum: the sum of the model latencies counted in `latency`, in seconds.
+        overhead, overhead_sum, overhead_min, overhead_max: the same for the gateway's own share
+            of answered requests (CloudWatch's OverheadLatency).
     """
 
     minute: int
@@ -105,6 +110,12 @@ class MinuteCounts:
     latency: Sequence[int] | None
     latency_min: float
     latency_max: float
+    invocations_per_instance: float = 0.0
+    latency_sum: float = 0.0
+    overhead: Sequence[int] | None = None
+    overhead_sum: float = 0.0
+    overhead_min: float = 0.0
+    overhead_max: float = 0.0
 
 
 class VariantMinutes:
@@ -123,8 +134,14 @@ class VariantMinutes:
         "_latency",
         "_latency_max",
         "_latency_min",
+        "_latency_sum",
         "_minutes",
         "_model_errors",
+        "_overhead",
+        "_overhead_max",
+        "_overhead_min",
+        "_overhead_sum",
+        "_per_instance",
         "_size",
         "_slot",
     )
@@ -143,6 +160,12 @@ class VariantMinutes:
         self._latency: list[array[int] | None] = [None] * slots
         self._latency_min = array("d", bytes(8 * slots))
         self._latency_max = array("d", bytes(8 * slots))
+        self._latency_sum = array("d", bytes(8 * slots))
+        self._per_instance = array("d", bytes(8 * slots))
+        self._overhead: list[array[int] | None] = [None] * slots
+        self._overhead_sum = array("d", bytes(8 * slots))
+        self._overhead_min = array("d", bytes(8 * slots))
+        self._overhead_max = array("d", bytes(8 * slots))
         # The current minute as the float the clock gives, so the request path converts nothing.
         self._current = float(_NO_MINUTE)
         self._slot = 0
@@ -153,12 +176,14 @@ class VariantMinutes:
         """The minute of the newest invocation (or of the ring's creation, before any)."""
         return int(self._current)
 
-    def count_invocation(self) -> None:
-        """One request was routed to the variant now."""
+    def count_invocation(self, instance_share: float = 1.0) -> None:
+        """One request was routed to the variant now; `instance_share` is 1 / its healthy
+        instances (what the request adds to InvocationsPerInstance)."""
         minute = self._clock() // 60
         if minute != self._current:
             self._advance(minute)
         self._invocations[self._slot] += 1
+        self._per_instance[self._slot] += instance_share
 
     def observe_latency(self, seconds: float) -> None:
         """The model answered a request after `seconds`."""
@@ -172,6 +197,22 @@ class VariantMinutes:
             self._latency_min[slot] = seconds
         elif seconds > self._latency_max[slot]:
             self._latency_max[slot] = seconds
+        self._latency_sum[slot] += seconds
+        histogram[bisect_right(_BUCKET_BOUNDS, seconds)] += 1
+
+    def observe_overhead(self, seconds: float) -> None:
+        """The gateway's own share of an answered request took `seconds`."""
+        slot = self._slot
+        histogram = self._overhead[slot]
+        if histogram is None:
+            histogram = self._overhead[slot] = array("Q", bytes(8 * LATENCY_BUCKETS))
+            self._overhead_min[slot] = seconds
+            self._overhead_max[slot] = seconds
+        elif seconds < self._overhead_min[slot]:
+            self._overhead_min[slot] = seconds
+        elif seconds > self._overhead_max[slot]:
+            self._overhead_max[slot] = seconds
+        self._overhead_sum[slot] += seconds
         histogram[bisect_right(_BUCKET_BOUNDS, seconds)] += 1
 
     def count_model_error(self, status: int) -> None:
@@ -191,6 +232,7 @@ class VariantMinutes:
             if self._minutes[slot] != minute:
                 continue
             histogram = self._latency[slot]
+            overhead = self._overhead[slot]
             yield MinuteCounts(
                 minute=minute,
                 invocations=self._invocations[slot],
@@ -200,6 +242,12 @@ class VariantMinutes:
                 latency=None if histogram is None else histogram[:],
                 latency_min=self._latency_min[slot],
                 latency_max=self._latency_max[slot],
+                invocations_per_instance=self._per_instance[slot],
+                latency_sum=self._latency_sum[slot],
+                overhead=None if overhead is None else overhead[:],
+                overhead_sum=self._overhead_sum[slot],
+                overhead_min=self._overhead_min[slot],
+                overhead_max=self._overhead_max[slot],
             )
 
     def _advance(self, clock_minute: float) -> None:
@@ -215,6 +263,12 @@ class VariantMinutes:
             self._latency[slot] = None
             self._latency_min[slot] = 0.0
             self._latency_max[slot] = 0.0
+            self._latency_sum[slot] = 0.0
+            self._per_instance[slot] = 0.0
+            self._overhead[slot] = None
+            self._overhead_sum[slot] = 0.0
+            self._overhead_min[slot] = 0.0
+            self._overhead_max[slot] = 0.0
         self._current = clock_minute
         self._slot = slot
 
@@ -292,6 +346,14 @@ class MinuteStore:
         if ring is None:
             ring = rings[variant_name] = VariantMinutes(self._retention + 1, self._clock)
         return ring
+
+    def variants(self) -> list[tuple[str, str, VariantMinutes]]:
+        """Every (endpoint, variant, ring) the store holds, retired variants' included."""
+        return [
+            (endpoint_name, variant_name, ring)
+            for endpoint_name, rings in self._endpoints.items()
+            for variant_name, ring in rings.items()
+        ]
 
     def retire(self, endpoint_name: str, variant_name: str) -> None:
         """No generation of the endpoint has the variant any more; keep its history a while."""

@@ -40,9 +40,10 @@ class VariantRecorder:
         '4. CloudWatch metrics').
         """
         metrics = self.metrics
+        share = 1.0 / max(healthy_instances, 1)
         metrics.invocations.inc()
-        metrics.invocations_per_instance.inc(1.0 / max(healthy_instances, 1))
-        self.minutes.count_invocation()
+        metrics.invocations_per_instance.inc(share)
+        self.minutes.count_invocation(share)
 
     def failed_over(self) -> None:
         """The request came to this variant by failover (its drawn variant had no healthy
@@ -55,7 +56,9 @@ class VariantRecorder:
         metrics = self.metrics
         metrics.model_latency.observe(model_seconds)
         metrics.overhead_latency.observe(overhead_seconds)
-        self.minutes.observe_latency(model_seconds)
+        minutes = self.minutes
+        minutes.observe_latency(model_seconds)
+        minutes.observe_overhead(overhead_seconds)
 
     def model_error(self, status: int, model_seconds: float | None) -> None:
         """The model answered non-2xx `status` after `model_seconds`, or (`status` 0,

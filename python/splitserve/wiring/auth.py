@@ -46,6 +46,8 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 
 #: The signing name of both the `sagemaker` and the `sagemaker-runtime` service models.
 SIGNING_SERVICE = "sagemaker"
+#: The signing name of CloudWatch's service model (its routes pass it to `verify`).
+CLOUDWATCH_SIGNING_SERVICE = "monitoring"
 
 _TERMINATOR = "aws4_request"
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
@@ -148,7 +150,7 @@ class SigV4Verifier:
         self._principals = {key_id: Principal(key_id) for key_id in self._keys}
         self._max_skew = max_clock_skew_seconds
         self._clock = clock
-        self._signing_keys: dict[tuple[str, str, str], bytes] = {}
+        self._signing_keys: dict[tuple[str, str, str, str], bytes] = {}
 
     def __repr__(self) -> str:
         return f"SigV4Verifier(access_key_ids={self.access_key_ids!r})"
@@ -174,7 +176,14 @@ class SigV4Verifier:
         )
 
     def verify(
-        self, method: str, path: str, query_string: str, headers: HeaderLookup, body: bytes
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: HeaderLookup,
+        body: bytes,
+        *,
+        service: str = SIGNING_SERVICE,
     ) -> Principal:
         """Check the request's SigV4 signature; return who signed it.
 
@@ -184,6 +193,8 @@ class SigV4Verifier:
             query_string: the raw query string, without `?` ("" if none).
             headers: the request headers.
             body: the whole request body.
+            service: the signing name the credential scope must name (CloudWatch's routes
+                pass `CLOUDWATCH_SIGNING_SERVICE`).
 
         Returns:
             The principal of the access key that signed the request.
@@ -200,7 +211,7 @@ class SigV4Verifier:
             raise MissingAuthenticationToken("Missing Authentication Token")
         auth = _parse_authorization(authorization)
         timestamp, request_time = _request_time(headers)
-        _check_scope(auth, timestamp)
+        _check_scope(auth, timestamp, service)
         key = self._keys.get(auth.access_key_id)
         if key is None:
             raise UnrecognizedClientException(_INVALID_TOKEN)
@@ -232,7 +243,7 @@ class SigV4Verifier:
                 hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
             )
         )
-        cache_key = (key.access_key_id, auth.scope_date, auth.region)
+        cache_key = (key.access_key_id, auth.scope_date, auth.region, auth.service)
         signing_key = self._signing_keys.get(cache_key)
         fresh = signing_key is None
         if signing_key is None:
@@ -430,10 +441,10 @@ def _request_time(headers: HeaderLookup) -> tuple[str, float]:
     )
 
 
-def _check_scope(auth: _Authorization, timestamp: str) -> None:
+def _check_scope(auth: _Authorization, timestamp: str, service: str) -> None:
     """Refuse a credential scope for another service, day or terminator, as AWS words it."""
     if (
-        auth.service == SIGNING_SERVICE
+        auth.service == service
         and auth.terminator == _TERMINATOR
         and timestamp.startswith(auth.scope_date)
         and len(auth.scope_date) == 8
@@ -443,8 +454,8 @@ def _check_scope(auth: _Authorization, timestamp: str) -> None:
     problems = []
     if not _REGION.fullmatch(auth.region):
         problems.append(f"Credential should be scoped to a valid region, not '{auth.region}'.")
-    if auth.service != SIGNING_SERVICE:
-        problems.append(f"Credential should be scoped to correct service: '{SIGNING_SERVICE}'.")
+    if auth.service != service:
+        problems.append(f"Credential should be scoped to correct service: '{service}'.")
     if auth.terminator != _TERMINATOR:
         problems.append(
             f"Credential should be scoped with a valid terminator: '{_TERMINATOR}', "

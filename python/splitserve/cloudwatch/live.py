@@ -1,0 +1,143 @@
+"""The figures of this gateway process: its variants' minute rings and samples of its instances.
+
+The rings (`splitserve.metrics.minutes`) hold the `AWS/SageMaker` figures as the requests are
+counted; `/aws/sagemaker/Endpoints` needs the instances' CPU and memory, which nothing records
+between Prometheus scrapes, so `LiveFigures.sample_instances` reads them (from /proc) every flush
+interval and keeps each variant's samples per minute, for as long as the rings keep minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+
+from splitserve.cloudwatch.figures import Aggregate, aggregates_of_minute, instance_aggregate
+from splitserve.metrics.minutes import MinuteStore
+from splitserve.metrics.procstat import CpuSampler
+from splitserve.metrics.prometheus import InstanceSource
+
+__all__ = ["LiveFigures", "MemoryReader", "MinuteFigures", "SeriesFigures"]
+
+#: One minute of one variant: metric name -> aggregate (both namespaces: the names differ).
+MinuteFigures = dict[str, Aggregate]
+#: (endpoint, variant) -> minute -> figures.
+SeriesFigures = dict[tuple[str, str], dict[int, MinuteFigures]]
+
+_ENDPOINT_METRICS = ("CPUUtilization", "MemoryUtilization")
+
+
+def _total_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+class LiveFigures:
+    """Reads this process's figures; one event loop calls it (the gateway's)."""
+
+    def __init__(
+        self,
+        minutes: MinuteStore,
+        instances: InstanceSource | None,
+        sampler: CpuSampler,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Figures from `minutes` (the deployer's rings) and `instances` (its fleets, sampled
+        with `sampler`); `clock` gives wall-clock seconds."""
+        self._minutes = minutes
+        self._instances = instances
+        self._sampler = sampler
+        self._clock = clock
+        self._memory_bytes = _total_memory_bytes()
+        # (endpoint, variant) -> minute -> (cpu samples, memory samples)
+        self._samples: dict[tuple[str, str], dict[int, tuple[list[float], list[float]]]] = {}
+
+    @property
+    def retention_minutes(self) -> int:
+        """How far back the rings reach."""
+        return self._minutes.retention_minutes
+
+    def sample_instances(self) -> None:
+        """Record the CPU and memory use of every live instance now, under its variant."""
+        if self._instances is None:
+            return
+        minute = int(self._clock() // 60)
+        sampled: list[str] = []
+        for key, infos in self._instances.live_instances().items():
+            for info in infos:
+                if info.pid is None:
+                    continue
+                sampled.append(info.name)
+                usage = self._sampler.sample(info.name, info.pid)
+                if usage is None:
+                    continue
+                cpu, memory = self._samples.setdefault(key, {}).setdefault(minute, ([], []))
+                cpu.append(usage.cpu_percent)
+                if self._memory_bytes:
+                    memory.append(100.0 * usage.memory_bytes / self._memory_bytes)
+        self._sampler.keep(sampled)
+        oldest = minute - self.retention_minutes
+        for key in list(self._samples):
+            by_minute = self._samples[key]
+            for old in [past for past in by_minute if past < oldest]:
+                del by_minute[old]
+            if not by_minute:
+                del self._samples[key]
+
+    def series(self) -> Iterator[tuple[str, str, int]]:
+        """Every (endpoint, variant, newest minute) this process has figures of."""
+        seen: dict[tuple[str, str], int] = {}
+        for endpoint_name, variant_name, ring in self._minutes.variants():
+            seen[(endpoint_name, variant_name)] = ring.newest_minute
+        for key, by_minute in self._samples.items():
+            if by_minute:
+                seen[key] = max(seen.get(key, -1), *by_minute)
+        for (endpoint_name, variant_name), newest in seen.items():
+            yield endpoint_name, variant_name, newest
+
+    def read(self, first: int, last: int) -> SeriesFigures:
+        """The figures of minutes `first` to `last` (inclusive), copied out now."""
+        result: SeriesFigures = {}
+        for endpoint_name, variant_name, ring in self._minutes.variants():
+            by_minute = result.setdefault((endpoint_name, variant_name), {})
+            for counts in ring.minutes(first, last):
+                figures = dict(aggregates_of_minute(counts))
+                if figures:
+                    by_minute[counts.minute] = figures
+        for key, samples in self._samples.items():
+            for minute, (cpu, memory) in samples.items():
+                if first <= minute <= last:
+                    figures = result.setdefault(key, {}).setdefault(minute, {})
+                    figures.update(_instance_figures(cpu, memory))
+        return result
+
+
+def _instance_figures(cpu: Sequence[float], memory: Sequence[float]) -> Mapping[str, Aggregate]:
+    figures: dict[str, Aggregate] = {}
+    for name, samples in zip(_ENDPOINT_METRICS, (cpu, memory), strict=True):
+        if samples:
+            figures[name] = instance_aggregate(samples)
+    return figures
+
+
+class MemoryReader:
+    """A `queries.FigureReader` over this process's figures only (no state store)."""
+
+    def __init__(self, live: LiveFigures) -> None:
+        """A reader of `live`."""
+        self._live = live
+
+    async def read(
+        self, keys: Collection[tuple[str, str]] | None, first: int, last: int
+    ) -> SeriesFigures:
+        """The figures of minutes `first` to `last` of the variants `keys` (None: all)."""
+        figures = self._live.read(first, last)
+        if keys is None:
+            return figures
+        return {key: figures[key] for key in keys if key in figures}
+
+    async def series(self) -> list[tuple[str, str, int]]:
+        """Every (endpoint, variant, newest minute) with figures."""
+        return list(self._live.series())
