@@ -1,125 +1,20 @@
-"""End-to-end fixtures: the real `splitserve serve` in a subprocess, and boto3 clients for it."""
+"""End-to-end fixtures: the real `splitserve serve` in a subprocess, and boto3 clients for it.
+
+The gateway wrapper itself is tests/support/gateway.py; its names stay importable from here.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
-_START_TIMEOUT_SECONDS = 30.0
+from tests.support.gateway import Gateway, running_gateway, start_gateway
+from tests.support.http import free_port
 
-#: Run as root, the gateway runs its workers as `nobody`, who can reach neither pytest's 0700
-#: temporary directories nor an interpreter under /root: keep them root here (tests/workers tests
-#: the switch itself).
-_WORKER_USER = ("--worker-user", "root") if os.geteuid() == 0 else ()
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Gateway:
-    """A running `splitserve serve` process."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    state_dir: Path
-    model_store: Path
-    log_path: Path
-
-    def client(self, service: str, **config: Any) -> Any:
-        """A boto3 client for `service` ("sagemaker" or "sagemaker-runtime") against the gateway."""
-        return boto3.client(
-            service,
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-            config=Config(retries={"mode": "standard", "total_max_attempts": 1}, **config),
-        )
-
-    def log(self) -> str:
-        """What the gateway has printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
-        """Signal the gateway and wait for it to exit; return its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def start_gateway(
-    state_dir: Path, model_store: Path, *extra: str, command_prefix: Sequence[str] = ()
-) -> Gateway:
-    """Start `splitserve serve` on a free port and wait until it answers /ping.
-
-    `command_prefix` runs it under another command, e.g. `prlimit --nofile=400:400`.
-    """
-    port = free_port()
-    log_path = state_dir.parent / f"gateway-{port}.log"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                *command_prefix,
-                sys.executable, "-m", "splitserve.cli", "serve", "--port", str(port),
-                "--state-dir", str(state_dir), "--model-store", str(model_store),
-                *_WORKER_USER, *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-    gateway = Gateway(process, f"http://127.0.0.1:{port}", state_dir, model_store, log_path)
-    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
-        try:
-            with urllib.request.urlopen(f"{gateway.url}/ping", timeout=1):
-                return gateway
-        except OSError:
-            time.sleep(0.1)
-    gateway.stop(signal.SIGKILL)
-    raise RuntimeError(f"gateway did not answer /ping in time:\n{gateway.log()}")
-
-
-@contextlib.contextmanager
-def running_gateway(
-    state_dir: Path, model_store: Path, *extra: str, command_prefix: Sequence[str] = ()
-) -> Iterator[Gateway]:
-    """`start_gateway`, stopped (SIGTERM) at the end, its log printed for a failing test."""
-    running = start_gateway(state_dir, model_store, *extra, command_prefix=command_prefix)
-    try:
-        yield running
-    finally:
-        running.stop()
-        # pytest shows a test's captured output only when it fails: the gateway's side of it.
-        print(f"--- gateway log ---\n{running.log()}")
+__all__ = ["Gateway", "free_port", "running_gateway", "start_gateway"]
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from tests.support.models import XGBOOST_IMAGE
+from tests.support.models import ROLE, XGBOOST_IMAGE
 
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 FAST_WAIT = {"Delay": 1, "MaxAttempts": 90}
 
 

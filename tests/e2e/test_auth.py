@@ -18,8 +18,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import Gateway, running_gateway, start_gateway
 from tests.e2e.helpers import FAST_WAIT, create_model, csv_rows
+from tests.support.gateway import Gateway, running_gateway, start_gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -22,9 +22,9 @@ import psutil
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import Gateway, running_gateway
-from tests.e2e.helpers import FAST_WAIT, ROLE, csv_rows
-from tests.support.models import NUM_FEATURES, XGBOOST_IMAGE
+from tests.e2e.helpers import FAST_WAIT, csv_rows
+from tests.support.gateway import Gateway, running_gateway
+from tests.support.models import NUM_FEATURES, ROLE, XGBOOST_IMAGE
 
 pytestmark = pytest.mark.e2e
 

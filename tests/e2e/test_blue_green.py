@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import Gateway
 from tests.e2e.helpers import FAST_WAIT, create_two_variant_endpoint, csv_rows
+from tests.support.gateway import Gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import Gateway
 from tests.e2e.helpers import FAST_WAIT, create_model, csv_rows
+from tests.support.gateway import Gateway
 from tests.support.models import TrainedModel
 
 pytestmark = pytest.mark.e2e

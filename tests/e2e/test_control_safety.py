@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import Gateway, start_gateway
-from tests.e2e.helpers import ROLE
-from tests.support.models import XGBOOST_IMAGE
+from tests.support.gateway import Gateway, start_gateway
+from tests.support.models import ROLE, XGBOOST_IMAGE
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import start_gateway
+from tests.support.gateway import start_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

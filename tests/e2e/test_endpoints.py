@@ -12,14 +12,14 @@ import pytest
 from botocore.exceptions import ClientError
 from scipy.stats import binom
 
-from tests.e2e.conftest import Gateway, start_gateway
 from tests.e2e.helpers import (
     FAST_WAIT,
     create_two_variant_endpoint,
     csv_rows,
     invoke_many,
 )
-from tests.support.models import TrainedModel
+from tests.support.gateway import Gateway, start_gateway
+from tests.support.models import ROLE, TrainedModel
 
 pytestmark = pytest.mark.e2e
 
@@ -121,7 +121,7 @@ def test_delete_endpoint_waiter(sagemaker: Any) -> None:
 def test_failed_endpoint_names_the_missing_artifact(sagemaker: Any) -> None:
     sagemaker.create_model(
         ModelName="broken",
-        ExecutionRoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
+        ExecutionRoleArn=ROLE,
         PrimaryContainer={
             "Image": "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1",
             "ModelDataUrl": "s3://models/absent/model.tar.gz",
@@ -193,7 +193,7 @@ def test_list_operations_paginate_and_filter(sagemaker: Any) -> None:
     for index in range(5):
         sagemaker.create_model(
             ModelName=f"listed-{index}",
-            ExecutionRoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
+            ExecutionRoleArn=ROLE,
             PrimaryContainer={
                 "Image": "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1",
                 "ModelDataUrl": "s3://models/v1/model.tar.gz",

@@ -32,8 +32,9 @@ from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import binom
 
-from tests.e2e.conftest import Gateway, running_gateway, start_gateway
-from tests.e2e.helpers import FAST_WAIT, ROLE, create_two_variant_endpoint, csv_rows
+from tests.e2e.helpers import FAST_WAIT, create_two_variant_endpoint, csv_rows
+from tests.support.gateway import Gateway, running_gateway, start_gateway
+from tests.support.models import ROLE
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import Gateway, free_port
 from tests.e2e.helpers import create_two_variant_endpoint, csv_rows
+from tests.support.gateway import Gateway
+from tests.support.http import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,9 @@ import boto3
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import Gateway
-from tests.e2e.helpers import FAST_WAIT, ROLE
-from tests.support.models import XGBOOST_IMAGE, TrainedModel
+from tests.e2e.helpers import FAST_WAIT
+from tests.support.gateway import Gateway
+from tests.support.models import ROLE, XGBOOST_IMAGE, TrainedModel
 
 pytestmark = pytest.mark.e2e
 

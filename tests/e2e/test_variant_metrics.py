@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.e2e.conftest import Gateway
 from tests.e2e.helpers import FAST_WAIT, create_model, create_two_variant_endpoint, csv_rows
+from tests.support.gateway import Gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import Gateway, running_gateway
-from tests.e2e.helpers import FAST_WAIT, ROLE
+from tests.e2e.helpers import FAST_WAIT
+from tests.support.gateway import Gateway, running_gateway
+from tests.support.models import ROLE
 
 PLAIN_SERVER = Path(__file__).resolve().parents[1] / "workers" / "plain_server.py"
 SYSTEM_PYTHON = Path("/usr/bin/python3")

@@ -301,4 +301,5 @@ def test_removed_variants_leave_no_series() -> None:
     remove_variant_series(endpoint, "V")
     text = generate_latest(REGISTRY).decode()
     assert endpoint not in text
-    remove_variant_series(endpoint, "V")  # removing twice is harmless
+    remove_variant_series(endpoint, "V")  # removing twice is harmless: still nothing, no error
+    assert endpoint not in generate_latest(REGISTRY).decode()

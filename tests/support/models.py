@@ -11,6 +11,8 @@ import numpy as np
 import xgboost as xgb
 
 XGBOOST_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+#: The ExecutionRoleArn every test model is created with (stored and echoed, never assumed).
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 NUM_FEATURES = 13
 
 

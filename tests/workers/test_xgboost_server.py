@@ -27,6 +27,8 @@ import numpy.typing as npt
 import pytest
 import xgboost
 
+from tests.support.http import free_port
+
 SERVER_MODULE = "splitserve.workers.xgboost_server"
 FEATURES = 13
 MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -157,14 +159,6 @@ def server_argv(
         str(max_batch_wait_us),
         *extra,
     ]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def ping_once(server: Server) -> bool:
