@@ -287,6 +287,7 @@ async def test_header_values_outside_ascii_are_refused_by_name(
         await endpoint.service.invoke(_invocation(endpoint, **{field_name: value}))
     assert not endpoint.clients["A-0"].sent
     assert _in_flight(endpoint) == 0
+    assert endpoint.counted("A").invocations == 0  # refused before any variant took it
 
 
 async def test_every_weight_zero_needs_a_target() -> None:

@@ -117,6 +117,10 @@ class InvocationService:
             or len(request.body) > self._max_payload
         ):
             self._check(request)  # most requests carry none of these: no call for them
+        # Before routing: a refused header value must not count as the variant's invocation.
+        headers = _forwarded_headers(
+            request.content_type, request.accept, request.custom_attributes
+        )
         route = _route(live, request)
         variant = route.variant
         recorder = live.recorders[variant]
@@ -129,7 +133,7 @@ class InvocationService:
             response = await live.pools[instance.name].request(
                 _POST,
                 _INVOCATIONS_PATH,
-                _forwarded_headers(request.content_type, request.accept, request.custom_attributes),
+                headers,
                 request.body,
                 self._timeout,
             )
