@@ -10,9 +10,9 @@ The boundary decides; the formatters (`control_error_response`, `runtime_error_r
 format, with no side effects. The boundary:
 - answers an error of the error table in its plane's form; aiohttp's 413 (a body over
   client_max_size) as the API's PayloadTooLarge; a body aiohttp could not read (broken framing,
-  or not what its Content-Encoding says) as the plane's 400; any other exception as an
-  InternalFailure whose
-  message names only the request id (the exception and its traceback go to the log under that id);
+  or not what its Content-Encoding says) as the plane's 400; any other exception (a router error
+  that escaped its conversion included) as an InternalFailure whose message names only the
+  request id (the exception and its traceback go to the log under that id);
 - lets aiohttp's own HTTP answers (404, 405, ...) through, with a request id;
 - counts, on the runtime plane, the requests refused before a variant took them
   (splitserve_gateway_errors_total by code): what a variant took is counted by its recorder;
