@@ -174,9 +174,10 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
 
 async def _cloudwatch(app: web.Application) -> AsyncIterator[None]:
     """Start CloudWatch's API over the deployer's figures (after `_gateway`); stop it first."""
-    cloudwatch = CloudWatchGateway(app[keys.SETTINGS], app[keys.MINUTES], app[keys.FLEET])
+    cloudwatch = await CloudWatchGateway.open(
+        app[keys.SETTINGS], app[keys.MINUTES], app[keys.FLEET]
+    )
     app[keys.CLOUDWATCH] = cloudwatch
-    await cloudwatch.start()
     try:
         yield
     finally:

@@ -3,8 +3,10 @@ own serializers and parsers for each of CloudWatch's protocols."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,10 +18,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from splitserve.cloudwatch import routes as cloudwatch_routes
+from splitserve.cloudwatch.gateway import CloudWatchGateway
 from splitserve.cloudwatch.live import LiveFigures, MemoryReader
 from splitserve.cloudwatch.queries import MetricQueries
 from splitserve.cloudwatch.service import CloudWatchService
-from splitserve.config import CloudWatchSettings, StatsSettings
+from splitserve.cloudwatch.store import CloudWatchStore
+from splitserve.config import CloudWatchSettings, Settings, StatsSettings
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.procstat import CpuSampler
 from tests.support.clock import FakeClock
@@ -102,3 +106,34 @@ async def send(
         operation_model.output_shape,
     )
     return Raw(response.status, headers, answer), parsed
+
+
+@dataclass
+class StoredWorld:
+    """A CloudWatch gateway over rings, a fake clock and a real state database."""
+
+    clock: FakeClock
+    minutes: MinuteStore
+    gateway: CloudWatchGateway
+    path: Path
+
+
+def open_stored_world(path: Path, clock: FakeClock | None = None) -> StoredWorld:
+    """A `StoredWorld` over the database at `path` (created when missing)."""
+    sqlite3.connect(path).close()
+    clock = clock or FakeClock()
+    minutes = MinuteStore(StatsSettings(), clock)
+    store = CloudWatchStore.open(path)
+    gateway = CloudWatchGateway(Settings(state_dir=path.parent), store, minutes, None, clock)
+    return StoredWorld(clock, minutes, gateway, path)
+
+
+@pytest.fixture
+async def stored(tmp_path: Path) -> AsyncIterator[StoredWorld]:
+    """A `StoredWorld` with its alarms loaded, closed at the end."""
+    world = open_stored_world(tmp_path / "state.sqlite3")
+    await world.gateway.alarms.load()
+    try:
+        yield world
+    finally:
+        await world.gateway.close()

@@ -1,8 +1,11 @@
 """`CloudWatchGateway`: CloudWatch's API as one running gateway process holds it.
 
-It builds the parts (figures of this process, the service with its operations) and runs the one
-periodic job: every `flush_interval_seconds` it samples the instances' CPU and memory. The app
-opens it after the fleet deployer (whose rings and instances it reads) and closes it before.
+It builds the parts (the figures of this process and of the state database, the metric queries,
+the alarm book) and runs the one periodic job: every `flush_interval_seconds` it samples the
+instances' CPU and memory and writes this process's per-minute figures to the state database
+(so a restart loses at most that much), and every `alarm_evaluation_interval_seconds` it
+evaluates the alarms. The app opens it after the fleet deployer (whose rings and instances it
+reads) and closes it before; closing writes the figures once more.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
-from splitserve.cloudwatch.live import LiveFigures, MemoryReader
+from splitserve.cloudwatch.alarms import AlarmBook
+from splitserve.cloudwatch.live import LiveFigures, StoredReader
 from splitserve.cloudwatch.queries import MetricQueries
 from splitserve.cloudwatch.service import CloudWatchService
+from splitserve.cloudwatch.store import CloudWatchStore
 from splitserve.config import Settings
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.procstat import CpuSampler
@@ -32,34 +38,74 @@ class CloudWatchGateway:
     def __init__(
         self,
         settings: Settings,
+        store: CloudWatchStore,
         minutes: MinuteStore,
         instances: InstanceSource | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """CloudWatch over `minutes` (the deployer's rings) and `instances` (its fleets)."""
+        """CloudWatch over `minutes` (the deployer's rings), `instances` (its fleets) and
+        `store` (CloudWatch's tables in the state database, opened by `open`)."""
         self._settings = settings.cloudwatch
+        self._store = store
+        self._clock = clock
         self.live = LiveFigures(
             minutes, instances, CpuSampler(settings.stats.cpu_sample_min_seconds), clock
         )
-        queries = MetricQueries(settings.cloudwatch, MemoryReader(self.live), clock)
-        self.service = CloudWatchService(queries.operations())
+        self.figures = StoredReader(self.live, store, uuid.uuid4().hex, clock)
+        self.alarms = AlarmBook(settings.cloudwatch, settings.account, store, self.figures, clock)
+        queries = MetricQueries(settings.cloudwatch, self.figures, clock)
+        self.service = CloudWatchService(queries.operations(), self.alarms.operations())
         self._task: asyncio.Task[None] | None = None
+        self._evaluated_at: float | None = None
 
-    async def start(self) -> None:
-        """Start the periodic job."""
-        self._task = asyncio.create_task(self._run(), name="cloudwatch")
+    @classmethod
+    async def open(
+        cls, settings: Settings, minutes: MinuteStore, instances: InstanceSource | None
+    ) -> CloudWatchGateway:
+        """Open CloudWatch's tables in the state database (off the loop), load the alarms and
+        start the periodic job.
+
+        Raises:
+            sqlite3.Error: the state database cannot be opened or written.
+        """
+        store = await asyncio.to_thread(CloudWatchStore.open, settings.state_file)
+        gateway = cls(settings, store, minutes, instances)
+        try:
+            await gateway.alarms.load()
+        except BaseException:
+            await asyncio.to_thread(store.close)
+            raise
+        gateway._task = asyncio.create_task(gateway._run(), name="cloudwatch")
+        return gateway
+
+    @property
+    def retention_minutes(self) -> int:
+        """How long per-minute figures stay in the state database."""
+        return self._settings.retention_days * 24 * 60
 
     async def close(self) -> None:
-        """Stop the periodic job."""
+        """Stop the periodic job, write the figures a last time, close the tables."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        try:
+            await self.figures.flush(self.retention_minutes)
+        except Exception:
+            log.exception("CloudWatch's last write of per-minute figures failed")
+        await asyncio.to_thread(self._store.close)
 
     async def tick(self) -> None:
-        """One round of the periodic job: sample the instances."""
+        """One round of the periodic job: sample, write figures, and evaluate the alarms when
+        their interval has passed."""
         self.live.sample_instances()
+        await self.figures.flush(self.retention_minutes)
+        now = self._clock()
+        interval = self._settings.alarm_evaluation_interval_seconds
+        if self._evaluated_at is None or now - self._evaluated_at >= interval:
+            self._evaluated_at = now
+            await self.alarms.evaluate()
 
     async def _run(self) -> None:
         while True:

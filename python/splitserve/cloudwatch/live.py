@@ -8,16 +8,18 @@ interval and keeps each variant's samples per minute, for as long as the rings k
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 from splitserve.cloudwatch.figures import Aggregate, aggregates_of_minute, instance_aggregate
+from splitserve.cloudwatch.store import CloudWatchStore, StoredMinute
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.procstat import CpuSampler
 from splitserve.metrics.prometheus import InstanceSource
 
-__all__ = ["LiveFigures", "MemoryReader", "MinuteFigures", "SeriesFigures"]
+__all__ = ["LiveFigures", "MemoryReader", "MinuteFigures", "SeriesFigures", "StoredReader"]
 
 #: One minute of one variant: metric name -> aggregate (both namespaces: the names differ).
 MinuteFigures = dict[str, Aggregate]
@@ -141,3 +143,94 @@ class MemoryReader:
     async def series(self) -> list[tuple[str, str, int]]:
         """Every (endpoint, variant, newest minute) with figures."""
         return list(self._live.series())
+
+
+class StoredReader:
+    """A `queries.FigureReader` over this process's figures and the state store's: what other
+    gateway processes (and this one before a restart) wrote, summed with what is in memory.
+
+    The rings hold the newest minutes of this process; older minutes of it come from the rows it
+    flushed (`flush`), so nothing is counted twice.
+    """
+
+    def __init__(
+        self,
+        live: LiveFigures,
+        store: CloudWatchStore,
+        source: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """A reader of `live` and `store`; `source` names this process's rows."""
+        self._live = live
+        self._store = store
+        self._source = source
+        self._clock = clock
+        self._flushed_from: int | None = None
+
+    async def read(
+        self, keys: Collection[tuple[str, str]] | None, first: int, last: int
+    ) -> SeriesFigures:
+        """The figures of minutes `first` to `last` of the variants `keys` (None: all)."""
+        figures = await MemoryReader(self._live).read(keys, first, last)
+        in_memory_from = int(self._clock() // 60) - self._live.retention_minutes
+        rows = await asyncio.to_thread(
+            self._store.read_minutes, first, last, keys, self._source, own=False
+        )
+        if first < in_memory_from:
+            rows += await asyncio.to_thread(
+                self._store.read_minutes,
+                first,
+                min(last, in_memory_from - 1),
+                keys,
+                self._source,
+                own=True,
+            )
+        for row in rows:
+            by_metric = figures.setdefault((row.endpoint, row.variant), {}).setdefault(
+                row.minute, {}
+            )
+            for metric_name, body in row.figures.items():
+                if not isinstance(body, dict):
+                    continue
+                try:
+                    aggregate = Aggregate.from_json(body)
+                except (ValueError, TypeError, KeyError, IndexError):
+                    continue  # a damaged figure is left out, as a missing sample
+                previous = by_metric.get(metric_name)
+                by_metric[metric_name] = aggregate if previous is None else previous + aggregate
+        return figures
+
+    async def series(self) -> list[tuple[str, str, int]]:
+        """Every (endpoint, variant, newest minute) with figures, in memory or stored."""
+        newest: dict[tuple[str, str], int] = {}
+        stored = await asyncio.to_thread(self._store.series)
+        for endpoint_name, variant_name, minute in [*stored, *self._live.series()]:
+            key = (endpoint_name, variant_name)
+            newest[key] = max(newest.get(key, minute), minute)
+        return [(endpoint, variant, minute) for (endpoint, variant), minute in newest.items()]
+
+    async def flush(self, retention_minutes: int) -> None:
+        """Write this process's figures since the last flush (the minute before it included:
+        it may have changed since) and drop stored figures older than `retention_minutes`."""
+        now_minute = int(self._clock() // 60)
+        first = (
+            now_minute - self._live.retention_minutes
+            if self._flushed_from is None
+            else self._flushed_from
+        )
+        minutes = [
+            StoredMinute(
+                endpoint_name,
+                variant_name,
+                minute,
+                {name: aggregate.to_json() for name, aggregate in figures.items()},
+            )
+            for (endpoint_name, variant_name), by_minute in self._live.read(
+                first, now_minute
+            ).items()
+            for minute, figures in by_minute.items()
+        ]
+        await asyncio.to_thread(
+            self._store.write_minutes, self._source, minutes, now_minute - retention_minutes
+        )
+        self._flushed_from = now_minute - 1

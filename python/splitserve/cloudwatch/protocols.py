@@ -285,8 +285,8 @@ def encode_error(protocol: WireProtocol, error: SplitserveError, request_id: str
         ).encode()
         return Answer(wire.status, headers, body)
     headers["x-amzn-query-error"] = f"{code};{fault}"
-    document = {"__type": f"{_SHAPE_NAMESPACE}#{_SHAPE_NAMES.get(code, code)}",
-                "message": error.message}  # fmt: skip
+    shape_name = _SHAPE_NAMES.get(code, code)
+    document = {"__type": f"{_SHAPE_NAMESPACE}#{shape_name}", "message": error.message}
     if protocol is WireProtocol.CBOR:
         headers["Content-Type"] = "application/cbor"
         headers["smithy-protocol"] = "rpc-v2-cbor"

@@ -283,6 +283,13 @@ EDGE_ENFORCEMENTS = Counter(
     ("action",),
     registry=REGISTRY,
 )
+ALARM_TRANSITIONS = Counter(
+    "splitserve_cloudwatch_alarm_transitions",
+    "CloudWatch alarms that changed state (by evaluation or SetAlarmState), by the new state: "
+    "OK, ALARM or INSUFFICIENT_DATA.",
+    ("state",),
+    registry=REGISTRY,
+)
 
 
 @dataclass(frozen=True)

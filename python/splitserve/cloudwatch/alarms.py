@@ -1,0 +1,683 @@
+"""Metric alarms: PutMetricAlarm, DescribeAlarms, DescribeAlarmsForMetric, DeleteAlarms,
+SetAlarmState, DescribeAlarmHistory, and the evaluation that moves alarms between OK, ALARM and
+INSUFFICIENT_DATA every minute.
+
+No aiohttp here. Alarms live in memory (this module's `AlarmBook`) and in the state database
+(`store.CloudWatchStore`), written through on every change, so a restarted gateway has them back
+with their states. How an alarm is evaluated (docs/sagemaker-api.md, section 7):
+
+- the datapoints are the last EvaluationPeriods whole periods (aligned on the epoch) before now,
+  each the alarm's statistic of the metric over the period, or missing when it had no sample;
+- a datapoint breaches when it compares with the threshold as ComparisonOperator says; missing
+  ones count as TreatMissingData says (`missing`: left out; `notBreaching`, `breaching`;
+  `ignore`: the state stays as it is when every datapoint is missing);
+- ALARM when at least DatapointsToAlarm (default EvaluationPeriods) datapoints breach, else OK;
+  INSUFFICIENT_DATA when no datapoint is left to judge;
+- a state change writes a StateUpdate history item (and, when actions are enabled and the new
+  state has actions, an Action item: the actions are recorded, not executed: there is no SNS
+  here), logs a line and counts in splitserve_cloudwatch_alarm_transitions_total.
+
+Reasons follow CloudWatch's wording ("Threshold Crossed: 2 out of the last 3 datapoints [...]
+were greater than or equal to the threshold (1.0) ...").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from splitserve.cloudwatch.queries import (
+    FigureReader,
+    Window,
+    parse_statistic,
+    period_aggregates,
+    series_key,
+    statistic_value,
+)
+from splitserve.cloudwatch.store import AlarmRow, CloudWatchStore, HistoryRow
+from splitserve.config import AccountSettings, CloudWatchSettings
+from splitserve.errors import (
+    CloudWatchLimitExceeded,
+    InvalidFormat,
+    InvalidNextToken,
+    InvalidParameterCombination,
+    InvalidParameterValue,
+    MissingParameter,
+    ResourceNotFound,
+)
+from splitserve.metrics.prometheus import ALARM_TRANSITIONS
+
+__all__ = ["AlarmBook"]
+
+log = logging.getLogger(__name__)
+
+_TREAT_MISSING = ("missing", "ignore", "breaching", "notBreaching")
+_LOW_SAMPLE_COUNT = ("evaluate", "ignore")
+_ANOMALY_OPERATORS = (
+    "LessThanLowerOrGreaterThanUpperThreshold",
+    "LessThanLowerThreshold",
+    "GreaterThanUpperThreshold",
+)
+_COMPARISONS: Mapping[str, tuple[Callable[[float, float], bool], str]] = {
+    "GreaterThanOrEqualToThreshold": (
+        lambda value, limit: value >= limit,
+        "greater than or equal to",
+    ),
+    "GreaterThanThreshold": (lambda value, limit: value > limit, "greater than"),
+    "LessThanThreshold": (lambda value, limit: value < limit, "less than"),
+    "LessThanOrEqualToThreshold": (lambda value, limit: value <= limit, "less than or equal to"),
+}
+_MAX_ALARM_SECONDS = 86_400
+_ACTION_MEMBERS = {
+    "OK": "OKActions",
+    "ALARM": "AlarmActions",
+    "INSUFFICIENT_DATA": "InsufficientDataActions",
+}
+_DEFINITION_MEMBERS = (
+    "AlarmDescription",
+    "ActionsEnabled",
+    "OKActions",
+    "AlarmActions",
+    "InsufficientDataActions",
+    "MetricName",
+    "Namespace",
+    "Statistic",
+    "ExtendedStatistic",
+    "Dimensions",
+    "Period",
+    "Unit",
+    "EvaluationPeriods",
+    "DatapointsToAlarm",
+    "Threshold",
+    "ComparisonOperator",
+    "TreatMissingData",
+    "EvaluateLowSampleCountPercentile",
+    "Tags",
+)
+
+
+@dataclass(frozen=True)
+class _Alarm:
+    """An alarm in memory: its definition (PutMetricAlarm's members) and its state."""
+
+    name: str
+    definition: Mapping[str, object]
+    state: str
+    reason: str
+    reason_data: str | None
+    state_updated: float
+    state_transitioned: float
+    configuration_updated: float
+
+    def row(self) -> AlarmRow:
+        return AlarmRow(
+            self.name,
+            json.dumps(self.definition),
+            self.state,
+            self.reason,
+            self.reason_data,
+            self.state_updated,
+            self.state_transitioned,
+            self.configuration_updated,
+        )
+
+    @classmethod
+    def of_row(cls, row: AlarmRow) -> _Alarm:
+        definition = json.loads(row.definition)
+        if not isinstance(definition, dict):
+            raise ValueError("an alarm definition is not a JSON object")
+        return cls(
+            row.name,
+            definition,
+            row.state,
+            row.reason,
+            row.reason_data,
+            row.state_updated,
+            row.state_transitioned,
+            row.configuration_updated,
+        )
+
+
+def _moment(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _iso(seconds: float) -> str:
+    return _moment(seconds).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
+
+
+def _short(seconds: float) -> str:
+    """CloudWatch's datapoint time in reasons: `03/12/26 10:15:00` (day/month/year)."""
+    return _moment(seconds).strftime("%d/%m/%y %H:%M:%S")
+
+
+class AlarmBook:
+    """Every metric alarm of the gateway, and their evaluation."""
+
+    def __init__(
+        self,
+        settings: CloudWatchSettings,
+        account: AccountSettings,
+        store: CloudWatchStore,
+        figures: FigureReader,
+        clock: Callable[[], float],
+    ) -> None:
+        """An empty book (see `load`), writing through to `store` and judging `figures`."""
+        self._settings = settings
+        self._account = account
+        self._store = store
+        self._figures = figures
+        self._clock = clock
+        self._alarms: dict[str, _Alarm] = {}
+
+    async def load(self) -> None:
+        """Read the alarms the store keeps (skipping a damaged row, with a log line)."""
+        rows = await asyncio.to_thread(self._store.alarms)
+        for row in rows:
+            try:
+                self._alarms[row.name] = _Alarm.of_row(row)
+            except ValueError:
+                log.warning("alarm %r in the state database is damaged; it is skipped", row.name)
+
+    def operations(self) -> dict[str, Callable[[dict[str, object]], Awaitable[dict[str, object]]]]:
+        """Operation name -> handler."""
+        return {
+            "PutMetricAlarm": self.put_metric_alarm,
+            "DescribeAlarms": self.describe_alarms,
+            "DescribeAlarmsForMetric": self.describe_alarms_for_metric,
+            "DeleteAlarms": self.delete_alarms,
+            "SetAlarmState": self.set_alarm_state,
+            "DescribeAlarmHistory": self.describe_alarm_history,
+        }
+
+    # --- operations -------------------------------------------------------------------------------
+
+    async def put_metric_alarm(self, params: dict[str, object]) -> dict[str, object]:
+        """PutMetricAlarm: create or replace an alarm (a replaced alarm keeps its state).
+
+        Raises:
+            MissingParameter, InvalidParameterValue, InvalidParameterCombination: as CloudWatch.
+            CloudWatchLimitExceeded: a new alarm beyond `max_alarms`.
+        """
+        definition = _checked_definition(params)
+        name = str(params["AlarmName"])
+        now = self._clock()
+        existing = self._alarms.get(name)
+        if existing is None and len(self._alarms) >= self._settings.max_alarms:
+            raise CloudWatchLimitExceeded(
+                f"The maximum number of alarms ({self._settings.max_alarms}) has been reached."
+            )
+        if existing is None:
+            alarm = _Alarm(
+                name,
+                definition,
+                "INSUFFICIENT_DATA",
+                "Unchecked: Initial alarm creation",
+                None,
+                now,
+                now,
+                now,
+            )
+            summary = f'Alarm "{name}" created'
+        else:
+            alarm = replace(existing, definition=definition, configuration_updated=now)
+            summary = f'Alarm "{name}" updated'
+        created = existing is None
+        data = {
+            "version": "1.0",
+            "type": "Create" if created else "Update",
+            "createdAlarm" if created else "updatedAlarm": dict(definition),
+        }
+        history = HistoryRow(name, now, "ConfigurationUpdate", summary, json.dumps(data))
+        await asyncio.to_thread(
+            self._store.put_alarm, alarm.row(), [history], self._settings.alarm_history_per_alarm
+        )
+        self._alarms[name] = alarm
+        return {}
+
+    async def describe_alarms(self, params: dict[str, object]) -> dict[str, object]:
+        """DescribeAlarms: the metric alarms that pass the filters, by name, paged.
+
+        Raises:
+            InvalidParameterCombination: AlarmNames with AlarmNamePrefix.
+            InvalidNextToken: a token this gateway did not give.
+        """
+        names = params.get("AlarmNames")
+        prefix = params.get("AlarmNamePrefix")
+        if names and prefix is not None:
+            raise InvalidParameterCombination(
+                "AlarmNames and AlarmNamePrefix cannot be specified together."
+            )
+        types = params.get("AlarmTypes")
+        composite_only = params.get("ChildrenOfAlarmName") or params.get("ParentsOfAlarmName")
+        wanted_metric = not composite_only and (not types or "MetricAlarm" in _strings(types))
+        state = params.get("StateValue")
+        action_prefix = params.get("ActionPrefix")
+        selected = []
+        for name in sorted(self._alarms):
+            alarm = self._alarms[name]
+            if not wanted_metric:
+                break
+            if names and name not in _strings(names):
+                continue
+            if isinstance(prefix, str) and not name.startswith(prefix):
+                continue
+            if state is not None and alarm.state != state:
+                continue
+            if isinstance(action_prefix, str) and not any(
+                action.startswith(action_prefix)
+                for member in _ACTION_MEMBERS.values()
+                for action in _strings(alarm.definition.get(member))
+            ):
+                continue
+            selected.append(alarm)
+        size = _int(params.get("MaxRecords", self._settings.describe_alarms_page_size))
+        offset = _offset(params.get("NextToken"), len(selected))
+        page = selected[offset : offset + size]
+        output: dict[str, object] = {
+            "MetricAlarms": [self._describe(alarm) for alarm in page],
+            "CompositeAlarms": [],
+        }
+        if offset + size < len(selected):
+            output["NextToken"] = f"alarms-{offset + size}"
+        return output
+
+    async def describe_alarms_for_metric(self, params: dict[str, object]) -> dict[str, object]:
+        """DescribeAlarmsForMetric: the alarms on one metric, narrowed by the optional members."""
+        dimensions = _dimension_set(params.get("Dimensions"))
+        matched = []
+        for name in sorted(self._alarms):
+            definition = self._alarms[name].definition
+            if (
+                definition.get("MetricName") != params["MetricName"]
+                or definition.get("Namespace") != params["Namespace"]
+            ):
+                continue
+            if (
+                "Dimensions" in params
+                and _dimension_set(definition.get("Dimensions")) != dimensions
+            ):
+                continue
+            if any(
+                member in params and definition.get(member) != params[member]
+                for member in ("Statistic", "ExtendedStatistic", "Period", "Unit")
+            ):
+                continue
+            matched.append(self._describe(self._alarms[name]))
+        return {"MetricAlarms": matched}
+
+    async def delete_alarms(self, params: dict[str, object]) -> dict[str, object]:
+        """DeleteAlarms: all of them or, when one is unknown, none.
+
+        Raises:
+            ResourceNotFound: a name that is no alarm.
+        """
+        names = _strings(params["AlarmNames"])
+        missing = [name for name in names if name not in self._alarms]
+        if missing:
+            raise ResourceNotFound(f"The following alarms were not found: {missing}")
+        await asyncio.to_thread(self._store.delete_alarms, names)
+        for name in names:
+            self._alarms.pop(name, None)
+        return {}
+
+    async def set_alarm_state(self, params: dict[str, object]) -> dict[str, object]:
+        """SetAlarmState: set the state until the next evaluation says otherwise.
+
+        Raises:
+            ResourceNotFound: no such alarm.
+            InvalidFormat: StateReasonData that is not a JSON object.
+        """
+        name = str(params["AlarmName"])
+        alarm = self._alarms.get(name)
+        if alarm is None:
+            raise ResourceNotFound(f"Alarm {name} not found")
+        reason_data = params.get("StateReasonData")
+        if reason_data is not None:
+            try:
+                decoded = json.loads(str(reason_data))
+            except (ValueError, RecursionError) as error:
+                raise InvalidFormat("StateReasonData is not valid JSON.") from error
+            if not isinstance(decoded, dict):
+                raise InvalidFormat("StateReasonData must be a JSON object.")
+        await self._change_state(
+            alarm,
+            str(params["StateValue"]),
+            str(params["StateReason"]),
+            None if reason_data is None else str(reason_data),
+        )
+        return {}
+
+    async def describe_alarm_history(self, params: dict[str, object]) -> dict[str, object]:
+        """DescribeAlarmHistory: the history items that pass the filters, newest first unless
+        ScanBy says otherwise, paged."""
+        name = params.get("AlarmName")
+        rows = await asyncio.to_thread(self._store.history, None if name is None else str(name))
+        types = params.get("AlarmTypes")
+        if types and "MetricAlarm" not in _strings(types):
+            rows = []
+        item_type = params.get("HistoryItemType")
+        start = params.get("StartDate")
+        end = params.get("EndDate")
+        if isinstance(start, float) and isinstance(end, float) and start > end:
+            raise InvalidParameterValue("The parameter StartDate must not be after EndDate.")
+        selected = [
+            row
+            for row in rows
+            if (item_type is None or row.item_type == item_type)
+            and (not isinstance(start, float) or row.timestamp >= start)
+            and (not isinstance(end, float) or row.timestamp <= end)
+        ]
+        if params.get("ScanBy", "TimestampDescending") == "TimestampDescending":
+            selected.reverse()
+        size = _int(params.get("MaxRecords", 100))
+        offset = _offset(params.get("NextToken"), len(selected))
+        output: dict[str, object] = {
+            "AlarmHistoryItems": [
+                {
+                    "AlarmName": row.name,
+                    "AlarmType": "MetricAlarm",
+                    "Timestamp": _moment(row.timestamp),
+                    "HistoryItemType": row.item_type,
+                    "HistorySummary": row.summary,
+                    "HistoryData": row.data,
+                }
+                for row in selected[offset : offset + size]
+            ]
+        }
+        if offset + size < len(selected):
+            output["NextToken"] = f"alarms-{offset + size}"
+        return output
+
+    # --- evaluation -------------------------------------------------------------------------------
+
+    async def evaluate(self) -> None:
+        """Judge every alarm on the figures now; record the states that change."""
+        now = self._clock()
+        for alarm in list(self._alarms.values()):
+            verdict = await self._judge(alarm, now)
+            current = self._alarms.get(alarm.name)
+            if current is None or current is not alarm or verdict is None:
+                continue  # deleted or replaced meanwhile, or `ignore` with nothing to judge
+            state, reason, reason_data = verdict
+            if state != alarm.state:
+                await self._change_state(alarm, state, reason, reason_data)
+
+    async def _judge(self, alarm: _Alarm, now: float) -> tuple[str, str, str] | None:
+        """The state the figures give `alarm` now, with reason and reason data."""
+        definition = alarm.definition
+        period = _int(definition["Period"])
+        count = _int(definition["EvaluationPeriods"])
+        needed = _int(definition.get("DatapointsToAlarm", count))
+        statistic_name = str(definition.get("Statistic") or definition.get("ExtendedStatistic"))
+        statistic = parse_statistic(statistic_name, "Statistic")
+        threshold = float(_number(definition["Threshold"]))
+        compare, wording = _COMPARISONS[str(definition["ComparisonOperator"])]
+        treat = str(definition.get("TreatMissingData", "missing"))
+        end = math.floor(now / period) * period
+        window = Window.of(end - count * period, end, period)
+        values: list[float | None] = [None] * count
+        resolved = series_key(
+            str(definition["Namespace"]),
+            str(definition["MetricName"]),
+            _dicts(definition.get("Dimensions")),
+            "Dimensions",
+        )
+        if resolved is not None and definition.get("Unit", resolved[0].unit) == resolved[0].unit:
+            spec, endpoint_name, variant_name = resolved
+            key = (endpoint_name, variant_name)
+            figures = await self._figures.read([key], window.first_minute, window.last_minute)
+            for index, aggregate in period_aggregates(
+                figures.get(key, {}), spec.name, window
+            ).items():
+                if 0 <= index < count:
+                    values[index] = statistic_value(aggregate, statistic)
+        present = [(index, value) for index, value in enumerate(values) if value is not None]
+        breaching = sum(1 for _, value in present if compare(value, threshold))
+        missing = count - len(present)
+        if treat == "breaching":
+            breaching += missing
+        judged = len(present) + (missing if treat in ("breaching", "notBreaching") else 0)
+        points = ", ".join(
+            f"{value} ({_short(window.first_minute * 60 + index * period)})"
+            for index, value in reversed(present)
+        )
+        reason_data = json.dumps(
+            {
+                "version": "1.0",
+                "queryDate": _iso(now),
+                "startDate": _iso(window.first_minute * 60),
+                "statistic": statistic_name,
+                "period": period,
+                "recentDatapoints": [value for _, value in present],
+                "threshold": threshold,
+                "evaluatedDatapoints": [
+                    {"timestamp": _iso(window.first_minute * 60 + index * period), "value": value}
+                    for index, value in reversed(present)
+                ],
+            }
+        )
+        if judged == 0:
+            if treat == "ignore":
+                return None
+            return (
+                "INSUFFICIENT_DATA",
+                f"Insufficient Data: {count} datapoint{'s were' if count > 1 else ' was'} unknown.",
+                reason_data,
+            )
+        if breaching >= needed:
+            reason = (
+                f"Threshold Crossed: {breaching} out of the last {judged} datapoints [{points}] "
+                f"{'were' if breaching > 1 else 'was'} {wording} the threshold ({threshold}) "
+                f"(minimum {needed} datapoint{'s' if needed > 1 else ''} for OK -> ALARM "
+                "transition)."
+            )
+            return "ALARM", reason, reason_data
+        reason = (
+            f"Threshold Crossed: {judged - breaching} out of the last {judged} datapoints "
+            f"[{points}] {'were' if judged - breaching > 1 else 'was'} not {wording} the "
+            f"threshold ({threshold}) (minimum {needed} datapoint{'s' if needed > 1 else ''} "
+            "for ALARM -> OK transition)."
+        )
+        return "OK", reason, reason_data
+
+    async def _change_state(
+        self, alarm: _Alarm, state: str, reason: str, reason_data: str | None
+    ) -> None:
+        now = self._clock()
+        changed = replace(
+            alarm,
+            state=state,
+            reason=reason[:1023],
+            reason_data=reason_data,
+            state_updated=now,
+            state_transitioned=now if state != alarm.state else alarm.state_transitioned,
+        )
+        data: dict[str, object] = {
+            "version": "1.0",
+            "oldState": {"stateValue": alarm.state, "stateReason": alarm.reason},
+            "newState": {"stateValue": state, "stateReason": changed.reason},
+        }
+        if reason_data is not None:
+            data["newState"] = {**data["newState"], "stateReasonData": reason_data}  # type: ignore[dict-item]
+        history = [
+            HistoryRow(
+                alarm.name,
+                now,
+                "StateUpdate",
+                f"Alarm updated from {alarm.state} to {state}",
+                json.dumps(data),
+            )
+        ]
+        if alarm.definition.get("ActionsEnabled", True):
+            # Recorded, not executed: the gateway has no SNS, Auto Scaling or EC2 to call.
+            history.extend(
+                HistoryRow(
+                    alarm.name,
+                    now,
+                    "Action",
+                    f"Recorded action {action} (splitserve executes no alarm actions)",
+                    json.dumps({"actionState": "Recorded", "notificationResource": action}),
+                )
+                for action in _strings(alarm.definition.get(_ACTION_MEMBERS[state]))
+            )
+        await asyncio.to_thread(
+            self._store.put_alarm, changed.row(), history, self._settings.alarm_history_per_alarm
+        )
+        if self._alarms.get(alarm.name) is alarm:
+            self._alarms[alarm.name] = changed
+        log.info("alarm %s: %s -> %s: %s", alarm.name, alarm.state, state, changed.reason)
+        ALARM_TRANSITIONS.labels(state).inc()
+
+    def _describe(self, alarm: _Alarm) -> dict[str, object]:
+        definition = alarm.definition
+        described: dict[str, object] = {
+            "AlarmName": alarm.name,
+            "AlarmArn": (
+                f"arn:aws:cloudwatch:{self._account.region}:{self._account.account_id}:alarm:"
+                f"{alarm.name}"
+            ),
+            "AlarmConfigurationUpdatedTimestamp": _moment(alarm.configuration_updated),
+            "ActionsEnabled": definition.get("ActionsEnabled", True),
+            "OKActions": list(_strings(definition.get("OKActions"))),
+            "AlarmActions": list(_strings(definition.get("AlarmActions"))),
+            "InsufficientDataActions": list(_strings(definition.get("InsufficientDataActions"))),
+            "StateValue": alarm.state,
+            "StateReason": alarm.reason,
+            "StateUpdatedTimestamp": _moment(alarm.state_updated),
+            "StateTransitionedTimestamp": _moment(alarm.state_transitioned),
+            "Dimensions": list(_dicts(definition.get("Dimensions"))),
+            "TreatMissingData": definition.get("TreatMissingData", "missing"),
+        }
+        if alarm.reason_data is not None:
+            described["StateReasonData"] = alarm.reason_data
+        for member in (
+            "AlarmDescription",
+            "MetricName",
+            "Namespace",
+            "Statistic",
+            "ExtendedStatistic",
+            "Period",
+            "Unit",
+            "EvaluationPeriods",
+            "DatapointsToAlarm",
+            "Threshold",
+            "ComparisonOperator",
+            "EvaluateLowSampleCountPercentile",
+        ):
+            if member in definition:
+                described[member] = definition[member]
+        return described
+
+
+def _checked_definition(params: Mapping[str, object]) -> dict[str, object]:
+    """PutMetricAlarm's members the alarm keeps, checked as CloudWatch checks them.
+
+    Raises:
+        MissingParameter, InvalidParameterValue, InvalidParameterCombination.
+    """
+    if "Metrics" in params or "ThresholdMetricId" in params:
+        raise InvalidParameterValue(
+            "The parameter Metrics is not supported: splitserve's alarms watch one metric "
+            "(MetricName, Namespace, Statistic or ExtendedStatistic), not metric math."
+        )
+    for member in (
+        "MetricName",
+        "Namespace",
+        "Period",
+        "EvaluationPeriods",
+        "Threshold",
+        "ComparisonOperator",
+    ):
+        if member not in params:
+            raise MissingParameter(f"The parameter {member} is required.")
+    has_statistic = "Statistic" in params
+    if has_statistic == ("ExtendedStatistic" in params):
+        raise InvalidParameterCombination(
+            "Exactly one of the parameters Statistic and ExtendedStatistic must be specified."
+        )
+    if not has_statistic:
+        parse_statistic(str(params["ExtendedStatistic"]), "ExtendedStatistic")
+    operator = str(params["ComparisonOperator"])
+    if operator in _ANOMALY_OPERATORS:
+        raise InvalidParameterValue(
+            f"The value {operator} for parameter ComparisonOperator needs an anomaly detection "
+            "band, which splitserve does not serve."
+        )
+    period = _int(params["Period"])
+    if period % 60:
+        raise InvalidParameterValue(
+            "The parameter Period must be a multiple of 60: splitserve keeps figures per minute."
+        )
+    evaluation_periods = _int(params["EvaluationPeriods"])
+    if period * evaluation_periods > _MAX_ALARM_SECONDS:
+        raise InvalidParameterCombination(
+            "The evaluation period (Period multiplied by EvaluationPeriods) must not exceed "
+            f"{_MAX_ALARM_SECONDS} seconds."
+        )
+    if _int(params.get("DatapointsToAlarm", evaluation_periods)) > evaluation_periods:
+        raise InvalidParameterCombination(
+            "DatapointsToAlarm must be less than or equal to EvaluationPeriods."
+        )
+    treat = params.get("TreatMissingData", "missing")
+    if treat not in _TREAT_MISSING:
+        raise InvalidParameterValue(
+            f"The parameter TreatMissingData must be one of: {', '.join(_TREAT_MISSING)}."
+        )
+    low = params.get("EvaluateLowSampleCountPercentile")
+    if low is not None and low not in _LOW_SAMPLE_COUNT:
+        raise InvalidParameterValue(
+            "The parameter EvaluateLowSampleCountPercentile must be one of: evaluate, ignore."
+        )
+    if low is not None and has_statistic:
+        raise InvalidParameterCombination(
+            "EvaluateLowSampleCountPercentile applies only with ExtendedStatistic."
+        )
+    names = [str(item.get("Name")) for item in _dicts(params.get("Dimensions"))]
+    if len(set(names)) != len(names):
+        raise InvalidParameterValue("Dimension names must be unique within an alarm.")
+    return {member: params[member] for member in _DEFINITION_MEMBERS if member in params}
+
+
+def _strings(value: object) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def _dicts(value: object) -> list[dict[str, object]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _dimension_set(value: object) -> frozenset[tuple[str, str]]:
+    return frozenset((str(item.get("Name")), str(item.get("Value"))) for item in _dicts(value))
+
+
+def _number(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError("not a number")
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TypeError("not an integer")
+
+
+def _offset(token: object, total: int) -> int:
+    """The offset a DescribeAlarms or DescribeAlarmHistory NextToken carries.
+
+    Raises:
+        InvalidNextToken: a token this gateway did not give.
+    """
+    if token is None:
+        return 0
+    text = str(token)
+    number = text.removeprefix("alarms-")
+    if text.startswith("alarms-") and number.isdigit() and len(number) <= 9:
+        return min(int(number), total)
+    raise InvalidNextToken("The service cannot understand the NextToken given.")
