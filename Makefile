@@ -12,7 +12,7 @@ PORT ?= 8080
 STATE_DIR ?= ./.splitserve
 SOAK_SECONDS ?= 600
 
-.PHONY: help setup build run demo test test-fast lint test-rust test-python test-python-fast bench bench-load soak clean lock
+.PHONY: help setup build run demo test test-fast fast-workers fast-others lint test-rust test-python test-python-fast bench bench-load soak clean lock
 
 help: ## list the targets and what each does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -68,15 +68,26 @@ test-rust: ## cargo test of the pure Rust routing core
 test-python: setup $(STAMPS)/prometheus $(STAMPS)/wrk ## pytest (benchmarks run once each as smoke tests)
 	$(BIN)/pytest -q
 
+FAST_PYTEST := $(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
+
 test-python-fast: setup ## pytest's unit and HTTP tiers: no end-to-end tests, no benchmark smoke runs, no root
-	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e" tests
+	$(FAST_PYTEST) tests
+
+# test-python-fast in two halves for test-fast: the worker tests spend most of their time starting
+# processes, so they run beside the rest rather than after it.
+fast-workers: setup
+	$(FAST_PYTEST) tests/workers
+
+fast-others: setup
+	$(FAST_PYTEST) tests --ignore=tests/workers
 
 test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs
 
-# The edit loop. pytest starts first and lint, then cargo test, run beside it (-j2): on 2 cores the
-# whole is about as long as pytest alone. Output is printed per target when that target ends.
+# The edit loop: the two pytest halves start first, lint and then cargo test run beside them; on 2
+# cores the whole takes about as long as the worker tests alone. Each target's output is printed
+# when it ends.
 test-fast: setup ## lint, cargo test and the unit + HTTP tiers side by side, no e2e, no root: the edit loop
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-python-fast lint test-rust
+	@$(MAKE) --no-print-directory -j3 --output-sync=target fast-workers fast-others lint test-rust
 
 bench: setup ## pytest-benchmark suites, enabled, against the release build
 	@mkdir -p .benchmarks
