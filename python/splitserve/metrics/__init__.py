@@ -1,2 +1,3 @@
-"""Per-variant metrics: the Prometheus families, the per-minute ring behind `splitserve stats`,
-and process samples read from /proc."""
+"""Per-variant metrics: the Prometheus families (prometheus), each variant's recorder feeding them
+and its per-minute ring (recorder, minutes), the report `splitserve stats` shows (report), and
+process samples read from /proc (procstat). Nothing here imports workers or the face."""
