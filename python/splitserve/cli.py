@@ -184,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(each counting at most the host's CPUs); more is ResourceLimitExceeded "
         "(default %(default)g)",
     )
+    serve.add_argument(
+        "--metrics-retention",
+        type=retention_days,
+        default=_DEFAULTS.cloudwatch.retention_days,
+        metavar="DAYS",
+        help="how many days of per-minute figures CloudWatch's API keeps in the state directory "
+        "(default %(default)s, as CloudWatch keeps one-minute data)",
+    )
     serve.add_argument("--log-level", default="INFO")
     _add_stats_command(commands)
     _add_evaluate_command(commands)
@@ -264,6 +272,16 @@ def positive_count(text: str) -> int:
     """A whole number of at least 1, for the count options."""
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
+    return int(text)
+
+
+def retention_days(text: str) -> int:
+    """A whole number of days from 1 to the largest retention config.py allows."""
+    limit = _DEFAULTS.cloudwatch.max_retention_days
+    if not text.strip().isdigit() or not 1 <= int(text) <= limit:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of days from 1 to {limit}: {text!r}"
+        )
     return int(text)
 
 
@@ -374,6 +392,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_vcpu_overcommit=args.max_vcpu_overcommit,
         ),
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
+        cloudwatch=replace(_DEFAULTS.cloudwatch, retention_days=args.metrics_retention),
     )
 
 

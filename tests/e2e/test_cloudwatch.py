@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,10 +16,13 @@ import botocore.parsers
 import botocore.serialize
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.e2e.helpers import create_two_variant_endpoint, csv_rows, invoke_many
+from tests.e2e.test_auth import ACCESS_KEY_ID, SECRET, keys_file
+from tests.e2e.test_auth import client as auth_client
 from tests.e2e.test_variant_metrics import scrape, value
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, running_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -176,3 +180,32 @@ def test_sagemaker_control_plane_still_answers_on_post_root(
     gateway: Gateway, sagemaker: Any
 ) -> None:
     assert sagemaker.list_endpoints()["Endpoints"] == []
+
+
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [
+        ((ACCESS_KEY_ID, "not-the-secret"), "InvalidSignatureException"),
+        (("AKIDNOBODY", SECRET), "UnrecognizedClientException"),
+        ((None, ""), "MissingAuthenticationTokenException"),
+    ],
+)
+def test_cloudwatch_checks_signatures_with_auth(
+    tmp_path: Path, model_store: Path, key: tuple[str | None, str], code: str
+) -> None:
+    with running_gateway(
+        tmp_path / "state", model_store, "--auth", str(keys_file(tmp_path))
+    ) as gateway:
+        signed = auth_client(gateway, "cloudwatch", ACCESS_KEY_ID, SECRET)
+        assert signed.list_metrics()["Metrics"] == []
+        signed.put_metric_alarm(
+            AlarmName="signed", Namespace="AWS/SageMaker", MetricName="Invocations",
+            Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1.0,
+            ComparisonOperator="GreaterThanThreshold",
+        )  # fmt: skip
+        wrong = auth_client(gateway, "cloudwatch", *key)
+        with pytest.raises(ClientError) as refused:
+            wrong.describe_alarms()
+        assert refused.value.response["Error"]["Code"] == code
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert signed.describe_alarms()["MetricAlarms"][0]["AlarmName"] == "signed"

@@ -154,7 +154,10 @@ def _decode_cbor(body: bytes) -> object:
         return {}
     try:
         value = cbor2.loads(body)
-    except (ValueError, TypeError, LookupError, OverflowError, RecursionError, EOFError) as error:
+    except Exception as error:
+        # Hostile bytes reach the decoder and its tag handlers (dates, bignums, regular
+        # expressions, shared references), which raise many kinds of error, cbor2.CBORError
+        # foremost: whatever it raises, the body is not CBOR this service can read.
         raise SerializationException("The request body is not valid CBOR.") from error
     if not isinstance(value, dict):
         raise SerializationException("The request body must be a CBOR map.")

@@ -367,12 +367,10 @@ def _coerce_double(value: object, path: str) -> float:
     number: float | None = None
     if isinstance(value, bool):
         number = None
-    elif isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str) and len(value) <= 64:
+    elif isinstance(value, int | float | str) and (not isinstance(value, str) or len(value) <= 64):
         try:
             number = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or an integer past float's range
             number = None
     if number is None or not math.isfinite(number):
         raise InvalidParameterValue(f"The parameter {path} must be a finite number.")
@@ -393,7 +391,7 @@ def _coerce_timestamp(value: object, path: str) -> float:
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         seconds = moment.timestamp()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = float(value) if abs(value) < 1e300 else None
     elif isinstance(value, str) and len(value) <= 64:
         seconds = _parse_text_timestamp(value)
     if seconds is None or not math.isfinite(seconds) or not 0 <= seconds < 253402300800:
