@@ -30,12 +30,7 @@ from splitserve.config import (
     Settings,
     WorkerSettings,
 )
-from splitserve.control.store import StateFileError
 from splitserve.evaluation.command import EvaluateRequest, evaluate_command
-from splitserve.wiring import edge
-from splitserve.wiring.auth import AuthFileError
-from splitserve.workers.images import ImageRegistryError
-from splitserve.workers.process import WorkerUserError
 
 _DEFAULTS = Settings()
 
@@ -428,9 +423,15 @@ def serve(settings: Settings, *, insecure: bool) -> int:
     # The state directory first, with its own mode (the model store is usually inside it).
     settings.state_dir.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
     settings.model_store.mkdir(parents=True, exist_ok=True)
-    # Imported here, not at the top: the gateway loads the Rust router, and `splitserve evaluate`
-    # and `stats` must run where it was never built (tests/test_architecture.py).
+    # The gateway's modules are imported here, not at the top: they load the Rust router and the
+    # planes, and `splitserve evaluate` and `stats` must run without either (where the extension
+    # was never built: tests/test_architecture.py).
     from splitserve.app import create_app  # noqa: PLC0415
+    from splitserve.control.store import StateFileError  # noqa: PLC0415
+    from splitserve.wiring import edge  # noqa: PLC0415
+    from splitserve.wiring.auth import AuthFileError  # noqa: PLC0415
+    from splitserve.workers.images import ImageRegistryError  # noqa: PLC0415
+    from splitserve.workers.process import WorkerUserError  # noqa: PLC0415
 
     try:
         edge.run(create_app(settings), settings, lambda message: print(message, flush=True))
