@@ -47,11 +47,16 @@ setup: $(STAMPS)/build ## create .venv, install the locked dependencies, build t
 
 build: setup ## same as setup: rebuild the Rust extension when its sources changed
 
+# Run as root, the gateway runs its workers as `nobody` (--worker-user), who must be able to run this
+# venv's Python. Where nobody cannot (a Python installed under /root, say), `make run` and `make demo`
+# keep workers as root, and the gateway's log warns of it. WORKER_USER=NAME overrides the choice.
+WORKER_USER ?= $(shell if [ "$$(id -u)" = 0 ] && ! runuser -u nobody -- $(abspath $(BIN))/python -c '' 2>/dev/null; then echo root; else echo nobody; fi)
+
 run: setup ## set up, then start the gateway (127.0.0.1:8080, state in ./.splitserve; HOST, PORT, STATE_DIR override)
-	$(BIN)/splitserve serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --model-store $(STATE_DIR)/models
+	$(BIN)/splitserve serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --model-store $(STATE_DIR)/models --worker-user $(WORKER_USER)
 
 demo: setup ## run the A/B walkthrough against a gateway it starts
-	$(BIN)/python examples/walkthrough.py --start
+	$(BIN)/python examples/walkthrough.py --start --worker-user $(WORKER_USER)
 
 lint: setup ## ruff (lint + format check), import contracts, mypy, stubtest, cargo fmt --check, cargo clippy -D warnings
 	$(BIN)/ruff check python tests benches scripts examples

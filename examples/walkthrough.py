@@ -98,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--start", action="store_true", help="start a gateway of its own (and stop it at the end)"
     )
+    parser.add_argument(
+        "--worker-user",
+        default=None,
+        help="with --start: the gateway's --worker-user (its workers' user when it runs as root)",
+    )
     parser.add_argument("--customers", type=int, default=5000, help="rows of churn data")
     parser.add_argument(
         "--test-fraction", type=float, default=0.2, help="share of the rows held out for testing"
@@ -379,6 +384,7 @@ def _gateway(args: argparse.Namespace) -> Iterator[tuple[str, Path]]:
                 [
                     sys.executable, "-m", "splitserve.cli", "serve", "--port", str(port),
                     "--state-dir", str(root / "state"), "--model-store", str(root / "models"),
+                    *(["--worker-user", args.worker_user] if args.worker_user else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -87,6 +87,12 @@ class Supervisor:
         self.run_dir = settings.run_dir.resolve()
         self.cpu_allocator = CpuAllocator(settings.host_cpus())
         self.worker_user = WorkerUser.for_gateway(settings.worker_user)
+        try:
+            check_runs_builtin_server(self.worker_user)
+        except DeploymentError as error:
+            # Said at start, not only in a FailureReason later: bring-your-own images may still
+            # run, so this is a warning rather than a refusal.
+            logger.warning("endpoints with the built-in server will fail: %s", error.message)
         self._resources = FleetResources(
             settings=settings,
             listener=listener,
