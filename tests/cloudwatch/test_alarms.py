@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,56 @@ async def test_figures_past_the_retention_are_dropped(tmp_path: Path) -> None:
         assert world.gateway._store.read_minutes(0, 10**9, None, "x", own=False) == []
     finally:
         await world.gateway.close()
+
+
+async def test_damaged_rows_are_left_out(stored: StoredWorld) -> None:
+    serve_minute(stored, 2, 0)
+    await stored.gateway.figures.flush(retention_minutes=60)
+    connection = sqlite3.connect(stored.path)
+    with connection:
+        minute = int(stored.clock.now // 60) - 1
+        for source, figures in (
+            ("other-1", '{"Invocations": {"n": 0, "sum": 1, "min": 1, "max": 1}}'),
+            ("other-2", '{"Invocations": {"n": 3, "sum": NaN, "min": 1, "max": 1}}'),
+            ("other-3", "not json"),
+            (
+                "other-4",
+                '{"Invocations": {"n": 1, "sum": 1, "min": 1, "max": 1, "buckets": {"999": 1}}}',
+            ),
+            ("other-5", '{"Invocations": {"n": 5, "sum": 5, "min": 1, "max": 1}}'),
+        ):
+            connection.execute(
+                "INSERT INTO cloudwatch_minutes VALUES (?, 'ep', 'A', ?, ?)",
+                (source, minute, figures),
+            )
+        connection.execute(
+            "INSERT INTO cloudwatch_alarms VALUES (?, ?, 'OK', '', NULL, 0, 0, 0)",
+            ("broken", '{"Period": "x"}'),
+        )
+    connection.close()
+    statistics: dict[str, Any] = await stored.gateway.service.dispatch(
+        "GetMetricStatistics",
+        {
+            "Namespace": "AWS/SageMaker", "MetricName": "Invocations", "Dimensions": DIMENSIONS,
+            "StartTime": stored.clock.now - 120, "EndTime": stored.clock.now, "Period": 120,
+            "Statistics": ["Sum"],
+        },
+    )  # fmt: skip
+    assert [point["Sum"] for point in statistics["Datapoints"]] == [7.0]  # 2 here, 5 from other-5
+    await stored.gateway.alarms.load()
+    await stored.gateway.alarms.evaluate()  # the broken alarm is skipped, not fatal
+
+
+async def test_a_deleted_variants_recent_minutes_still_count(stored: StoredWorld) -> None:
+    serve_minute(stored, 4, 0)
+    await stored.gateway.figures.flush(retention_minutes=60)
+    stored.minutes.forget("ep")
+    statistics: dict[str, Any] = await stored.gateway.service.dispatch(
+        "GetMetricStatistics",
+        {
+            "Namespace": "AWS/SageMaker", "MetricName": "Invocations", "Dimensions": DIMENSIONS,
+            "StartTime": stored.clock.now - 120, "EndTime": stored.clock.now, "Period": 60,
+            "Statistics": ["Sum"],
+        },
+    )  # fmt: skip
+    assert [point["Sum"] for point in statistics["Datapoints"]] == [4.0]

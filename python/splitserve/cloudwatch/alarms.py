@@ -49,6 +49,7 @@ from splitserve.errors import (
     InvalidParameterValue,
     MissingParameter,
     ResourceNotFound,
+    SplitserveError,
 )
 from splitserve.metrics.prometheus import ALARM_TRANSITIONS
 
@@ -400,7 +401,12 @@ class AlarmBook:
         """Judge every alarm on the figures now; record the states that change."""
         now = self._clock()
         for alarm in list(self._alarms.values()):
-            verdict = await self._judge(alarm, now)
+            try:
+                verdict = await self._judge(alarm, now)
+            except (TypeError, ValueError, KeyError, SplitserveError):
+                # A definition the store damaged: the other alarms are still judged.
+                log.warning("alarm %s cannot be evaluated: its definition is damaged", alarm.name)
+                continue
             current = self._alarms.get(alarm.name)
             if current is None or current is not alarm or verdict is None:
                 continue  # deleted or replaced meanwhile, or `ignore` with nothing to judge

@@ -185,8 +185,11 @@ class Aggregate:
             for index, count in buckets_field.items():
                 counts[int(index)] = int(count)
             buckets = counts
+        sample_count = int(_number(body["n"]))
+        if sample_count < 1:
+            raise ValueError("an aggregate without samples")
         return cls(
-            int(_number(body["n"])),
+            sample_count,
             _number(body["sum"]),
             _number(body["min"]),
             _number(body["max"]),
@@ -196,9 +199,9 @@ class Aggregate:
 
 
 def _number(value: object) -> float:
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
-    raise TypeError("not a number")
+    raise TypeError("not a finite number")
 
 
 def _indicator(samples: int, ones: int) -> Aggregate:

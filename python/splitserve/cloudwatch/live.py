@@ -149,8 +149,8 @@ class StoredReader:
     """A `queries.FigureReader` over this process's figures and the state store's: what other
     gateway processes (and this one before a restart) wrote, summed with what is in memory.
 
-    The rings hold the newest minutes of this process; older minutes of it come from the rows it
-    flushed (`flush`), so nothing is counted twice.
+    The rings hold the newest minutes of this process; the minutes they no longer hold come from
+    the rows it flushed (`flush`), so nothing is counted twice.
     """
 
     def __init__(
@@ -172,19 +172,17 @@ class StoredReader:
     ) -> SeriesFigures:
         """The figures of minutes `first` to `last` of the variants `keys` (None: all)."""
         figures = await MemoryReader(self._live).read(keys, first, last)
-        in_memory_from = int(self._clock() // 60) - self._live.retention_minutes
         rows = await asyncio.to_thread(
             self._store.read_minutes, first, last, keys, self._source, own=False
         )
-        if first < in_memory_from:
-            rows += await asyncio.to_thread(
-                self._store.read_minutes,
-                first,
-                min(last, in_memory_from - 1),
-                keys,
-                self._source,
-                own=True,
-            )
+        # This process's own rows count where memory no longer has the minute (older than the
+        # rings reach, or a variant since deleted): memory is the fresher copy of what it holds.
+        own = await asyncio.to_thread(
+            self._store.read_minutes, first, last, keys, self._source, own=True
+        )
+        rows += [
+            row for row in own if row.minute not in figures.get((row.endpoint, row.variant), {})
+        ]
         for row in rows:
             by_metric = figures.setdefault((row.endpoint, row.variant), {}).setdefault(
                 row.minute, {}
