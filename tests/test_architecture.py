@@ -114,3 +114,15 @@ def test_the_public_names_still_come_from_the_extension() -> None:
     assert set(splitserve.__all__) <= set(dir(splitserve))
     with pytest.raises(AttributeError, match="no attribute 'Routr'"):
         _ = splitserve.Routr
+
+
+def test_the_evaluation_package_loads_its_names_on_first_use() -> None:
+    from splitserve import evaluation
+    from splitserve.evaluation import EvaluationInputError, evaluate
+    from splitserve.evaluation.errors import EvaluationInputError as defined_error
+    from splitserve.evaluation.report import evaluate as defined_evaluate
+
+    assert (evaluate, EvaluationInputError) == (defined_evaluate, defined_error)
+    assert set(evaluation.__all__) <= set(dir(evaluation))
+    with pytest.raises(AttributeError, match="no attribute 'evaluat'"):
+        _ = evaluation.evaluat
