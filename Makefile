@@ -11,6 +11,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 STATE_DIR ?= ./.splitserve
 SOAK_SECONDS ?= 600
+# cargo would look for make's jobserver in MAKEFLAGS, which make does not hand to plain recipes:
+# under `make -j` (test-fast) it warns. An empty CARGO_MAKEFLAGS, read first, tells it there is none.
+export CARGO_MAKEFLAGS :=
 
 .PHONY: help setup build run demo test test-fast fast-workers fast-others lint test-rust test-python test-python-fast bench bench-load soak clean lock
 
