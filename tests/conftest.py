@@ -1,4 +1,10 @@
-"""Fixtures shared by every test tier: small real XGBoost models written as SageMaker artifacts."""
+"""Fixtures shared by every test tier: small real XGBoost models written as SageMaker artifacts.
+
+The tiers: services and modules called directly, and HTTP through aiohttp's test client, both in
+the directory that mirrors the part they test (`make test-fast` runs them); end-to-end through the
+real CLI in a subprocess, in tests/e2e (marker `e2e`; `make test` runs everything). Helpers more
+than one directory uses live in tests/support.
+"""
 
 from __future__ import annotations
 
