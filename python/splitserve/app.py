@@ -2,12 +2,15 @@
 
 One server serves both planes on one port: the SageMaker control plane (POST / with X-Amz-Target),
 the runtime's InvokeEndpoint (POST /endpoints/{name}/invocations), GET /metrics, the per-minute
-table of `splitserve stats` (GET /splitserve/stats/{endpoint}) and GET /ping. With an access-key
-file (`serve --auth`), the control plane's handler, and with `--auth-data-plane` InvokeEndpoint's,
-checks the request's SigV4 signature first (splitserve.wiring.auth); the GET routes stay open.
+table of `splitserve stats` (GET /splitserve/stats/{endpoint}), GET /ping, and CloudWatch's API
+(its Smithy RPC v2 CBOR path, and its JSON 1.0 and query protocols on the POST / it shares with
+the control plane; splitserve.cloudwatch). With an access-key file (`serve --auth`), the control
+plane's handler and CloudWatch's, and with `--auth-data-plane` InvokeEndpoint's, check the
+request's SigV4 signature first (splitserve.wiring.auth); the GET routes stay open.
 Nothing happens at import time; long-lived objects are built in cleanup contexts, in this order:
 the data-capture writer, the state store, the worker supervisor with its deployer, then the control
-service, which brings back the endpoints the store remembers. They are torn down in the reverse
+service, which brings back the endpoints the store remembers, then CloudWatch's API (its tables in
+the state database, its per-minute flush and alarm evaluation). They are torn down in the reverse
 order, so the capture writer closes last: after the server has stopped taking requests and every
 endpoint is stopped, it writes out whatever was accepted.
 """
