@@ -353,3 +353,25 @@ async def test_a_deleted_variants_recent_minutes_still_count(stored: StoredWorld
         },
     )  # fmt: skip
     assert [point["Sum"] for point in statistics["Datapoints"]] == [4.0]
+
+
+async def test_a_percentile_alarm_and_low_sample_counts(stored: StoredWorld) -> None:
+    service = stored.gateway.service
+    latency = alarm(
+        "slow", MetricName="ModelLatency", Statistic=None, ExtendedStatistic="p90",
+        Threshold=500.0, ComparisonOperator="GreaterThanThreshold",
+    )  # fmt: skip
+    careful = latency | {"AlarmName": "careful", "EvaluateLowSampleCountPercentile": "ignore"}
+    for params in (latency, careful):
+        await service.dispatch(
+            "PutMetricAlarm", {key: value for key, value in params.items() if value is not None}
+        )
+    serve_minute(stored, 3, 0)  # three answers of 1 ms: p90 1000 us > 500 us
+    await stored.gateway.alarms.evaluate()
+    assert (await describe(stored, "slow"))["StateValue"] == "ALARM"
+    assert (await describe(stored, "slow"))["ExtendedStatistic"] == "p90"
+    # A p90 needs 10 samples to mean something: with 3 the careful alarm keeps its state.
+    assert (await describe(stored, "careful"))["StateValue"] == "INSUFFICIENT_DATA"
+    serve_minute(stored, 10, 0)
+    await stored.gateway.alarms.evaluate()
+    assert (await describe(stored, "careful"))["StateValue"] == "ALARM"

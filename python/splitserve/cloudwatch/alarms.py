@@ -13,6 +13,8 @@ with their states. How an alarm is evaluated (docs/sagemaker-api.md, section 7):
   `ignore`: the state stays as it is when every datapoint is missing);
 - ALARM when at least DatapointsToAlarm (default EvaluationPeriods) datapoints breach, else OK;
   INSUFFICIENT_DATA when no datapoint is left to judge;
+- with ExtendedStatistic and EvaluateLowSampleCountPercentile `ignore`, a period with too few
+  samples for the percentile (`_significant_samples`) leaves the state as it is;
 - a state change writes a StateUpdate history item (and, when actions are enabled and the new
   state has actions, an Action item: the actions are recorded, not executed: there is no SNS
   here), logs a line and counts in splitserve_cloudwatch_alarm_transitions_total.
@@ -443,6 +445,12 @@ class AlarmBook:
             ).items():
                 if 0 <= index < count:
                     values[index] = statistic_value(aggregate, statistic)
+                    if (
+                        isinstance(statistic, float)
+                        and definition.get("EvaluateLowSampleCountPercentile") == "ignore"
+                        and aggregate.sample_count < _significant_samples(statistic)
+                    ):
+                        return None  # too few samples for the percentile: the state stays
         present = [(index, value) for index, value in enumerate(values) if value is not None]
         breaching = sum(1 for _, value in present if compare(value, threshold))
         missing = count - len(present)
@@ -579,6 +587,14 @@ class AlarmBook:
             if member in definition:
                 described[member] = definition[member]
         return described
+
+
+def _significant_samples(percent: float) -> int:
+    """The fewest samples for which percentile `percent` says something: a p99 needs 100 (one
+    sample above it), a p90 10, a p50 2 (chosen; CloudWatch does not publish its rule)."""
+    if percent >= 100:
+        return 1
+    return math.ceil(100 / (100 - percent))
 
 
 def _checked_definition(params: Mapping[str, object]) -> dict[str, object]:
