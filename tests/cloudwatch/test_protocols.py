@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
-from tests.cloudwatch.conftest import PROTOCOLS, World, send
+from splitserve.cloudwatch import routes as cloudwatch_routes
+from tests.cloudwatch.conftest import PROTOCOLS, StoredWorld, World, send
 from tests.support.clock import NOON
 
 NOW = datetime.fromtimestamp(NOON, UTC)
@@ -148,3 +149,54 @@ async def test_get_metric_data_and_list_metrics(
     assert "Invocations" in names
     assert "ModelLatency" in names
     assert all(metric["Dimensions"] == DIMENSIONS for metric in listed["Metrics"])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_alarm_operations_round_trip(protocol: str, stored: StoredWorld) -> None:
+    app = web.Application()
+    app.router.add_routes(cloudwatch_routes.routes(stored.gateway.service, None, 1024 * 1024))
+    app.router.add_post("/", cloudwatch_routes.handler(stored.gateway.service, None, 1024 * 1024))
+    async with TestClient(TestServer(app)) as client:
+        raw, _ = await send(
+            client,
+            protocol,
+            "PutMetricAlarm",
+            {
+                "AlarmName": "errors", "Namespace": "AWS/SageMaker",
+                "MetricName": "Invocation5XXErrors", "Dimensions": DIMENSIONS, "Statistic": "Sum",
+                "Period": 60, "EvaluationPeriods": 2, "DatapointsToAlarm": 1, "Threshold": 1.5,
+                "ComparisonOperator": "GreaterThanThreshold", "ActionsEnabled": False,
+                "AlarmActions": ["arn:aws:sns:us-east-1:123456789012:a"],
+            },
+        )  # fmt: skip
+        assert raw.status == 200, raw.body
+        await send(
+            client,
+            protocol,
+            "SetAlarmState",
+            {"AlarmName": "errors", "StateValue": "ALARM", "StateReason": "by hand"},
+        )
+        _, described = await send(client, protocol, "DescribeAlarms", {"AlarmNames": ["errors"]})
+        (found,) = described["MetricAlarms"]
+        assert found["StateValue"] == "ALARM"
+        assert found["Dimensions"] == DIMENSIONS
+        assert found["AlarmActions"] == ["arn:aws:sns:us-east-1:123456789012:a"]
+        assert found["ActionsEnabled"] is False
+        assert (found["Threshold"], found["Period"], found["DatapointsToAlarm"]) == (1.5, 60, 1)
+        assert found["StateUpdatedTimestamp"] == NOW
+        _, history = await send(client, protocol, "DescribeAlarmHistory", {"AlarmName": "errors"})
+        assert [item["HistoryItemType"] for item in history["AlarmHistoryItems"]] == [
+            "StateUpdate",
+            "ConfigurationUpdate",
+        ]
+        _, for_metric = await send(
+            client,
+            protocol,
+            "DescribeAlarmsForMetric",
+            {"Namespace": "AWS/SageMaker", "MetricName": "Invocation5XXErrors"},
+        )
+        assert [alarm["AlarmName"] for alarm in for_metric["MetricAlarms"]] == ["errors"]
+        raw, refused = await send(client, protocol, "DeleteAlarms", {"AlarmNames": ["nope"]})
+        assert (raw.status, refused["Error"]["Code"]) == (404, "ResourceNotFound")
+        raw, _ = await send(client, protocol, "DeleteAlarms", {"AlarmNames": ["errors"]})
+        assert raw.status == 200
