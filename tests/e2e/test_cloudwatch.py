@@ -341,3 +341,25 @@ def test_every_metric_agrees_with_prometheus(
         assert time.monotonic() < deadline, "no MemoryUtilization datapoint within 30 s"
         time.sleep(1)
     assert all(0 < point["Maximum"] <= 100 and point["Unit"] == "Percent" for point in points)
+
+
+def test_figures_and_alarms_outlive_a_restart(
+    tmp_path: Path, model_store: Path, models: Any
+) -> None:
+    state = tmp_path / "state"
+    endpoint = "cw-restart"
+    with running_gateway(state, model_store) as first:
+        create_two_variant_endpoint(first.client("sagemaker"), endpoint, weights=(1.0, 0.0))
+        runtime = first.client("sagemaker-runtime")
+        sent = invoke_many(runtime, endpoint, csv_rows(models["v1"].rows[:1]), 9)
+        first.client("cloudwatch").put_metric_alarm(
+            AlarmName="kept", Namespace="AWS/SageMaker", MetricName="Invocations",
+            Dimensions=dimensions(endpoint, "Variant1"), Statistic="Sum", Period=60,
+            EvaluationPeriods=1, Threshold=1.0, ComparisonOperator="GreaterThanThreshold",
+        )  # fmt: skip
+    # Stopped with SIGTERM: the last figures were written on the way out.
+    with running_gateway(state, model_store) as second:
+        cw = second.client("cloudwatch")
+        now = datetime.now(UTC) + timedelta(minutes=1)
+        assert cloudwatch_total(cw, endpoint, "Invocations", "Sum", now) == sent["Variant1"] == 9
+        assert [alarm["AlarmName"] for alarm in cw.describe_alarms()["MetricAlarms"]] == ["kept"]
