@@ -285,6 +285,11 @@ async def test_alarms_and_figures_survive_a_restart(tmp_path: Path) -> None:
         )
         (point,) = statistics["Datapoints"]
         assert point["Sum"] == 7.0  # 5 before the restart, 2 after
+        second.minutes.forget("ep")  # only the stored rows are left to list
+        listed: dict[str, Any] = await second.gateway.service.dispatch(
+            "ListMetrics", {"MetricName": "Invocation5XXErrors"}
+        )
+        assert [metric["Dimensions"] for metric in listed["Metrics"]] == [DIMENSIONS]
     finally:
         await second.gateway.close()
 
@@ -336,6 +341,8 @@ async def test_damaged_rows_are_left_out(stored: StoredWorld) -> None:
         },
     )  # fmt: skip
     assert [point["Sum"] for point in statistics["Datapoints"]] == [7.0]  # 2 here, 5 from other-5
+    listed: dict[str, Any] = await stored.gateway.service.dispatch("ListMetrics", {})
+    assert "Invocations" in {metric["MetricName"] for metric in listed["Metrics"]}
     await stored.gateway.alarms.load()
     await stored.gateway.alarms.evaluate()  # the broken alarm is skipped, not fatal
 

@@ -207,32 +207,40 @@ async def test_get_metric_data_refusals(
         )
 
 
-async def test_list_metrics_filters_and_pages() -> None:
+async def test_list_metrics_lists_what_has_samples_filtered_and_paged() -> None:
     world = make_world(CloudWatchSettings(list_metrics_page_size=4))
     for variant in ("A", "B"):
         world.minutes.variant("ep", variant).count_invocation()
+    world.minutes.variant("ep", "B").observe_latency(0.001)
+    world.minutes.variant("ep", "idle")  # deployed, never invoked: nothing to list
     everything: dict[str, Any] = await world.service.dispatch("ListMetrics", {})
     assert len(everything["Metrics"]) == 4
     pages = [everything]
     while "NextToken" in pages[-1]:
-        pages.append(
-            await world.service.dispatch("ListMetrics", {"NextToken": pages[-1]["NextToken"]})
-        )
-    assert sum(len(page["Metrics"]) for page in pages) == 18  # 9 metrics x 2 variants
+        token = pages[-1]["NextToken"]
+        pages.append(await world.service.dispatch("ListMetrics", {"NextToken": token}))
+    listed = [metric for page in pages for metric in page["Metrics"]]
+    # The count metrics of both variants (one sample per request), ModelLatency of B only.
+    assert len(listed) == 11
+    assert {metric["Dimensions"][1]["Value"] for metric in listed} == {"A", "B"}
     only_b: dict[str, Any] = await world.service.dispatch(
         "ListMetrics",
-        {"MetricName": "CPUUtilization", "Dimensions": [{"Name": "VariantName", "Value": "B"}]},
+        {"MetricName": "ModelLatency", "Dimensions": [{"Name": "VariantName", "Value": "B"}]},
     )
     assert only_b["Metrics"] == [
         {
-            "Namespace": "/aws/sagemaker/Endpoints",
-            "MetricName": "CPUUtilization",
+            "Namespace": "AWS/SageMaker",
+            "MetricName": "ModelLatency",
             "Dimensions": [
                 {"Name": "EndpointName", "Value": "ep"},
                 {"Name": "VariantName", "Value": "B"},
             ],
         }
     ]
+    endpoints: dict[str, Any] = await world.service.dispatch(
+        "ListMetrics", {"Namespace": "/aws/sagemaker/Endpoints"}
+    )
+    assert endpoints["Metrics"] == []  # no instance was sampled
     world.clock.advance(4 * 3600)
     recent: dict[str, Any] = await world.service.dispatch("ListMetrics", {"RecentlyActive": "PT3H"})
     assert recent["Metrics"] == []

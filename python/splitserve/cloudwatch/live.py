@@ -88,16 +88,21 @@ class LiveFigures:
             if not by_minute:
                 del self._samples[key]
 
-    def series(self) -> Iterator[tuple[str, str, int]]:
-        """Every (endpoint, variant, newest minute) this process has figures of."""
-        seen: dict[tuple[str, str], int] = {}
+    def series(self) -> Iterator[tuple[str, str, str, int]]:
+        """Every (endpoint, variant, metric, newest minute with a sample) this process holds."""
+        newest: dict[tuple[str, str, str], int] = {}
         for endpoint_name, variant_name, ring in self._minutes.variants():
-            seen[(endpoint_name, variant_name)] = ring.newest_minute
-        for key, by_minute in self._samples.items():
-            if by_minute:
-                seen[key] = max(seen.get(key, -1), *by_minute)
-        for (endpoint_name, variant_name), newest in seen.items():
-            yield endpoint_name, variant_name, newest
+            last = ring.newest_minute
+            for counts in ring.minutes(last - self.retention_minutes, last):
+                for metric_name, _ in aggregates_of_minute(counts):
+                    newest[(endpoint_name, variant_name, metric_name)] = counts.minute
+        for (endpoint_name, variant_name), by_minute in self._samples.items():
+            for minute, samples in sorted(by_minute.items()):
+                for metric_name, taken in zip(_ENDPOINT_METRICS, samples, strict=True):
+                    if taken:
+                        newest[(endpoint_name, variant_name, metric_name)] = minute
+        for (endpoint_name, variant_name, metric_name), minute in newest.items():
+            yield endpoint_name, variant_name, metric_name, minute
 
     def read(self, first: int, last: int) -> SeriesFigures:
         """The figures of minutes `first` to `last` (inclusive), copied out now."""
@@ -140,8 +145,8 @@ class MemoryReader:
             return figures
         return {key: figures[key] for key in keys if key in figures}
 
-    async def series(self) -> list[tuple[str, str, int]]:
-        """Every (endpoint, variant, newest minute) with figures."""
+    async def series(self) -> list[tuple[str, str, str, int]]:
+        """Every (endpoint, variant, metric, newest minute) with a sample."""
         return list(self._live.series())
 
 
@@ -198,14 +203,14 @@ class StoredReader:
                 by_metric[metric_name] = aggregate if previous is None else previous + aggregate
         return figures
 
-    async def series(self) -> list[tuple[str, str, int]]:
-        """Every (endpoint, variant, newest minute) with figures, in memory or stored."""
-        newest: dict[tuple[str, str], int] = {}
+    async def series(self) -> list[tuple[str, str, str, int]]:
+        """Every (endpoint, variant, metric, newest minute) with a sample, in memory or stored."""
+        newest: dict[tuple[str, str, str], int] = {}
         stored = await asyncio.to_thread(self._store.series)
-        for endpoint_name, variant_name, minute in [*stored, *self._live.series()]:
-            key = (endpoint_name, variant_name)
+        for endpoint_name, variant_name, metric_name, minute in [*stored, *self._live.series()]:
+            key = (endpoint_name, variant_name, metric_name)
             newest[key] = max(newest.get(key, minute), minute)
-        return [(endpoint, variant, minute) for (endpoint, variant), minute in newest.items()]
+        return [(*key, minute) for key, minute in newest.items()]
 
     async def flush(self, retention_minutes: int) -> None:
         """Write this process's figures since the last flush (the minute before it included:

@@ -61,8 +61,8 @@ class FigureReader(Protocol):
         ((endpoint, variant) pairs; None: all), summed over every process that has some."""
         ...
 
-    async def series(self) -> list[tuple[str, str, int]]:
-        """Every (endpoint, variant, newest minute with figures) known."""
+    async def series(self) -> list[tuple[str, str, str, int]]:
+        """Every (endpoint, variant, metric, newest minute with a sample) known."""
         ...
 
 
@@ -364,7 +364,8 @@ class MetricQueries:
         return plans
 
     async def list_metrics(self, params: dict[str, object]) -> dict[str, object]:
-        """ListMetrics: the metrics of every variant with figures, filtered, 500 a page.
+        """ListMetrics: every metric of every variant with a sample in the retention, filtered,
+        500 a page.
 
         Raises:
             InvalidNextToken: a token this gateway did not hand out for this filter.
@@ -376,7 +377,7 @@ class MetricQueries:
         if params.get("RecentlyActive") == "PT3H":
             recent_since = int(self._clock() // _MINUTE) - 180
         metrics: list[dict[str, object]] = []
-        for endpoint_name, variant_name, newest in sorted(await self._figures.series()):
+        for endpoint_name, variant_name, sampled, newest in sorted(await self._figures.series()):
             if recent_since is not None and newest < recent_since:
                 continue
             values = {"EndpointName": endpoint_name, "VariantName": variant_name}
@@ -387,7 +388,9 @@ class MetricQueries:
             ):
                 continue
             for spec in METRICS.values():
-                if namespace not in (None, spec.namespace) or metric_name not in (None, spec.name):
+                if spec.name != sampled or metric_name not in (None, sampled):
+                    continue
+                if namespace not in (None, spec.namespace):
                     continue
                 metrics.append(
                     {

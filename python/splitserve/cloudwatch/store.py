@@ -251,11 +251,17 @@ class CloudWatchStore:
                 result.append(StoredMinute(endpoint, variant, minute, decoded))
         return result
 
-    def series(self) -> list[tuple[str, str, int]]:
-        """Every (endpoint, variant, newest minute) with stored figures."""
+    def series(self) -> list[tuple[str, str, str, int]]:
+        """Every (endpoint, variant, metric, newest minute) with stored figures (rows that are not
+        JSON are left out)."""
         with self._lock:
             rows = self._connection.execute(
-                "SELECT endpoint, variant, MAX(minute) FROM cloudwatch_minutes"
-                " GROUP BY endpoint, variant"
+                "SELECT endpoint, variant, metric.key, MAX(minute)"
+                " FROM cloudwatch_minutes, json_each(cloudwatch_minutes.figures) AS metric"
+                " WHERE json_valid(figures) AND json_type(figures) = 'object'"
+                " GROUP BY endpoint, variant, metric.key"
             ).fetchall()
-        return [(endpoint, variant, int(minute)) for endpoint, variant, minute in rows]
+        return [
+            (endpoint, variant, str(metric), int(minute))
+            for endpoint, variant, metric, minute in rows
+        ]
