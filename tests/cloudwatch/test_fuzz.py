@@ -183,7 +183,7 @@ _QUERY = b"Version=2010-08-01&Action="
         ("/", _TARGET, b"[", "SerializationException"),
         ("/", _FORM, b"Version=2010-08-01", "MissingParameter"),
         ("/", _FORM, b"Action=ListMetrics&Version=1", "InvalidParameterValue"),
-        ("/", _FORM, _QUERY + b"Nope", "UnknownOperationException"),
+        ("/", _FORM, _QUERY + b"Nope", "InvalidAction"),
         ("/", _FORM, _QUERY + b"DeleteAlarms&AlarmNames.member.2=x", "InvalidParameterValue"),
         ("/", _FORM, _QUERY + b"DeleteAlarms&AlarmNames.member.x=y", "InvalidParameterValue"),
         (

@@ -277,6 +277,8 @@ def encode_error(protocol: WireProtocol, error: SplitserveError, request_id: str
     """`error` in the protocol's error form, with CloudWatch's legacy code."""
     wire = wire_error(error)
     code = "InternalServiceError" if wire.code == "InternalFailure" else wire.code
+    if protocol is WireProtocol.QUERY and code == "UnknownOperationException":
+        code = "InvalidAction"  # the query protocol's word for an Action no one serves
     fault = "Receiver" if wire.status >= 500 else "Sender"
     headers = {"x-amzn-RequestId": request_id}
     if protocol is WireProtocol.QUERY:
