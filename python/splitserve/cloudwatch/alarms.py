@@ -118,6 +118,7 @@ class _Alarm:
     configuration_updated: float
 
     def row(self) -> AlarmRow:
+        """The alarm as the store keeps it."""
         return AlarmRow(
             self.name,
             json.dumps(self.definition),
@@ -131,6 +132,11 @@ class _Alarm:
 
     @classmethod
     def of_row(cls, row: AlarmRow) -> _Alarm:
+        """The alarm the store kept as `row`.
+
+        Raises:
+            ValueError: its definition is not a JSON object.
+        """
         definition = json.loads(row.definition)
         if not isinstance(definition, dict):
             raise ValueError("an alarm definition is not a JSON object")
