@@ -1,6 +1,6 @@
 """Data capture (SageMaker's DataCaptureConfig): sampled requests and answers as JSON Lines files.
 
-The layout and the record format are SageMaker's (../shared/reference/sagemaker-api.md, section 6),
+The layout and the record format are SageMaker's (docs/sagemaker-api.md, section 6),
 so tools written for SageMaker's capture read these files unchanged:
 
     <destination>/<EndpointName>/<VariantName>/YYYY/MM/DD/HH/<MM>-<SS>-<mmm>-<uuid>.jsonl

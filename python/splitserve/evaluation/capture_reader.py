@@ -1,6 +1,6 @@
 """Read data-capture files (SageMaker's format, which the gateway writes) into scored requests.
 
-Layout (../shared/reference/sagemaker-api.md, section 6):
+Layout (docs/sagemaker-api.md, section 6):
 
     <destination>/<EndpointName>/<VariantName>/YYYY/MM/DD/HH/<file>.jsonl
 

@@ -3,7 +3,7 @@
 `PATH` is a file or a directory; a directory is read recursively (SageMaker puts ground truth under
 YYYY/MM/DD/HH/ directories, the hour the labels were collected), in sorted path order so that
 later hours come later. Each file is sniffed: a first non-blank character `{` means JSON Lines in
-SageMaker's merge format (../shared/reference/sagemaker-api.md, section 6), one record per line:
+SageMaker's merge format (docs/sagemaker-api.md, section 6), one record per line:
 
     {"groundTruthData": {"data": "1", "encoding": "CSV"}, "eventMetadata": {"eventId": "<id>"},
      "eventVersion": "0"}

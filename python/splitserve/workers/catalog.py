@@ -6,7 +6,7 @@ spreads instances over the least-used CPUs, so two 2-vCPU instances on a 4-CPU h
 a CPU, and a third one overlaps with the first.
 
 The figures are those of the EC2 instance each type runs on (see
-../shared/reference/sagemaker-api.md, section 2). `ml.t3.*` is not a hosting type (it exists only
+docs/sagemaker-api.md, section 2). `ml.t3.*` is not a hosting type (it exists only
 for notebooks), and the hosting enum has no `ml.m5.8xlarge`/`ml.m5.16xlarge`.
 """
 
