@@ -188,6 +188,10 @@ impl Router {
         self.core.failover()
     }
 
+    fn set_failover(&self, failover: bool) {
+        self.core.set_failover(failover);
+    }
+
     #[pyo3(signature = (target_variant=None, key=None))]
     fn route(
         &self,

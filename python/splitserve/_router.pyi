@@ -171,7 +171,16 @@ class Router:
 
     @property
     def failover(self) -> bool:
-        """Whether untargeted picks fail over (as the router was built)."""
+        """Whether untargeted picks fail over (as built, or as `set_failover` last set it)."""
+
+    def set_failover(self, failover: bool) -> None:
+        """Turn failover on or off for every pick that starts after this call (the endpoint's
+        `splitserve:failover` tag changed). The table is not rebuilt: every instance keeps its
+        in-flight count and health.
+
+        Args:
+            failover: whether untargeted picks fail over from now on.
+        """
 
     def route(self, target_variant: str | None = None, key: str | None = None) -> Route:
         """Pick a variant and one of its healthy instances, and count one more request in flight on

@@ -23,6 +23,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -54,8 +55,10 @@ pub struct Router<L> {
     rng: SharedRng,
     /// Seeds the sticky key hash; from the salt, so routers with one salt agree on every key.
     salt_seed: u64,
-    /// Untargeted picks whose variant has no healthy instance fail over to another variant.
-    failover: bool,
+    /// Untargeted picks whose variant has no healthy instance fail over to another variant. An
+    /// atomic flag, not part of the table: turning it on or off (`set_failover`) changes no pick
+    /// in flight and no instance's count or health.
+    failover: AtomicBool,
     /// Serialises table changes, so a change derived from the current table (`set_weights`) is not
     /// lost to a concurrent one. Picks never take it.
     writer: Mutex<()>,
@@ -84,14 +87,21 @@ impl<L> Router<L> {
             table: ArcSwap::from_pointee(table),
             rng: SharedRng::new(seed.unwrap_or_else(random::os_seed)),
             salt_seed: xxh3_64_with_seed(salt.as_bytes(), SALT_HASH_SEED),
-            failover,
+            failover: AtomicBool::new(failover),
             writer: Mutex::new(()),
         })
     }
 
-    /// Whether untargeted picks fail over (the option the router was built with).
+    /// Whether untargeted picks fail over (as built, or as `set_failover` last set it).
     pub fn failover(&self) -> bool {
-        self.failover
+        self.failover.load(Ordering::Relaxed)
+    }
+
+    /// Turns failover on or off for every pick that starts after this call (the endpoint's
+    /// `splitserve:failover` tag changed). Relaxed ordering is enough: the flag guards no other
+    /// data, and a pick reads it once.
+    pub fn set_failover(&self, failover: bool) {
+        self.failover.store(failover, Ordering::Relaxed);
     }
 
     /// Picks a variant and one of its healthy instances, counts one more request in flight on that
@@ -123,7 +133,7 @@ impl<L> Router<L> {
         let mut rng = LocalRng::new(draw);
         let mut failed_over = false;
         let mut picked = variant.pick_instance(&mut rng);
-        if picked.is_none() && self.failover && target.is_none() {
+        if picked.is_none() && target.is_none() && self.failover() {
             if let Some(other) = table.failover_variant(rng.next_u64()) {
                 picked = other.pick_instance(&mut rng);
                 failed_over = picked.is_some();

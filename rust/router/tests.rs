@@ -684,6 +684,43 @@ fn failover_applies_to_sticky_picks_but_never_to_targeted_ones() -> Result<(), R
 }
 
 #[test]
+fn failover_can_be_turned_on_and_off_without_a_new_table() -> Result<(), RouterError> {
+    let router = router(&four_for_failover(), 9)?;
+    router.set_healthy("b-0", false)?;
+    let in_flight = full_pick(&router, Some("A"), None)?;
+    router.set_failover(true);
+    assert!(router.failover());
+    for _ in 0..300 {
+        let picked = full_pick(&router, None, None)?;
+        assert_ne!(picked.pick.0, "B");
+        router.release(&picked.handle);
+    }
+    router.set_failover(false);
+    assert!(!router.failover());
+    let mut refused = false;
+    for _ in 0..200 {
+        match full_pick(&router, None, None) {
+            Ok(picked) => router.release(&picked.handle),
+            Err(error) => {
+                assert_eq!(
+                    error,
+                    RouterError::NoHealthyInstance {
+                        variant: "B".to_owned()
+                    }
+                );
+                refused = true;
+            }
+        }
+    }
+    assert!(refused);
+    // The table was never rebuilt: the pick made before the changes is still counted, and B's
+    // instance is still unhealthy.
+    assert_eq!(router.in_flight(&in_flight.pick.1)?, 1);
+    assert!(router.healthy_instances("B")?.is_empty());
+    Ok(())
+}
+
+#[test]
 fn failover_with_no_healthy_variant_names_the_drawn_one() -> Result<(), RouterError> {
     let router = failover_router(
         &[spec("A", 1.0, &["a-0"], LOR), spec("B", 0.0, &["b-0"], LOR)],
