@@ -98,8 +98,20 @@ STATE_FILE_NAME = "state.sqlite3"
 MODEL_STORE_DIR_NAME = "models"
 RUN_DIR_NAME = "run"
 
+#: The workers' output log files, inside the state directory: one file per instance at
+#: `logs/<endpoint>/<variant>/g<generation>/<index>.log` (README, "When something fails").
+LOGS_DIR_NAME = "logs"
+
+#: The lock file one gateway holds (fcntl.flock) on its state directory, holding its pid: a
+#: second gateway on the same directory would launch duplicate workers.
+LOCK_FILE_NAME = "gateway.lock"
+
 #: The state file's mode: it holds every model's Environment, which may carry secrets.
 STATE_FILE_MODE = 0o600
+
+#: How many weight changes the state file keeps per endpoint (GET /splitserve/endpoints/<name>/
+#: weights, `splitserve weights`, `evaluate --url`); older ones are dropped as new ones come.
+WEIGHT_HISTORY_LIMIT = 1000
 
 #: The mode a missing state directory is created with: only the gateway's user may list or
 #: change it; others may pass through (not 0700), because workers that run as another user (the
@@ -171,6 +183,12 @@ class WorkerSettings:
         output_log_lines_per_second: how many lines of each instance's output per second are
             relayed to the gateway's log; the rest are counted in a "suppressed" line (all of
             the last lines still go into a failure reason).
+        log_dir: where each instance's output log file is kept (every line, unlike the relay);
+            None keeps no files. `Settings.with_state_dir` (what `splitserve serve` uses) puts
+            it in the state directory; the bare default keeps none, so a test's workers write
+            nothing outside its own directory.
+        log_file_bytes: an instance's log file is rotated once it reaches this size.
+        log_file_backups: how many rotated files (`.log.1` ...) are kept beside the current one.
     """
 
     run_dir: Path = DEFAULT_STATE_DIR / RUN_DIR_NAME
@@ -192,6 +210,9 @@ class WorkerSettings:
     max_artifact_bytes: int = 4 * 1024**3
     max_artifact_files: int = 10_000
     output_log_lines_per_second: int = 20
+    log_dir: Path | None = None
+    log_file_bytes: int = 10 * 1024 * 1024
+    log_file_backups: int = 3
 
     def host_cpus(self) -> tuple[int, ...]:
         """The CPUs instances may use: `cpu_pool` if set, else those this process may run on."""
@@ -328,6 +349,32 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """What the gateway logs and in which form (splitserve.wiring.logs).
+
+    Attributes:
+        level: the root logger's level.
+        format: "text" (one human line per record) or "json" (one JSON object per line: time,
+            level, logger, message, request_id when known), for log shippers.
+        access_log: None for no access log (the default), "-" for the gateway's log stream,
+            else a file the access lines are appended to.
+        failures_per_second: failed invocations logged per variant and second; beyond it they
+            are counted and one "suppressed K" line follows, so a storm cannot flood the disk.
+        failure_message_chars: how much of a worker's error message a failure line quotes.
+    """
+
+    level: str = "INFO"
+    format: str = "text"
+    access_log: str | None = None
+    failures_per_second: int = 5
+    failure_message_chars: int = 200
+
+
+#: The values `LogSettings.format` (and `--log-format`) may take.
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
 class EdgeSettings:
     """What the gateway's server allows each client connection (splitserve.wiring.edge).
 
@@ -394,6 +441,7 @@ class Settings:
         auth: signature checks on the control and data planes (off by default).
         edge: limits on client connections: count, header time, body bytes in flight.
         cloudwatch: CloudWatch's API: retention of per-minute figures, limits, alarms.
+        logs: the log's level and format, the access log, failure-line rates.
     """
 
     host: str = "127.0.0.1"
@@ -414,11 +462,17 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     cloudwatch: CloudWatchSettings = field(default_factory=CloudWatchSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
 
     @property
     def state_file(self) -> Path:
         """The control plane's SQLite file, inside the state directory."""
         return self.state_dir / STATE_FILE_NAME
+
+    @property
+    def lock_file(self) -> Path:
+        """The file whose lock says which gateway owns the state directory."""
+        return self.state_dir / LOCK_FILE_NAME
 
     def with_state_dir(self, state_dir: Path, model_store: Path | None = None) -> Settings:
         """These settings moved to `state_dir`, with what derives from it: the model store
@@ -427,7 +481,11 @@ class Settings:
             self,
             state_dir=state_dir,
             model_store=state_dir / MODEL_STORE_DIR_NAME if model_store is None else model_store,
-            workers=replace(self.workers, run_dir=state_dir / RUN_DIR_NAME),
+            workers=replace(
+                self.workers,
+                run_dir=state_dir / RUN_DIR_NAME,
+                log_dir=state_dir / LOGS_DIR_NAME,
+            ),
         )
 
 

@@ -180,7 +180,7 @@ async def test_a_non_2xx_answer_is_a_model_error(
         await endpoint.service.invoke(_invocation(endpoint))
     assert raised.value.detail.original_status_code == status
     assert raised.value.detail.original_message == "bad row"
-    assert raised.value.detail.log_stream_arn == "arn:aws:logs:test"
+    assert raised.value.detail.log_stream_arn == "arn:aws:logs:test:log-stream:A-0"
     assert "bad row" in raised.value.message
     counted = endpoint.counted("A")
     assert (counted.invocations, counted.model_errors) == (1, 1)

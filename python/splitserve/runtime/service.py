@@ -37,6 +37,7 @@ from splitserve.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
 )
+from splitserve.runtime.failures import FailureLog
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class InvocationService:
         self._account_id = settings.account.account_id
         self._max_payload = settings.max_payload_bytes
         self._timeout = settings.workers.invocation_timeout_seconds
+        self._failures = FailureLog(
+            settings.logs.failures_per_second, settings.logs.failure_message_chars
+        )
 
     async def invoke(self, request: Invocation) -> InvocationResult:
         """Route `request` to one instance of one variant and return its answer.
@@ -139,14 +143,14 @@ class InvocationService:
             )
         except UpstreamError as error:
             recorder.model_error(0, None)
-            raise self._upstream_failure(error, live.log_stream_arn) from error
+            raise self._upstream_failure(error, live, variant, instance.name) from error
         finally:
             live.router.release(instance)
         model_seconds = perf_counter() - sent
         status = response.status
         if status >= 300:
             recorder.model_error(status, model_seconds)
-            raise _model_error(response, live.log_stream_arn)
+            raise self._model_error(response, live, variant, instance.name)
         recorder.answered(model_seconds, perf_counter() - started - model_seconds)
         content_type, custom_attributes = _answer_headers(response)
         if live.capture is not None:
@@ -213,24 +217,54 @@ class InvocationService:
         if request.sticky_key is not None and not request.sticky_key.isascii():
             raise _not_ascii("X-Splitserve-Sticky-Key")
 
-    def _upstream_failure(self, error: UpstreamError, log_stream_arn: str) -> Exception:
-        """The wire error for a forward that got no complete answer."""
+    def _upstream_failure(
+        self, error: UpstreamError, live: LiveEndpoint, variant: str, instance: str
+    ) -> Exception:
+        """The wire error for a forward that got no complete answer; logged (rate-limited)."""
         if isinstance(error, UpstreamConnectError):
             # The request never reached the worker (it is restarting): retryable, so boto3 retries.
-            log.warning("instance unreachable: %s", error)
+            self._failures.failed(live.name, variant, instance, "unreachable", str(error))
             return ServiceUnavailable("The model instance is not reachable now; try again.")
         if isinstance(error, UpstreamTimeout):
             message = (
                 "Your invocation timed out while waiting for a response from container primary. "
                 "Review the latency metrics for each container, resolve the issue, and try again."
             )
+            self._failures.failed(live.name, variant, instance, "timeout", str(error))
         else:
-            log.warning("broken answer from instance: %s", error)
             message = "The connection to container primary broke before it answered."
+            self._failures.failed(live.name, variant, instance, "broken answer", str(error))
         return ModelError(
             f'Received server error (0) from primary with message "{message}".',
-            ModelErrorDetail(0, message, log_stream_arn),
+            ModelErrorDetail(0, message, log_stream_arn(live, instance)),
         )
+
+    def _model_error(
+        self, response: UpstreamResponse, live: LiveEndpoint, variant: str, instance: str
+    ) -> ModelError:
+        """SageMaker's ModelError for a worker that answered with a non-2xx status; logged
+        (rate-limited)."""
+        status = response.status
+        original = response.body.decode("utf-8", "replace")
+        self._failures.failed(live.name, variant, instance, status, original)
+        kind = "client" if status < 500 else "server"
+        quoted = original[:_QUOTED_BODY_CHARS]
+        arn = log_stream_arn(live, instance)
+        return ModelError(
+            f'Received {kind} error ({status}) from primary with message "{quoted}". '
+            f"See {arn} for more information.",
+            ModelErrorDetail(status, original[:2048], arn),
+        )
+
+
+def log_stream_arn(live: LiveEndpoint, instance: str) -> str:
+    """The LogStreamArn of `instance`'s log: the endpoint's log group, then `:log-stream:` and
+    the instance name less its endpoint (`Variant/g<generation>/<index>`), which is the path of
+    its log file under the state directory's `logs/<endpoint>/` (README, "When something
+    fails")."""
+    prefix = live.name + "/"
+    stream = instance[len(prefix) :] if instance.startswith(prefix) else instance
+    return f"{live.log_stream_arn}:log-stream:{stream}"
 
 
 def _route(live: LiveEndpoint, request: Invocation) -> Route:
@@ -299,16 +333,3 @@ def _forwarded_headers(
                 raise _not_ascii(name)
             headers.append((name.encode(), value.encode("ascii")))
     return tuple(headers)
-
-
-def _model_error(response: UpstreamResponse, log_stream_arn: str) -> ModelError:
-    """SageMaker's ModelError for a worker that answered with a non-2xx status."""
-    status = response.status
-    original = response.body.decode("utf-8", "replace")
-    kind = "client" if status < 500 else "server"
-    quoted = original[:_QUOTED_BODY_CHARS]
-    return ModelError(
-        f'Received {kind} error ({status}) from primary with message "{quoted}". '
-        f"See {log_stream_arn} for more information.",
-        ModelErrorDetail(status, original[:2048], log_stream_arn),
-    )
