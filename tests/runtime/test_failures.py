@@ -28,10 +28,11 @@ LOGGER = "splitserve.invocations"
 def _service(client: FakeClient) -> tuple[InvocationService, LiveEndpoint]:
     name = f"fail-{uuid.uuid4().hex[:12]}"
     instance = f"{name}/A/g1/0"
+    specs = [VariantSpec("A", 1.0, [instance], "RANDOM")]
     live = LiveEndpoint(
         name=name,
         generation=1,
-        router=Router([VariantSpec("A", 1.0, [instance], "RANDOM")], salt=name, seed=1, failover=False),
+        router=Router(specs, salt=name, seed=1, failover=False),
         pools=dict[str, InstanceClient]({instance: client}),
         recorders={"A": VariantRecorder.resolve(name, "A", VariantMinutes(5))},
         log_stream_arn=GROUP,

@@ -16,7 +16,8 @@ format, with no side effects. The boundary:
 - lets aiohttp's own HTTP answers (404, 405, ...) through, with a request id;
 - counts, on the runtime plane, the requests refused before a variant took them
   (splitserve_gateway_errors_total by code): what a variant took is counted by its recorder;
-- gives every answer an x-amzn-RequestId, as AWS's answers have.
+- gives every answer an x-amzn-RequestId, as AWS's answers have, drawn when the request starts
+  and set in `wiring.logs.REQUEST_ID`, so every log line about the request names it.
 
 There is no aiohttp middleware: a middleware chain costs every request two more coroutines and
 the current-app bookkeeping; one wrapper coroutine per handler does the same job for less. The
@@ -47,6 +48,7 @@ from splitserve.errors import (
     wire_error,
 )
 from splitserve.metrics.prometheus import GATEWAY_ERRORS
+from splitserve.wiring.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +115,19 @@ class ErrorBoundary:
         """`handler`, its errors answered by this boundary and its answers given a request id."""
         answer = self.answer
 
+        set_request_id = REQUEST_ID.set
+
         @functools.wraps(handler)
         async def bounded(request: web.Request) -> web.StreamResponse:
+            # Drawn before the handler runs, so every log line about the request carries it
+            # (wiring/logs.py); aiohttp runs each request in its own task, so it ends with it.
+            request_id = next_request_id()
+            set_request_id(request_id)
             try:
                 response = await handler(request)
             except Exception as error:
-                return answer(error)
-            response.headers[REQUEST_ID_HEADER] = next_request_id()
+                return answer(error, request_id)
+            response.headers[REQUEST_ID_HEADER] = request_id
             return response
 
         return bounded
@@ -139,15 +147,16 @@ class ErrorBoundary:
             )
         return bounded
 
-    def answer(self, error: Exception) -> web.Response:
-        """The answer to `error`, raised while handling a request of this plane, with a request
-        id. Call it from an `except` clause.
+    def answer(self, error: Exception, request_id: str | None = None) -> web.Response:
+        """The answer to `error`, raised while handling a request of this plane, with
+        `request_id` (a new one when None). Call it from an `except` clause.
 
         Raises:
             web.HTTPException: `error` itself (given a request id), when it is one of aiohttp's
                 own answers other than 413.
         """
-        request_id = next_request_id()
+        if request_id is None:
+            request_id = next_request_id()
         if isinstance(error, SplitserveError):
             known = error
         elif isinstance(error, web.HTTPRequestEntityTooLarge):

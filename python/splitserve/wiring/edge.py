@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import heapq
 import json
 import logging
@@ -49,6 +50,7 @@ from splitserve.config import EdgeSettings, Settings
 from splitserve.errors import ServiceUnavailable
 from splitserve.metrics.prometheus import EDGE_ENFORCEMENTS
 from splitserve.wiring.boundary import answer_error
+from splitserve.wiring.logs import AccessLog, open_access_log
 
 __all__ = [
     "BodyBudget",
@@ -56,6 +58,7 @@ __all__ = [
     "EdgeLimits",
     "EdgeRunner",
     "EdgeServer",
+    "ListenError",
     "MemoryTrimmer",
     "host_memory_bytes",
     "raise_descriptor_limit",
@@ -78,6 +81,11 @@ _CAP_WARNING_INTERVAL_SECONDS = 60.0
 
 class EdgeLimitError(Exception):
     """The limits cannot work on this host (e.g. a descriptor limit below the reserve)."""
+
+
+class ListenError(Exception):
+    """The gateway cannot listen where it was told (the port is taken, the address is not
+    this host's, ...)."""
 
 
 @dataclass(frozen=True)
@@ -481,7 +489,9 @@ class EdgeRunner(web.AppRunner):
         self, app: web.Application, settings: Settings, limits: EdgeLimits, **kwargs: Any
     ) -> None:
         self._server_kwargs: dict[str, Any] = {
-            "access_log": None,
+            # Off unless --access-log asked for it: aiohttp then skips even the clock reads.
+            "access_log": open_access_log(settings.logs),
+            "access_log_class": AccessLog,
             "keepalive_timeout": settings.edge.keepalive_timeout_seconds,
         }
         super().__init__(app, **self._server_kwargs, **kwargs)
@@ -541,6 +551,8 @@ def run(app: web.Application, settings: Settings, announce: Callable[[str], None
 
     Raises:
         EdgeLimitError: the limits cannot work on this host.
+        ListenError: the address cannot be listened on (the port is taken, ...).
+        LogSetupError: the access log cannot be opened.
         Exception: whatever the application's start-up raises.
     """
     limits = start_limits(settings)
@@ -573,7 +585,18 @@ async def _serve(
         site = web.TCPSite(
             runner, settings.host, settings.port, backlog=settings.edge.listen_backlog
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            hint = (
+                ": another gateway or program has it; stop it or choose another with --port"
+                if error.errno == errno.EADDRINUSE
+                else ""
+            )
+            raise ListenError(
+                f"cannot listen on {settings.host}:{settings.port}: "
+                f"{error.strerror or error}{hint}"
+            ) from None
         announce(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)")
         await asyncio.Event().wait()  # until a signal ends the loop's run
     finally:
