@@ -594,8 +594,7 @@ async def _serve(
                 else ""
             )
             raise ListenError(
-                f"cannot listen on {settings.host}:{settings.port}: "
-                f"{error.strerror or error}{hint}"
+                f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}{hint}"
             ) from None
         announce(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)")
         await asyncio.Event().wait()  # until a signal ends the loop's run

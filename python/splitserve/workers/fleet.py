@@ -288,6 +288,8 @@ class VariantFleet:
                     log_lines_per_second=settings.output_log_lines_per_second,
                 ),
                 startup_timeout_seconds=self.startup_timeout_seconds,
+                # README, "When something fails": the ModelError's LogStreamArn names this file.
+                log_file=(None if settings.log_dir is None else settings.log_dir / f"{name}.log"),
             )
             instance = WorkerInstance(setup, settings, self, resources.listener, resources.ports)
             self._instances[index] = instance

@@ -39,7 +39,13 @@ from typing import Protocol
 from splitserve.config import WorkerSettings
 from splitserve.contract.upstream import UpstreamAddress, UpstreamError, UpstreamPool
 from splitserve.errors import DeploymentError
-from splitserve.workers.process import SpawnLimits, WorkerProcess, WorkerUser, spawn_worker
+from splitserve.workers.process import (
+    OutputFile,
+    SpawnLimits,
+    WorkerProcess,
+    WorkerUser,
+    spawn_worker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +229,8 @@ class InstanceSetup:
             worker user) and removed when it stops.
         limits: how its processes are confined.
         startup_timeout_seconds: how long a new process has to pass its first /ping.
+        log_file: where every line its processes print is kept (rotated; kept after it stops,
+            for the ModelError's LogStreamArn), or None for no file.
     """
 
     name: str
@@ -232,6 +240,7 @@ class InstanceSetup:
     private_dir: Path
     limits: SpawnLimits
     startup_timeout_seconds: float
+    log_file: Path | None = None
 
 
 class WorkerInstance:
@@ -262,6 +271,7 @@ class WorkerInstance:
         self._state = "starting"
         self._restarts = 0
         self._worker: WorkerProcess | None = None
+        self._log_file: OutputFile | None = None
         self._address: UpstreamAddress | None = None
         #: Whether the listener was last told this instance is healthy.
         self._announced = False
@@ -378,6 +388,13 @@ class WorkerInstance:
         setup = self.setup
         try:
             await asyncio.to_thread(_make_private_dir, setup.private_dir, setup.limits.user)
+            if setup.log_file is not None and self._log_file is None:
+                self._log_file = await asyncio.to_thread(
+                    OutputFile,
+                    setup.log_file,
+                    self._settings.log_file_bytes,
+                    self._settings.log_file_backups,
+                )
             launch = self._planner.plan(self)
         except OSError as error:
             # E.g. the gateway out of descriptors or disk: a failed start, retried with backoff.
@@ -392,6 +409,7 @@ class WorkerInstance:
                 environment=launch.environment,
                 cwd=launch.cwd,
                 limits=setup.limits,
+                log_file=self._log_file,
             )
         except OSError as error:
             raise DeploymentError(
@@ -492,6 +510,8 @@ class WorkerInstance:
             status = await worker.stop(settings.stop_grace_seconds)
             logger.info("%s stopped (status %s)", self.name, describe_status(status))
         self._state = "stopped"
+        if self._log_file is not None:
+            self._log_file.close()
         self._ports.release(self.name)
         socket_path = self.setup.socket_path
         await asyncio.to_thread(_remove_instance_files, socket_path, self.setup.private_dir)

@@ -18,7 +18,9 @@ thread (as asyncio does) and keep that loop on the main thread.
 stdout and stderr are merged and kept in a bounded ring of the last lines: they end up in a
 deployment's FailureReason. They are also relayed to the `splitserve.workers.output` log, at most
 `WorkerSettings.output_log_lines_per_second` lines per second per instance: a worker printing a
-traceback per bad request must not flood the gateway's log (the ring keeps every line).
+traceback per bad request must not flood the gateway's log (the ring keeps every line). Every
+line also goes to the instance's own log file when it has one (`OutputFile`: size-bounded, rotated,
+kept across the instance's restarts), which is what a ModelError's LogStreamArn names.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from splitserve.workers import launch
 
@@ -226,6 +229,86 @@ def worker_environment(
     return environment
 
 
+class OutputFile:
+    """An instance's output log file: every line its processes print, rotated by size.
+
+    The file is `path`; once it reaches `max_bytes` it becomes `path.1` (`path.1` becomes
+    `path.2`, ...), keeping `backups` old files, so an instance holds at most
+    `(backups + 1) * max_bytes` bytes of log. Writes are buffered and flushed once per chunk of
+    output read (small appends to the page cache: cheap enough for the event loop's thread).
+    A write that fails (disk full) is logged once and the file is closed: the worker keeps
+    running and its lines still reach the ring and the relay.
+
+    Args:
+        path: the current file; its directory is created (mode 0700: worker output may hold
+            secrets, such as a model's Environment printed at start).
+        max_bytes: the size at which the file is rotated.
+        backups: how many rotated files are kept.
+
+    Raises:
+        OSError: the directory or the file cannot be created (blocking: open it off the loop).
+    """
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self._max_bytes = max_bytes
+        self._backups = backups
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._file: BinaryIO | None = self._open()
+        self._size = self._file.tell()
+
+    def _open(self) -> BinaryIO:
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.fdopen(descriptor, "ab")
+
+    def write(self, line: bytes) -> None:
+        """Append one line (a newline is added), rotating first when the file is full."""
+        file = self._file
+        if file is None:
+            return
+        try:
+            if self._size + len(line) + 1 > self._max_bytes and self._size > 0:
+                file = self._rotate()
+            file.write(line + b"\n")
+            self._size += len(line) + 1
+        except OSError as error:
+            self._fail(error)
+
+    def flush(self) -> None:
+        """Write the buffered lines to the file."""
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError as error:
+                self._fail(error)
+
+    def close(self) -> None:
+        """Flush and close the file (idempotent)."""
+        if self._file is not None:
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                file.close()
+
+    def _rotate(self) -> BinaryIO:
+        if self._file is not None:
+            self._file.close()
+        name = self.path.name
+        # path.N-1 -> path.N, ..., path -> path.1; os.replace drops the oldest on the way.
+        for number in range(self._backups, 0, -1):
+            source = self.path if number == 1 else self.path.with_name(f"{name}.{number - 1}")
+            if source.exists():
+                source.replace(self.path.with_name(f"{name}.{number}"))
+        if self._backups == 0:
+            self.path.unlink(missing_ok=True)
+        self._file = self._open()
+        self._size = 0
+        return self._file
+
+    def _fail(self, error: OSError) -> None:
+        logger.warning("stopped writing %s: %s", self.path, error.strerror or error)
+        self.close()
+
+
 class _OutputRelay:
     """Relays a worker's lines to the log, at most `lines_per_second` per wall-clock second.
 
@@ -280,10 +363,12 @@ class WorkerProcess:
         process: asyncio.subprocess.Process,
         output: OutputRing,
         log_lines_per_second: int,
+        log_file: OutputFile | None = None,
     ) -> None:
         self.name = name
         self.process = process
         self.output = output
+        self._log_file = log_file
         self._relay = _OutputRelay(name, log_lines_per_second)
         self._pump = asyncio.create_task(self._read_output(), name=f"output {name}")
 
@@ -355,10 +440,16 @@ class WorkerProcess:
             if len(pending) > OUTPUT_LINE_CHARS * 4:
                 self._record(pending)
                 pending = b""
+            if self._log_file is not None:
+                self._log_file.flush()
         if pending:
             self._record(pending)
+        if self._log_file is not None:
+            self._log_file.flush()
 
     def _record(self, raw: bytes) -> None:
+        if self._log_file is not None:
+            self._log_file.write(raw)
         line = raw.decode("utf-8", errors="replace").rstrip("\r")
         self.output.append(line)
         self._relay.line(line[:OUTPUT_LINE_CHARS])
@@ -399,6 +490,7 @@ async def spawn_worker(
     environment: Mapping[str, str],
     cwd: Path,
     limits: SpawnLimits,
+    log_file: OutputFile | None = None,
 ) -> WorkerProcess:
     """Start one worker process (see the module docstring for how it is confined).
 
@@ -412,6 +504,7 @@ async def spawn_worker(
         environment: the complete environment (nothing is inherited).
         cwd: its working directory.
         limits: its CPU set, memory cap, user and log rate.
+        log_file: where every line of its output is also kept, if anywhere.
 
     Returns:
         the running worker.
@@ -432,4 +525,9 @@ async def spawn_worker(
         # (uvloop supports no `process_group`.)
         start_new_session=True,
     )
-    return WorkerProcess(name, process, OutputRing(), limits.log_lines_per_second)
+    if log_file is not None:
+        log_file.write(
+            f"--- splitserve: {name} started, pid {process.pid}, "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} ---".encode()
+        )
+    return WorkerProcess(name, process, OutputRing(), limits.log_lines_per_second, log_file)
