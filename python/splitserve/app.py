@@ -2,7 +2,8 @@
 
 One server serves both planes on one port: the SageMaker control plane (POST / with X-Amz-Target),
 the runtime's InvokeEndpoint (POST /endpoints/{name}/invocations), GET /metrics, the per-minute
-table of `splitserve stats` (GET /splitserve/stats/{endpoint}), GET /ping, and CloudWatch's API
+table of `splitserve stats` (GET /splitserve/stats/{endpoint}), each endpoint's weight history
+(GET /splitserve/endpoints/{endpoint}/weights), GET /ping, and CloudWatch's API
 (its Smithy RPC v2 CBOR path, and its JSON 1.0 and query protocols on the POST / it shares with
 the control plane; splitserve.cloudwatch). With an access-key file (`serve --auth`), the control
 plane's handler and CloudWatch's, and with `--auth-data-plane` InvokeEndpoint's, check the
@@ -52,6 +53,7 @@ __all__ = [
     "ping",
     "signed_routes",
     "stats",
+    "weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ def create_app(settings: Settings) -> web.Application:
             [
                 web.get("/metrics", metrics),
                 web.get("/splitserve/stats/{endpoint}", stats),
+                web.get("/splitserve/endpoints/{endpoint}/weights", weights),
                 web.get("/ping", ping),
             ]
         )
@@ -301,6 +304,13 @@ async def stats(request: web.Request) -> web.Response:
     per = _seconds_parameter(request, "per", defaults.default_period_seconds)
     report = request.app[keys.MINUTES].report(request.match_info["endpoint"], since, per)
     return web.json_response(report.to_json())
+
+
+async def weights(request: web.Request) -> web.Response:
+    """GET /splitserve/endpoints/{endpoint}/weights: the endpoint's weight changes, oldest first
+    (`splitserve weights`, `splitserve evaluate --url`; see `ControlService.weight_history`)."""
+    history = await request.app[keys.CONTROL].weight_history(request.match_info["endpoint"])
+    return web.json_response(history)
 
 
 def _seconds_parameter(request: web.Request, name: str, default: int) -> int:

@@ -138,6 +138,9 @@ def test_tags_round_trip_and_a_version_1_file_is_migrated(tmp_path: Path) -> Non
     connection = sqlite3.connect(path)
     try:
         connection.execute("ALTER TABLE endpoints DROP COLUMN tags")
+        connection.execute("DROP TABLE endpoint_weights")
+        connection.execute("ALTER TABLE models DROP COLUMN tags")
+        connection.execute("ALTER TABLE endpoint_configs DROP COLUMN tags")
         connection.execute("UPDATE schema_version SET version = 1")
         connection.commit()
     finally:

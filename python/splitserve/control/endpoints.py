@@ -277,6 +277,33 @@ class EndpointOperations:
             self._lifecycle.spawn(current.name, self._lifecycle.delete(current.name))
         return {}
 
+    async def weight_history(self, endpoint_name: str) -> dict[str, object]:
+        """The endpoint's weight changes, oldest first (GET /splitserve/endpoints/<name>/weights):
+        {EndpointName, EndpointArn, CreationTime, WeightChanges: [{Time, Cause, Weights:
+        [{VariantName, Weight}]}]}. Each change held from its Time until the next one's.
+
+        Raises:
+            ValidationException: `Could not find endpoint` when there is no such endpoint.
+        """
+        record = await self._state.endpoint(endpoint_name)
+        changes = await self._state.run(self._state.store.weight_history, record.name)
+        return {
+            "EndpointName": record.name,
+            "EndpointArn": self._state.arn(ResourceKind.ENDPOINT, record.name),
+            "CreationTime": record.creation_time,
+            "WeightChanges": [
+                {
+                    "Time": change.time,
+                    "Cause": change.cause,
+                    "Weights": [
+                        {"VariantName": variant, "Weight": weight}
+                        for variant, weight in change.weights
+                    ],
+                }
+                for change in changes
+            ],
+        }
+
     def _describe(self, record: EndpointRecord) -> dict[str, object]:
         try:
             instances = self._deployer.instance_details(record.name)

@@ -106,8 +106,14 @@ class EndpointLifecycle:
         while pending := [task for task in self._tasks.values() if not task.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def create(self, record: EndpointRecord, plan: DeploymentPlan) -> None:
-        """Deploy and activate a new (or recovered) endpoint, then InService; Failed on failure."""
+    async def create(
+        self, record: EndpointRecord, plan: DeploymentPlan, cause: str = "CreateEndpoint"
+    ) -> None:
+        """Deploy and activate a new (or recovered) endpoint, then InService; Failed on failure.
+
+        `cause` goes into the weight history with the weights the router was given: a recovery
+        passes "GatewayRestart".
+        """
         self._deployer.pending(record.name)
         try:
             await check_model_data(record.variants, plan)
@@ -124,6 +130,7 @@ class EndpointLifecycle:
             await self._fail(record.name, internal_reason("deploying the endpoint"))
             return
         now = time.time()
+        await self._state.record_weights(record.name, cause, _weights(record.variants), now)
 
         def in_service(current: EndpointRecord) -> EndpointRecord:
             return replace(
@@ -221,6 +228,9 @@ class EndpointLifecycle:
                 last_modified_time=switched,
             )
 
+        await self._state.record_weights(
+            endpoint_name, "UpdateEndpoint", _weights(green_variants), switched
+        )
         await self._state.transition(endpoint_name, green_is_live)
         if bake:
             await asyncio.sleep(bake)
@@ -293,9 +303,9 @@ class EndpointLifecycle:
         failure = f"Failed to update the endpoint's weights and capacities: {reason}"
         try:
             if weights_changed:
-                await self._deployer.set_weights(
-                    endpoint_name, {v.variant_name: v.current_weight for v in before}
-                )
+                previous = {v.variant_name: v.current_weight for v in before}
+                await self._deployer.set_weights(endpoint_name, previous)
+                await self._state.record_weights(endpoint_name, "RollBack", previous, time.time())
             counts = {variant.variant_name: variant.current_instance_count for variant in before}
             for variant in scaled:
                 await self._deployer.scale(
@@ -386,7 +396,7 @@ class EndpointLifecycle:
                 await self._fail(record.name, error.message, locked=True)
                 return
             await self._state.run(self._state.store.put_endpoint, recovered)
-            self.spawn(record.name, self.create(recovered, plan))
+            self.spawn(record.name, self.create(recovered, plan, "GatewayRestart"))
 
     def spawn(self, endpoint_name: str, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as the endpoint's background task; it is logged, never raised, if it fails."""
@@ -419,9 +429,7 @@ class EndpointLifecycle:
     ) -> None:
         """Hand the new weights to the router before answering; on failure, undo and refuse."""
         try:
-            await self._deployer.set_weights(
-                before.name, {variant.variant_name: variant.desired_weight for variant in updated}
-            )
+            await self._deployer.set_weights(before.name, _weights(updated))
         except Exception as error:
             await self._state.run(self._state.store.put_endpoint, before)
             if isinstance(error, SplitserveError):
@@ -431,6 +439,14 @@ class EndpointLifecycle:
             raise ValidationException(
                 "The new weights could not be applied: " + internal_reason("changing the weights")
             ) from error
+        await self._state.record_weights(
+            before.name, "UpdateEndpointWeightsAndCapacities", _weights(updated), time.time()
+        )
+
+
+def _weights(variants: tuple[DeployedVariant, ...]) -> dict[str, float]:
+    """What the router is given for `variants`: each one's DesiredWeight."""
+    return {variant.variant_name: variant.desired_weight for variant in variants}
 
 
 def internal_reason(doing: str) -> str:

@@ -13,6 +13,7 @@ The work is split by what it is about:
   brings them back after a restart);
 - `planning.py`: configurations to variants and deployment plans; `limits.py`: instance limits;
 - `listing.py`: the List operations' filters and pages; `documents.py`: reading requests;
+- `tags.py`: AddTags, ListTags and DeleteTags (and the live `splitserve:failover` tag);
 - `state.py`: the store on its own thread, the lock and the record changes;
 - `validation.py` (with `shapes.py` and `schema.py`): request validation.
 
@@ -34,6 +35,7 @@ from splitserve.control.paths import LocalPathResolver
 from splitserve.control.planning import Planner
 from splitserve.control.state import ControlState
 from splitserve.control.store import Store
+from splitserve.control.tags import TagOperations
 from splitserve.errors import SerializationException, UnknownOperationException
 
 _Handler = Callable[[Mapping[str, object]], Awaitable[dict[str, object]]]
@@ -71,6 +73,8 @@ class ControlService:
         self._lifecycle = EndpointLifecycle(self._state, deployer, planner)
         definitions = DefinitionOperations(self._state, resolver, frozenset(instance_vcpus))
         endpoints = EndpointOperations(self._state, deployer, planner, self._lifecycle)
+        tags = TagOperations(self._state, deployer, settings.account)
+        self._endpoints = endpoints
         self._closed = False
         self._operations: dict[str, _Handler] = {
             "CreateModel": definitions.create_model,
@@ -87,6 +91,9 @@ class ControlService:
             "UpdateEndpoint": endpoints.update_endpoint,
             "UpdateEndpointWeightsAndCapacities": endpoints.update_endpoint_weights_and_capacities,
             "DeleteEndpoint": endpoints.delete_endpoint,
+            "AddTags": tags.add_tags,
+            "ListTags": tags.list_tags,
+            "DeleteTags": tags.delete_tags,
         }
 
     async def start(self) -> None:
@@ -104,6 +111,15 @@ class ControlService:
     async def settle(self) -> None:
         """Wait until no background task runs (tests; an orderly stop that lets deployments end)."""
         await self._lifecycle.settle()
+
+    async def weight_history(self, endpoint_name: str) -> dict[str, object]:
+        """The endpoint's weight changes (splitserve's own, not a SageMaker operation; see
+        `EndpointOperations.weight_history`).
+
+        Raises:
+            ValidationException: `Could not find endpoint` when there is no such endpoint.
+        """
+        return await self._endpoints.weight_history(endpoint_name)
 
     async def dispatch(self, operation: str, body: dict[str, object]) -> dict[str, object]:
         """Serve one operation (the X-Amz-Target after `SageMaker.`) and return its output.

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import ParamSpec, TypeVar
@@ -20,7 +21,9 @@ from splitserve.control.models import (
     ModelRecord,
     ResourceKind,
 )
-from splitserve.control.store import Store
+from splitserve.control.store import Store, WeightChange
+
+log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -81,6 +84,23 @@ class ControlState:
         if record is None:
             raise not_found(ResourceKind.ENDPOINT, self.arn(ResourceKind.ENDPOINT, name))
         return record
+
+    async def record_weights(
+        self, endpoint_name: str, cause: str, weights: Mapping[str, float], at: float
+    ) -> None:
+        """Append the weights the router was just given (at `at`, by `cause`; see
+        `WeightChange`) to the endpoint's history.
+
+        A failure to write is logged, not raised: the router already has the weights, so the
+        operation that gave them has happened; only the history (evaluate's SRM check) lacks it.
+        """
+        change = WeightChange(at, cause, tuple(weights.items()))
+        try:
+            await self.run(self.store.add_weight_change, endpoint_name, change)
+        except Exception:
+            log.exception(
+                "the weight change (%s) of endpoint %s was not recorded", cause, endpoint_name
+            )
 
     async def transition(
         self, endpoint_name: str, change: Callable[[EndpointRecord], EndpointRecord]

@@ -29,24 +29,41 @@ log = logging.getLogger(__name__)
 
 #: The schema this code writes. A file with a higher version is refused; one with a lower version
 #: is brought up to date (`MIGRATIONS`) when it is opened.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 #: The first bytes of every SQLite 3 database file.
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
-SCHEMA = """
+#: Each endpoint's weight changes (schema version 3), in `sequence` order; bounded per endpoint by
+#: config.WEIGHT_HISTORY_LIMIT and deleted with the endpoint (`Store`).
+_WEIGHT_HISTORY = """
+-- No foreign key: put_endpoint replaces the endpoint row, which must not drop its history.
+CREATE TABLE endpoint_weights (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint_key TEXT NOT NULL,
+    time REAL NOT NULL,
+    cause TEXT NOT NULL,
+    weights TEXT NOT NULL
+);
+CREATE INDEX endpoint_weights_by_endpoint ON endpoint_weights (endpoint_key, sequence);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE models (
     name_key TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     creation_time REAL NOT NULL,
-    document TEXT NOT NULL
+    document TEXT NOT NULL,
+    tags TEXT
 );
 CREATE TABLE endpoint_configs (
     name_key TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     creation_time REAL NOT NULL,
-    document TEXT NOT NULL
+    document TEXT NOT NULL,
+    tags TEXT
 );
 CREATE TABLE endpoints (
     name_key TEXT PRIMARY KEY,
@@ -79,11 +96,19 @@ CREATE TABLE endpoint_variants (
     PRIMARY KEY (endpoint_key, role, position)
 );
 """
+    + _WEIGHT_HISTORY
+)
 
 #: The statements that bring a file from version N to N + 1, by N.
 MIGRATIONS = {
     # Version 2 keeps CreateEndpoint's Tags (JSON [[key, value], ...]; NULL for none).
     1: "ALTER TABLE endpoints ADD COLUMN tags TEXT;",
+    # Version 3 keeps each endpoint's weight changes (time, cause, JSON {variant: weight}). A
+    # migrated file starts with no history: what weights were in force before is not known.
+    2: _WEIGHT_HISTORY,
+    # Version 4 keeps the Tags of models and endpoint configurations too (as endpoints' `tags`),
+    # so that AddTags, ListTags and DeleteTags serve all three.
+    3: "ALTER TABLE models ADD COLUMN tags TEXT; ALTER TABLE endpoint_configs ADD COLUMN tags TEXT;",
 }
 
 

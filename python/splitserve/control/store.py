@@ -16,9 +16,11 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from splitserve.config import WEIGHT_HISTORY_LIMIT
 from splitserve.control.models import (
     DeployedVariant,
     EndpointConfigRecord,
@@ -26,6 +28,8 @@ from splitserve.control.models import (
     EndpointStatus,
     ModelRecord,
     PendingDeployment,
+    ResourceKind,
+    Tags,
     VariantStatusEntry,
     name_key,
 )
@@ -39,9 +43,26 @@ from splitserve.control.statefile import (
     prepare,
 )
 
-__all__ = ["SCHEMA_VERSION", "StateFileError", "Store"]
+__all__ = ["SCHEMA_VERSION", "StateFileError", "Store", "WeightChange"]
 
 _Named = TypeVar("_Named", ModelRecord, EndpointConfigRecord)
+
+
+@dataclass(frozen=True)
+class WeightChange:
+    """The weights an endpoint's router was given, when and why.
+
+    Attributes:
+        time: when the router had them (seconds since the epoch); they held until the next change.
+        cause: what gave them: "CreateEndpoint", "UpdateEndpoint",
+            "UpdateEndpointWeightsAndCapacities", "RollBack" (a failed scaling restored the
+            previous weights) or "GatewayRestart" (a restart brought the endpoint back).
+        weights: each live variant's weight, in the endpoint's variant order.
+    """
+
+    time: float
+    cause: str
+    weights: tuple[tuple[str, float], ...]
 
 
 class Store:
@@ -92,13 +113,16 @@ class Store:
     def get_model(self, name: str) -> ModelRecord | None:
         """The model called `name` (any case), or None."""
         row = self._db.execute(
-            "SELECT name, creation_time, document FROM models WHERE name_key = ?", (name_key(name),)
+            "SELECT name, creation_time, document, tags FROM models WHERE name_key = ?",
+            (name_key(name),),
         ).fetchone()
         return None if row is None else _named(ModelRecord, "model", row)
 
     def insert_model(self, record: ModelRecord) -> bool:
         """Add a model; False (and nothing written) if one of that name exists."""
-        return self._insert_named("models", record.name, record.creation_time, record.document)
+        return self._insert_named(
+            "models", record.name, record.creation_time, record.document, record.tags
+        )
 
     def delete_model(self, name: str) -> bool:
         """Remove the model called `name`; False if there was none."""
@@ -106,7 +130,7 @@ class Store:
 
     def list_models(self) -> list[ModelRecord]:
         """Every model, in no particular order."""
-        rows = self._db.execute("SELECT name, creation_time, document FROM models").fetchall()
+        rows = self._db.execute("SELECT name, creation_time, document, tags FROM models").fetchall()
         return [_named(ModelRecord, "model", row) for row in rows]
 
     # --- endpoint configurations ------------------------------------------------------------------
@@ -114,7 +138,7 @@ class Store:
     def get_endpoint_config(self, name: str) -> EndpointConfigRecord | None:
         """The endpoint configuration called `name` (any case), or None."""
         row = self._db.execute(
-            "SELECT name, creation_time, document FROM endpoint_configs WHERE name_key = ?",
+            "SELECT name, creation_time, document, tags FROM endpoint_configs WHERE name_key = ?",
             (name_key(name),),
         ).fetchone()
         return None if row is None else _named(EndpointConfigRecord, "endpoint configuration", row)
@@ -122,7 +146,7 @@ class Store:
     def insert_endpoint_config(self, record: EndpointConfigRecord) -> bool:
         """Add an endpoint configuration; False (and nothing written) if the name exists."""
         return self._insert_named(
-            "endpoint_configs", record.name, record.creation_time, record.document
+            "endpoint_configs", record.name, record.creation_time, record.document, record.tags
         )
 
     def delete_endpoint_config(self, name: str) -> bool:
@@ -132,7 +156,7 @@ class Store:
     def list_endpoint_configs(self) -> list[EndpointConfigRecord]:
         """Every endpoint configuration, in no particular order."""
         rows = self._db.execute(
-            "SELECT name, creation_time, document FROM endpoint_configs"
+            "SELECT name, creation_time, document, tags FROM endpoint_configs"
         ).fetchall()
         return [_named(EndpointConfigRecord, "endpoint configuration", row) for row in rows]
 
@@ -163,13 +187,78 @@ class Store:
             self._write_endpoint(db, record)
 
     def delete_endpoint(self, name: str) -> bool:
-        """Remove the endpoint called `name` and its variants; False if there was none."""
-        return self._delete("endpoints", name)
+        """Remove the endpoint called `name`, its variants and its weight history; False if
+        there was none."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM endpoint_weights WHERE endpoint_key = ?", (name_key(name),))
+            cursor = db.execute("DELETE FROM endpoints WHERE name_key = ?", (name_key(name),))
+            return cursor.rowcount == 1
+
+    # --- weight history ---------------------------------------------------------------------------
+
+    def add_weight_change(self, name: str, change: WeightChange) -> None:
+        """Append a weight change to the endpoint's history, dropping the oldest ones beyond
+        config.WEIGHT_HISTORY_LIMIT, in one transaction."""
+        key = name_key(name)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO endpoint_weights (endpoint_key, time, cause, weights) "
+                "VALUES (?, ?, ?, ?)",
+                (key, change.time, change.cause, _encode(dict(change.weights))),
+            )
+            db.execute(
+                "DELETE FROM endpoint_weights WHERE endpoint_key = ? AND sequence <= ("
+                "SELECT sequence FROM endpoint_weights WHERE endpoint_key = ? "
+                "ORDER BY sequence DESC LIMIT 1 OFFSET ?)",
+                (key, key, WEIGHT_HISTORY_LIMIT),
+            )
+
+    def weight_history(self, name: str) -> list[WeightChange]:
+        """The endpoint's weight changes, oldest first (empty when none was recorded)."""
+        rows = self._db.execute(
+            "SELECT time, cause, weights FROM endpoint_weights WHERE endpoint_key = ? "
+            "ORDER BY sequence",
+            (name_key(name),),
+        ).fetchall()
+        return [_weight_change(name, row) for row in rows]
 
     def list_endpoints(self) -> list[EndpointRecord]:
         """Every endpoint, in no particular order."""
         rows = self._db.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints").fetchall()
         return [self._endpoint(row) for row in rows]
+
+    # --- tags -------------------------------------------------------------------------------------
+
+    def get_tags(self, kind: ResourceKind, name: str) -> Tags | None:
+        """The tags of the resource `name` of `kind` (any case); None if there is no such one."""
+        row = self._db.execute(
+            f"SELECT tags FROM {_TAGGED_TABLES[kind]} WHERE name_key = ?", (name_key(name),)
+        ).fetchone()
+        return None if row is None else _tags(row[0])
+
+    def change_tags(
+        self, kind: ResourceKind, name: str, change: Callable[[Tags], Tags]
+    ) -> tuple[Tags, Tags] | None:
+        """Replace the resource's tags by `change(its tags)` in one transaction.
+
+        Nothing else of the resource is written. An exception from `change` (a refused change)
+        rolls the transaction back and propagates.
+
+        Returns:
+            the tags before and after; None (nothing written) if there is no such resource.
+        """
+        table = _TAGGED_TABLES[kind]
+        key = name_key(name)
+        with self._transaction() as db:
+            row = db.execute(f"SELECT tags FROM {table} WHERE name_key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            before = _tags(row[0])
+            after = change(before)
+            db.execute(
+                f"UPDATE {table} SET tags = ? WHERE name_key = ?", (_encode_tags(after), key)
+            )
+            return before, after
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -183,6 +272,9 @@ class Store:
             self.list_models()
             self.list_endpoint_configs()
             self.list_endpoints()
+            keys = self._db.execute("SELECT DISTINCT endpoint_key FROM endpoint_weights")
+            for (key,) in keys.fetchall():
+                self.weight_history(str(key))
         except StateFileError as error:
             raise corrupt(self._path, error.message) from error
         except sqlite3.Error as error:
@@ -206,13 +298,18 @@ class Store:
         db.execute("COMMIT")
 
     def _insert_named(
-        self, table: str, name: str, creation_time: float, document: Mapping[str, object]
+        self,
+        table: str,
+        name: str,
+        creation_time: float,
+        document: Mapping[str, object],
+        tags: Tags,
     ) -> bool:
         with self._transaction() as db:
             cursor = db.execute(
-                f"INSERT OR IGNORE INTO {table} (name_key, name, creation_time, document) "
-                "VALUES (?, ?, ?, ?)",
-                (name_key(name), name, creation_time, _encode(document)),
+                f"INSERT OR IGNORE INTO {table} (name_key, name, creation_time, document, tags) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name_key(name), name, creation_time, _encode(document), _encode_tags(tags)),
             )
             return cursor.rowcount == 1
 
@@ -248,7 +345,7 @@ class Store:
                         "DataCapture": pending.data_capture,
                     }
                 ),
-                json.dumps([list(tag) for tag in record.tags]) if record.tags else None,
+                _encode_tags(record.tags),
             ),
         )
         rows = [("live", position, v) for position, v in enumerate(record.variants)]
@@ -346,14 +443,37 @@ _ENDPOINT_COLUMNS = (
 )
 
 
+#: The table of each kind of resource (every one keeps its tags in a `tags` column).
+_TAGGED_TABLES = {
+    ResourceKind.MODEL: "models",
+    ResourceKind.ENDPOINT_CONFIG: "endpoint_configs",
+    ResourceKind.ENDPOINT: "endpoints",
+}
+
+
 def _named(
-    record: Callable[[str, float, dict[str, object]], _Named], kind: str, row: tuple[object, ...]
+    record: Callable[[str, float, dict[str, object], Tags], _Named],
+    kind: str,
+    row: tuple[object, ...],
 ) -> _Named:
     """A model or endpoint configuration row as its record; StateFileError names a bad one."""
     try:
-        return record(str(row[0]), _float(row[1]), _decode(row[2]))
+        return record(str(row[0]), _float(row[1]), _decode(row[2]), _tags(row[3]))
     except StateFileError as error:
         raise StateFileError(f"{kind} {row[0]!r}: {error.message}") from error
+
+
+def _weight_change(name: str, row: tuple[object, ...]) -> WeightChange:
+    """A weight-history row as its record; StateFileError names the endpoint of a bad one."""
+    try:
+        weights = _decode(row[2])
+        return WeightChange(
+            time=_float(row[0]),
+            cause=str(row[1]),
+            weights=tuple((str(variant), _float(weight)) for variant, weight in weights.items()),
+        )
+    except StateFileError as error:
+        raise StateFileError(f"weight history of endpoint {name!r}: {error.message}") from error
 
 
 def _variant(row: tuple[object, ...]) -> DeployedVariant:
@@ -408,7 +528,12 @@ def _decode(text: object) -> dict[str, object]:
     return document
 
 
-def _tags(text: object) -> tuple[tuple[str, str], ...]:
+def _encode_tags(tags: Tags) -> str | None:
+    """Tags as stored: JSON [[key, value], ...]; NULL for none."""
+    return json.dumps([list(tag) for tag in tags]) if tags else None
+
+
+def _tags(text: object) -> Tags:
     if text is None:
         return ()
     try:
