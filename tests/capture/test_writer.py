@@ -354,3 +354,15 @@ def test_disk_errors_are_counted_not_raised(
         assert writer.close()
     assert dropped("disk-error") == 3
     assert len([r for r in caplog.records if "cannot write capture" in r.getMessage()]) == 1
+
+
+def test_a_targeted_request_is_marked_where_sagemaker_readers_ignore_it(tmp_path: Path) -> None:
+    writer = CaptureWriter(CaptureSettings(), clock=lambda: FIXED_TIME)
+    sink = make_sink(writer, "my-endpoint", capture_config(tmp_path))
+    offer(sink, inference_id="weighted")
+    sink.offer(VARIANT, "text/csv", "targeted", b"1\n", b"0.5", b"text/csv", targeted=True)
+    assert writer.close()
+    by_id = {r["eventMetadata"]["inferenceId"]: r["eventMetadata"] for r in read_records(tmp_path)}
+    # A weighted request's record is SageMaker's exactly; a targeted one says so in its metadata.
+    assert set(by_id["weighted"]) == {"eventId", "inferenceId", "inferenceTime"}
+    assert by_id["targeted"]["splitserve"] == {"targeted": True}

@@ -63,9 +63,17 @@ _ERROR_LOG_INTERVAL_SECONDS = 60.0
 # One queued record, a plain tuple so the request path builds it cheaply:
 # (target, inference time (epoch seconds), request Content-Type, InferenceId, request body or None
 #  when input is not captured, response body or None when output is not captured, response
-#  Content-Type, weight in bytes for the queue's bound).
+#  Content-Type, weight in bytes for the queue's bound, whether the caller named the variant).
 _Record = tuple[
-    "_VariantTarget", float, str | None, str | None, bytes | None, bytes | None, bytes | None, int
+    "_VariantTarget",
+    float,
+    str | None,
+    str | None,
+    bytes | None,
+    bytes | None,
+    bytes | None,
+    int,
+    bool,
 ]
 
 
@@ -116,6 +124,7 @@ class CaptureSink:
         body: bytes,
         response_body: bytes,
         response_content_type: bytes | None,
+        targeted: bool = False,
     ) -> None:
         """Capture one successful invocation if the sampling draw selects it. Never blocks, never
         raises: a record the writer's queue has no room for is dropped and counted.
@@ -127,6 +136,9 @@ class CaptureSink:
             body: the request payload.
             response_body: the model's answer.
             response_content_type: the answer's Content-Type header, if it had one.
+            targeted: the caller chose the variant (TargetVariant), so the weights did not; the
+                record says so (`encode_record`) and `splitserve evaluate` leaves it out of the
+                split check.
         """
         if self._fraction < 1.0 and self._draw() >= self._fraction:
             return
@@ -149,6 +161,7 @@ class CaptureSink:
             captured_response,
             response_content_type,
             weight,
+            targeted,
         )
         if not self._writer.enqueue(record):
             target.dropped.inc()
@@ -418,8 +431,14 @@ class _CaptureFiles:
 
 
 def encode_record(record: _Record) -> bytes:
-    """One capture record as its JSON line (with the newline), in SageMaker's format."""
-    (target, when, content_type, inference_id, body, response_body, response_type, _) = record
+    """One capture record as its JSON line (with the newline), in SageMaker's format.
+
+    A request that named its variant (TargetVariant) also has `"splitserve": {"targeted": true}`
+    in its eventMetadata: SageMaker's records have no such field, so readers of its format ignore
+    it, and records of weighted requests are exactly SageMaker's (README, "Data capture").
+    """
+    (target, when, content_type, inference_id, body, response_body, response_type) = record[:7]
+    targeted = record[8]
     capture_data: dict[str, dict[str, str]] = {}
     if body is not None:
         capture_data["endpointInput"] = _payload(
@@ -430,10 +449,12 @@ def encode_record(record: _Record) -> bytes:
             DEFAULT_CONTENT_TYPE if response_type is None else response_type.decode("latin-1")
         )
         capture_data["endpointOutput"] = _payload("OUTPUT", observed, response_body, target)
-    metadata = {"eventId": str(uuid.uuid4())}
+    metadata: dict[str, object] = {"eventId": str(uuid.uuid4())}
     if inference_id is not None:
         metadata["inferenceId"] = inference_id
     metadata["inferenceTime"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    if targeted:
+        metadata["splitserve"] = {"targeted": True}
     document = {"captureData": capture_data, "eventMetadata": metadata, "eventVersion": "0"}
     return json.dumps(document, separators=(",", ":")).encode() + b"\n"
 

@@ -163,6 +163,7 @@ class InvocationService:
                 request.body,
                 response.body,
                 content_type,
+                request.target_variant is not None,
             )
         return InvocationResult(
             variant=variant,
