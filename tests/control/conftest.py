@@ -47,6 +47,7 @@ class RecordingDeployer:
         weights: the weights the router would hold, per endpoint.
         counts: the instance count per (endpoint, variant) of the live generation.
         unroutable: what `pending` (None) and `failed` (the reason) last said of each endpoint.
+        failover: what `set_failover` last said of each endpoint.
     """
 
     calls: list[tuple[str, str, object]] = field(default_factory=list)
@@ -56,6 +57,7 @@ class RecordingDeployer:
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     details: dict[str, dict[str, list[dict[str, object]]]] = field(default_factory=dict)
     unroutable: dict[str, str | None] = field(default_factory=dict)
+    failover: dict[str, bool] = field(default_factory=dict)
     _failures: dict[str, list[BaseException]] = field(default_factory=dict)
     _gates: dict[str, asyncio.Event] = field(default_factory=dict)
     _entered: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -116,6 +118,11 @@ class RecordingDeployer:
         """Record the new weights."""
         await self._enter("set_weights", endpoint_name, dict(weights))
         self.weights[endpoint_name] = dict(weights)
+
+    async def set_failover(self, endpoint_name: str, failover: bool) -> None:
+        """Record the new failover setting."""
+        await self._enter("set_failover", endpoint_name, failover)
+        self.failover[endpoint_name] = failover
 
     async def scale(self, endpoint_name: str, variant_name: str, instance_count: int) -> None:
         """Record the new count."""

@@ -38,6 +38,11 @@ _PLAUSIBLE_TEXT = [
     "file:///tmp/x",
     "ALL_AT_ONCE",
     "DesiredWeight",
+    "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ab",
+    "arn:aws:sagemaker:us-east-1:123456789012:model/m1",
+    "splitserve:failover",
+    "true",
+    "aws:x",
     "",
 ]
 _PLAUSIBLE = st.sampled_from(
@@ -123,6 +128,18 @@ _VALID: dict[str, dict[str, object]] = {
         ],
     },
     "DeleteEndpoint": {"EndpointName": "ab"},
+    "AddTags": {
+        "ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ab",
+        "Tags": [{"Key": "splitserve:failover", "Value": "true"}, {"Key": "team", "Value": "ml"}],
+    },
+    "ListTags": {
+        "ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/ab-cfg",
+        "MaxResults": 50,
+    },
+    "DeleteTags": {
+        "ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:model/m1",
+        "TagKeys": ["team", "splitserve:failover"],
+    },
 }
 
 

@@ -19,6 +19,7 @@ from splitserve.control.documents import (
     not_found,
     optional_mapping,
     single_container,
+    tag_pairs,
     text,
 )
 from splitserve.control.listing import Listed, paginate
@@ -66,7 +67,7 @@ class DefinitionOperations:
         document = {
             key: value for key, value in request.items() if key not in ("ModelName", "Tags")
         }
-        record = ModelRecord(name, time.time(), document)
+        record = ModelRecord(name, time.time(), document, tag_pairs(request.get("Tags")))
         arn = self._state.arn(ResourceKind.MODEL, name)
         if not await self._state.run(self._state.store.insert_model, record):
             raise ValidationException(f'Cannot create already existing model "{arn}".')
@@ -169,7 +170,7 @@ class DefinitionOperations:
             for key, value in request.items()
             if key not in ("EndpointConfigName", "Tags")
         }
-        record = EndpointConfigRecord(name, time.time(), document)
+        record = EndpointConfigRecord(name, time.time(), document, tag_pairs(request.get("Tags")))
         if not await self._state.run(self._state.store.insert_endpoint_config, record):
             raise ValidationException(
                 f'Cannot create already existing endpoint configuration "{arn}".'

@@ -61,7 +61,8 @@ class DeploymentPlan:
         data_capture: the configuration's DataCaptureConfig, None when it has none (a record with
             `enable_capture` False is configured but stopped).
         failover: route an untargeted request whose variant has no healthy instance to another
-            variant (the endpoint's `splitserve:failover` tag); off by default.
+            variant (the endpoint's `splitserve:failover` tag when the plan was made; a later
+            `Deployer.set_failover` wins); off by default.
     """
 
     endpoint_name: str
@@ -99,6 +100,12 @@ class Deployer(Protocol):
 
     async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:
         """Replace the live generation's weights (every variant's) atomically in its router."""
+        ...
+
+    async def set_failover(self, endpoint_name: str, failover: bool) -> None:
+        """Turn failover on or off for the endpoint (its `splitserve:failover` tag changed): at
+        once in every generation it runs, and in every generation deployed later until `remove`,
+        whatever their plans say (a plan made before the tag changed may still be deploying)."""
         ...
 
     async def scale(self, endpoint_name: str, variant_name: str, instance_count: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from splitserve.control.models import FAILOVER_TAG, ResourceKind
+from splitserve.control.models import FAILOVER_TAG, ResourceKind, Tags
 from splitserve.control.validation import check_environment, member_path
 from splitserve.errors import ValidationException
 
@@ -56,17 +56,34 @@ def not_found(kind: ResourceKind, arn: str) -> ValidationException:
     return ValidationException(f'Could not find {kind.description} "{arn}".')
 
 
-def endpoint_tags(value: object) -> tuple[tuple[str, str], ...]:
-    """CreateEndpoint's validated Tags as (Key, Value) pairs; refuses a `splitserve:failover`
-    tag whose value is neither `true` nor `false`, so a typo does not silently leave it off."""
-    tags = tuple((str(tag.get("Key")), str(tag.get("Value", ""))) for tag in mappings(value))
+def tag_pairs(value: object, existing: Tags = ()) -> Tags:
+    """A validated TagList as (Key, Value) pairs added to `existing`: a key given again takes its
+    new value in its old place (tag keys are unique per resource, and case-sensitive)."""
+    merged = dict(existing)
+    for tag in mappings(value):
+        merged[str(tag.get("Key"))] = str(tag.get("Value", ""))
+    return tuple(merged.items())
+
+
+def check_failover_tag(tags: Tags) -> None:
+    """Refuse a `splitserve:failover` tag whose value is neither `true` nor `false` (any case),
+    so a typo does not silently leave failover off."""
     for key, tag_value in tags:
         if key == FAILOVER_TAG and tag_value.lower() not in ("true", "false"):
             raise ValidationException(
                 f"The tag {FAILOVER_TAG} must have the value true or false, not "
                 f"'{tag_value[:100]}'."
             )
+
+
+def endpoint_tags(value: object) -> Tags:
+    """CreateEndpoint's validated Tags as (Key, Value) pairs (`tag_pairs`), with the
+    `splitserve:failover` tag checked (`check_failover_tag`)."""
+    tags = tag_pairs(value)
+    check_failover_tag(tags)
     return tags
+
+
 
 
 def single_container(request: Mapping[str, object]) -> tuple[Mapping[str, object], str]:

@@ -30,8 +30,9 @@ class EndpointStatus(enum.StrEnum):
     UPDATE_ROLLBACK_FAILED = "UpdateRollbackFailed"
 
 
-#: The CreateEndpoint tag that turns failover on (`true`) for the endpoint: an untargeted request
-#: whose variant has no healthy instance is routed to another variant instead of failing with 503.
+#: The endpoint tag (CreateEndpoint, AddTags, DeleteTags) that turns failover on (`true`): an
+#: untargeted request whose variant has no healthy instance is routed to another variant instead of
+#: failing with 503. AddTags and DeleteTags change it on the live router (`Deployer.set_failover`).
 FAILOVER_TAG = "splitserve:failover"
 
 #: An endpoint in one of these has a background task working on it: no update, no delete.
@@ -65,6 +66,10 @@ class ResourceKind(enum.Enum):
         )
 
 
+#: A resource's tags: (Key, Value) pairs, keys unique, in the order they were first added.
+Tags = tuple[tuple[str, str], ...]
+
+
 def failover_enabled(tags: Iterable[tuple[str, str]]) -> bool:
     """Whether (Key, Value) `tags` hold `splitserve:failover` = `true` (any case)."""
     return any(key == FAILOVER_TAG and value.lower() == "true" for key, value in tags)
@@ -77,11 +82,13 @@ def name_key(name: str) -> str:
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """A model: its name, creation time and the validated CreateModel request (without Tags)."""
+    """A model: its name, creation time, the validated CreateModel request (without Tags) and
+    its tags (CreateModel's, then as AddTags and DeleteTags changed them)."""
 
     name: str
     creation_time: float
     document: Mapping[str, object]
+    tags: Tags = ()
 
     def container(self) -> Mapping[str, object]:
         """The one container splitserve runs: PrimaryContainer, or the one entry of Containers."""
@@ -97,11 +104,13 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class EndpointConfigRecord:
-    """An endpoint configuration and the validated request that created it (without Tags)."""
+    """An endpoint configuration, the validated request that created it (without Tags) and its
+    tags (CreateEndpointConfig's, then as AddTags and DeleteTags changed them)."""
 
     name: str
     creation_time: float
     document: Mapping[str, object]
+    tags: Tags = ()
 
     def production_variants(self) -> list[Mapping[str, object]]:
         """The ProductionVariants as validated (every entry has the classic-variant members)."""
@@ -179,8 +188,8 @@ class EndpointRecord:
         deployment_config: the DeploymentConfig last given (LastDeploymentConfig).
         failure_reason: why the endpoint Failed, or why its last update failed (while InService).
         pending: the green generation of a blue/green update that has not taken traffic yet.
-        tags: CreateEndpoint's Tags as (Key, Value) pairs; `splitserve:failover` is read from
-            them (see `failover`).
+        tags: CreateEndpoint's Tags as (Key, Value) pairs, then as AddTags and DeleteTags
+            changed them; `splitserve:failover` is read from them (see `failover`).
     """
 
     name: str
@@ -194,9 +203,9 @@ class EndpointRecord:
     deployment_config: Mapping[str, object] | None = None
     failure_reason: str | None = None
     pending: PendingDeployment | None = None
-    tags: tuple[tuple[str, str], ...] = ()
+    tags: Tags = ()
 
     @property
     def failover(self) -> bool:
-        """Whether the endpoint was created with the tag `splitserve:failover` = `true`."""
+        """Whether the endpoint's tag `splitserve:failover` is `true`."""
         return failover_enabled(self.tags)

@@ -48,16 +48,17 @@ VARIANT_NAME = StringShape("VariantName", max_length=MAX_NAME_LENGTH, pattern=_N
 BOOLEAN = BooleanShape("Boolean")
 TIMESTAMP = TimestampShape("Timestamp")
 
+_TAG_KEY = StringShape(
+    "TagKey",
+    min_length=1,
+    max_length=128,
+    pattern=r"([\p{L}\p{Z}\p{N}_.:/=+\-@]*)",
+    matcher=_is_tag_text,
+)
 _TAG = StructureShape(
     "Tag",
     {
-        "Key": StringShape(
-            "TagKey",
-            min_length=1,
-            max_length=128,
-            pattern=r"([\p{L}\p{Z}\p{N}_.:/=+\-@]*)",
-            matcher=_is_tag_text,
-        ),
+        "Key": _TAG_KEY,
         "Value": StringShape(
             "TagValue",
             max_length=256,
@@ -68,6 +69,9 @@ _TAG = StructureShape(
     required=frozenset({"Key", "Value"}),
 )
 TAG_LIST = ListShape("TagList", _TAG, max_length=50)
+RESOURCE_ARN = StringShape(
+    "ResourceArn", max_length=256, pattern=r"arn:aws[a-z-]*:sagemaker:[a-z0-9-]*:[0-9]{12}:.+"
+)
 
 ROLE_ARN = StringShape(
     "RoleArn",
@@ -500,6 +504,31 @@ LIST_ENDPOINTS = StructureShape(
 )
 
 
+ADD_TAGS = StructureShape(
+    "AddTagsInput",
+    {"ResourceArn": RESOURCE_ARN, "Tags": TAG_LIST},
+    required=frozenset({"ResourceArn", "Tags"}),
+)
+LIST_TAGS = StructureShape(
+    "ListTagsInput",
+    {
+        "ResourceArn": RESOURCE_ARN,
+        "NextToken": StringShape("NextToken", max_length=8192, pattern=r".*"),
+        # The model gives a minimum only: a page of 50 holds every tag a resource can have.
+        "MaxResults": IntegerShape("ListTagsMaxResults", minimum=50),
+    },
+    required=frozenset({"ResourceArn"}),
+)
+DELETE_TAGS = StructureShape(
+    "DeleteTagsInput",
+    {
+        "ResourceArn": RESOURCE_ARN,
+        "TagKeys": ListShape("TagKeyList", _TAG_KEY, min_length=1, max_length=50),
+    },
+    required=frozenset({"ResourceArn", "TagKeys"}),
+)
+
+
 def _by_name(shape_name: str, member: str, member_shape: Shape) -> StructureShape:
     return StructureShape(shape_name, {member: member_shape}, required=frozenset({member}))
 
@@ -524,4 +553,7 @@ INPUT_SHAPES: Mapping[str, StructureShape] = {
     "ListEndpoints": LIST_ENDPOINTS,
     "UpdateEndpoint": UPDATE_ENDPOINT,
     "UpdateEndpointWeightsAndCapacities": UPDATE_ENDPOINT_WEIGHTS_AND_CAPACITIES,
+    "AddTags": ADD_TAGS,
+    "ListTags": LIST_TAGS,
+    "DeleteTags": DELETE_TAGS,
 }

@@ -108,7 +108,10 @@ MIGRATIONS = {
     2: _WEIGHT_HISTORY,
     # Version 4 keeps the Tags of models and endpoint configurations too (as endpoints' `tags`),
     # so that AddTags, ListTags and DeleteTags serve all three.
-    3: "ALTER TABLE models ADD COLUMN tags TEXT; ALTER TABLE endpoint_configs ADD COLUMN tags TEXT;",
+    3: """
+ALTER TABLE models ADD COLUMN tags TEXT;
+ALTER TABLE endpoint_configs ADD COLUMN tags TEXT;
+""",
 }
 
 

@@ -54,7 +54,8 @@ class LiveEndpoint:
         name: the endpoint's name.
         generation: which fleet of the endpoint this is (it grows with every UpdateEndpoint).
         router: the Rust router that picks a variant and an instance per request (and fails
-            over, when built so, for the endpoint's `splitserve:failover` tag).
+            over while the endpoint's `splitserve:failover` tag is `true`: AddTags and DeleteTags
+            flip that flag in this very router, so a tag change needs no new LiveEndpoint).
         pools: a client (a keep-alive connection pool) per instance name the router can return.
         recorders: each variant's recorder (metrics and minutes), by variant name.
         log_stream_arn: what ModelError responses name as the log stream.

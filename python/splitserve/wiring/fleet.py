@@ -85,6 +85,8 @@ class FleetDeployer:
         self._minutes = MinuteStore(settings.stats)
         # Endpoint -> the variants whose weight and instance gauges are set (the live ones).
         self._gauged: dict[str, set[str]] = {}
+        # Endpoint -> failover as `set_failover` last said (newer than any plan's), until removed.
+        self._failover: dict[str, bool] = {}
 
     def attach(self, supervisor: Supervisor) -> None:
         """Give the deployer the supervisor that was built with it as its listener."""
@@ -146,7 +148,7 @@ class FleetDeployer:
                     specs,
                     salt=plan.endpoint_name,
                     seed=self._settings.router.seed,
-                    failover=plan.failover,
+                    failover=self._failover.get(plan.endpoint_name, plan.failover),
                 )
         except DeploymentError:
             await asyncio.gather(*(fleet.stop() for fleet in fleets.values()))
@@ -223,6 +225,14 @@ class FleetDeployer:
             VARIANT_WEIGHT.labels(endpoint_name, variant).set(weight)
             VARIANT_DESIRED_WEIGHT.labels(endpoint_name, variant).set(weight)
 
+    async def set_failover(self, endpoint_name: str, failover: bool) -> None:
+        """Turn failover on or off in every router of the endpoint at once (no new table: the
+        instances keep their in-flight counts and health), and in generations deployed later."""
+        self._failover[endpoint_name] = failover
+        for (name, _), generation in self._generations.items():
+            if name == endpoint_name:
+                generation.router.set_failover(failover)
+
     async def scale(self, endpoint_name: str, variant_name: str, instance_count: int) -> None:
         """Grow or shrink one variant of the live generation to `instance_count` instances."""
         generation = self._live_generation(endpoint_name)
@@ -268,6 +278,7 @@ class FleetDeployer:
         for variant in self._gauged.pop(endpoint_name, set()):
             remove_variant_gauges(endpoint_name, variant)
         self._minutes.forget(endpoint_name)
+        self._failover.pop(endpoint_name, None)
 
     def instance_details(self, endpoint_name: str) -> dict[str, list[dict[str, object]]]:
         """Per variant of the live generation: each instance's name, CPUs and state."""
