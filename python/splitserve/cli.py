@@ -6,6 +6,7 @@ splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--
                  [--max-connections N] [--max-inflight-body-bytes N] [--worker-user NAME]
                  [--allow-artifact-path DIR]... [--max-artifact-bytes N] [--max-artifact-files N]
                  [--max-instances-per-variant N] [--max-vcpu-overcommit X]
+                 [--log-level LEVEL] [--log-format text|json] [--access-log [FILE|-]]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
 splitserve evaluate --capture DIR --ground-truth PATH [--endpoint E] [--threshold 0.5] [--json]
                     [--plot FILE.png] [--weights Variant1=1,Variant2=1 | --url URL]
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from splitserve.cli_stats import StatsUnavailable, fetch_report, format_duration, render_table
 from splitserve.config import (
+    LOG_FORMATS,
     STATE_DIRECTORY_MODE,
     EvaluationSettings,
     Settings,
@@ -187,7 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many days of per-minute figures CloudWatch's API keeps in the state directory "
         "(default %(default)s, as CloudWatch keeps one-minute data)",
     )
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--log-level",
+        default=_DEFAULTS.logs.level,
+        type=log_level,
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default %(default)s)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=_DEFAULTS.logs.format,
+        help="text lines, or one JSON object a line (time, level, logger, message, request_id) "
+        "for log shippers (default %(default)s)",
+    )
+    serve.add_argument(
+        "--access-log",
+        nargs="?",
+        const="-",
+        default=_DEFAULTS.logs.access_log,
+        metavar="FILE",
+        help="log a line per request (client, method, path, status, bytes, seconds, request id) "
+        "to FILE, or to the log's stream with - or no FILE (default: no access log)",
+    )
     _add_stats_command(commands)
     _add_evaluate_command(commands)
     return parser
@@ -268,6 +292,16 @@ def positive_count(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
     return int(text)
+
+
+def log_level(text: str) -> str:
+    """A logging level's name (any case), upper-cased."""
+    name = text.strip().upper()
+    if not isinstance(logging.getLevelNamesMapping().get(name), int):
+        raise argparse.ArgumentTypeError(
+            f"not a log level: {text!r} (DEBUG, INFO, WARNING or ERROR)"
+        )
+    return name
 
 
 def retention_days(text: str) -> int:
@@ -388,6 +422,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ),
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
         cloudwatch=replace(_DEFAULTS.cloudwatch, retention_days=args.metrics_retention),
+        logs=replace(
+            _DEFAULTS.logs,
+            level=args.log_level,
+            format=args.log_format,
+            access_log=args.access_log,
+        ),
     )
 
 
@@ -420,31 +460,50 @@ def serve(settings: Settings, *, insecure: bool) -> int:
             "endpoints (--auth-data-plane requires signatures there too)",
             settings.host,
         )
-    # The state directory first, with its own mode (the model store is usually inside it).
-    settings.state_dir.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
-    settings.model_store.mkdir(parents=True, exist_ok=True)
     # The gateway's modules are imported here, not at the top: they load the Rust router and the
     # planes, and `splitserve evaluate` and `stats` must run without either (where the extension
     # was never built: tests/test_architecture.py).
     from splitserve.app import create_app  # noqa: PLC0415
     from splitserve.control.store import StateFileError  # noqa: PLC0415
-    from splitserve.wiring import edge  # noqa: PLC0415
+    from splitserve.wiring import edge, logs  # noqa: PLC0415
     from splitserve.wiring.auth import AuthFileError  # noqa: PLC0415
+    from splitserve.wiring.lock import StateDirInUse, StateDirLock  # noqa: PLC0415
     from splitserve.workers.images import ImageRegistryError  # noqa: PLC0415
     from splitserve.workers.process import WorkerUserError  # noqa: PLC0415
 
+    logs.configure(settings.logs)
     try:
+        # The state directory first, with its own mode (the model store is usually inside it),
+        # then its lock: nothing else may touch the directory while another gateway owns it.
+        settings.state_dir.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+        lock = StateDirLock.acquire(settings.lock_file)
+    except (StateDirInUse, OSError) as error:
+        print(f"splitserve: {_one_line(error)}", file=sys.stderr)
+        return 2
+    try:
+        settings.model_store.mkdir(parents=True, exist_ok=True)
         edge.run(create_app(settings), settings, lambda message: print(message, flush=True))
     except (
         StateFileError,
         ImageRegistryError,
         AuthFileError,
         edge.EdgeLimitError,
+        edge.ListenError,
+        logs.LogSetupError,
         WorkerUserError,
     ) as error:
         print(f"splitserve: {error}", file=sys.stderr)
         return 2
+    finally:
+        lock.release()
     return 0
+
+
+def _one_line(error: Exception) -> str:
+    """`error` as one line: an OSError by its reason and file, anything else by its message."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

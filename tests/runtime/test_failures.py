@@ -87,7 +87,7 @@ def test_a_storm_is_limited_per_variant_then_summed_up(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr(failures.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(failures, "monotonic", lambda: now[0])
     failure_log = FailureLog(per_second=3, message_chars=10)
     caplog.set_level(logging.INFO, LOGGER)
     for _ in range(50):

@@ -3,6 +3,8 @@ and how it reports a routing table the router refuses."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from splitserve._router import Router, VariantSpec
@@ -12,12 +14,19 @@ from splitserve.runtime.registry import EndpointRegistry, Unroutable
 from splitserve.wiring.fleet import FleetDeployer, _router_errors
 
 
-def test_pending_and_failed_endpoints_reach_the_registry() -> None:
+def test_pending_and_failed_endpoints_reach_the_registry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     registry = EndpointRegistry()
     deployer = FleetDeployer(Settings(), registry)
     deployer.pending("e")
     assert registry.unroutable("e") == Unroutable(failure_reason=None)
-    deployer.failed("e", "no CPUs left")
+    with caplog.at_level(logging.WARNING, "splitserve.wiring.fleet"):
+        deployer.failed("e", "no CPUs left")
+    # The reason reaches the log, not only FailureReason.
+    assert [record.getMessage() for record in caplog.records] == [
+        "endpoint e is Failed: no CPUs left"
+    ]
     assert registry.unroutable("e") == Unroutable(failure_reason="no CPUs left")
     assert registry.get("e") is None
     registry.withdraw("e")  # DeleteEndpoint forgets it

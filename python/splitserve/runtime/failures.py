@@ -11,8 +11,8 @@ second the rest are counted, and the variant's next line is preceded by one "sup
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
+from time import monotonic
 
 log = logging.getLogger("splitserve.invocations")
 
@@ -47,7 +47,7 @@ class FailureLog:
         window = self._windows.get((endpoint, variant))
         if window is None:
             window = self._windows[endpoint, variant] = _Window()
-        second = int(time.monotonic())
+        second = int(monotonic())
         if second != window.second:
             window.second = second
             window.used = 0

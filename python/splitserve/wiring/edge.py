@@ -593,8 +593,10 @@ async def _serve(
                 if error.errno == errno.EADDRINUSE
                 else ""
             )
+            # uvloop's message repeats the address; the errno's own text says it once.
+            reason = os.strerror(error.errno) if error.errno else str(error)
             raise ListenError(
-                f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}{hint}"
+                f"cannot listen on {settings.host}:{settings.port}: {reason}{hint}"
             ) from None
         announce(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)")
         await asyncio.Event().wait()  # until a signal ends the loop's run

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from splitserve._router import Router, RouterError, UnknownInstanceError, VariantSpec
@@ -130,8 +130,19 @@ class FleetDeployer:
             await asyncio.gather(*(fleet.stop() for fleet in fleets.values()))
             for failure in failures:
                 if isinstance(failure, DeploymentError):
+                    # The reason goes to the log too, not only to FailureReason (a model that
+                    # does not load, a server that never answers /ping, ...).
+                    log.warning(
+                        "endpoint %s: generation %d did not start: %s",
+                        plan.endpoint_name,
+                        plan.generation,
+                        failure.message,
+                    )
                     raise failure
             raise failures[0]
+        self._warn_of_shared_cpus(
+            plan.endpoint_name, [info for fleet in fleets.values() for info in fleet.instances()]
+        )
         strategies = {v.variant_name: v.routing_strategy for v in plan.variants}
         specs = [
             VariantSpec(
@@ -260,6 +271,9 @@ class FleetDeployer:
             generation.router.replace(specs)
         for name in after.keys() - before:
             self._apply_health(generation, name)
+        self._warn_of_shared_cpus(
+            endpoint_name, [after[name] for name in sorted(after.keys() - before)]
+        )
         # Removed instances were drained by the fleet before it stopped them.
         for name in before - after.keys():
             self._owner.pop(name, None)
@@ -288,20 +302,31 @@ class FleetDeployer:
         generation = self._generations.get((endpoint_name, live.generation))
         if generation is None:
             return {}
-        return {
-            variant: [
-                {"InstanceName": info.name, "Cpus": list(info.cpus), "State": info.state}
-                for info in fleet.instances()
-            ]
-            for variant, fleet in generation.fleets.items()
-        }
+        usage = self._cpu_usage()
+        details: dict[str, list[dict[str, object]]] = {}
+        for variant, fleet in generation.fleets.items():
+            listed = details[variant] = []
+            for info in fleet.instances():
+                shared = [cpu for cpu in info.cpus if usage.get(cpu, 0) > 1]
+                entry: dict[str, object] = {
+                    "InstanceName": info.name,
+                    "Cpus": list(info.cpus),
+                    "SharedCpus": shared,
+                    "State": info.state,
+                }
+                if shared:
+                    entry["Message"] = _shared_cpus_message(shared)
+                listed.append(entry)
+        return details
 
     def pending(self, endpoint_name: str) -> None:
         """The endpoint is being deployed: its requests get a retryable 503 until it is live."""
         self._registry.pending(endpoint_name)
 
     def failed(self, endpoint_name: str, failure_reason: str) -> None:
-        """The endpoint failed: without a live generation its requests get a 400 saying why."""
+        """The endpoint failed: without a live generation its requests get a 400 saying why.
+        The reason is logged as well (also for an endpoint found Failed at start)."""
+        log.warning("endpoint %s is Failed: %s", endpoint_name, failure_reason)
         self._registry.failed(endpoint_name, failure_reason)
 
     def live_instances(self) -> dict[tuple[str, str], list[InstanceInfo]]:
@@ -431,7 +456,44 @@ class FleetDeployer:
             f"/aws/sagemaker/Endpoints/{endpoint_name}"
         )
 
+    def _cpu_usage(self) -> dict[int, int]:
+        """How many running instances each host CPU is given to (nothing before `attach`)."""
+        if self._supervisor is None:
+            return {}
+        return self._supervisor.cpu_allocator.usage()
+
+    def _warn_of_shared_cpus(self, endpoint_name: str, started: list[InstanceInfo]) -> None:
+        """Warn once per deployment or scale-out when instances it started share CPUs with other
+        instances: the host has fewer CPUs than the instances ask for (DescribeEndpoint's
+        instance listing says so too, per instance)."""
+        usage = self._cpu_usage()
+        sharing = [info for info in started if any(usage.get(cpu, 0) > 1 for cpu in info.cpus)]
+        if not sharing:
+            return
+        log.warning(
+            "endpoint %s: %d of the %d instances just started share CPUs with other instances "
+            "(their CPU sets overlap: %s); the host has %d CPUs for instances and they ask for "
+            "more, so they compete for them",
+            endpoint_name,
+            len(sharing),
+            len(started),
+            ", ".join(f"{info.name} on {_cpu_list(info.cpus)}" for info in sharing),
+            len(usage),
+        )
+
     def _require_supervisor(self) -> Supervisor:
         if self._supervisor is None:
             raise RuntimeError("FleetDeployer.attach(supervisor) was not called")
         return self._supervisor
+
+
+def _cpu_list(cpus: Sequence[int]) -> str:
+    return ",".join(str(cpu) for cpu in cpus)
+
+
+def _shared_cpus_message(shared: Sequence[int]) -> str:
+    """What DescribeEndpoint's instance listing says of an instance whose CPUs overlap."""
+    return (
+        f"CPUs {_cpu_list(shared)} are shared with other instances: the host has fewer CPUs than "
+        "the instances ask for, so their CPU sets overlap and they compete for them."
+    )
