@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.helpers import FAST_WAIT, create_two_variant_endpoint, csv_rows
+from tests.e2e.test_faults import create_fault_model, write_images_file
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.http import free_port
 from tests.support.models import ROLE, XGBOOST_IMAGE
@@ -199,3 +200,37 @@ def test_a_failed_endpoint_s_reason_is_logged_and_invoking_it_says_why(
         runtime.invoke_endpoint(EndpointName="gone", Body=b"1", ContentType="text/csv")
     message = raised.value.response["Error"]["Message"]
     assert message.endswith(f"failed and cannot take requests: {reason}")
+
+
+def test_a_model_that_does_not_load_is_logged_with_its_output_kept_in_its_file(
+    tmp_path: Path, model_store: Path
+) -> None:
+    images = write_images_file(tmp_path)
+    with running_gateway(tmp_path / "state", model_store, "--images", str(images)) as gateway:
+        sagemaker = gateway.client("sagemaker")
+        create_fault_model(
+            sagemaker, "unloadable", FAULT_EXIT_AT_START="3", FAULT_EXIT_MESSAGE="no model here"
+        )
+        sagemaker.create_endpoint_config(
+            EndpointConfigName="unloadable",
+            ProductionVariants=[
+                {
+                    "VariantName": "Only",
+                    "ModelName": "unloadable",
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.t2.medium",
+                }
+            ],
+        )
+        sagemaker.create_endpoint(EndpointName="unloadable", EndpointConfigName="unloadable")
+        with pytest.raises(Exception, match="Failed"):
+            sagemaker.get_waiter("endpoint_in_service").wait(
+                EndpointName="unloadable", WaiterConfig=FAST_WAIT
+            )
+        log = gateway.log()
+    assert (
+        "WARNING splitserve.wiring.fleet: endpoint unloadable: generation 1 did not start: " in log
+    )
+    assert "WARNING splitserve.wiring.fleet: endpoint unloadable is Failed: " in log
+    kept = (gateway.state_dir / "logs" / "unloadable" / "Only" / "g1" / "0.log").read_text()
+    assert "no model here" in kept
