@@ -1,4 +1,5 @@
-"""The command line's client for a running gateway (`splitserve stats`, `evaluate --url`).
+"""The command line's client for a running gateway (`splitserve stats`, `splitserve weights`,
+`evaluate --url`).
 
 Blocking (urllib), because a command makes one call and exits; unsigned, so it serves gateways
 started without `--auth`. It imports nothing of the package, so the evaluation (which must run
@@ -53,6 +54,17 @@ class GatewayClient:
         if query:
             url += "?" + urllib.parse.urlencode(query)
         return self._call(url, "GET")
+
+    def weight_history(self, endpoint: str) -> Any:
+        """GET /splitserve/endpoints/<endpoint>/weights: the endpoint's weight changes.
+
+        Raises:
+            GatewayRequestError: no answer, an error answer (`Could not find endpoint ...`), or
+                an answer that is not JSON.
+        """
+        return self.get_json(
+            f"/splitserve/endpoints/{urllib.parse.quote(endpoint, safe='')}/weights"
+        )
 
     def sagemaker(self, operation: str, document: Mapping[str, object]) -> Any:
         """Call a SageMaker control-plane `operation` (e.g. "DescribeEndpoint") with `document`.

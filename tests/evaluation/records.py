@@ -188,6 +188,7 @@ def joined_from_samples(
         unmatched_ground_truth=0,
         captured_by_variant=counts,
         labelled_by_variant=counts,
+        split_by_variant=counts,
     )
     return JoinedData(
         endpoint,
@@ -197,4 +198,5 @@ def joined_from_samples(
         ),
         (),
         accounting,
+        tuple((None, variant) for variant, count in counts.items() for _ in range(count)),
     )

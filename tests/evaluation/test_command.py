@@ -148,8 +148,11 @@ def test_unusable_inputs_exit_2_with_the_reason(
 
 
 def _describe_endpoint(request: Received) -> Answer:
-    """Answers DescribeEndpoint as the gateway does (only the fields the evaluation reads)."""
-    if request.headers["X-Amz-Target"] != "SageMaker.DescribeEndpoint":
+    """Answers DescribeEndpoint as the gateway does (only the fields the evaluation reads), and
+    an empty weight history (a gateway whose state file predates the history)."""
+    if request.method == "GET" and request.path == "/splitserve/endpoints/churn/weights":
+        return Answer(200, json.dumps({"EndpointName": "churn", "WeightChanges": []}).encode())
+    if request.headers.get("X-Amz-Target") != "SageMaker.DescribeEndpoint":
         return Answer(400)
     answer: dict[str, object]
     if json.loads(request.body)["EndpointName"] != "churn":
@@ -180,7 +183,10 @@ def test_weights_from_describe_endpoint(
 ) -> None:
     code, out, err = _evaluate(capsys, walkthrough_sized, "--url", fake_gateway)
     assert code == 0, err
-    assert f"weights from DescribeEndpoint at {fake_gateway} (current weights)" in out
+    assert (
+        f"weights from DescribeEndpoint at {fake_gateway} (current weights: the gateway has no "
+        "weight history for this endpoint)"
+    ) in out
     assert "consistent with the weights" in out
     code, _, err = _evaluate(capsys, walkthrough_sized, "--url", f"http://127.0.0.1:{free_port()}")
     assert code == 2

@@ -63,6 +63,8 @@ class CapturedRequest:
         scores: one model score per input row; None when there is no usable output.
         problem: why `scores` is None.
         source: "file:line", for messages.
+        targeted: the caller named the variant (TargetVariant), so the weights did not choose
+            it: the gateway marks such records with eventMetadata.splitserve.targeted = true.
     """
 
     variant: str
@@ -72,6 +74,7 @@ class CapturedRequest:
     scores: tuple[float, ...] | None
     problem: str | None
     source: str
+    targeted: bool = False
 
     @property
     def join_key(self) -> str | None:
@@ -259,7 +262,13 @@ def _parse_record(line: bytes, variant: str, source: str) -> CapturedRequest:
         scores=scores,
         problem=problem,
         source=source,
+        targeted=_targeted(metadata.get("splitserve")),
     )
+
+
+def _targeted(marker: object) -> bool:
+    """Whether eventMetadata's "splitserve" object says the request named its variant."""
+    return isinstance(marker, dict) and marker.get("targeted") is True
 
 
 def _optional_text(value: object) -> str | None:

@@ -1,10 +1,13 @@
 """What `splitserve evaluate` does once `cli` has read its arguments.
 
-Weights for the sample-ratio check come from `--weights Variant1=1,Variant2=1` or, with `--url`,
-from DescribeEndpoint on a running gateway (each variant's CurrentWeight). The gateway's weights
-are those in force now, which are not those of the capture if they changed since; the report names
-the source so that a reader can tell. `--weights` wins when both are given. DescribeEndpoint is an
-unsigned request, so `--url` serves gateways started without `--auth`; with auth, pass `--weights`.
+Weights for the sample-ratio check come from `--weights Variant1=1,Variant2=1` (constant over the
+capture) or, with `--url`, from the running gateway's weight history of the endpoint
+(GET /splitserve/endpoints/<name>/weights): each request is checked against the weights in force
+when it was served, so a weight shift during the capture raises no false mismatch. A gateway
+without a history for the endpoint (a state file from before splitserve kept one) gives its
+current weights (DescribeEndpoint's CurrentWeight), and the report says so. `--weights` wins when
+both are given; naming a variant the capture does not have is an error. The calls are unsigned,
+so `--url` serves gateways started without `--auth`; with auth, pass `--weights`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -86,6 +90,57 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def gateway_weights(url: str, endpoint: str, timeout: float) -> TrafficWeights:
+    """The endpoint's weight history from the gateway at `url` (see the module docstring).
+
+    Raises:
+        EvaluationInputError: the gateway cannot be reached, answers with an error (its message
+            is passed on), or its answer cannot be read.
+    """
+    try:
+        document = GatewayClient(url, timeout).weight_history(endpoint)
+    except GatewayRequestError as error:
+        if error.status is None:
+            raise EvaluationInputError(error.message) from None
+        raise EvaluationInputError(
+            f"the weight history of {endpoint} at {url} could not be read: {error.message}"
+        ) from None
+    history = parse_weight_history(document, url)
+    if not history:
+        return TrafficWeights(
+            describe_weights(url, endpoint, timeout),
+            f"DescribeEndpoint at {url} (current weights: the gateway has no weight history "
+            "for this endpoint)",
+        )
+    return TrafficWeights(history[-1][1], f"the weight history at {url}", tuple(history))
+
+
+def parse_weight_history(document: object, url: str) -> list[tuple[datetime, dict[str, float]]]:
+    """GET /splitserve/endpoints/<name>/weights's answer as (time, weights) changes, in time order.
+
+    Raises:
+        EvaluationInputError: the answer is not a weight history, or holds a weight that is not a
+            finite number >= 0.
+    """
+    unreadable = EvaluationInputError(f"{url} answered with no readable weight history")
+    changes = document.get("WeightChanges") if isinstance(document, dict) else None
+    if not isinstance(changes, list):
+        raise unreadable
+    history = []
+    try:
+        for change in changes:
+            weights = {
+                str(entry["VariantName"]): float(entry["Weight"]) for entry in change["Weights"]
+            }
+            history.append((datetime.fromtimestamp(float(change["Time"]), UTC), weights))
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        raise unreadable from None
+    for _, weights in history:
+        if not all(math.isfinite(weight) and weight >= 0 for weight in weights.values()):
+            raise EvaluationInputError(f"{url} answered with a weight that is not a number >= 0")
+    return sorted(history, key=lambda change: change[0])
+
+
 def describe_weights(url: str, endpoint: str, timeout: float) -> dict[str, float]:
     """Each production variant's CurrentWeight, from DescribeEndpoint on the gateway at `url`.
 
@@ -123,12 +178,18 @@ def run_evaluation(request: EvaluateRequest, settings: EvaluationSettings) -> Ev
     joined = join(capture, truth)
     weights = None
     if request.weights is not None:
-        weights = TrafficWeights(parse_weights(request.weights), "--weights")
+        given = parse_weights(request.weights)
+        known = set(joined.accounting.captured_by_variant)
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise EvaluationInputError(
+                f"--weights names {', '.join(unknown)}, which the capture of "
+                f"{capture.endpoint} does not have; its variants: "
+                f"{', '.join(sorted(known)) or 'none'}"
+            )
+        weights = TrafficWeights(given, "--weights")
     elif request.url is not None:
-        weights = TrafficWeights(
-            describe_weights(request.url, capture.endpoint, settings.describe_timeout_seconds),
-            f"DescribeEndpoint at {request.url} (current weights)",
-        )
+        weights = gateway_weights(request.url, capture.endpoint, settings.describe_timeout_seconds)
     return Evaluation(evaluate(joined, settings, weights), joined, weights)
 
 

@@ -6,6 +6,12 @@ joins when its id has exactly k labels; row i's score goes with label i.
 
 Records are taken in inference-time order; a join key seen again (a retried request, a replayed
 file) is counted as a duplicate and only its first record is used, so no row is counted twice.
+
+A record without an inferenceId can only join on its eventId, which the gateway drew itself; when
+nothing joins it, it is counted (`without_inference_id`) rather than listed among the examples of
+missing ground truth, since no label could have been sent for it. Targeted records (the caller
+named the variant) join like the others but are left out of the traffic the weights explain
+(`JoinedData.split`, `JoinedData.traffic`), and counted (`targeted`).
 """
 
 from __future__ import annotations
@@ -57,7 +63,10 @@ class JoinAccounting:
         without_output: records with no endpointOutput (Input-only capture).
         unparseable_output: records whose output holds no scores that could be read.
         duplicates: records whose join key an earlier record had (not used).
-        unlabelled: records with scores and no ground truth for their key.
+        unlabelled: records with an inferenceId and scores, and no ground truth for that id.
+        without_inference_id: records with scores but no inferenceId, and no ground truth for
+            their eventId (counted only: a label could not have been sent for them).
+        targeted: records of requests that named their variant (TargetVariant).
         label_count_mismatch: records whose ground truth has another number of labels than rows.
         labelled_requests: records that joined.
         labelled_rows: rows of those records.
@@ -66,6 +75,8 @@ class JoinAccounting:
         unmatched_ground_truth: ground-truth ids that no captured record has.
         captured_by_variant: capture records per variant.
         labelled_by_variant: joined records per variant.
+        split_by_variant: joined records per variant that were not targeted: those the weights
+            chose a variant for, which the sample-ratio check counts.
         examples: up to MAX_EXAMPLES messages for each kind of problem, capture first.
     """
 
@@ -87,6 +98,9 @@ class JoinAccounting:
     captured_by_variant: Mapping[str, int]
     labelled_by_variant: Mapping[str, int]
     examples: tuple[str, ...] = field(default=())
+    without_inference_id: int = 0
+    targeted: int = 0
+    split_by_variant: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,14 +110,18 @@ class JoinedData:
     Attributes:
         endpoint: the endpoint's name.
         samples: one per variant that has capture, sorted by variant name.
-        traffic: (inferenceTime, variant) of every capture record that has a time, in time order.
+        traffic: (inferenceTime, variant) of every untargeted capture record that has a time, in
+            time order.
         accounting: the counts.
+        split: (inferenceTime or None, variant) of every joined untargeted record, in time order:
+            the requests the sample-ratio check counts, with when each was served.
     """
 
     endpoint: str
     samples: tuple[VariantSample, ...]
     traffic: tuple[tuple[datetime, str], ...]
     accounting: JoinAccounting
+    split: tuple[tuple[datetime | None, str], ...] = ()
 
 
 def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
@@ -113,6 +131,7 @@ def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
     scores: dict[str, list[float]] = {}
     labels: dict[str, list[int]] = {}
     labelled_requests: Counter[str] = Counter()
+    split: list[tuple[datetime | None, str]] = []
     problems: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
 
@@ -136,6 +155,9 @@ def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
             note(kind, f"{request.source}: {request.problem}")
             continue
         row_labels = truth.labels.get(key)
+        if row_labels is None and not request.inference_id:
+            problems["without_inference_id"] += 1
+            continue
         if row_labels is None:
             note("unlabelled", f"{request.source}: no ground truth for id {key!r}")
             continue
@@ -149,6 +171,8 @@ def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
         scores[request.variant].extend(request.scores)
         labels[request.variant].extend(row_labels)
         labelled_requests[request.variant] += 1
+        if not request.targeted:
+            split.append((_aware(request.inference_time), request.variant))
 
     samples = tuple(
         VariantSample(
@@ -162,7 +186,7 @@ def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
     traffic = tuple(
         (when, request.variant)
         for request in ordered
-        if (when := _aware(request.inference_time)) is not None
+        if not request.targeted and (when := _aware(request.inference_time)) is not None
     )
     accounting = JoinAccounting(
         capture_files=capture.files,
@@ -187,8 +211,11 @@ def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
             *(message for kept in examples.values() for message in kept),
             *truth.examples,
         ),
+        without_inference_id=problems["without_inference_id"],
+        targeted=sum(1 for request in capture.requests if request.targeted),
+        split_by_variant=dict(sorted(Counter(variant for _, variant in split).items())),
     )
-    return JoinedData(capture.endpoint, samples, traffic, accounting)
+    return JoinedData(capture.endpoint, samples, traffic, accounting, tuple(split))
 
 
 def _aware(moment: datetime | None) -> datetime | None:

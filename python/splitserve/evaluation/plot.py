@@ -105,11 +105,16 @@ def _draw_traffic(axes: Any, joined: JoinedData, weights: TrafficWeights | None)
             centres, shares, marker="o", markersize=3, linewidth=1.5, label=variant
         )
     if weights is not None:
-        total_weight = sum(weights.weights.values())
-        for variant, weight in sorted(weights.weights.items()):
+        # The weights in force at each moment (a step at each recorded change), not today's
+        # weights across the whole axis.
+        pieces = weights.segments(start, joined.traffic[-1][0])
+        for variant in sorted(weights.variants()):
             line = lines.get(variant)
-            axes.axhline(
-                weight / total_weight if total_weight else 0.0,
+            times = [moment for low, high, _ in pieces for moment in (low, high)]
+            shares = [p.get(variant, 0.0) for _, _, p in pieces for _ in range(2)]
+            axes.plot(
+                times,
+                shares,
                 linestyle="--",
                 linewidth=1,
                 color=line.get_color() if line is not None else "grey",

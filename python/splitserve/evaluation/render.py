@@ -114,8 +114,15 @@ def _split_text(sample_ratio: SampleRatio | None, note: str) -> str:
         if sample_ratio.mismatch
         else "consistent with the weights."
     )
+    source = sample_ratio.source
+    if sample_ratio.weight_changes:
+        changes = _count(sample_ratio.weight_changes, "weight change")
+        source += f", the weights in force when each request was served ({changes} meanwhile)"
+    excluded = ""
+    if sample_ratio.excluded_targeted:
+        excluded = f"; {sample_ratio.excluded_targeted} targeted requests (TargetVariant) left out"
     return (
-        f"labelled requests {shares}; weights from {sample_ratio.source}; "
+        f"labelled requests {shares}{excluded}; weights from {source}; "
         f"chi-square {statistic} (df {sample_ratio.degrees_of_freedom}), "
         f"{p_phrase('p', sample_ratio.p_value)}: {conclusion}"
     )
@@ -130,6 +137,9 @@ def _accounting_text(accounting: JoinAccounting) -> list[str]:
         f"{_count(accounting.capture_files, 'file')} "
         f"({captured}); {accounting.labelled_requests} joined; "
         f"{accounting.unlabelled} without ground truth; "
+        f"{accounting.without_inference_id} without an inference id (nothing to join them "
+        "on); "
+        f"{accounting.targeted} targeted (TargetVariant, left out of the traffic split); "
         f"{accounting.label_count_mismatch} with a label count other than their row count; "
         f"{accounting.duplicates} duplicate ids; {accounting.without_output} without output; "
         f"{accounting.unparseable_output} with unparseable output; "

@@ -15,15 +15,23 @@ Choices:
   `EvaluationSettings`, each at the configured power and significance level.
 - The sample-ratio check counts labelled requests: traffic pinned with TargetVariant, or never
   labelled, is not part of the split being compared; labels going missing more often on one
-  variant is itself a mismatch worth an alarm.
+  variant is itself a mismatch worth an alarm. Targeted requests are told apart by the gateway's
+  mark in their capture records and are left out; the report says how many.
+- With a weight history (`evaluate --url`), each request is expected to follow the weights in
+  force when it was served: a variant's expected count is the sum, over the counted requests, of
+  its weight share at each one's inferenceTime. A request served before the first recorded change
+  (a state file from before splitserve kept the history) or without a time is given the first
+  recorded weights. With constant weights (`--weights`) this is the same as count x share.
 """
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from itertools import combinations
+from datetime import datetime
+from itertools import combinations, pairwise
 
 import numpy as np
 
@@ -38,10 +46,51 @@ METRICS = ("accuracy", "precision", "recall", "f1", "auc", "log_loss")
 
 @dataclass(frozen=True)
 class TrafficWeights:
-    """The weights the split is checked against, and where they came from."""
+    """The weights the split is checked against, and where they came from.
+
+    Attributes:
+        weights: constant weights (`--weights`), or the latest of `history`.
+        source: where they came from, for the report.
+        history: the weight changes in time order, each (when it took effect, weights), each
+            holding until the next; empty for constant weights.
+    """
 
     weights: Mapping[str, float]
     source: str
+    history: tuple[tuple[datetime, Mapping[str, float]], ...] = ()
+
+    def at(self, moment: datetime | None) -> Mapping[str, float]:
+        """The weights in force at `moment`: the last change at or before it; the first change
+        for a moment before it or None; the constant weights when there is no history."""
+        if not self.history:
+            return self.weights
+        if moment is None:
+            return self.history[0][1]
+        index = bisect.bisect_right([when for when, _ in self.history], moment)
+        return self.history[max(index - 1, 0)][1]
+
+    def segments(
+        self, start: datetime, end: datetime
+    ) -> list[tuple[datetime, datetime, dict[str, float]]]:
+        """The weight shares in force from `start` to `end`, as (from, to, share by variant)
+        pieces in time order: one piece for constant weights, one per change otherwise. A share
+        is the variant's weight over the sum (0 when every weight is 0)."""
+        cuts = [when for when, _ in self.history if start < when < end]
+        bounds = [start, *cuts, end]
+        pieces = []
+        for low, high in pairwise(bounds):
+            weights = self.at(low)
+            total = sum(weights.values())
+            shares = {name: (w / total if total > 0 else 0.0) for name, w in weights.items()}
+            pieces.append((low, high, shares))
+        return pieces
+
+    def variants(self) -> set[str]:
+        """Every variant that any of the weights names."""
+        names = set(self.weights)
+        for _, weights in self.history:
+            names.update(weights)
+        return names
 
 
 @dataclass(frozen=True)
@@ -115,9 +164,13 @@ class SampleRatio:
 
     Attributes:
         source: where the weights came from.
-        weights: by variant.
-        observed: labelled requests by variant.
-        expected_share: each variant's share under the weights.
+        weights: by variant (the latest, with a weight history).
+        observed: labelled untargeted requests by variant.
+        expected_share: each variant's share under the weights in force when each request was
+            served (with constant weights, its weight over their sum).
+        excluded_targeted: labelled requests left out because they named their variant.
+        weight_changes: how many weight changes took effect while the counted requests were
+            served (0 for constant weights).
         statistic, degrees_of_freedom, p_value: Pearson's chi-square goodness of fit.
         alpha: the p-value below which the split is a mismatch.
         mismatch: whether it is.
@@ -132,6 +185,8 @@ class SampleRatio:
     p_value: float
     alpha: float
     mismatch: bool
+    excluded_targeted: int = 0
+    weight_changes: int = 0
 
 
 @dataclass(frozen=True)
@@ -210,7 +265,7 @@ def evaluate(
         )
         for baseline, challenger in pairs
     )
-    sample_ratio, note = _sample_ratio(joined.accounting, weights, settings.sample_ratio_alpha)
+    sample_ratio, note = _sample_ratio(joined, weights, settings.sample_ratio_alpha)
     return EvaluationReport(
         endpoint=joined.endpoint,
         threshold=settings.threshold,
@@ -475,38 +530,66 @@ def _signed(value: float | None) -> str:
 
 
 def _sample_ratio(
-    accounting: JoinAccounting, weights: TrafficWeights | None, alpha: float
+    joined: JoinedData, weights: TrafficWeights | None, alpha: float
 ) -> tuple[SampleRatio | None, str]:
+    accounting = joined.accounting
     if weights is None:
         return None, (
-            "skipped: no weights given (--weights Variant1=1,Variant2=1, or --url to read them "
-            "from DescribeEndpoint)"
+            "skipped: no weights given (--weights Variant1=1,Variant2=1, or --url to read the "
+            "endpoint's weight history from the gateway)"
         )
-    variants = sorted(set(weights.weights) | set(accounting.labelled_by_variant))
+    split = joined.split
+    excluded = accounting.labelled_requests - len(split)
+    variants = sorted(weights.variants() | set(accounting.labelled_by_variant))
     if len(variants) < 2:
         return None, "skipped: fewer than two variants"
-    observed = {name: accounting.labelled_by_variant.get(name, 0) for name in variants}
-    if sum(observed.values()) == 0:
-        return None, "skipped: no labelled requests"
-    weight_list = [float(weights.weights.get(name, 0.0)) for name in variants]
-    total_weight = sum(weight_list)
-    if total_weight <= 0:
+    observed = dict.fromkeys(variants, 0)
+    for _, variant in split:
+        observed[variant] += 1
+    if not split:
+        reason = "no labelled requests"
+        if excluded:
+            reason = f"no labelled requests that followed the weights ({excluded} targeted)"
+        return None, f"skipped: {reason}"
+    expected = dict.fromkeys(variants, 0.0)
+    for moment, _ in split:
+        in_force = weights.at(moment)
+        total = sum(in_force.values())
+        if total <= 0:
+            # Every weight 0: the gateway refused untargeted requests then, so none is expected;
+            # one that was served anyway still counts as observed, towards a mismatch.
+            continue
+        for name, weight in in_force.items():
+            expected[name] += weight / total
+    if sum(expected.values()) <= 0:
         return None, "skipped: every weight is zero"
-    result = stats.sample_ratio_test([observed[name] for name in variants], weight_list)
+    expected_total = sum(expected.values())
+    result = stats.sample_ratio_test(
+        [observed[name] for name in variants], [expected[name] for name in variants]
+    )
+    changes = _changes_during(weights, [moment for moment, _ in split])
     return (
         SampleRatio(
             source=weights.source,
             weights={name: float(weights.weights.get(name, 0.0)) for name in variants},
             observed=observed,
-            expected_share={
-                name: weight / total_weight
-                for name, weight in zip(variants, weight_list, strict=True)
-            },
+            expected_share={name: expected[name] / expected_total for name in variants},
             statistic=result.statistic,
             degrees_of_freedom=result.degrees_of_freedom,
             p_value=result.p_value,
             alpha=alpha,
             mismatch=result.p_value < alpha,
+            excluded_targeted=excluded,
+            weight_changes=changes,
         ),
         "",
     )
+
+
+def _changes_during(weights: TrafficWeights, moments: list[datetime | None]) -> int:
+    """How many recorded weight changes took effect between the first and last of `moments`."""
+    known = [moment for moment in moments if moment is not None]
+    if not weights.history or not known:
+        return 0
+    first, last = min(known), max(known)
+    return sum(1 for when, _ in weights.history if first < when <= last)
