@@ -68,7 +68,9 @@ _TAG = StructureShape(
     },
     required=frozenset({"Key", "Value"}),
 )
-TAG_LIST = ListShape("TagList", _TAG, max_length=50)
+#: The most tags a TagList holds, and a resource has (SageMaker's limit).
+MAX_TAGS = 50
+TAG_LIST = ListShape("TagList", _TAG, max_length=MAX_TAGS)
 RESOURCE_ARN = StringShape(
     "ResourceArn", max_length=256, pattern=r"arn:aws[a-z-]*:sagemaker:[a-z0-9-]*:[0-9]{12}:.+"
 )
@@ -296,7 +298,7 @@ PRODUCTION_VARIANT = StructureShape(
         "AcceleratorType": "Elastic Inference accelerators are not available.",
         "CoreDumpConfig": "container core dumps are not collected.",
         "ServerlessConfig": "serverless variants are not implemented; give InstanceType and "
-        "InitialInstanceCount.",
+        "InitialInstanceCount instead.",
         "ManagedInstanceScaling": "managed instance scaling (inference components) is not "
         "implemented.",
         "CapacityReservationConfig": "capacity reservations do not apply to local instances.",
@@ -338,7 +340,8 @@ CREATE_ENDPOINT_CONFIG = StructureShape(
     },
     required=frozenset({"EndpointConfigName", "ProductionVariants"}),
     unsupported={
-        "AsyncInferenceConfig": "asynchronous inference is not implemented.",
+        "AsyncInferenceConfig": "asynchronous inference is not implemented; the endpoint answers "
+        "InvokeEndpoint synchronously.",
         "ExplainerConfig": "online explanations (SageMaker Clarify) are not implemented.",
         "CrossRegionTrafficConfig": "there is only one region.",
     },
@@ -445,7 +448,10 @@ UPDATE_ENDPOINT_WEIGHTS_AND_CAPACITIES = StructureShape(
                     ),
                 },
                 required=frozenset({"VariantName"}),
-                unsupported={"ServerlessUpdateConfig": "serverless variants are not implemented."},
+                unsupported={
+                    "ServerlessUpdateConfig": "serverless variants are not implemented; give "
+                    "DesiredInstanceCount instead."
+                },
             ),
             min_length=1,
         ),

@@ -36,13 +36,10 @@ from splitserve.control.models import (
     Tags,
     failover_enabled,
 )
-from splitserve.control.shapes import TAG_LIST
+from splitserve.control.shapes import MAX_TAGS
 from splitserve.control.state import ControlState
 from splitserve.control.validation import validate_request
 from splitserve.errors import SplitserveError, ValidationException
-
-#: The most tags one resource can have (TagList's maximum in SageMaker's model).
-_MAX_TAGS = TAG_LIST.max_length or 50
 
 #: AWS reserves tag keys with this prefix; users can neither add nor delete them.
 _RESERVED_PREFIX = "aws:"
@@ -102,10 +99,10 @@ class TagOperations:
 
         def added(tags: Tags) -> Tags:
             merged = tag_pairs(request.get("Tags"), existing=tags)
-            if len(merged) > _MAX_TAGS:
+            if len(merged) > MAX_TAGS:
                 raise ValidationException(
                     f'Tag limit exceeded: "{arn}" would have {len(merged)} tags; a resource can '
-                    f"have at most {_MAX_TAGS}."
+                    f"have at most {MAX_TAGS}."
                 )
             if kind is ResourceKind.ENDPOINT:
                 check_failover_tag(merged)
@@ -139,7 +136,7 @@ class TagOperations:
         token = request.get("NextToken")
         start = _decode_token(token) if isinstance(token, str) and token else 0
         limit = request.get("MaxResults")
-        limit = limit if isinstance(limit, int) else _MAX_TAGS
+        limit = limit if isinstance(limit, int) else MAX_TAGS
         page = tags[start : start + limit]
         response: dict[str, object] = {
             "Tags": [{"Key": key, "Value": value} for key, value in page]
@@ -213,6 +210,6 @@ def _decode_token(token: str) -> int:
     except (ValueError, UnicodeError, binascii.Error, RecursionError):
         raise invalid from None
     offset = payload.get("Offset") if isinstance(payload, dict) else None
-    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= _MAX_TAGS:
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_TAGS:
         raise invalid
     return offset
