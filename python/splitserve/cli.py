@@ -8,6 +8,7 @@ splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--
                  [--max-instances-per-variant N] [--max-vcpu-overcommit X]
                  [--log-level LEVEL] [--log-format text|json] [--access-log [FILE|-]]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
+splitserve weights ENDPOINT [--json] [--url URL]
 splitserve evaluate --capture DIR --ground-truth PATH [--endpoint E] [--threshold 0.5] [--json]
                     [--plot FILE.png] [--weights Variant1=1,Variant2=1 | --url URL]
 """
@@ -24,7 +25,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from splitserve.cli_stats import StatsUnavailable, fetch_report, format_duration, render_table
+from splitserve.cli_stats import (
+    StatsUnavailable,
+    fetch_report,
+    fetch_weights,
+    format_duration,
+    render_table,
+    render_weights,
+)
 from splitserve.config import (
     LOG_FORMATS,
     STATE_DIRECTORY_MODE,
@@ -213,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to FILE, or to the log's stream with - or no FILE (default: no access log)",
     )
     _add_stats_command(commands)
+    _add_weights_command(commands)
     _add_evaluate_command(commands)
     return parser
 
@@ -251,6 +260,25 @@ def _add_stats_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="the gateway (default %(default)s)",
     )
     stats.set_defaults(log_level="WARNING")
+
+
+def _add_weights_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    weights = commands.add_parser(
+        "weights",
+        help="an endpoint's weight changes (time, cause, weights), from a running gateway",
+        description="One row per change of the weights the endpoint's router was given, oldest "
+        "first: when, what caused it (CreateEndpoint, UpdateEndpoint, "
+        "UpdateEndpointWeightsAndCapacities, RollBack, GatewayRestart) and each variant's weight "
+        "and share. `splitserve evaluate --url` checks the split against these.",
+    )
+    weights.add_argument("endpoint", metavar="ENDPOINT")
+    weights.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
+    weights.add_argument(
+        "--url",
+        default=f"http://{_DEFAULTS.host}:{_DEFAULTS.port}",
+        help="the gateway (default %(default)s)",
+    )
+    weights.set_defaults(log_level="WARNING")
 
 
 _DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
@@ -327,6 +355,18 @@ def stats(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2))
     else:
         sys.stdout.write(render_table(report, errors=args.errors, latency=args.latency))
+    return 0
+
+
+def weights(args: argparse.Namespace) -> int:
+    """Print the endpoint's weight history (or its JSON) from the gateway at `args.url`."""
+    try:
+        document = fetch_weights(args.url, args.endpoint, _DEFAULTS.stats.client_timeout_seconds)
+        text = json.dumps(document, indent=2) + "\n" if args.json else render_weights(document)
+    except StatsUnavailable as error:
+        print(f"splitserve: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
     return 0
 
 
@@ -516,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings_from_args(args), insecure=args.insecure)
     if args.command == "stats":
         return stats(args)
+    if args.command == "weights":
+        return weights(args)
     if args.command == "evaluate":
         return evaluate(args)
     return 2  # argparse refuses unknown commands before this

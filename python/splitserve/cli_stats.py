@@ -1,14 +1,16 @@
-"""The client side of `splitserve stats`: fetch an endpoint's report from a gateway, print it.
+"""The client side of `splitserve stats` and `splitserve weights`: fetch an endpoint's report or
+weight history from a gateway, print it.
 
 Part of the face, beside `cli`: the report model is the gateway's (`metrics.report`), the call goes
 through the command line's one gateway client (`gateway_client`), and this module only turns the
-report into the table a person reads.
+answers into the tables a person reads.
 """
 
 from __future__ import annotations
 
 import urllib.parse
 from datetime import UTC, datetime
+from typing import Any
 
 from splitserve.gateway_client import GatewayClient, GatewayRequestError
 from splitserve.metrics.report import StatsReport
@@ -36,6 +38,63 @@ def fetch_report(
         return StatsReport.from_json(document)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise StatsUnavailable(f"{gateway_url} did not answer with a stats report") from error
+
+
+def fetch_weights(gateway_url: str, endpoint_name: str, timeout: float) -> dict[str, Any]:
+    """GET the endpoint's weight history from a running gateway at `gateway_url` (blocking).
+
+    Raises:
+        StatsUnavailable: no answer, an error answer (its Message), or not a weight history.
+    """
+    try:
+        document = GatewayClient(gateway_url, timeout).weight_history(endpoint_name)
+    except GatewayRequestError as error:
+        raise StatsUnavailable(error.message) from error
+    if not isinstance(document, dict) or not isinstance(document.get("WeightChanges"), list):
+        raise StatsUnavailable(f"{gateway_url} did not answer with a weight history")
+    return document
+
+
+def render_weights(document: dict[str, Any]) -> str:
+    """A weight history (GET /splitserve/endpoints/<name>/weights) as a table: one row per
+    change, its time, cause, and each variant's weight with its share of the total.
+
+    Raises:
+        StatsUnavailable: a change is not {Time, Cause, Weights: [{VariantName, Weight}]}.
+    """
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    variants: list[str] = []
+    try:
+        for change in document["WeightChanges"]:
+            weights = {str(e["VariantName"]): float(e["Weight"]) for e in change["Weights"]}
+            when = datetime.fromtimestamp(float(change["Time"]), UTC)
+            rows.append((when.strftime("%Y-%m-%d %H:%M:%S"), str(change["Cause"]), weights))
+            variants += [name for name in weights if name not in variants]
+    except (KeyError, TypeError, ValueError, OverflowError, OSError) as error:
+        raise StatsUnavailable("the gateway's weight history could not be read") from error
+    name = document.get("EndpointName", "?")
+    if not rows:
+        return f"Endpoint {name}: no weight changes recorded\n"
+    header = ["time (UTC)", "cause", *variants]
+    table = [header]
+    for when, cause, weights in rows:
+        total = sum(weights.values())
+        cells = [
+            ""
+            if variant not in weights
+            else f"{weights[variant]:g} ({weights[variant] / total:.0%})"
+            if total > 0
+            else f"{weights[variant]:g}"
+            for variant in variants
+        ]
+        table.append([when, cause, *cells])
+    widths = [max(len(row[column]) for row in table) for column in range(len(header))]
+    lines = [f"Endpoint {name}: {len(rows)} weight changes, oldest first"]
+    for row in table:
+        left = [cell.ljust(width) for cell, width in zip(row[:2], widths, strict=False)]
+        right = [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(left + right).rstrip())
+    return "\n".join(lines) + "\n"
 
 
 def format_duration(seconds: int) -> str:
