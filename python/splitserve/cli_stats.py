@@ -77,7 +77,7 @@ def render_weights(document: dict[str, Any]) -> str:
         return f"Endpoint {name}: no weight changes recorded\n"
     header = ["time (UTC)", "cause", *variants]
     table = [header]
-    for when, cause, weights in rows:
+    for time_text, cause, weights in rows:
         total = sum(weights.values())
         cells = [
             ""
@@ -87,7 +87,7 @@ def render_weights(document: dict[str, Any]) -> str:
             else f"{weights[variant]:g}"
             for variant in variants
         ]
-        table.append([when, cause, *cells])
+        table.append([time_text, cause, *cells])
     widths = [max(len(row[column]) for row in table) for column in range(len(header))]
     lines = [f"Endpoint {name}: {len(rows)} weight changes, oldest first"]
     for row in table:
