@@ -400,3 +400,54 @@ async def test_unknown_members_are_dropped(service: ControlService) -> None:
     await service.dispatch("CreateModel", {**model_body("m"), "Surprise": {"x": 1}})
     described = await service.dispatch("DescribeModel", {"ModelName": "m"})
     assert "Surprise" not in described
+
+
+async def test_serverless_variant_is_refused_by_name(
+    service: ControlService, settings: Settings
+) -> None:
+    """A serverless variant has no instance type or count by design: the refusal names
+    ServerlessConfig and says what to give instead, rather than asking for the missing count."""
+    write_artifact(settings)
+    await create_model(service, "m1")
+    serverless = {
+        "VariantName": "A",
+        "ModelName": "m1",
+        "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5},
+    }
+    with pytest.raises(ValidationException) as refused:
+        await create_config(service, "cfg", [serverless])
+    assert refused.value.message == (
+        "splitserve does not implement ServerlessConfig (at "
+        "'productionVariants.1.member.serverlessConfig'): serverless variants are not implemented; "
+        "give InstanceType and InitialInstanceCount instead. Leave ServerlessConfig out of the "
+        "request."
+    )
+
+
+async def test_unsupported_members_are_named_in_full_sentences(
+    service: ControlService, settings: Settings
+) -> None:
+    """Each unimplemented member gets a sentence of its own: the member, where it is, why, and
+    what to do; "is not supported" never follows "does not implement"."""
+    write_artifact(settings)
+    await create_model(service, "m1")
+    with pytest.raises(ValidationException) as refused:
+        await service.dispatch(
+            "CreateEndpointConfig",
+            {
+                "EndpointConfigName": "cfg",
+                "ProductionVariants": [variant("A", "m1")],
+                "AsyncInferenceConfig": {"OutputConfig": {"S3OutputPath": "s3://b/out"}},
+                "ExplainerConfig": {},
+            },
+        )
+    message = refused.value.message
+    assert message == (
+        "splitserve does not implement AsyncInferenceConfig (at 'asyncInferenceConfig'): "
+        "asynchronous inference is not implemented; the endpoint answers InvokeEndpoint "
+        "synchronously. Leave AsyncInferenceConfig out of the request. "
+        "splitserve does not implement ExplainerConfig (at 'explainerConfig'): online "
+        "explanations (SageMaker Clarify) are not implemented. Leave ExplainerConfig out of the "
+        "request."
+    )
+    assert "is not supported" not in message

@@ -84,8 +84,6 @@ def endpoint_tags(value: object) -> Tags:
     return tags
 
 
-
-
 def single_container(request: Mapping[str, object]) -> tuple[Mapping[str, object], str]:
     """The model's one container and its Coral path; splitserve runs one container per model."""
     primary = optional_mapping(request.get("PrimaryContainer"))
@@ -112,7 +110,8 @@ def check_container(container: Mapping[str, object], where: str) -> None:
     if container.get("Mode") == "MultiModel":
         raise ValidationException(
             f"splitserve does not implement Mode MultiModel (at '{member_path(where, 'Mode')}'): "
-            "multi-model endpoints are not implemented."
+            "multi-model endpoints are not implemented. Give Mode SingleModel, or leave Mode "
+            "out, and create one model per artifact."
         )
     if container.get("ModelDataUrl") is not None and container.get("ModelDataSource") is not None:
         raise ValidationException(f"Give ModelDataUrl or ModelDataSource (at '{where}'), not both.")

@@ -185,7 +185,10 @@ class _Walk:
         for member, reason in shape.unsupported.items():
             if value.get(member) is not None:
                 where = member_path(path, member)
-                self.unsupported.append(f"{member} (at '{where}') is not supported: {reason}")
+                self.unsupported.append(
+                    f"splitserve does not implement {member} (at '{where}'): {reason} "
+                    f"Leave {member} out of the request."
+                )
         return result
 
     def list(self, shape: ListShape, value: object, path: str) -> object:
@@ -311,9 +314,12 @@ def validate_request(operation: str, body: Mapping[str, object]) -> dict[str, ob
     """
     walk = _Walk()
     result = walk.structure(INPUT_SHAPES[operation], dict(body), "")
-    raise_violations(walk.violations)
+    # An unimplemented member is named before any violation: a ServerlessConfig variant has no
+    # InstanceType or InitialInstanceCount by design, and "Member must not be null" for those
+    # would send its author fixing the wrong thing.
     if walk.unsupported:
-        raise ValidationException("splitserve does not implement " + "; ".join(walk.unsupported))
+        raise ValidationException(" ".join(walk.unsupported))
+    raise_violations(walk.violations)
     assert isinstance(result, dict)  # a dict body that passed gives a dict
     return result
 
@@ -416,7 +422,8 @@ def check_deployment_config(config: Mapping[str, object] | None) -> None:
         raise ValidationException(
             f"splitserve does not implement TrafficRoutingConfiguration Type {routing.get('Type')} "
             "(at 'deploymentConfig.blueGreenUpdatePolicy.trafficRoutingConfiguration.type'): "
-            "updates shift all traffic at once (ALL_AT_ONCE)."
+            "updates shift all traffic at once. Give Type ALL_AT_ONCE, or leave "
+            "DeploymentConfig out."
         )
 
 
