@@ -123,20 +123,44 @@ def test_report_rows_are_aligned_periods_with_the_current_one_last(clock: FakeCl
     first.count_invocation()
     clock.advance(60)  # 12:03:30
 
+    # Five minutes asked for; the endpoint exists since 12:00, so four rows (none before it).
     report = store.report("ep", since_seconds=300, period_seconds=60)
     assert report.variants == ("Variant1", "Variant2")
-    assert [p.start for p in report.periods] == [NOON + 60 * m for m in range(-1, 4)]
-    assert report.start == NOON - 60
+    assert [p.start for p in report.periods] == [NOON + 60 * m for m in range(4)]
+    assert report.start == NOON
     assert report.end == NOON + 240
     counts = [{v: c.invocations for v, c in p.variants.items()} for p in report.periods]
-    assert counts == [{}, {"Variant1": 30, "Variant2": 10}, {}, {"Variant1": 1}, {}]
+    assert counts == [{"Variant1": 30, "Variant2": 10}, {}, {"Variant1": 1}, {}]
 
-    # Five-minute periods: 12:00-12:04 holds everything; since=10m gives two periods.
+    # Five-minute periods: 12:00-12:04 holds everything; since=10m would start at 11:55, before
+    # the endpoint existed, so only the period 12:00 is shown.
     coarse = store.report("ep", since_seconds=600, period_seconds=300)
-    assert [p.start for p in coarse.periods] == [NOON - 300, NOON]
-    assert coarse.periods[1].variants["Variant1"].invocations == 31
+    assert [p.start for p in coarse.periods] == [NOON]
+    assert coarse.periods[0].variants["Variant1"].invocations == 31
     # A window shorter than its period still shows the current period.
     assert len(store.report("ep", since_seconds=60, period_seconds=3600).periods) == 1
+
+
+def test_report_starts_at_the_endpoints_first_minute(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=60), clock)
+    store.variant("old", "V").count_invocation()
+    clock.advance(30 * 60)  # 12:30
+    young = store.variant("young", "V")
+    # Just created: one row (the current minute), not 15 empty ones.
+    assert [p.start for p in store.report("young", 900, 60).periods] == [NOON + 1800]
+    clock.advance(150)  # 12:32:30
+    young.count_invocation()
+    assert [p.start for p in store.report("young", 900, 60).periods] == [
+        NOON + 1800 + 60 * m for m in range(3)
+    ]
+    # An endpoint older than the window: the whole window, as before.
+    old = store.report("old", 900, 60)
+    assert len(old.periods) == 15
+    assert old.start == NOON + 60 * 18
+    # A variant added later does not move the endpoint's start.
+    clock.advance(60)
+    store.variant("young", "W")
+    assert store.report("young", 900, 60).start == NOON + 1800
 
 
 def test_report_refuses_what_it_cannot_answer(clock: FakeClock) -> None:

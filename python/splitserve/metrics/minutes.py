@@ -130,6 +130,7 @@ class VariantMinutes:
         "_current",
         "_errors_4xx",
         "_errors_5xx",
+        "_first_minute",
         "_invocations",
         "_latency",
         "_latency_max",
@@ -170,6 +171,13 @@ class VariantMinutes:
         self._current = float(_NO_MINUTE)
         self._slot = 0
         self._advance(clock() // 60)
+        self._first_minute = int(self._current)
+
+    @property
+    def first_minute(self) -> int:
+        """The minute the ring was made: its variant's first deployment (`splitserve stats`
+        starts there rather than with empty rows before the endpoint existed)."""
+        return self._first_minute
 
     @property
     def newest_minute(self) -> int:
@@ -369,7 +377,9 @@ class MinuteStore:
         """The endpoint's numbers per period over the last `since_seconds`, oldest period first.
 
         The window holds ceil(since / period) whole periods aligned on the epoch (as CloudWatch
-        aligns its periods), the last of them the current one.
+        aligns its periods), the last of them the current one; it starts no earlier than the
+        period in which the endpoint's first variant was deployed (its first minute with data or
+        its creation), so a new endpoint's report has no empty rows before it existed.
 
         Raises:
             ValidationException: unknown endpoint, or a window or period out of range.
@@ -394,6 +404,9 @@ class MinuteStore:
         period_minutes = period_seconds // 60
         rows = math.ceil(math.ceil(since_seconds / 60) / period_minutes)
         last_period = now_minute // period_minutes
+        # No rows before the endpoint's first variant was deployed: they could only be empty.
+        born = min((ring.first_minute for ring in rings.values()), default=now_minute)
+        rows = min(rows, last_period - born // period_minutes + 1)
         first_period = last_period - rows + 1
         first_minute = first_period * period_minutes
         columns: list[str] = []
