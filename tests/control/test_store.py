@@ -254,6 +254,8 @@ def _stored_endpoint(path: Path) -> None:
         ("UPDATE endpoints SET tags = '[1]'", "endpoint 'ep': stored tags"),
         ("UPDATE models SET document = '[]'", "model 'm1': a stored document is not"),
         ("UPDATE models SET creation_time = 'noon'", "model 'm1': a stored number"),
+        ('UPDATE models SET tags = \'{"a": "b"}\'', "model 'm1': stored tags are not a list"),
+        ("UPDATE models SET tags = 'x'", "model 'm1': stored tags are not JSON"),
     ],
 )
 def test_a_row_with_an_invalid_value_is_refused_cleanly(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from tests.control.conftest import (
     create_model,
     dump_state,
     open_service,
+    state_file,
     two_variant_endpoint,
     variant,
     write_artifact,
@@ -359,3 +361,28 @@ async def test_a_deleting_endpoint_keeps_its_tags_but_its_router_is_not_told(
     await endpoint.settle()
     with pytest.raises(ValidationException, match="Could not find endpoint"):
         await _list(endpoint, ENDPOINT_ARN)
+
+
+async def test_a_version_3_state_file_gets_tags_for_models_and_configurations(
+    service: ControlService, settings: Settings
+) -> None:
+    write_artifact(settings)
+    await create_model(service, "m1")
+    await create_config(service, "ab-cfg", [variant("A", "m1")])
+    await service.close()
+    # The same file as version 3 wrote it: only endpoints had a tags column.
+    connection = sqlite3.connect(state_file(settings))
+    try:
+        connection.execute("ALTER TABLE models DROP COLUMN tags")
+        connection.execute("ALTER TABLE endpoint_configs DROP COLUMN tags")
+        connection.execute("UPDATE schema_version SET version = 3")
+        connection.commit()
+    finally:
+        connection.close()
+    migrated = await open_service(settings, RecordingDeployer())
+    try:
+        assert await _list(migrated, MODEL_ARN) == {"Tags": []}
+        await migrated.dispatch("AddTags", {"ResourceArn": CONFIG_ARN, "Tags": _tags(("a", "b"))})
+        assert await _list(migrated, CONFIG_ARN) == {"Tags": _tags(("a", "b"))}
+    finally:
+        await migrated.close()
