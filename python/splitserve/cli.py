@@ -405,10 +405,13 @@ def _add_evaluate_command(
     evaluate.add_argument(
         "--weights",
         metavar="V1=W1,V2=W2",
-        help="the variant weights in force, for the sample-ratio check",
+        help="constant variant weights for the sample-ratio check (each must be a variant of "
+        "the capture)",
     )
     evaluate.add_argument(
-        "--url", help="read the weights from DescribeEndpoint on the gateway at URL instead"
+        "--url",
+        help="read the endpoint's weight history from the gateway at URL instead, and check each "
+        "request against the weights in force when it was served",
     )
     evaluate.set_defaults(log_level="WARNING")
 
