@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -14,6 +15,19 @@ from splitserve.runtime.service import Invocation, InvocationService
 #: the weights stay the same (see README, "Sticky assignment").
 STICKY_KEY_HEADER = "X-Splitserve-Sticky-Key"
 INVOKE_PATH = "/endpoints/{name}/invocations"
+#: sagemaker-runtime's two other invocation operations, which splitserve does not serve: each gets
+#: a ValidationError naming it rather than a bare 404 a client cannot explain (the error's shape:
+#: docs/sagemaker-api.md, '1.2 Data plane', Errors).
+UNSUPPORTED_INVOCATIONS = {
+    "/endpoints/{name}/async-invocations": (
+        "InvokeEndpointAsync is not supported: splitserve has no asynchronous inference. Call "
+        "InvokeEndpoint (POST /endpoints/{name}/invocations) instead."
+    ),
+    "/endpoints/{name}/invocations-response-stream": (
+        "InvokeEndpointWithResponseStream is not supported: splitserve does not stream responses. "
+        "Call InvokeEndpoint (POST /endpoints/{name}/invocations) instead."
+    ),
+}
 
 
 def routes(service: InvocationService, settings: Settings) -> list[web.RouteDef]:
@@ -48,7 +62,23 @@ def routes(service: InvocationService, settings: Settings) -> list[web.RouteDef]
             )
         return web.Response(body=result.body, headers=headers)
 
-    return [web.post(INVOKE_PATH, invoke_endpoint)]
+    return [
+        web.post(INVOKE_PATH, invoke_endpoint),
+        *(
+            web.post(path, _refuse_unsupported(message))
+            for path, message in UNSUPPORTED_INVOCATIONS.items()
+        ),
+    ]
+
+
+def _refuse_unsupported(message: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler that refuses an operation splitserve does not serve with `message`."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        """POST of an unsupported sagemaker-runtime operation: a ValidationError naming it."""
+        raise InvocationValidationError(message.replace("{name}", request.match_info["name"]))
+
+    return refuse
 
 
 def read_invocation(request: web.Request, body: bytes) -> Invocation:
