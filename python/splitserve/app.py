@@ -35,7 +35,7 @@ from splitserve.control.service import ControlService
 from splitserve.control.store import Store
 from splitserve.errors import SplitserveError, ValidationException
 from splitserve.metrics.procstat import CpuSampler
-from splitserve.metrics.prometheus import INSTANCES, REGISTRY
+from splitserve.metrics.prometheus import INSTANCES, REGISTRY, show_created_series
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> web.Application:
     """
     app = web.Application(client_max_size=settings.max_payload_bytes)
     app[keys.SETTINGS] = settings
+    show_created_series(settings.metrics_created)
     registry = EndpointRegistry()
     invocations = InvocationService(settings, registry)
     app[keys.ENDPOINTS] = registry

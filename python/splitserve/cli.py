@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s, as CloudWatch keeps one-minute data)",
     )
     serve.add_argument(
+        "--metrics-created",
+        action="store_true",
+        default=_DEFAULTS.metrics_created,
+        help="/metrics also shows each counter's and histogram's _created series (creation "
+        "timestamps; left out by default)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_DEFAULTS.logs.level,
         type=log_level,
@@ -465,6 +472,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ),
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
         cloudwatch=replace(_DEFAULTS.cloudwatch, retention_days=args.metrics_retention),
+        metrics_created=args.metrics_created,
         logs=replace(
             _DEFAULTS.logs,
             level=args.log_level,

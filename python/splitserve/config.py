@@ -442,6 +442,9 @@ class Settings:
         edge: limits on client connections: count, header time, body bytes in flight.
         cloudwatch: CloudWatch's API: retention of per-minute figures, limits, alarms.
         logs: the log's level and format, the access log, failure-line rates.
+        metrics_created: /metrics also shows each counter's and histogram's `_created` series
+            (prometheus_client's creation timestamps); off, as they double the output for a
+            figure Prometheus does not use.
     """
 
     host: str = "127.0.0.1"
@@ -463,6 +466,7 @@ class Settings:
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     cloudwatch: CloudWatchSettings = field(default_factory=CloudWatchSettings)
     logs: LogSettings = field(default_factory=LogSettings)
+    metrics_created: bool = False
 
     @property
     def state_file(self) -> Path:

@@ -19,7 +19,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Metric,
+    disable_created_metrics,
+    enable_created_metrics,
+)
 from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -455,3 +462,15 @@ class InstanceCollector(Collector):
 #: The instance metrics; each running gateway attaches its deployer.
 INSTANCES = InstanceCollector()
 REGISTRY.register(INSTANCES)
+
+
+def show_created_series(shown: bool) -> None:
+    """Whether /metrics shows the `_created` series of counters and histograms.
+
+    prometheus_client keeps the choice process-wide (`disable_created_metrics`), and this module's
+    own families read the same switch, so one call sets it for every metric.
+    """
+    if shown:
+        enable_created_metrics()
+    else:
+        disable_created_metrics()
