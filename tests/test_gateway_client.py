@@ -27,6 +27,14 @@ def test_get_json_sends_the_path_and_query_and_decodes_the_answer() -> None:
     ]
 
 
+def test_weight_history_gets_the_endpoints_weight_route() -> None:
+    with answering_server(lambda _: _json(200, {"WeightChanges": []})) as server:
+        assert GatewayClient(server.url, 5).weight_history("a/b c") == {"WeightChanges": []}
+    assert [(r.method, r.path) for r in server.received] == [
+        ("GET", "/splitserve/endpoints/a%2Fb%20c/weights")
+    ]
+
+
 def test_sagemaker_posts_json_1_1_with_the_target() -> None:
     with answering_server(lambda _: _json(200, {"EndpointName": "e"})) as server:
         answer = GatewayClient(server.url, 5).sagemaker("DescribeEndpoint", {"EndpointName": "e"})
