@@ -17,8 +17,13 @@ export CARGO_MAKEFLAGS :=
 
 .PHONY: help setup build run demo test test-fast fast-workers fast-others lint test-rust test-python test-python-fast bench bench-load soak clean lock
 
+# run, test and demo first (what a newcomer wants), then the rest in alphabetical order.
+FIRST_TARGETS := run test demo
 help: ## list the targets and what each does
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' -v first="$(FIRST_TARGETS)" \
+		'BEGIN { n = split(first, order, " "); for (i = 1; i <= n; i++) rank[order[i]] = i } \
+		{ printf "%02d %s\t%s\n", ($$1 in rank) ? rank[$$1] : 99, $$1, $$2 }' \
+		| sort | cut -c4- | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMPS)/venv:
 	@mkdir -p $(STAMPS)
@@ -89,7 +94,7 @@ fast-workers: setup
 fast-others: setup
 	$(FAST_PYTEST) tests --ignore=tests/workers
 
-test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs
+test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs (apt-get installs prometheus and wrk when missing)
 
 # The edit loop: the two pytest halves start first, lint and then cargo test run beside them; on 2
 # cores the whole takes about as long as the worker tests alone. Each target's output is printed

@@ -16,6 +16,7 @@ splitserve evaluate --capture DIR --ground-truth PATH [--endpoint E] [--threshol
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import ipaddress
 import json
 import logging
@@ -45,21 +46,73 @@ from splitserve.evaluation.command import EvaluateRequest, evaluate_command
 _DEFAULTS = Settings()
 
 
+#: What `splitserve --help` says first: what the command is for, to its users.
+DESCRIPTION = (
+    "A SageMaker-compatible A/B inference gateway on one machine. `splitserve serve` answers "
+    "SageMaker's control plane (CreateModel, CreateEndpointConfig, CreateEndpoint, "
+    "UpdateEndpointWeightsAndCapacities, ...) and InvokeEndpoint on one port, so unmodified boto3 "
+    "and the SageMaker SDK work against it with endpoint_url; `stats` and `weights` read a running "
+    "gateway; `evaluate` compares the variants from data capture and ground truth."
+)
+SERVE_DESCRIPTION = (
+    "Run the gateway: SageMaker's control plane (POST /), InvokeEndpoint "
+    "(POST /endpoints/NAME/invocations), CloudWatch's API and Prometheus's /metrics, on one port. "
+    "State (endpoints, weight history, metrics) is kept in --state-dir; s3://bucket/key URLs "
+    "resolve under --model-store."
+)
+EPILOG = "See README.md for a quick start; `splitserve COMMAND --help` for each command's options."
+
+
+def _version() -> str:
+    """The installed package's version (read from its metadata, so --version loads nothing)."""
+    try:
+        return importlib.metadata.version("splitserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand; defaults come from `Settings`."""
-    parser = argparse.ArgumentParser(prog="splitserve", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway (both planes and /metrics)")
-    serve.add_argument("--host", default=_DEFAULTS.host)
-    serve.add_argument("--port", type=int, default=_DEFAULTS.port)
-    serve.add_argument("--state-dir", type=Path, default=_DEFAULTS.state_dir)
+    parser = argparse.ArgumentParser(prog="splitserve", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the gateway (both planes and /metrics)", description=SERVE_DESCRIPTION
+    )
+    serve.add_argument(
+        "--host",
+        default=_DEFAULTS.host,
+        help="the address to listen on; one other than loopback needs --auth or --insecure "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=_DEFAULTS.port,
+        help="the port to listen on (default %(default)s)",
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=_DEFAULTS.state_dir,
+        metavar="DIR",
+        help="where the gateway keeps its state: SQLite store, worker logs (default %(default)s)",
+    )
     serve.add_argument(
         "--model-store",
         type=Path,
         default=None,
+        metavar="DIR",
         help="root that s3://bucket/key URLs resolve under (default: STATE_DIR/models)",
     )
-    serve.add_argument("--images", type=Path, default=None, help="bring-your-own image registry")
+    serve.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file mapping bring-your-own image names to the command that serves them "
+        "(see README, Bring your own image; default: the built-in XGBoost image only)",
+    )
     serve.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -241,7 +294,7 @@ def _add_stats_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         description="One row per period, one column per variant: invocation counts (blank where "
         "none), and with --errors and --latency the error counts and p50/p99 model latency.",
     )
-    stats.add_argument("endpoint", metavar="ENDPOINT")
+    stats.add_argument("endpoint", metavar="ENDPOINT", help="the endpoint's name")
     stats.add_argument(
         "--since",
         type=parse_duration,
@@ -278,7 +331,7 @@ def _add_weights_command(commands: argparse._SubParsersAction[argparse.ArgumentP
         "UpdateEndpointWeightsAndCapacities, RollBack, GatewayRestart) and each variant's weight "
         "and share. `splitserve evaluate --url` checks the split against these.",
     )
-    weights.add_argument("endpoint", metavar="ENDPOINT")
+    weights.add_argument("endpoint", metavar="ENDPOINT", help="the endpoint's name")
     weights.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
     weights.add_argument(
         "--url",
