@@ -11,6 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 STATE_DIR ?= ./.splitserve
 SOAK_SECONDS ?= 600
+DEMO_OUTPUT ?= ./demo-output
 # cargo would look for make's jobserver in MAKEFLAGS, which make does not hand to plain recipes:
 # under `make -j` (test-fast) it warns. An empty CARGO_MAKEFLAGS, read first, tells it there is none.
 export CARGO_MAKEFLAGS :=
@@ -63,8 +64,8 @@ WORKER_USER ?= $(shell if [ "$$(id -u)" = 0 ] && ! runuser -u nobody -- $(abspat
 run: setup ## set up, then start the gateway (127.0.0.1:8080, state in ./.splitserve; HOST, PORT, STATE_DIR override)
 	$(BIN)/splitserve serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --model-store $(STATE_DIR)/models --worker-user $(WORKER_USER)
 
-demo: setup ## run the A/B walkthrough against a gateway it starts
-	$(BIN)/python examples/walkthrough.py --start --worker-user $(WORKER_USER)
+demo: setup ## the A/B walkthrough against a gateway it starts, over 2 minutes; files in ./demo-output/ (DEMO_OUTPUT)
+	$(BIN)/python examples/walkthrough.py --start --worker-user $(WORKER_USER) --output $(DEMO_OUTPUT)
 
 lint: setup ## ruff (lint + format check), import contracts, mypy, stubtest, cargo fmt --check, cargo clippy -D warnings
 	$(BIN)/ruff check python tests benches scripts examples

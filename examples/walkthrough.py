@@ -28,10 +28,16 @@ What it does, as the walkthrough does, with unmodified boto3:
 5. Shifts the weights to 25/75 with UpdateEndpointWeightsAndCapacities, sends more traffic, and
    prints the per-minute invocations table (`splitserve stats`).
 
-Outputs (ground truth and the evaluation's plot) go to a directory per run under --output
-(default .splitserve/walkthrough), and capture to one per run under s3://walkthrough/capture/, so
-running it again against the same gateway starts afresh (it deletes its endpoint, endpoint config
-and models from the earlier run first).
+Everything a run leaves goes to a directory per run under --output (default ./demo-output/):
+ground truth, the evaluation's plot and, with --start, the gateway's log and model store,
+which holds the data capture (under s3://walkthrough/capture/). Against a gateway of your own, the
+capture is in that gateway's model store. At the end it prints commands that work after it ends
+(`splitserve evaluate` with the real paths). Running it again starts afresh (it deletes its
+endpoint, endpoint config and models from an earlier run first).
+
+Its traffic is spread over --duration seconds (120 by default, so `splitserve stats` shows the
+weight shift minute by minute), with a progress bar on stderr when that is a terminal and a line
+per quarter otherwise; --duration 0 sends as fast as the gateway answers.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ import argparse
 import io
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,6 +59,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +92,9 @@ TRAINING_SHARE = {"Variant1": 5, "Variant2": 1}  # Variant1 trains on 1/5 of the
 TRUTH_CUSTOMERS = 50_000
 START_TIMEOUT_SECONDS = 30.0
 CAPTURE_TIMEOUT_SECONDS = 30.0
+# Two minutes of traffic: at least one whole minute before the shift and one after it.
+DEFAULT_DURATION_SECONDS = 120.0
+PROGRESS_BAR_WIDTH = 30
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,25 +121,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--targeted", type=int, default=200, help="rows sent to Variant1 only")
     parser.add_argument("--shifted", type=int, default=400, help="rows sent after the 25/75 shift")
-    parser.add_argument("--endpoint", default="churn-ab")
-    parser.add_argument("--output", type=Path, default=Path(".splitserve/walkthrough"))
+    parser.add_argument(
+        "--duration",
+        type=_seconds,
+        default=DEFAULT_DURATION_SECONDS,
+        help="seconds to spread the traffic over (0: as fast as possible)",
+    )
+    parser.add_argument("--endpoint", default="churn-ab", help="the endpoint's name")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("demo-output"),
+        help="directory for each run's ground truth, plot and (with --start) gateway state",
+    )
     args = parser.parse_args(argv)
-    args.output.mkdir(parents=True, exist_ok=True)
+    # Each run keeps its files apart, so a second run never reads the first one's records.
+    args.run = datetime.now(UTC).strftime("run-%Y%m%dT%H%M%S")
+    args.run_output = (args.output / args.run).resolve()
+    args.run_output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with _gateway(args) as (url, model_store):
-        _walkthrough(args, url, model_store)
-    print(f"\nDone in {time.perf_counter() - started:.0f} s.")
+        capture, ground_truth = _walkthrough(args, url, model_store)
+    print(
+        f"\nDone in {time.perf_counter() - started:.0f} s. Everything is under {args.run_output}."
+    )
+    _print_next_commands(args, url, capture, ground_truth)
     return 0
 
 
-def _walkthrough(args: argparse.Namespace, url: str, model_store: Path) -> None:
+def _seconds(text: str) -> float:
+    """A number of seconds, 0 or more (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
+    return value
+
+
+def _print_next_commands(
+    args: argparse.Namespace, url: str, capture: Path, ground_truth: Path
+) -> None:
+    """Commands that work after the walkthrough ends, with the real paths of this run."""
+    print("\nTo look again:")
+    evaluate = [
+        "splitserve", "evaluate", "--capture", str(capture), "--endpoint", args.endpoint,
+        "--ground-truth", str(ground_truth), "--weights", "Variant1=1,Variant2=1",
+    ]  # fmt: skip
+    print("  " + shlex.join(evaluate))
+    if args.start:
+        print(f"  (the gateway it started has stopped; its log: {args.run_output / 'gateway.log'})")
+    else:
+        print(
+            "  " + shlex.join(["splitserve", "stats", args.endpoint, "--since", "5m", "--url", url])
+        )
+
+
+def _walkthrough(args: argparse.Namespace, url: str, model_store: Path) -> tuple[Path, Path]:
+    """The five steps; return where the capture and the ground truth are."""
     sagemaker = _client("sagemaker", url)
     runtime = _client("sagemaker-runtime", url)
     endpoint = args.endpoint
-    # Each run captures under a prefix of its own, and keeps its ground truth apart, so a second
-    # run against the same gateway never reads the first one's records.
-    run = datetime.now(UTC).strftime("run-%Y%m%dT%H%M%S")
-    output = args.output / run
+    run = args.run
+    output = args.run_output
 
     _step(1, "churn data and two XGBoost models")
     customers = generate_churn(args.customers, seed=SEED)
@@ -191,10 +248,16 @@ def _walkthrough(args: argparse.Namespace, url: str, model_store: Path) -> None:
 
     _step(3, "traffic: by weight (1:1), then pinned to Variant1")
     row_ids = [f"customer-{index}" for index in range(len(test))]
-    weighted = _send(runtime, endpoint, test, row_ids, "weighted")
-    _print_split("by weight", weighted)
     targeted_rows = test.subset(np.arange(min(args.targeted, len(test))))
-    targeted = _send(runtime, endpoint, targeted_rows, None, "targeted", TargetVariant="Variant1")
+    shifted_rows = test.subset(np.arange(min(args.shifted, len(test))))
+    # Half the duration before the shift, half after, so each side fills whole minutes.
+    before = len(test) + len(targeted_rows)
+    pace = _Pace(args.duration / 2 / max(1, before), args.duration / 2 / max(1, len(shifted_rows)))
+    weighted = _send(runtime, endpoint, test, row_ids, "weighted", pace.before)
+    _print_split("by weight", weighted)
+    targeted = _send(
+        runtime, endpoint, targeted_rows, None, "targeted", pace.before, TargetVariant="Variant1"
+    )
     _print_split('TargetVariant="Variant1" (no InferenceId)', targeted)
 
     _step(4, "ground truth and evaluation")
@@ -220,12 +283,20 @@ def _walkthrough(args: argparse.Namespace, url: str, model_store: Path) -> None:
         ],
     )
     _wait_in_service(sagemaker, endpoint)
-    shifted_rows = test.subset(np.arange(min(args.shifted, len(test))))
-    shifted = _send(runtime, endpoint, shifted_rows, None, "after the shift")
+    shifted = _send(runtime, endpoint, shifted_rows, None, "after the shift", pace.after)
     _print_split("after UpdateEndpointWeightsAndCapacities to 25/75", shifted)
-    print(f"\n$ splitserve stats {endpoint} --since 3m --url {url}\n")
-    if splitserve(["stats", endpoint, "--since", "3m", "--url", url]) != 0:
+    print(f"\n$ splitserve stats {endpoint} --since 5m --url {url}\n")
+    if splitserve(["stats", endpoint, "--since", "5m", "--url", url]) != 0:
         raise SystemExit("splitserve stats failed")
+    return capture, ground_truth
+
+
+@dataclass(frozen=True)
+class _Pace:
+    """Seconds between requests before and after the weight shift."""
+
+    before: float
+    after: float
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -298,14 +369,21 @@ def _send(
     rows: ChurnData,
     row_ids: list[str] | None,
     label: str,
+    interval: float,
     **extra: Any,
 ) -> Counter[str]:
-    """Invoke once per row (CSV, as the walkthrough does), showing progress; count variants."""
+    """Invoke once per row (CSV, as the walkthrough does), one every `interval` seconds, showing
+    progress on stderr; count variants."""
     seen: Counter[str] = Counter()
     total = len(rows)
-    interactive = sys.stdout.isatty()
+    interactive = sys.stderr.isatty()
     step = max(1, total // 4)
+    started = time.monotonic()
     for index in range(total):
+        # Keep to the schedule rather than sleeping a fixed time, so slow answers are caught up.
+        delay = started + index * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
         body = ",".join(f"{value:g}" for value in rows.features[index]) + "\n"
         if row_ids is not None:
             extra["InferenceId"] = row_ids[index]
@@ -316,11 +394,15 @@ def _send(
         seen[response["InvokedProductionVariant"]] += 1
         done = index + 1
         if interactive:
-            print(f"\r  sending {label}: {done}/{total}", end="", flush=True)
+            filled = PROGRESS_BAR_WIDTH * done // total
+            bar = "#" * filled + "." * (PROGRESS_BAR_WIDTH - filled)
+            print(
+                f"\r  sending {label} [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True
+            )
         elif done % step == 0 or done == total:
-            print(f"  sending {label}: {done}/{total}", flush=True)
+            print(f"  sending {label}: {done}/{total}", file=sys.stderr, flush=True)
     if interactive:
-        print()
+        print(file=sys.stderr)
     return seen
 
 
@@ -373,35 +455,39 @@ def _gateway(args: argparse.Namespace) -> Iterator[tuple[str, Path]]:
     if not args.start:
         yield args.url, args.model_store
         return
-    with tempfile.TemporaryDirectory(prefix="splitserve-walkthrough-") as temporary:
-        root = Path(temporary)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        log_path = args.output / "gateway.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "splitserve.cli", "serve", "--port", str(port),
-                    "--state-dir", str(root / "state"), "--model-store", str(root / "models"),
-                    *(["--worker-user", args.worker_user] if args.worker_user else []),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
+    # The model store (which holds the capture) stays in the run's directory, read after the
+    # gateway stops by the commands printed at the end. The state directory is a short temporary
+    # one: it holds the workers' Unix sockets, whose paths have a 107-byte limit.
+    root = args.run_output
+    state = Path(tempfile.mkdtemp(prefix="splitserve-demo-"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_path = root / "gateway.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "splitserve.cli", "serve", "--port", str(port),
+                "--state-dir", str(state), "--model-store", str(root / "models"),
+                *(["--worker-user", args.worker_user] if args.worker_user else []),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_ping(process, url, log_path)
+        print(f"started a gateway at {url} (log: {log_path})")
+        yield url, root / "models"
+    finally:
+        process.send_signal(signal.SIGTERM)  # a clean stop also flushes the capture files
         try:
-            _wait_for_ping(process, url, log_path)
-            print(f"started a gateway at {url} (log: {log_path})")
-            yield url, root / "models"
-        finally:
-            process.send_signal(signal.SIGTERM)  # a clean stop also flushes the capture files
-            try:
-                process.wait(40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.wait(40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _wait_for_ping(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
