@@ -1,0 +1,84 @@
+"""The README's commands work as written: its quick start runs against a real gateway, and its
+table of `serve` options lists every option the parser has."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from splitserve.cli import build_parser
+from tests.support.gateway import start_gateway
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def section(title: str) -> str:
+    """The README's text under the `## title` heading, up to the next `## ` heading."""
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def fenced_blocks(text: str, language: str) -> list[str]:
+    """The bodies of the ```language blocks in `text`."""
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["serve"]
+
+
+def test_the_options_table_lists_every_serve_option() -> None:
+    listed = set(re.findall(r"^\| `(--[a-z-]+)", section("Serving options"), flags=re.MULTILINE))
+    options = {
+        action.option_strings[-1]
+        for action in _serve_parser()._actions
+        if action.option_strings and action.dest != "help"
+    }
+    assert options - listed == set(), "README's Serving options misses these"
+    assert listed - options == set(), "README's Serving options lists options serve does not have"
+
+
+def test_the_readme_says_make_test_installs_debian_packages() -> None:
+    two_commands = section("Two commands")
+    assert "apt-get" in two_commands
+    assert "wrk" in two_commands
+    assert "Prometheus" in two_commands
+
+
+@pytest.mark.e2e
+def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
+    """The quick start's bash block, as written, against a gateway started here (its URL and
+    model store given by the variables the block reads with make run's defaults)."""
+    (block,) = fenced_blocks(section("Quick start"), "bash")
+    models = tmp_path / "models"
+    gateway = start_gateway(tmp_path / "state", models)
+    try:
+        finished = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=ROOT,
+            env={**os.environ, "SPLITSERVE_URL": gateway.url, "MODEL_STORE": str(models)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        gateway.stop()
+    assert finished.returncode == 0, f"{finished.stdout}\n{finished.stderr}\n{gateway.log()}"
+    printed = finished.stdout
+    assert (models / "quickstart" / "a" / "model.tar.gz").is_file()
+    before = re.search(r"^1:1 -> \{'(A|B)': \d+, '(A|B)': \d+\}$", printed, flags=re.MULTILINE)
+    assert before is not None, printed
+    after = re.search(r"^1:3 -> \{.*'B': (\d+).*\}$", printed, flags=re.MULTILINE)
+    assert after is not None, printed
+    assert "time (UTC)" in printed  # the stats table
