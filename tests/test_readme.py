@@ -1,5 +1,5 @@
-"""The README's commands work as written: its quick start runs against a real gateway, and its
-table of `serve` options lists every option the parser has."""
+"""The README's commands work as written: its quick start and SageMaker SDK block run against a
+real gateway, and its table of `serve` options lists every option the parser has."""
 
 from __future__ import annotations
 
@@ -59,14 +59,31 @@ def test_the_readme_says_make_test_installs_debian_packages() -> None:
 def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     """The quick start's bash block, as written, against a gateway started here (its URL and
     model store given by the variables the block reads with make run's defaults)."""
-    (block,) = fenced_blocks(section("Quick start"), "bash")
+    quick_start = section("Quick start")
+    (block,) = fenced_blocks(quick_start, "bash")
+    (sdk_block,) = fenced_blocks(quick_start, "python")
     models = tmp_path / "models"
     gateway = start_gateway(tmp_path / "state", models)
+    environment = {
+        **os.environ,
+        "SPLITSERVE_URL": gateway.url,
+        "MODEL_STORE": str(models),
+        "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+    }
     try:
         finished = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", block],
             cwd=ROOT,
-            env={**os.environ, "SPLITSERVE_URL": gateway.url, "MODEL_STORE": str(models)},
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        sdk = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "python"), "-c", sdk_block],
+            cwd=ROOT,
+            env=environment,
             capture_output=True,
             text=True,
             timeout=120,
@@ -82,3 +99,7 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     after = re.search(r"^1:3 -> \{.*'B': (\d+).*\}$", printed, flags=re.MULTILINE)
     assert after is not None, printed
     assert "time (UTC)" in printed  # the stats table
+    # The SageMaker SDK's Session, wired to the same gateway, waits and predicts.
+    assert sdk.returncode == 0, f"{sdk.stdout}\n{sdk.stderr}"
+    # (wait_for_endpoint prints a "!" without a newline when the endpoint is in service.)
+    assert re.search(r"SDK -> b'0\.\d+", sdk.stdout), sdk.stdout
