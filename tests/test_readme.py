@@ -34,7 +34,8 @@ def fenced_blocks(text: str, language: str) -> list[str]:
 def _serve_parser() -> argparse.ArgumentParser:
     parser = build_parser()
     (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices["serve"]
+    serve: argparse.ArgumentParser = commands.choices["serve"]
+    return serve
 
 
 def test_the_options_table_lists_every_serve_option() -> None:

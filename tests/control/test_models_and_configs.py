@@ -409,7 +409,7 @@ async def test_serverless_variant_is_refused_by_name(
     ServerlessConfig and says what to give instead, rather than asking for the missing count."""
     write_artifact(settings)
     await create_model(service, "m1")
-    serverless = {
+    serverless: dict[str, object] = {
         "VariantName": "A",
         "ModelName": "m1",
         "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5},

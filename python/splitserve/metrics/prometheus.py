@@ -470,7 +470,8 @@ def show_created_series(shown: bool) -> None:
     prometheus_client keeps the choice process-wide (`disable_created_metrics`), and this module's
     own families read the same switch, so one call sets it for every metric.
     """
+    # prometheus_client leaves these two unannotated.
     if shown:
-        enable_created_metrics()
+        enable_created_metrics()  # type: ignore[no-untyped-call]
     else:
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
