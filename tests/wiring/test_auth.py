@@ -519,14 +519,30 @@ def test_create_app_checks_only_the_planes_asked_for(tmp_path: Path) -> None:
     invocations = "/endpoints/{name}/invocations"
     # CloudWatch's handler checks signatures itself (its errors take CloudWatch's form).
     cloudwatch = {"/service/GraniteServiceVersion20100801/operation/{operation}": "cloudwatch_api"}
+    # The runtime operations splitserve refuses are data-plane routes like InvokeEndpoint.
+    refused = [
+        "/endpoints/{name}/async-invocations",
+        "/endpoints/{name}/invocations-response-stream",
+    ]
+    unchecked = {path: "refuse" for path in refused}
     off = handlers(Settings(state_dir=tmp_path))
-    assert off == {"/": "sagemaker_api", invocations: "invoke_endpoint", **cloudwatch}
+    assert off == {"/": "sagemaker_api", invocations: "invoke_endpoint", **cloudwatch, **unchecked}
     control_only = handlers(Settings(state_dir=tmp_path, auth=AuthSettings(keys_file=keys_file)))
-    assert control_only == {"/": "checked", invocations: "invoke_endpoint", **cloudwatch}
+    assert control_only == {
+        "/": "checked",
+        invocations: "invoke_endpoint",
+        **cloudwatch,
+        **unchecked,
+    }
     both = handlers(
         Settings(state_dir=tmp_path, auth=AuthSettings(keys_file=keys_file, data_plane=True))
     )
-    assert both == {"/": "checked", invocations: "checked", **cloudwatch}
+    assert both == {
+        "/": "checked",
+        invocations: "checked",
+        **cloudwatch,
+        **{path: "checked" for path in refused},
+    }
 
 
 # --- the CLI ---------------------------------------------------------------------------------
