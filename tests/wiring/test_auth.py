@@ -524,7 +524,7 @@ def test_create_app_checks_only_the_planes_asked_for(tmp_path: Path) -> None:
         "/endpoints/{name}/async-invocations",
         "/endpoints/{name}/invocations-response-stream",
     ]
-    unchecked = {path: "refuse" for path in refused}
+    unchecked = dict.fromkeys(refused, "refuse")
     off = handlers(Settings(state_dir=tmp_path))
     assert off == {"/": "sagemaker_api", invocations: "invoke_endpoint", **cloudwatch, **unchecked}
     control_only = handlers(Settings(state_dir=tmp_path, auth=AuthSettings(keys_file=keys_file)))
@@ -541,7 +541,7 @@ def test_create_app_checks_only_the_planes_asked_for(tmp_path: Path) -> None:
         "/": "checked",
         invocations: "checked",
         **cloudwatch,
-        **{path: "checked" for path in refused},
+        **dict.fromkeys(refused, "checked"),
     }
 
 
