@@ -1,4 +1,4 @@
-"""The `splitserve` command: the only place that reads argv.
+"""The `splitserve` command: the only place that reads argv. (Users read `DESCRIPTION` in --help.)
 
 splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--images FILE]
                  [--max-batch-rows N] [--auth FILE [--auth-data-plane]] [--invocation-timeout S]
@@ -6,6 +6,7 @@ splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--
                  [--max-connections N] [--max-inflight-body-bytes N] [--worker-user NAME]
                  [--allow-artifact-path DIR]... [--max-artifact-bytes N] [--max-artifact-files N]
                  [--max-instances-per-variant N] [--max-vcpu-overcommit X]
+                 [--metrics-retention DAYS] [--metrics-created]
                  [--log-level LEVEL] [--log-format text|json] [--access-log [FILE|-]]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
 splitserve weights ENDPOINT [--json] [--url URL]
