@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from splitserve.cli import build_parser
+from splitserve.workers.images import ImageRegistry
 from tests.support.gateway import start_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,3 +105,13 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     assert sdk.returncode == 0, f"{sdk.stdout}\n{sdk.stderr}"
     # (wait_for_endpoint prints a "!" without a newline when the endpoint is in service.)
     assert re.search(r"SDK -> b'0\.\d+", sdk.stdout), sdk.stdout
+
+
+def test_the_images_format_block_is_a_registry_the_gateway_reads() -> None:
+    """The README's `--images` example parses with the gateway's own reader, as the worked
+    example in examples/byo_server does."""
+    (block,) = fenced_blocks(section("Quick start"), "toml")
+    example = ROOT / "examples" / "byo_server" / "images.toml"
+    shown = ImageRegistry.parse(block, example).resolve("example.com/numpy-logistic:1")
+    worked = ImageRegistry.load(example).resolve("example.com/numpy-logistic:1")
+    assert shown == worked
