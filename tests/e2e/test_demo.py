@@ -44,10 +44,12 @@ def test_walkthrough_runs_end_to_end_and_prints_commands_that_work_after(tmp_pat
     assert 'TargetVariant="Variant1" (no InferenceId): Variant1 20 (100%)' in printed
     assert "  sending weighted: 120/120" in finished.stderr
     assert "sending" not in printed
-    # 4: the evaluation joined every weighted request and counted the pinned ones as unlabelled.
+    # 4: the evaluation joined every weighted request and counted the pinned ones, sent without
+    # an InferenceId, apart from missing labels.
     assert "capture: 140 records" in printed
     assert "Endpoint churn-ab: 120 labelled requests (120 rows) of 140 captured" in printed
     assert "Verdict: " in printed
+    assert "20 without an inference id" in printed  # TargetVariant requests sent no InferenceId
     assert "consistent with the weights" in printed
     assert (run / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run / "ground-truth").rglob("labels.jsonl"))
