@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from splitserve.control.documents import (
     check_container,
@@ -96,21 +96,7 @@ class DefinitionOperations:
         """ListModels -> {Models: [{ModelName, ModelArn, CreationTime}], NextToken?}."""
         request = validate_request("ListModels", body)
         records = await self._state.run(self._state.store.list_models)
-        rows = [
-            Listed(
-                record.name,
-                record.creation_time,
-                record.creation_time,
-                "",
-                {
-                    "ModelName": record.name,
-                    "ModelArn": self._state.arn(ResourceKind.MODEL, record.name),
-                    "CreationTime": record.creation_time,
-                },
-            )
-            for record in records
-        ]
-        return paginate(rows, request, "Models")
+        return paginate(self._listed(records, ResourceKind.MODEL, "Model"), request, "Models")
 
     # --- endpoint configurations ------------------------------------------------------------------
 
@@ -202,18 +188,28 @@ class DefinitionOperations:
         """ListEndpointConfigs -> {EndpointConfigs: [{Name, Arn, CreationTime}], NextToken?}."""
         request = validate_request("ListEndpointConfigs", body)
         records = await self._state.run(self._state.store.list_endpoint_configs)
-        rows = [
+        rows = self._listed(records, ResourceKind.ENDPOINT_CONFIG, "EndpointConfig")
+        return paginate(rows, request, "EndpointConfigs")
+
+    def _listed(
+        self,
+        records: Sequence[ModelRecord] | Sequence[EndpointConfigRecord],
+        kind: ResourceKind,
+        member: str,
+    ) -> list[Listed]:
+        """The List rows of `records`: `<member>Name`, `<member>Arn` and CreationTime each, sorted
+        and filtered by name and creation time."""
+        return [
             Listed(
                 record.name,
                 record.creation_time,
                 record.creation_time,
                 "",
                 {
-                    "EndpointConfigName": record.name,
-                    "EndpointConfigArn": self._state.arn(ResourceKind.ENDPOINT_CONFIG, record.name),
+                    f"{member}Name": record.name,
+                    f"{member}Arn": self._state.arn(kind, record.name),
                     "CreationTime": record.creation_time,
                 },
             )
             for record in records
         ]
-        return paginate(rows, request, "EndpointConfigs")
