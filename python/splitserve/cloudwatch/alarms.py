@@ -33,6 +33,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from splitserve.cloudwatch.alarm_input import (
+    checked_definition,
+    dicts,
+    dimension_set,
+    integer,
+    number,
+    page_offset,
+    strings,
+)
 from splitserve.cloudwatch.queries import (
     FigureReader,
     Window,
@@ -46,10 +55,8 @@ from splitserve.config import AccountSettings, CloudWatchSettings
 from splitserve.errors import (
     CloudWatchLimitExceeded,
     InvalidFormat,
-    InvalidNextToken,
     InvalidParameterCombination,
     InvalidParameterValue,
-    MissingParameter,
     ResourceNotFound,
     SplitserveError,
 )
@@ -59,13 +66,6 @@ __all__ = ["AlarmBook"]
 
 log = logging.getLogger(__name__)
 
-_TREAT_MISSING = ("missing", "ignore", "breaching", "notBreaching")
-_LOW_SAMPLE_COUNT = ("evaluate", "ignore")
-_ANOMALY_OPERATORS = (
-    "LessThanLowerOrGreaterThanUpperThreshold",
-    "LessThanLowerThreshold",
-    "GreaterThanUpperThreshold",
-)
 _COMPARISONS: Mapping[str, tuple[Callable[[float, float], bool], str]] = {
     "GreaterThanOrEqualToThreshold": (
         lambda value, limit: value >= limit,
@@ -75,33 +75,11 @@ _COMPARISONS: Mapping[str, tuple[Callable[[float, float], bool], str]] = {
     "LessThanThreshold": (lambda value, limit: value < limit, "less than"),
     "LessThanOrEqualToThreshold": (lambda value, limit: value <= limit, "less than or equal to"),
 }
-_MAX_ALARM_SECONDS = 86_400
 _ACTION_MEMBERS = {
     "OK": "OKActions",
     "ALARM": "AlarmActions",
     "INSUFFICIENT_DATA": "InsufficientDataActions",
 }
-_DEFINITION_MEMBERS = (
-    "AlarmDescription",
-    "ActionsEnabled",
-    "OKActions",
-    "AlarmActions",
-    "InsufficientDataActions",
-    "MetricName",
-    "Namespace",
-    "Statistic",
-    "ExtendedStatistic",
-    "Dimensions",
-    "Period",
-    "Unit",
-    "EvaluationPeriods",
-    "DatapointsToAlarm",
-    "Threshold",
-    "ComparisonOperator",
-    "TreatMissingData",
-    "EvaluateLowSampleCountPercentile",
-    "Tags",
-)
 
 
 @dataclass(frozen=True)
@@ -213,7 +191,7 @@ class AlarmBook:
             MissingParameter, InvalidParameterValue, InvalidParameterCombination: as CloudWatch.
             CloudWatchLimitExceeded: a new alarm beyond `max_alarms`.
         """
-        definition = _checked_definition(params)
+        definition = checked_definition(params)
         name = str(params["AlarmName"])
         now = self._clock()
         existing = self._alarms.get(name)
@@ -264,7 +242,7 @@ class AlarmBook:
             )
         types = params.get("AlarmTypes")
         composite_only = params.get("ChildrenOfAlarmName") or params.get("ParentsOfAlarmName")
-        wanted_metric = not composite_only and (not types or "MetricAlarm" in _strings(types))
+        wanted_metric = not composite_only and (not types or "MetricAlarm" in strings(types))
         state = params.get("StateValue")
         action_prefix = params.get("ActionPrefix")
         selected = []
@@ -272,7 +250,7 @@ class AlarmBook:
             alarm = self._alarms[name]
             if not wanted_metric:
                 break
-            if names and name not in _strings(names):
+            if names and name not in strings(names):
                 continue
             if isinstance(prefix, str) and not name.startswith(prefix):
                 continue
@@ -281,12 +259,12 @@ class AlarmBook:
             if isinstance(action_prefix, str) and not any(
                 action.startswith(action_prefix)
                 for member in _ACTION_MEMBERS.values()
-                for action in _strings(alarm.definition.get(member))
+                for action in strings(alarm.definition.get(member))
             ):
                 continue
             selected.append(alarm)
-        size = _int(params.get("MaxRecords", self._settings.describe_alarms_page_size))
-        offset = _offset(params.get("NextToken"), len(selected))
+        size = integer(params.get("MaxRecords", self._settings.describe_alarms_page_size))
+        offset = page_offset(params.get("NextToken"), len(selected))
         page = selected[offset : offset + size]
         output: dict[str, object] = {
             "MetricAlarms": [self._describe(alarm) for alarm in page],
@@ -298,7 +276,7 @@ class AlarmBook:
 
     async def describe_alarms_for_metric(self, params: dict[str, object]) -> dict[str, object]:
         """DescribeAlarmsForMetric: the alarms on one metric, narrowed by the optional members."""
-        dimensions = _dimension_set(params.get("Dimensions"))
+        dimensions = dimension_set(params.get("Dimensions"))
         matched = []
         for name in sorted(self._alarms):
             definition = self._alarms[name].definition
@@ -307,10 +285,7 @@ class AlarmBook:
                 or definition.get("Namespace") != params["Namespace"]
             ):
                 continue
-            if (
-                "Dimensions" in params
-                and _dimension_set(definition.get("Dimensions")) != dimensions
-            ):
+            if "Dimensions" in params and dimension_set(definition.get("Dimensions")) != dimensions:
                 continue
             if any(
                 member in params and definition.get(member) != params[member]
@@ -326,7 +301,7 @@ class AlarmBook:
         Raises:
             ResourceNotFound: a name that is no alarm.
         """
-        names = _strings(params["AlarmNames"])
+        names = strings(params["AlarmNames"])
         missing = [name for name in names if name not in self._alarms]
         if missing:
             raise ResourceNotFound(f"The following alarms were not found: {missing}")
@@ -368,7 +343,7 @@ class AlarmBook:
         name = params.get("AlarmName")
         rows = await asyncio.to_thread(self._store.history, None if name is None else str(name))
         types = params.get("AlarmTypes")
-        if types and "MetricAlarm" not in _strings(types):
+        if types and "MetricAlarm" not in strings(types):
             rows = []
         item_type = params.get("HistoryItemType")
         start = params.get("StartDate")
@@ -384,8 +359,8 @@ class AlarmBook:
         ]
         if params.get("ScanBy", "TimestampDescending") == "TimestampDescending":
             selected.reverse()
-        size = _int(params.get("MaxRecords", 100))
-        offset = _offset(params.get("NextToken"), len(selected))
+        size = integer(params.get("MaxRecords", 100))
+        offset = page_offset(params.get("NextToken"), len(selected))
         output: dict[str, object] = {
             "AlarmHistoryItems": [
                 {
@@ -425,12 +400,12 @@ class AlarmBook:
     async def _judge(self, alarm: _Alarm, now: float) -> tuple[str, str, str] | None:
         """The state the figures give `alarm` now, with reason and reason data."""
         definition = alarm.definition
-        period = _int(definition["Period"])
-        count = _int(definition["EvaluationPeriods"])
-        needed = _int(definition.get("DatapointsToAlarm", count))
+        period = integer(definition["Period"])
+        count = integer(definition["EvaluationPeriods"])
+        needed = integer(definition.get("DatapointsToAlarm", count))
         statistic_name = str(definition.get("Statistic") or definition.get("ExtendedStatistic"))
         statistic = parse_statistic(statistic_name, "Statistic")
-        threshold = float(_number(definition["Threshold"]))
+        threshold = float(number(definition["Threshold"]))
         compare, wording = _COMPARISONS[str(definition["ComparisonOperator"])]
         treat = str(definition.get("TreatMissingData", "missing"))
         end = math.floor(now / period) * period
@@ -439,7 +414,7 @@ class AlarmBook:
         resolved = series_key(
             str(definition["Namespace"]),
             str(definition["MetricName"]),
-            _dicts(definition.get("Dimensions")),
+            dicts(definition.get("Dimensions")),
             "Dimensions",
         )
         if resolved is not None and definition.get("Unit", resolved[0].unit) == resolved[0].unit:
@@ -544,7 +519,7 @@ class AlarmBook:
                     f"Recorded action {action} (splitserve executes no alarm actions)",
                     json.dumps({"actionState": "Recorded", "notificationResource": action}),
                 )
-                for action in _strings(alarm.definition.get(_ACTION_MEMBERS[state]))
+                for action in strings(alarm.definition.get(_ACTION_MEMBERS[state]))
             )
         await asyncio.to_thread(
             self._store.put_alarm, changed.row(), history, self._settings.alarm_history_per_alarm
@@ -564,14 +539,14 @@ class AlarmBook:
             ),
             "AlarmConfigurationUpdatedTimestamp": _moment(alarm.configuration_updated),
             "ActionsEnabled": definition.get("ActionsEnabled", True),
-            "OKActions": list(_strings(definition.get("OKActions"))),
-            "AlarmActions": list(_strings(definition.get("AlarmActions"))),
-            "InsufficientDataActions": list(_strings(definition.get("InsufficientDataActions"))),
+            "OKActions": list(strings(definition.get("OKActions"))),
+            "AlarmActions": list(strings(definition.get("AlarmActions"))),
+            "InsufficientDataActions": list(strings(definition.get("InsufficientDataActions"))),
             "StateValue": alarm.state,
             "StateReason": alarm.reason,
             "StateUpdatedTimestamp": _moment(alarm.state_updated),
             "StateTransitionedTimestamp": _moment(alarm.state_transitioned),
-            "Dimensions": list(_dicts(definition.get("Dimensions"))),
+            "Dimensions": list(dicts(definition.get("Dimensions"))),
             "TreatMissingData": definition.get("TreatMissingData", "missing"),
         }
         if alarm.reason_data is not None:
@@ -601,111 +576,3 @@ def _significant_samples(percent: float) -> int:
     if percent >= 100:
         return 1
     return math.ceil(100 / (100 - percent))
-
-
-def _checked_definition(params: Mapping[str, object]) -> dict[str, object]:
-    """PutMetricAlarm's members the alarm keeps, checked as CloudWatch checks them.
-
-    Raises:
-        MissingParameter, InvalidParameterValue, InvalidParameterCombination.
-    """
-    if "Metrics" in params or "ThresholdMetricId" in params:
-        raise InvalidParameterValue(
-            "The parameter Metrics is not supported: splitserve's alarms watch one metric "
-            "(MetricName, Namespace, Statistic or ExtendedStatistic), not metric math."
-        )
-    for member in (
-        "MetricName",
-        "Namespace",
-        "Period",
-        "EvaluationPeriods",
-        "Threshold",
-        "ComparisonOperator",
-    ):
-        if member not in params:
-            raise MissingParameter(f"The parameter {member} is required.")
-    has_statistic = "Statistic" in params
-    if has_statistic == ("ExtendedStatistic" in params):
-        raise InvalidParameterCombination(
-            "Exactly one of the parameters Statistic and ExtendedStatistic must be specified."
-        )
-    if not has_statistic:
-        parse_statistic(str(params["ExtendedStatistic"]), "ExtendedStatistic")
-    operator = str(params["ComparisonOperator"])
-    if operator in _ANOMALY_OPERATORS:
-        raise InvalidParameterValue(
-            f"The value {operator} for parameter ComparisonOperator needs an anomaly detection "
-            "band, which splitserve does not serve."
-        )
-    period = _int(params["Period"])
-    if period % 60:
-        raise InvalidParameterValue(
-            "The parameter Period must be a multiple of 60: splitserve keeps figures per minute."
-        )
-    evaluation_periods = _int(params["EvaluationPeriods"])
-    if period * evaluation_periods > _MAX_ALARM_SECONDS:
-        raise InvalidParameterCombination(
-            "The evaluation period (Period multiplied by EvaluationPeriods) must not exceed "
-            f"{_MAX_ALARM_SECONDS} seconds."
-        )
-    if _int(params.get("DatapointsToAlarm", evaluation_periods)) > evaluation_periods:
-        raise InvalidParameterCombination(
-            "DatapointsToAlarm must be less than or equal to EvaluationPeriods."
-        )
-    treat = params.get("TreatMissingData", "missing")
-    if treat not in _TREAT_MISSING:
-        raise InvalidParameterValue(
-            f"The parameter TreatMissingData must be one of: {', '.join(_TREAT_MISSING)}."
-        )
-    low = params.get("EvaluateLowSampleCountPercentile")
-    if low is not None and low not in _LOW_SAMPLE_COUNT:
-        raise InvalidParameterValue(
-            "The parameter EvaluateLowSampleCountPercentile must be one of: evaluate, ignore."
-        )
-    if low is not None and has_statistic:
-        raise InvalidParameterCombination(
-            "EvaluateLowSampleCountPercentile applies only with ExtendedStatistic."
-        )
-    names = [str(item.get("Name")) for item in _dicts(params.get("Dimensions"))]
-    if len(set(names)) != len(names):
-        raise InvalidParameterValue("Dimension names must be unique within an alarm.")
-    return {member: params[member] for member in _DEFINITION_MEMBERS if member in params}
-
-
-def _strings(value: object) -> list[str]:
-    return [str(item) for item in value] if isinstance(value, list) else []
-
-
-def _dicts(value: object) -> list[dict[str, object]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _dimension_set(value: object) -> frozenset[tuple[str, str]]:
-    return frozenset((str(item.get("Name")), str(item.get("Value"))) for item in _dicts(value))
-
-
-def _number(value: object) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise TypeError("not a number")
-
-
-def _int(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise TypeError("not an integer")
-
-
-def _offset(token: object, total: int) -> int:
-    """The offset a DescribeAlarms or DescribeAlarmHistory NextToken carries.
-
-    Raises:
-        InvalidNextToken: a token this gateway did not give.
-    """
-    if token is None:
-        return 0
-    text = str(token)
-    number = text.removeprefix("alarms-")
-    if text.startswith("alarms-") and number.isdigit() and len(number) <= 9:
-        return min(int(number), total)
-    raise InvalidNextToken("The service cannot understand the NextToken given.")
