@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -24,6 +24,7 @@ from splitserve.cloudwatch.shapes import OPERATIONS
 from splitserve.errors import SplitserveError, wire_error
 from tests.cloudwatch.conftest import StoredWorld, open_stored_world
 from tests.support.clock import NOON
+from tests.support.fuzz import json_slots
 
 _DIMENSIONS = [{"Name": "EndpointName", "Value": "ep"}, {"Name": "VariantName", "Value": "A"}]
 _METRIC = {"Namespace": "AWS/SageMaker", "MetricName": "Invocations", "Dimensions": _DIMENSIONS}
@@ -71,17 +72,6 @@ _VALUES = st.recursive(
 )
 
 
-def _slots(value: object) -> Iterator[tuple[dict[str, Any] | list[Any], Any]]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield value, key
-            yield from _slots(item)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield value, index
-            yield from _slots(item)
-
-
 @st.composite
 def _bodies(draw: st.DrawFn, operation: str) -> dict[str, Any]:
     if draw(st.integers(0, 4)) == 0:
@@ -91,7 +81,7 @@ def _bodies(draw: st.DrawFn, operation: str) -> dict[str, Any]:
         )
     body = copy.deepcopy(_VALID[operation])
     for _ in range(draw(st.integers(0, 3))):
-        slots = list(_slots(body))
+        slots = list(json_slots(body))
         if not slots:
             break
         container, key = draw(st.sampled_from(slots))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -22,6 +22,7 @@ from tests.control.conftest import (
     two_variant_endpoint,
     variant,
 )
+from tests.support.fuzz import json_slots
 
 #: Strings that pass some checks, so mutated requests get deep into the service.
 _PLAUSIBLE_TEXT = [
@@ -143,18 +144,6 @@ _VALID: dict[str, dict[str, object]] = {
 }
 
 
-def _slots(value: object) -> Iterator[tuple[dict[str, object] | list[object], object]]:
-    """Every (container, key) inside a JSON value: the places a mutation can hit."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield value, key
-            yield from _slots(item)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield value, index
-            yield from _slots(item)
-
-
 @st.composite
 def _bodies(draw: st.DrawFn, operation: str) -> dict[str, object]:
     if operation not in _VALID or draw(st.integers(0, 4)) == 0:
@@ -163,7 +152,7 @@ def _bodies(draw: st.DrawFn, operation: str) -> dict[str, object]:
         return draw(st.dictionaries(keys, _VALUES, max_size=5))
     body = copy.deepcopy(_VALID[operation])
     for _ in range(draw(st.integers(0, 3))):
-        slots = list(_slots(body))
+        slots = list(json_slots(body))
         if not slots:
             break
         container, key = draw(st.sampled_from(slots))
