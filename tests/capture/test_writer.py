@@ -20,6 +20,7 @@ from scipy.stats import binom
 from splitserve.capture.spec import DataCapture
 from splitserve.capture.writer import CaptureSink, CaptureWriter
 from splitserve.config import CaptureSettings
+from splitserve.evaluation.capture_reader import read_capture
 from splitserve.metrics.prometheus import REGISTRY
 
 # 2022-02-14T17:25:49.5Z: a half second is exact in binary, so the file name's milliseconds are too.
@@ -366,3 +367,30 @@ def test_a_targeted_request_is_marked_where_sagemaker_readers_ignore_it(tmp_path
     # A weighted request's record is SageMaker's exactly; a targeted one says so in its metadata.
     assert set(by_id["weighted"]) == {"eventId", "inferenceId", "inferenceTime"}
     assert by_id["targeted"]["splitserve"] == {"targeted": True}
+
+
+def test_each_replica_names_its_files_and_evaluate_reads_them_all(tmp_path: Path) -> None:
+    # Two gateway replicas capture the same endpoint into one destination in the same millisecond:
+    # each file names its replica, so neither writes the other's, and the reader takes both.
+    config = capture_config(tmp_path)
+    for replica_id in ("host-a-101-0badcafe", "host-a-102-feedbeef"):
+        writer = CaptureWriter(CaptureSettings(), clock=lambda: FIXED_TIME, replica_id=replica_id)
+        offer(make_sink(writer, "my-endpoint", config), inference_id=replica_id)
+        assert writer.close()
+
+    names = [path.name for path in capture_files(tmp_path)]
+    uuid_pattern = r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}"
+    assert len(names) == 2
+    assert re.fullmatch(rf"25-49-500-host-a-101-0badcafe-{uuid_pattern}\.jsonl", names[0])
+    assert re.fullmatch(rf"25-49-500-host-a-102-feedbeef-{uuid_pattern}\.jsonl", names[1])
+    read = read_capture(tmp_path / "capture-bucket" / "prefix", "my-endpoint")
+    assert read.files == 2
+    assert sorted(request.inference_id or "" for request in read.requests) == [
+        "host-a-101-0badcafe", "host-a-102-feedbeef",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("replica_id", ["", "a/b", "../up", "host 1", "é"])
+def test_a_replica_id_that_cannot_be_in_a_file_name_is_refused(replica_id: str) -> None:
+    with pytest.raises(ValueError, match="replica id"):
+        CaptureWriter(CaptureSettings(), replica_id=replica_id)

@@ -3,10 +3,13 @@
 The layout and the record format are SageMaker's (docs/sagemaker-api.md, section 6),
 so tools written for SageMaker's capture read these files unchanged:
 
-    <destination>/<EndpointName>/<VariantName>/YYYY/MM/DD/HH/<MM>-<SS>-<mmm>-<uuid>.jsonl
+    <destination>/<EndpointName>/<VariantName>/YYYY/MM/DD/HH/<MM>-<SS>-<mmm>-<replica>-<uuid>.jsonl
 
 one line per captured invocation, `YYYY/MM/DD/HH` being the UTC hour of its `inferenceTime`, and the
-file name the minute, second and millisecond the file was started plus a random UUID.
+file name the minute, second and millisecond the file was started, the id of the gateway replica
+that writes it (`cluster.view.new_replica_id`: several replicas capture into one destination, and
+each writes only files of its own) and a random UUID. SageMaker's names end in a UUID too; readers
+take every `*.jsonl` file, whatever its name (`splitserve evaluate` included).
 
 Capture never slows or fails a request. The request path (`CaptureSink.offer`) draws one random
 number, builds one tuple and appends it to the `CaptureWriter`'s bounded queue; nothing there
@@ -33,6 +36,7 @@ import base64
 import json
 import logging
 import random
+import re
 import shutil
 import threading
 import time
@@ -53,6 +57,8 @@ log = logging.getLogger(__name__)
 #: What a request without Content-Type (or an answer without one) is recorded as.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
+# What a replica id may hold to be part of a file name (`cluster.view.new_replica_id` makes them).
+_REPLICA_ID = re.compile(r"[A-Za-z0-9.-]{1,200}")
 # What a queued record costs besides its payloads (the tuple, its strings), for the queue's bound.
 _RECORD_OVERHEAD_BYTES = 512
 # How often the writer thread wakes with nothing queued, to close idle files.
@@ -175,14 +181,29 @@ class CaptureWriter:
     """
 
     def __init__(
-        self, settings: CaptureSettings, *, clock: Callable[[], float] = time.time
+        self,
+        settings: CaptureSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        replica_id: str | None = None,
     ) -> None:
         """A writer that is not yet running.
 
         Args:
             settings: queue bound, file rotation, disk limit and sampling seed.
             clock: the wall clock that stamps `inferenceTime` (tests pass a fixed one).
+            replica_id: the gateway replica's id, put in every file name (letters, digits, '-'
+                and '.'); None leaves it out (a writer outside a gateway).
+
+        Raises:
+            ValueError: `replica_id` is empty or holds other characters (it is part of a path).
         """
+        if replica_id is not None and not _REPLICA_ID.fullmatch(replica_id):
+            raise ValueError(
+                f"a replica id in capture file names must be letters, digits, '-' or '.': "
+                f"{replica_id!r}"
+            )
+        self._replica_id = replica_id
         self._settings = settings
         self._clock = clock
         self._lock = threading.Lock()
@@ -266,7 +287,7 @@ class CaptureWriter:
         return True
 
     def _run(self) -> None:
-        files = _CaptureFiles(self._settings)
+        files = _CaptureFiles(self._settings, self._replica_id)
         try:
             while True:
                 self._ready.wait(_TICK_SECONDS)
@@ -299,8 +320,9 @@ class _CaptureFiles:
     """The writer thread's open files, one per variant directory and hour; only that thread uses
     this object."""
 
-    def __init__(self, settings: CaptureSettings) -> None:
+    def __init__(self, settings: CaptureSettings, replica_id: str | None) -> None:
         self._settings = settings
+        self._name_part = "" if replica_id is None else f"{replica_id}-"
         self._open: dict[tuple[Path, tuple[int, int, int, int]], _OpenFile] = {}
         self._disk_checked: dict[Path, tuple[float, bool]] = {}
         self._logged: dict[tuple[str, Path], float] = {}
@@ -367,7 +389,10 @@ class _CaptureFiles:
         )
         directory.mkdir(parents=True, exist_ok=True)
         millisecond = int(when * 1000) % 1000
-        name = f"{moment.tm_min:02d}-{moment.tm_sec:02d}-{millisecond:03d}-{uuid.uuid4()}.jsonl"
+        name = (
+            f"{moment.tm_min:02d}-{moment.tm_sec:02d}-{millisecond:03d}-"
+            f"{self._name_part}{uuid.uuid4()}.jsonl"
+        )
         path = directory / name
         file = _OpenFile(path, path.open("xb"), target, last_write=time.monotonic())
         self._open[key] = file
