@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from splitserve.capture.writer import CaptureWriter
 from splitserve.cloudwatch import routes as cloudwatch_routes
 from splitserve.cloudwatch.gateway import CloudWatchGateway
+from splitserve.cluster.view import SoleReplica
 from splitserve.config import Settings
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     """
     app = web.Application(client_max_size=settings.max_payload_bytes)
     app[keys.SETTINGS] = settings
+    app[keys.REPLICA] = SoleReplica()
     show_created_series(settings.metrics_created)
     registry = EndpointRegistry()
     invocations = InvocationService(settings, registry)
@@ -128,7 +130,7 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _capture_writer(app: web.Application) -> AsyncIterator[None]:
     """Start the data-capture writer thread; on shutdown write what is queued and close files."""
-    writer = CaptureWriter(app[keys.SETTINGS].capture)
+    writer = CaptureWriter(app[keys.SETTINGS].capture, replica_id=app[keys.REPLICA].replica_id)
     app[keys.CAPTURE] = writer
     writer.start()
     try:
@@ -181,8 +183,13 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
 
 async def _cloudwatch(app: web.Application) -> AsyncIterator[None]:
     """Start CloudWatch's API over the deployer's figures (after `_gateway`); stop it first."""
+    replica = app[keys.REPLICA]
     cloudwatch = await CloudWatchGateway.open(
-        app[keys.SETTINGS], app[keys.MINUTES], app[keys.FLEET]
+        app[keys.SETTINGS],
+        app[keys.MINUTES],
+        app[keys.FLEET],
+        source=replica.replica_id,
+        is_controller=replica.is_controller,
     )
     app[keys.CLOUDWATCH] = cloudwatch
     try:

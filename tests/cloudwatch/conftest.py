@@ -4,7 +4,8 @@ own serializers and parsers for each of CloudWatch's protocols."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,13 +119,28 @@ class StoredWorld:
     path: Path
 
 
-def open_stored_world(path: Path, clock: FakeClock | None = None) -> StoredWorld:
-    """A `StoredWorld` over the database at `path` (created when missing)."""
+def open_stored_world(
+    path: Path,
+    clock: FakeClock | None = None,
+    *,
+    source: str | None = None,
+    is_controller: Callable[[], bool] = lambda: True,
+) -> StoredWorld:
+    """A `StoredWorld` over the database at `path` (created when missing): one gateway replica,
+    named `source` (a new name when None), the controller while `is_controller()` says so."""
     sqlite3.connect(path).close()
     clock = clock or FakeClock()
     minutes = MinuteStore(StatsSettings(), clock)
     store = CloudWatchStore.open(path)
-    gateway = CloudWatchGateway(Settings(state_dir=path.parent), store, minutes, None, clock)
+    gateway = CloudWatchGateway(
+        Settings(state_dir=path.parent),
+        store,
+        minutes,
+        None,
+        clock,
+        source=source or uuid.uuid4().hex,
+        is_controller=is_controller,
+    )
     return StoredWorld(clock, minutes, gateway, path)
 
 

@@ -4,7 +4,11 @@ INSUFFICIENT_DATA every minute.
 
 No aiohttp here. Alarms live in memory (this module's `AlarmBook`) and in the state database
 (`store.CloudWatchStore`), written through on every change, so a restarted gateway has them back
-with their states. How an alarm is evaluated (docs/sagemaker-api.md, section 7):
+with their states. The store is the truth: every operation and every evaluation first reads the
+alarms again (`AlarmBook.refresh`, one query), so a gateway replica sees the alarms another
+replica put, deleted or moved (only the controller replica evaluates; see `gateway`).
+
+How an alarm is evaluated (docs/sagemaker-api.md, section 7):
 
 - the datapoints are the last EvaluationPeriods whole periods (aligned on the epoch) before now,
   each the alarm's statistic of the metric over the period, or missing when it had no sample;
@@ -164,23 +168,47 @@ class AlarmBook:
 
     async def load(self) -> None:
         """Read the alarms the store keeps (skipping a damaged row, with a log line)."""
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Make the book what the store keeps now: alarms other gateway replicas put, deleted or
+        changed the state of. An alarm whose row did not change stays the same object, so an
+        evaluation running meanwhile still recognises it."""
         rows = await asyncio.to_thread(self._store.alarms)
+        alarms: dict[str, _Alarm] = {}
         for row in rows:
+            known = self._alarms.get(row.name)
+            if known is not None and known.row() == row:
+                alarms[row.name] = known
+                continue
             try:
-                self._alarms[row.name] = _Alarm.of_row(row)
+                alarms[row.name] = _Alarm.of_row(row)
             except ValueError:
                 log.warning("alarm %r in the state database is damaged; it is skipped", row.name)
+        self._alarms = alarms
 
     def operations(self) -> dict[str, Callable[[dict[str, object]], Awaitable[dict[str, object]]]]:
-        """Operation name -> handler."""
+        """Operation name -> handler; each reads the store's alarms first (`refresh`)."""
         return {
-            "PutMetricAlarm": self.put_metric_alarm,
-            "DescribeAlarms": self.describe_alarms,
-            "DescribeAlarmsForMetric": self.describe_alarms_for_metric,
-            "DeleteAlarms": self.delete_alarms,
-            "SetAlarmState": self.set_alarm_state,
-            "DescribeAlarmHistory": self.describe_alarm_history,
+            name: self._refreshed(operation)
+            for name, operation in (
+                ("PutMetricAlarm", self.put_metric_alarm),
+                ("DescribeAlarms", self.describe_alarms),
+                ("DescribeAlarmsForMetric", self.describe_alarms_for_metric),
+                ("DeleteAlarms", self.delete_alarms),
+                ("SetAlarmState", self.set_alarm_state),
+                ("DescribeAlarmHistory", self.describe_alarm_history),
+            )
         }
+
+    def _refreshed(
+        self, operation: Callable[[dict[str, object]], Awaitable[dict[str, object]]]
+    ) -> Callable[[dict[str, object]], Awaitable[dict[str, object]]]:
+        async def refreshed(params: dict[str, object]) -> dict[str, object]:
+            await self.refresh()
+            return await operation(params)
+
+        return refreshed
 
     # --- operations -------------------------------------------------------------------------------
 
@@ -381,7 +409,8 @@ class AlarmBook:
     # --- evaluation -------------------------------------------------------------------------------
 
     async def evaluate(self) -> None:
-        """Judge every alarm on the figures now; record the states that change."""
+        """Judge every alarm the store keeps on the figures now; record the states that change."""
+        await self.refresh()
         now = self._clock()
         for alarm in list(self._alarms.values()):
             try:

@@ -6,6 +6,10 @@ instances' CPU and memory and writes this process's per-minute figures to the st
 (so a restart loses at most that much), and every `alarm_evaluation_interval_seconds` it
 evaluates the alarms. The app opens it after the fleet deployer (whose rings and instances it
 reads) and closes it before; closing writes the figures once more.
+
+Every gateway replica runs one. Its figures are stored under its replica id (`source`), so the
+replicas' rows add up; only the replica that is the controller evaluates the alarms
+(`is_controller`), so N replicas do not each change an alarm's state and write its history.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
 from splitserve.cloudwatch.alarms import AlarmBook
@@ -42,16 +45,22 @@ class CloudWatchGateway:
         minutes: MinuteStore,
         instances: InstanceSource | None,
         clock: Callable[[], float] = time.time,
+        *,
+        source: str,
+        is_controller: Callable[[], bool],
     ) -> None:
         """CloudWatch over `minutes` (the deployer's rings), `instances` (its fleets) and
-        `store` (CloudWatch's tables in the state database, opened by `open`)."""
+        `store` (CloudWatch's tables in the state database, opened by `open`); `source` names
+        this process's stored figures (its replica id), and alarms are evaluated only while
+        `is_controller()` says this process is the controller."""
         self._settings = settings.cloudwatch
         self._store = store
         self._clock = clock
+        self._is_controller = is_controller
         self.live = LiveFigures(
             minutes, instances, CpuSampler(settings.stats.cpu_sample_min_seconds), clock
         )
-        self.figures = StoredReader(self.live, store, uuid.uuid4().hex, clock)
+        self.figures = StoredReader(self.live, store, source, clock)
         self.alarms = AlarmBook(settings.cloudwatch, settings.account, store, self.figures, clock)
         queries = MetricQueries(settings.cloudwatch, self.figures, clock)
         self.service = CloudWatchService(queries.operations(), self.alarms.operations())
@@ -60,16 +69,24 @@ class CloudWatchGateway:
 
     @classmethod
     async def open(
-        cls, settings: Settings, minutes: MinuteStore, instances: InstanceSource | None
+        cls,
+        settings: Settings,
+        minutes: MinuteStore,
+        instances: InstanceSource | None,
+        *,
+        source: str,
+        is_controller: Callable[[], bool],
     ) -> CloudWatchGateway:
         """Open CloudWatch's tables in the state database (off the loop), load the alarms and
-        start the periodic job.
+        start the periodic job (`source` and `is_controller` as for the constructor).
 
         Raises:
             sqlite3.Error: the state database cannot be opened or written.
         """
         store = await asyncio.to_thread(CloudWatchStore.open, settings.state_file)
-        gateway = cls(settings, store, minutes, instances)
+        gateway = cls(
+            settings, store, minutes, instances, source=source, is_controller=is_controller
+        )
         try:
             await gateway.alarms.load()
         except BaseException:
@@ -98,9 +115,14 @@ class CloudWatchGateway:
 
     async def tick(self) -> None:
         """One round of the periodic job: sample, write figures, and evaluate the alarms when
-        their interval has passed."""
+        their interval has passed and this process is the controller."""
         self.live.sample_instances()
         await self.figures.flush(self.retention_minutes)
+        if not self._is_controller():
+            # The controller judges every replica's figures (they are all in the store); a
+            # replica that becomes the controller evaluates at its next round.
+            self._evaluated_at = None
+            return
         now = self._clock()
         interval = self._settings.alarm_evaluation_interval_seconds
         if self._evaluated_at is None or now - self._evaluated_at >= interval:

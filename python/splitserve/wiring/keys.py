@@ -6,6 +6,7 @@ from aiohttp import web
 
 from splitserve.capture.writer import CaptureWriter
 from splitserve.cloudwatch.gateway import CloudWatchGateway
+from splitserve.cluster.view import ReplicaView
 from splitserve.config import Settings
 from splitserve.control.service import ControlService
 from splitserve.metrics.minutes import MinuteStore
@@ -21,3 +22,5 @@ MINUTES = web.AppKey("minutes", MinuteStore)
 CAPTURE = web.AppKey("capture", CaptureWriter)
 FLEET = web.AppKey("fleet", FleetDeployer)
 CLOUDWATCH = web.AppKey("cloudwatch", CloudWatchGateway)
+#: This process as a replica (its id, whether it controls, its host peers): `SoleReplica` alone.
+REPLICA = web.AppKey("replica", ReplicaView)
