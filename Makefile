@@ -52,6 +52,18 @@ $(STAMPS)/wrk:
 	command -v wrk || (apt-get update && apt-get install -y --no-install-recommends wrk)
 	@touch $@
 
+# The state-database tests start a private PostgreSQL server of their own (tests/support/postgres.py:
+# initdb in a temporary directory, a free port), never the system service: a policy-rc.d that
+# refuses every start is in place while the package installs, so Debian does not start its cluster.
+$(STAMPS)/postgresql:
+	@mkdir -p $(STAMPS)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		policy=/usr/sbin/policy-rc.d; added=; \
+		if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy && added=1; fi; \
+		apt-get update && apt-get install -y --no-install-recommends postgresql; status=$$?; \
+		if [ -n "$$added" ]; then rm -f $$policy; fi; exit $$status; }
+	@touch $@
+
 setup: $(STAMPS)/build ## create .venv, install the locked dependencies, build the extension (release)
 
 build: setup ## same as setup: rebuild the Rust extension when its sources changed
@@ -79,7 +91,7 @@ lint: setup ## ruff (lint + format check), import contracts, mypy, stubtest, car
 test-rust: ## cargo test of the pure Rust routing core
 	cargo test --quiet
 
-test-python: setup $(STAMPS)/prometheus $(STAMPS)/wrk ## pytest (benchmarks run once each as smoke tests)
+test-python: setup $(STAMPS)/prometheus $(STAMPS)/wrk $(STAMPS)/postgresql ## pytest (benchmarks run once each as smoke tests)
 	$(BIN)/pytest -q
 
 FAST_PYTEST := $(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
@@ -95,7 +107,7 @@ fast-workers: setup
 fast-others: setup
 	$(FAST_PYTEST) tests --ignore=tests/workers
 
-test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs (apt-get installs prometheus and wrk when missing)
+test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs (apt-get installs prometheus, wrk and postgresql when missing)
 
 # The edit loop: the two pytest halves start first, lint and then cargo test run beside them; on 2
 # cores the whole takes about as long as the worker tests alone. Each target's output is printed

@@ -15,6 +15,9 @@ import pytest
 
 from tests.support.models import NUM_FEATURES, TrainedModel, train_binary_model, write_model_tarball
 
+#: `postgres_server` (a private PostgreSQL for the session) and `postgres_url` (a new database).
+pytest_plugins = ["tests.support.postgres"]
+
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import quote
 
 #: SageMaker's InvokeEndpoint body limit (the service model's blob max): 6 MiB.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
@@ -105,6 +106,13 @@ LOGS_DIR_NAME = "logs"
 #: The lock file one gateway holds (fcntl.flock) on its state directory, holding its pid: a
 #: second gateway on the same directory would launch duplicate workers.
 LOCK_FILE_NAME = "gateway.lock"
+
+#: The most replica processes `serve --processes N` runs on one host.
+MAX_REPLICA_PROCESSES = 256
+
+#: The lock file the controller replica holds (fcntl.flock) while it controls the endpoints of a
+#: state directory shared by several replica processes (the SQLite state's controller lease).
+CONTROLLER_LOCK_FILE_NAME = "controller.lock"
 
 #: The state file's mode: it holds every model's Environment, which may carry secrets.
 STATE_FILE_MODE = 0o600
@@ -422,6 +430,85 @@ class EdgeSettings:
 
 
 @dataclass(frozen=True)
+class ReplicaSettings:
+    """Gateway replicas: several processes over one shared state (README, "Running several
+    replicas"; docs/architecture.md, "Replicas").
+
+    Attributes:
+        processes: how many replica processes `serve` runs on this host, sharing its port with
+            SO_REUSEPORT; 1 runs the gateway in the calling process, as it always ran.
+        supervisor_pid: set only in a replica process that `serve --processes N` started: the
+            supervising process's pid (the replica checks it is still its parent and dies with it).
+        replica_index: which of the supervisor's N replicas this process is (0-based; in logs).
+        advertise_address: the address this replica's internal listener binds and other replicas
+            reach it at (the controller's control plane, a host's /metrics); the host's loopback
+            for replicas on one host.
+        heartbeat_interval_seconds: how often a replica writes its heartbeat (and tries for the
+            controller lease when no one holds it).
+        replica_timeout_seconds: a replica whose heartbeat is older is not live: weight changes
+            stop waiting for it and /metrics stops asking it.
+        routing_poll_seconds: how often a replica that is not the controller checks the store's
+            routing version (a cheap read) for new routing documents.
+        propagation_timeout_seconds: a weight change waits at most this long for every live
+            replica to route with it before it answers (it answers either way, and logs the
+            replicas that had not caught up).
+        restart_backoff_seconds: the supervisor's wait before restarting a replica that died,
+            doubled for each quick death in a row up to `restart_backoff_max_seconds`.
+        restart_backoff_max_seconds: the longest such wait.
+        drain_timeout_seconds: on SIGTERM the supervisor waits this long for its replicas to
+            drain and exit before it kills them.
+        forward_timeout_seconds: a control-plane call a replica passes on to the controller gets
+            this long for its answer (UpdateEndpoint answers fast; deployments run in the
+            background).
+    """
+
+    processes: int = 1
+    supervisor_pid: int | None = None
+    replica_index: int = 0
+    advertise_address: str = "127.0.0.1"
+    heartbeat_interval_seconds: float = 1.0
+    replica_timeout_seconds: float = 5.0
+    routing_poll_seconds: float = 0.05
+    propagation_timeout_seconds: float = 5.0
+    restart_backoff_seconds: float = 0.5
+    restart_backoff_max_seconds: float = 10.0
+    drain_timeout_seconds: float = 30.0
+    forward_timeout_seconds: float = 60.0
+
+    @property
+    def is_replica(self) -> bool:
+        """True in a process that a supervisor started as one of several replicas."""
+        return self.supervisor_pid is not None
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """How the gateway talks to its state database (splitserve.database; README, "State in
+    PostgreSQL").
+
+    Attributes:
+        connect_timeout_seconds: the longest a new PostgreSQL connection, or a wait for a free
+            one in the pool, may take; past it the call fails with DatabaseUnavailable (503), so
+            a database that is down answers in bounded time.
+        statement_timeout_seconds: PostgreSQL's statement_timeout for every statement (a
+            write lock waited for included).
+        pool_min_size: PostgreSQL connections the pool keeps open.
+        pool_max_size: the most PostgreSQL connections one gateway process opens.
+        sqlite_busy_timeout_seconds: how long an SQLite statement waits for another process's
+            write lock before it fails with DatabaseUnavailable.
+        change_poll_seconds: how often an SQLite change feed reads `PRAGMA data_version`
+            (PostgreSQL's LISTEN needs no polling).
+    """
+
+    connect_timeout_seconds: float = 5.0
+    statement_timeout_seconds: float = 10.0
+    pool_min_size: int = 1
+    pool_max_size: int = 8
+    sqlite_busy_timeout_seconds: float = 5.0
+    change_poll_seconds: float = 0.05
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `splitserve serve` needs.
 
@@ -442,9 +529,14 @@ class Settings:
         edge: limits on client connections: count, header time, body bytes in flight.
         cloudwatch: CloudWatch's API: retention of per-minute figures, limits, alarms.
         logs: the log's level and format, the access log, failure-line rates.
+        replicas: how many replica processes, and how they find and follow each other.
         metrics_created: /metrics also shows each counter's and histogram's `_created` series
             (prometheus_client's creation timestamps); off, as they double the output for a
             figure Prometheus does not use.
+        state_database_url: `--state URL`: the state database (`sqlite:///absolute/path` or
+            `postgresql://...`); None keeps it in the state directory's SQLite file
+            (`state_url`). The state directory still holds the model store, runs and logs.
+        database: timeouts and pool sizes of the state database.
     """
 
     host: str = "127.0.0.1"
@@ -466,12 +558,22 @@ class Settings:
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     cloudwatch: CloudWatchSettings = field(default_factory=CloudWatchSettings)
     logs: LogSettings = field(default_factory=LogSettings)
+    replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
     metrics_created: bool = False
+    state_database_url: str | None = None
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
     @property
     def state_file(self) -> Path:
         """The control plane's SQLite file, inside the state directory."""
         return self.state_dir / STATE_FILE_NAME
+
+    @property
+    def state_url(self) -> str:
+        """The state database's URL: `--state`, or the state directory's SQLite file."""
+        if self.state_database_url is not None:
+            return self.state_database_url
+        return f"sqlite://{quote(str(self.state_file.absolute()))}"
 
     @property
     def lock_file(self) -> Path:

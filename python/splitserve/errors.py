@@ -99,6 +99,16 @@ class ServiceUnavailable(SplitserveError):
     """No healthy instance can take the request now (HTTP 503; boto3 retries it)."""
 
 
+class DatabaseUnavailable(SplitserveError):
+    """The state database cannot be reached, or did not answer in time (HTTP 503, wire code
+    ServiceUnavailable; boto3 retries it). The message names the database without its password;
+    `detail` (the driver's own text) is for the log only."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 class InternalFailure(SplitserveError):
     """Something failed inside the gateway; the details are only in its log (HTTP 500)."""
 
@@ -172,6 +182,7 @@ ERROR_TABLE: dict[type[Exception], WireError] = {
     BodyReadTimeout: WireError("RequestTimeout", 408),
     ModelError: WireError("ModelError", 424),
     ServiceUnavailable: WireError("ServiceUnavailable", 503),
+    DatabaseUnavailable: WireError("ServiceUnavailable", 503),
     InternalFailure: WireError("InternalFailure", 500),
     DeploymentError: WireError("ValidationException", 400),
     InvalidParameterValue: WireError("InvalidParameterValue", 400),
