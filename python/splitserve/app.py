@@ -140,12 +140,62 @@ async def _capture_writer(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
-    """Open the store, start supervisor and deployer, recover endpoints; undo it in reverse."""
+    """Start controlling the endpoints (one process), or join the replicas, which start
+    controlling in this process once it holds the controller lease; undo it in reverse."""
+    settings = app[keys.SETTINGS]
+    minutes = MinuteStore(settings.stats)
+    app[keys.MINUTES] = minutes
+    slot = app[keys.CONTROLLER]
+    node = app[keys.REPLICA]
+    stops: list[Callable[[], Awaitable[None]]] = []
+    if not isinstance(node, ReplicaNode):
+        stops.append(await _controller(app, None))
+        try:
+            yield
+        finally:
+            await stops[0]()
+        return
+    cluster = await asyncio.to_thread(ClusterState.open, settings.state_file)
+    forwarder = ControllerForwarder(node, settings.replicas)
+    app[keys.FORWARDER] = forwarder
+
+    async def become_controller() -> None:
+        stops.append(await _controller(app, node))
+        assert slot.fleet is not None
+        await node.publish_all(slot.fleet.endpoint_names())
+
+    await node.start(
+        cluster,
+        FileLease(settings.state_dir / CONTROLLER_LOCK_FILE_NAME),
+        RoutingFollower(
+            settings, app[keys.ENDPOINTS], LiveParts(settings, minutes, app[keys.CAPTURE])
+        ),
+        app[keys.INTERNAL_URL],
+        become_controller,
+    )
+    try:
+        yield
+    finally:
+        await node.close()
+        for stop in stops:
+            await stop()
+        await forwarder.close()
+        cluster.close()
+
+
+async def _controller(
+    app: web.Application, node: ReplicaNode | None
+) -> Callable[[], Awaitable[None]]:
+    """Open the store, start supervisor and deployer, recover endpoints (publishing their
+    routing through `node` among replicas); return what undoes it in reverse."""
     settings = app[keys.SETTINGS]
     # Opening reads and checks the whole file (and may create its directory): off the loop.
     store = await asyncio.to_thread(Store.open, settings.state_file)
     registry = app[keys.ENDPOINTS]
-    deployer = FleetDeployer(settings, registry, app[keys.CAPTURE])
+    deployer = FleetDeployer(settings, registry, app[keys.CAPTURE], app[keys.MINUTES])
+    if node is not None:
+        deployer.publish_to(node)
+        node.publish_from(deployer.routing_document)
     catalog = InstanceCatalog()
     images = (
         ImageRegistry()
@@ -166,19 +216,25 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         deployer,
         instance_vcpus={name: catalog.get(name).vcpus for name in catalog.names()},
     )
-    app[keys.CONTROL] = control
-    app[keys.MINUTES] = deployer.minutes
-    app[keys.FLEET] = deployer
+    slot = app[keys.CONTROLLER]
+    slot.control = control
+    slot.fleet = deployer
     INSTANCES.attach(deployer, CpuSampler(settings.stats.cpu_sample_min_seconds))
-    try:
-        await control.start()
-        yield
-    finally:
+
+    async def stop() -> None:
         INSTANCES.detach(deployer)
+        slot.control = slot.fleet = None
         await control.close()
         await deployer.close()
         await supervisor.close()
         store.close()
+
+    try:
+        await control.start()
+    except BaseException:
+        await stop()
+        raise
+    return stop
 
 
 async def _cloudwatch(app: web.Application) -> AsyncIterator[None]:
@@ -187,7 +243,7 @@ async def _cloudwatch(app: web.Application) -> AsyncIterator[None]:
     cloudwatch = await CloudWatchGateway.open(
         app[keys.SETTINGS],
         app[keys.MINUTES],
-        app[keys.FLEET],
+        app[keys.CONTROLLER],
         source=replica.replica_id,
         is_controller=replica.is_controller,
     )
@@ -276,7 +332,7 @@ class _StartedControl:
 
     async def dispatch(self, operation: str, body: dict[str, object]) -> dict[str, object]:
         """`ControlService.dispatch` of the running app."""
-        return await self._app[keys.CONTROL].dispatch(operation, body)
+        return await self._app[keys.CONTROLLER].started().dispatch(operation, body)
 
 
 def _signature_checked(route: web.RouteDef, verifier: SigV4Verifier) -> _Handler:
@@ -306,18 +362,30 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     """GET /splitserve/stats/{endpoint}?since=SECONDS&per=SECONDS: per-period counts, errors and
-    p50/p99 model latency of each variant (`splitserve stats`; see `MinuteStore.report`)."""
+    p50/p99 model latency of each variant (`splitserve stats`; see `MinuteStore.report`), summed
+    over every gateway replica: this one's rings plus the minutes the others stored (they write
+    them every CloudWatch flush interval, so theirs lag by up to that much)."""
     defaults = request.app[keys.SETTINGS].stats
     since = _seconds_parameter(request, "since", defaults.default_since_seconds)
     per = _seconds_parameter(request, "per", defaults.default_period_seconds)
-    report = request.app[keys.MINUTES].report(request.match_info["endpoint"], since, per)
+    minutes = request.app[keys.MINUTES]
+    endpoint_name = request.match_info["endpoint"]
+    first, last = minutes.window(since, per)
+    cloudwatch = request.app.get(keys.CLOUDWATCH)  # absent: an app without the stored figures
+    others = (
+        None
+        if cloudwatch is None
+        else await cloudwatch.figures.other_minutes(endpoint_name, first, last)
+    )
+    report = minutes.report(endpoint_name, since, per, others)
     return web.json_response(report.to_json())
 
 
 async def weights(request: web.Request) -> web.Response:
     """GET /splitserve/endpoints/{endpoint}/weights: the endpoint's weight changes, oldest first
     (`splitserve weights`, `splitserve evaluate --url`; see `ControlService.weight_history`)."""
-    history = await request.app[keys.CONTROL].weight_history(request.match_info["endpoint"])
+    control = request.app[keys.CONTROLLER].started()
+    history = await control.weight_history(request.match_info["endpoint"])
     return web.json_response(history)
 
 

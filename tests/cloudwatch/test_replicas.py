@@ -4,12 +4,22 @@ sees the alarms another one put or moved."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from splitserve import app as gateway_app
+from splitserve.cloudwatch.figures import Aggregate, aggregates_of_minute, minute_counts
+from splitserve.config import Settings
+from splitserve.metrics.minutes import VariantMinutes
+from splitserve.wiring import keys
 from tests.cloudwatch.conftest import StoredWorld, open_stored_world
 from tests.cloudwatch.test_alarms import alarm, describe
-from tests.support.clock import FakeClock
+from tests.support.clock import NOON, FakeClock
 
 
 def serve(world: StoredWorld, requests: int) -> None:
@@ -116,3 +126,64 @@ async def test_getmetricstatistics_on_any_replica_sums_every_replicas_figures(
     finally:
         await second.gateway.close()
         await first.gateway.close()
+
+
+def test_stored_figures_give_back_the_minutes_counts() -> None:
+    clock = FakeClock()
+    ring = VariantMinutes(10, clock)
+    for index in range(7):
+        ring.count_invocation(0.5)
+        if index < 3:
+            ring.count_model_error(500 if index else 404)
+        ring.observe_latency(0.001 * (index + 1))
+        ring.observe_overhead(0.0001)
+    (counts,) = ring.minutes(0, int(NOON // 60))
+    stored = {
+        name: Aggregate.from_json(json.loads(json.dumps(aggregate.to_json())))
+        for name, aggregate in aggregates_of_minute(counts)
+    }
+    back = minute_counts(counts.minute, stored)
+    assert (back.invocations, back.errors_4xx, back.errors_5xx, back.model_errors) == (7, 1, 2, 3)
+    assert back.latency == list(counts.latency or ())
+    assert back.overhead == list(counts.overhead or ())
+    assert back.invocations_per_instance == pytest.approx(3.5)
+    assert back.latency_min == pytest.approx(0.001)
+    assert back.latency_max == pytest.approx(0.007)
+    assert back.latency_sum == pytest.approx(0.028)
+    empty = minute_counts(5, {})
+    assert (empty.invocations, empty.model_errors, empty.latency, empty.overhead) == (
+        0,
+        0,
+        None,
+        None,
+    )
+
+
+async def test_stats_on_a_replica_sum_the_rows_another_replica_stored(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    clock = FakeClock()
+    here = open_stored_world(path, clock, source="replica-a")
+    there = open_stored_world(path, clock, source="replica-b")
+    app = web.Application()
+    app[keys.SETTINGS] = Settings(state_dir=tmp_path)
+    app[keys.MINUTES] = here.minutes
+    app[keys.CLOUDWATCH] = here.gateway
+    app.router.add_get("/splitserve/stats/{endpoint}", gateway_app.stats)
+    try:
+        serve(here, 2)
+        serve(there, 3)
+        there.minutes.variant("ep", "B").count_invocation()  # a variant only the other served
+        await there.gateway.tick()  # its flush: what any replica's stats read of it
+        serve(there, 100)  # not flushed yet: not seen until its next flush
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get("/splitserve/stats/ep", params={"since": "60"})
+            assert response.status == 200
+            report = await response.json()
+        assert report["Variants"] == ["A", "B"]
+        [period] = report["Periods"]
+        assert period["Variants"]["A"]["Invocations"] == 5
+        assert period["Variants"]["B"]["Invocations"] == 1
+        assert period["Variants"]["A"]["ModelLatencyP50Seconds"] == pytest.approx(0.001, rel=0.1)
+    finally:
+        await there.gateway.close()
+        await here.gateway.close()

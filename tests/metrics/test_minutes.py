@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -246,3 +247,71 @@ def test_report_json_round_trip(clock: FakeClock) -> None:
         "ModelLatencyP99Seconds": 0.003,
     }
     assert StatsReport.from_json(data) == report
+
+
+def test_report_adds_the_other_replicas_minutes_to_its_own(clock: FakeClock) -> None:
+    # This replica served Variant1 at 12:00 and 12:01; another replica stored minutes of
+    # Variant1 (12:01), of Variant2 that only it served (12:01), and of 11:00, before the window.
+    store = MinuteStore(StatsSettings(retention_minutes=120), clock)
+    own = store.variant("ep", "Variant1")
+    for _ in range(3):
+        own.count_invocation()
+        own.observe_latency(0.010)
+    clock.advance(60)
+    own.count_invocation()
+    own.count_model_error(503)
+    clock.advance(60)  # 12:02
+    theirs = VariantMinutes(120, FakeClock(NOON + 60))
+    for _ in range(5):
+        theirs.count_invocation()
+        theirs.observe_latency(0.040)
+    theirs.count_model_error(404)
+    noon_minute = int(NOON // 60)
+    others = {
+        "Variant1": [*theirs.minutes(noon_minute + 1, noon_minute + 1)],
+        "Variant2": [*theirs.minutes(noon_minute + 1, noon_minute + 1)],
+        "Variant3": [
+            replace(next(theirs.minutes(noon_minute + 1, noon_minute + 1)), minute=noon_minute - 60)
+        ],
+    }
+
+    report = store.report("ep", 600, 60, others)
+
+    # Variant3's only minute is before the window: not a column, but the endpoint existed then,
+    # so the report has the whole ten minutes asked for (11:53 to 12:02).
+    assert report.variants == ("Variant1", "Variant2")
+    assert report.start == NOON - 7 * 60
+    cells = [dict(period.variants) for period in report.periods]
+    assert [{name: cell.invocations for name, cell in row.items()} for row in cells] == [
+        *([{}] * 7), {"Variant1": 3}, {"Variant1": 6, "Variant2": 5}, {},
+    ]  # fmt: skip
+    cells = cells[7:]
+    summed = cells[1]["Variant1"]
+    assert (summed.errors_4xx, summed.errors_5xx, summed.model_errors) == (1, 1, 2)
+    # Percentiles over both replicas' latencies: 5 of the 5 are 40 ms (the own minute had none).
+    assert summed.latency_p50_seconds == pytest.approx(0.040, rel=0.1)
+    assert cells[0]["Variant1"].latency_p50_seconds == pytest.approx(0.010, rel=0.1)
+
+
+def test_report_of_an_endpoint_only_other_replicas_served(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=60), clock)
+    theirs = VariantMinutes(60, clock)
+    theirs.count_invocation()
+    minute = int(NOON // 60)
+    report = store.report("ep", 120, 60, {"A": list(theirs.minutes(minute, minute))})
+    assert report.variants == ("A",)
+    assert [period.variants["A"].invocations for period in report.periods] == [1]
+    with pytest.raises(ValidationException, match="has no statistics"):
+        store.report("ep", 120, 60, {"A": []})
+
+
+def test_window_is_checked_and_covers_the_reports_minutes(clock: FakeClock) -> None:
+    store = MinuteStore(StatsSettings(retention_minutes=60), clock)
+    clock.advance(150)  # 12:02:30
+    minute = int(NOON // 60)
+    assert store.window(120, 60) == (minute + 1, minute + 2)
+    assert store.window(600, 300) == (minute - 5, minute + 2)
+    with pytest.raises(ValidationException, match="retention"):
+        store.window(3601, 60)
+    with pytest.raises(ValidationException, match="whole number of minutes"):
+        store.window(600, 90)

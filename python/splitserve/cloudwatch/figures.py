@@ -36,6 +36,7 @@ __all__ = [
     "MetricSpec",
     "aggregates_of_minute",
     "instance_aggregate",
+    "minute_counts",
 ]
 
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
@@ -277,6 +278,41 @@ def aggregates_of_minute(counts: MinuteCounts) -> Iterator[tuple[str, Aggregate]
     )
     if overhead is not None:
         yield "OverheadLatency", overhead
+
+
+def minute_counts(minute: int, figures: Mapping[str, Aggregate]) -> MinuteCounts:
+    """The per-minute counts `aggregates_of_minute` made `figures` of (what `splitserve stats`
+    sums): how another gateway replica's stored minute adds to this one's report.
+
+    A metric missing from `figures` had no sample: its counts are 0 (its histogram None).
+    Latencies come back in seconds; the minimum, maximum and sum went through microseconds, so
+    they may differ from the ring's in the last bits.
+    """
+    invocations = figures.get("Invocations")
+    per_instance = figures.get("InvocationsPerInstance")
+    model = figures.get("ModelLatency")
+    overhead = figures.get("OverheadLatency")
+
+    def errors(name: str) -> int:
+        indicator = figures.get(name)
+        return 0 if indicator is None else round(indicator.total)
+
+    return MinuteCounts(
+        minute=minute,
+        invocations=0 if invocations is None else invocations.sample_count,
+        errors_4xx=errors("Invocation4XXErrors"),
+        errors_5xx=errors("Invocation5XXErrors"),
+        model_errors=errors("InvocationModelErrors"),
+        latency=None if model is None else model.buckets,
+        latency_min=0.0 if model is None else model.minimum / _MICROSECONDS,
+        latency_max=0.0 if model is None else model.maximum / _MICROSECONDS,
+        invocations_per_instance=0.0 if per_instance is None else per_instance.total,
+        latency_sum=0.0 if model is None else model.total / _MICROSECONDS,
+        overhead=None if overhead is None else overhead.buckets,
+        overhead_sum=0.0 if overhead is None else overhead.total / _MICROSECONDS,
+        overhead_min=0.0 if overhead is None else overhead.minimum / _MICROSECONDS,
+        overhead_max=0.0 if overhead is None else overhead.maximum / _MICROSECONDS,
+    )
 
 
 def instance_aggregate(samples: Sequence[float]) -> Aggregate:

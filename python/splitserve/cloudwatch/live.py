@@ -13,9 +13,14 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
-from splitserve.cloudwatch.figures import Aggregate, aggregates_of_minute, instance_aggregate
+from splitserve.cloudwatch.figures import (
+    Aggregate,
+    aggregates_of_minute,
+    instance_aggregate,
+    minute_counts,
+)
 from splitserve.cloudwatch.store import CloudWatchStore, StoredMinute
-from splitserve.metrics.minutes import MinuteStore
+from splitserve.metrics.minutes import MinuteCounts, MinuteStore
 from splitserve.metrics.procstat import CpuSampler
 from splitserve.metrics.prometheus import InstanceSource
 
@@ -192,16 +197,28 @@ class StoredReader:
             by_metric = figures.setdefault((row.endpoint, row.variant), {}).setdefault(
                 row.minute, {}
             )
-            for metric_name, body in row.figures.items():
-                if not isinstance(body, dict):
-                    continue
-                try:
-                    aggregate = Aggregate.from_json(body)
-                except (ValueError, TypeError, KeyError, IndexError):
-                    continue  # a damaged figure is left out, as a missing sample
+            for metric_name, aggregate in _decoded(row.figures).items():
                 previous = by_metric.get(metric_name)
                 by_metric[metric_name] = aggregate if previous is None else previous + aggregate
         return figures
+
+    async def other_minutes(
+        self, endpoint_name: str, first: int, last: int
+    ) -> dict[str, list[MinuteCounts]]:
+        """The per-minute counts of one endpoint that every other source stored for minutes
+        `first` to `last`, by variant: the other gateway replicas' (and this replica's earlier
+        runs') share of `splitserve stats`, which `MinuteStore.report` adds to its own rings."""
+        rows = await asyncio.to_thread(
+            self._store.read_minutes, first, last, None, self._source, own=False
+        )
+        by_variant: dict[str, list[MinuteCounts]] = {}
+        for row in rows:
+            if row.endpoint != endpoint_name:
+                continue
+            figures = _decoded(row.figures)
+            if figures:
+                by_variant.setdefault(row.variant, []).append(minute_counts(row.minute, figures))
+        return by_variant
 
     async def series(self) -> list[tuple[str, str, str, int]]:
         """Every (endpoint, variant, metric, newest minute) with a sample, in memory or stored."""
@@ -237,3 +254,17 @@ class StoredReader:
             self._store.write_minutes, self._source, minutes, now_minute - retention_minutes
         )
         self._flushed_from = now_minute - 1
+
+
+def _decoded(figures: Mapping[str, object]) -> dict[str, Aggregate]:
+    """A stored minute's figures (metric -> aggregate JSON) as aggregates; a damaged figure is
+    left out, as a missing sample."""
+    decoded = {}
+    for metric_name, body in figures.items():
+        if not isinstance(body, dict):
+            continue
+        try:
+            decoded[metric_name] = Aggregate.from_json(body)
+        except (ValueError, TypeError, KeyError, IndexError):
+            continue
+    return decoded

@@ -24,7 +24,7 @@ import math
 import time
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import add
@@ -373,7 +373,27 @@ class MinuteStore:
         for variant_name in self._endpoints.pop(endpoint_name, {}):
             self._retired.discard((endpoint_name, variant_name))
 
-    def report(self, endpoint_name: str, since_seconds: int, period_seconds: int) -> StatsReport:
+    def window(self, since_seconds: int, period_seconds: int) -> tuple[int, int]:
+        """The minutes (first, last; inclusive) a report over `since_seconds` in periods of
+        `period_seconds` can show, the last being the current one: what to read of the other
+        replicas' stored minutes for `report`.
+
+        Raises:
+            ValidationException: a window or period out of range.
+        """
+        self._check_window(since_seconds, period_seconds)
+        now_minute = int(self._clock() // 60)
+        period_minutes = period_seconds // 60
+        rows = math.ceil(math.ceil(since_seconds / 60) / period_minutes)
+        return (now_minute // period_minutes - rows + 1) * period_minutes, now_minute
+
+    def report(
+        self,
+        endpoint_name: str,
+        since_seconds: int,
+        period_seconds: int,
+        others: Mapping[str, Iterable[MinuteCounts]] | None = None,
+    ) -> StatsReport:
         """The endpoint's numbers per period over the last `since_seconds`, oldest period first.
 
         The window holds ceil(since / period) whole periods aligned on the epoch (as CloudWatch
@@ -381,39 +401,48 @@ class MinuteStore:
         period in which the endpoint's first variant was deployed (its first minute with data or
         its creation), so a new endpoint's report has no empty rows before it existed.
 
+        `others` (variant -> minutes) are the other gateway replicas' minutes of the endpoint, as
+        they stored them: each is added to this process's own, so the report is the sum over
+        every replica. A variant only they have is a column when it has data in the window.
+
         Raises:
             ValidationException: unknown endpoint, or a window or period out of range.
         """
-        limit = self._retention * 60
-        if not 0 < since_seconds <= limit:
-            raise ValidationException(
-                f"since must be between 1 and {limit} seconds (the retention); got {since_seconds}."
-            )
-        if period_seconds < 60 or period_seconds % 60 or period_seconds > limit:
-            raise ValidationException(
-                f"per must be a whole number of minutes from 60 to {limit} seconds; "
-                f"got {period_seconds}."
-            )
+        self._check_window(since_seconds, period_seconds)
+        others = others or {}
+        other_minutes = {variant_name: list(minutes) for variant_name, minutes in others.items()}
         rings = self._endpoints.get(endpoint_name)
-        if rings is None:
+        if rings is None and not any(other_minutes.values()):
             raise ValidationException(
                 f"Endpoint {endpoint_name} has no statistics: it does not exist or has not "
                 "started yet."
             )
+        rings = rings or {}
         now_minute = int(self._clock() // 60)
         period_minutes = period_seconds // 60
         rows = math.ceil(math.ceil(since_seconds / 60) / period_minutes)
         last_period = now_minute // period_minutes
-        # No rows before the endpoint's first variant was deployed: they could only be empty.
-        born = min((ring.first_minute for ring in rings.values()), default=now_minute)
+        # No rows before the endpoint's first variant was deployed (in this replica or, by its
+        # first stored minute, in another): they could only be empty.
+        born = min(
+            [
+                *(ring.first_minute for ring in rings.values()),
+                *(counts.minute for minutes in other_minutes.values() for counts in minutes),
+            ],
+            default=now_minute,
+        )
         rows = min(rows, last_period - born // period_minutes + 1)
         first_period = last_period - rows + 1
         first_minute = first_period * period_minutes
         columns: list[str] = []
         cells: list[dict[str, VariantPeriod]] = [{} for _ in range(rows)]
-        for variant_name, ring in rings.items():
+        for variant_name in [*rings, *(name for name in other_minutes if name not in rings)]:
+            ring = rings.get(variant_name)
             totals: dict[int, _PeriodTotals] = {}
-            for counts in ring.minutes(first_minute, now_minute):
+            minutes = [] if ring is None else list(ring.minutes(first_minute, now_minute))
+            for counts in [*minutes, *other_minutes.get(variant_name, ())]:
+                if not first_minute <= counts.minute <= now_minute:
+                    continue
                 row = counts.minute // period_minutes - first_period
                 totals.setdefault(row, _PeriodTotals()).add(counts)
             has_data = False
@@ -422,7 +451,8 @@ class MinuteStore:
                 if cell is not None:
                     cells[row][variant_name] = cell
                     has_data = True
-            if has_data or (endpoint_name, variant_name) not in self._retired:
+            retired = ring is None or (endpoint_name, variant_name) in self._retired
+            if has_data or not retired:
                 columns.append(variant_name)
         return StatsReport(
             endpoint_name=endpoint_name,
@@ -435,6 +465,18 @@ class MinuteStore:
                 for row in range(rows)
             ),
         )
+
+    def _check_window(self, since_seconds: int, period_seconds: int) -> None:
+        limit = self._retention * 60
+        if not 0 < since_seconds <= limit:
+            raise ValidationException(
+                f"since must be between 1 and {limit} seconds (the retention); got {since_seconds}."
+            )
+        if period_seconds < 60 or period_seconds % 60 or period_seconds > limit:
+            raise ValidationException(
+                f"per must be a whole number of minutes from 60 to {limit} seconds; "
+                f"got {period_seconds}."
+            )
 
     def _prune(self, endpoint_name: str, rings: dict[str, VariantMinutes]) -> None:
         """Drop retired rings whose newest minute is past the retention: they show nothing."""
