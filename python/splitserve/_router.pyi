@@ -46,7 +46,8 @@ class RouterError(Exception):
 class InvalidRoutingTableError(RouterError):
     """A routing table, or a change of weights, breaks a rule; the router keeps the table it had.
 
-    The rules: at least one and at most 10 variants; non-empty, unique variant names; non-empty
+    The rules: at least one variant (how many an endpoint may have is the control plane's check,
+    from config.MAX_PRODUCTION_VARIANTS); non-empty, unique variant names; non-empty
     instance names, unique across the whole router; weights finite and >= 0 with a finite sum;
     routing strategy LEAST_OUTSTANDING_REQUESTS or RANDOM. All weights 0 is allowed.
     """

@@ -8,13 +8,6 @@ use std::fmt;
 pub enum InvalidTable {
     /// The table has no production variant.
     NoVariants,
-    /// The table has more production variants than `CreateEndpointConfig` allows.
-    TooManyVariants {
-        /// How many variants the table has.
-        count: usize,
-        /// The most it may have.
-        max: usize,
-    },
     /// A variant's name is the empty string.
     EmptyVariantName,
     /// Two variants share a name.
@@ -52,10 +45,6 @@ impl fmt::Display for InvalidTable {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoVariants => write!(formatter, "the routing table has no production variant"),
-            Self::TooManyVariants { count, max } => write!(
-                formatter,
-                "the routing table has {count} production variants; at most {max} are allowed"
-            ),
             Self::EmptyVariantName => write!(formatter, "a production variant has an empty name"),
             Self::DuplicateVariant { variant } => {
                 write!(formatter, "production variant '{variant}' appears more than once")

@@ -30,7 +30,7 @@ use arc_swap::ArcSwap;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub use error::{InvalidTable, RouterError};
-pub use table::{InstanceHandle, RoutingStrategy, VariantSpec, MAX_PRODUCTION_VARIANTS};
+pub use table::{InstanceHandle, RoutingStrategy, VariantSpec};
 
 use random::{LocalRng, SharedRng};
 use table::RoutingTable;

@@ -12,9 +12,6 @@ use super::error::{InvalidTable, RouterError};
 use super::random::LocalRng;
 use super::sticky;
 
-/// The most production variants one endpoint config may hold (`CreateEndpointConfig`'s list maximum).
-pub const MAX_PRODUCTION_VARIANTS: usize = 10;
-
 /// Weighted picks compare the top 53 bits of a random `u64` (an f64's precision) with thresholds
 /// on this scale.
 const PICK_BITS: u32 = 53;
@@ -230,9 +227,10 @@ pub(crate) struct RoutingTable<L> {
     /// `thresholds[i]` is the cumulative share of variants `0..=i` on the `PICK_SCALE` scale; an
     /// untargeted pick takes the first variant whose threshold exceeds a uniform draw below
     /// `PICK_SCALE`. Zero-weight variants repeat the previous threshold, so they are never taken;
-    /// all weights zero leaves every threshold at 0, so no variant is. A fixed-size array sits in
-    /// the table itself (one pointer hop fewer); slots past the last variant are never read.
-    thresholds: [u64; MAX_PRODUCTION_VARIANTS],
+    /// all weights zero leaves every threshold at 0, so no variant is. One per variant: the table
+    /// holds as many variants as it is given (how many an endpoint may have is the control
+    /// plane's rule, from `config.py`, not the router's).
+    thresholds: Box<[u64]>,
     instances: HashMap<Box<str>, Arc<InstanceSlot>, Xxh3DefaultBuilder>,
 }
 
@@ -313,7 +311,7 @@ impl<L> RoutingTable<L> {
 
     /// The variant called `name`.
     pub(crate) fn variant(&self, name: &str) -> Result<&Variant<L>, RouterError> {
-        // At most MAX_PRODUCTION_VARIANTS names: a scan beats hashing.
+        // An endpoint has a handful of variants (the API allows 10): a scan beats hashing.
         self.variants
             .iter()
             .find(|variant| &*variant.name == name)
@@ -334,7 +332,6 @@ impl<L> RoutingTable<L> {
         let index = self
             .thresholds
             .iter()
-            .take(self.variants.len())
             .map(|&threshold| usize::from(threshold <= point))
             .sum::<usize>();
         self.variants
@@ -396,12 +393,6 @@ fn validate(specs: &[VariantSpec]) -> Result<(), InvalidTable> {
     if specs.is_empty() {
         return Err(InvalidTable::NoVariants);
     }
-    if specs.len() > MAX_PRODUCTION_VARIANTS {
-        return Err(InvalidTable::TooManyVariants {
-            count: specs.len(),
-            max: MAX_PRODUCTION_VARIANTS,
-        });
-    }
     for (index, spec) in specs.iter().enumerate() {
         if spec.name.is_empty() {
             return Err(InvalidTable::EmptyVariantName);
@@ -429,18 +420,16 @@ fn validate(specs: &[VariantSpec]) -> Result<(), InvalidTable> {
     Ok(())
 }
 
-/// The cumulative thresholds of an untargeted pick (see `RoutingTable::thresholds`).
-/// `specs` must have been validated (at most `MAX_PRODUCTION_VARIANTS`).
-fn thresholds(specs: &[VariantSpec]) -> Result<[u64; MAX_PRODUCTION_VARIANTS], InvalidTable> {
-    let mut thresholds = [PICK_SCALE; MAX_PRODUCTION_VARIANTS];
+/// The cumulative thresholds of an untargeted pick, one per spec (see `RoutingTable::thresholds`).
+/// `specs` must have been validated.
+fn thresholds(specs: &[VariantSpec]) -> Result<Box<[u64]>, InvalidTable> {
+    let mut thresholds = vec![PICK_SCALE; specs.len()].into_boxed_slice();
     let total: f64 = specs.iter().map(|spec| spec.weight).sum();
     if !total.is_finite() {
         return Err(InvalidTable::WeightSumNotFinite);
     }
     if total == 0.0 {
-        for threshold in thresholds.iter_mut().take(specs.len()) {
-            *threshold = 0;
-        }
+        thresholds.fill(0);
         return Ok(thresholds);
     }
     // From the last positive weight on, the threshold is the whole scale, so rounding can never

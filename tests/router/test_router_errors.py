@@ -16,6 +16,7 @@ from splitserve._router import (
     UnknownVariantError,
     VariantSpec,
 )
+from splitserve.config import MAX_PRODUCTION_VARIANTS
 from tests.support.router import LOR, make_specs
 
 
@@ -43,10 +44,6 @@ def _spec(name: str = "v", weight: float = 1.0, instances: list[str] | None = No
     ("variants", "message"),
     [
         ([], "the routing table has no production variant"),
-        (
-            make_specs([1.0] * 11),
-            "the routing table has 11 production variants; at most 10 are allowed",
-        ),
         ([_spec("")], "a production variant has an empty name"),
         (
             [_spec("v", instances=["i"]), _spec("v", instances=["j"])],
@@ -80,7 +77,6 @@ def _spec(name: str = "v", weight: float = 1.0, instances: list[str] | None = No
     ],
     ids=[
         "empty",
-        "eleven-variants",
         "empty-variant-name",
         "duplicate-variant",
         "negative-weight",
@@ -102,8 +98,16 @@ def test_invalid_tables_are_refused(variants: list[VariantSpec], message: str) -
     assert router.variants() == make_specs([1.0])
 
 
-def test_ten_variants_and_all_zero_weights_are_allowed() -> None:
-    Router(make_specs([1.0] * 10), salt="s", seed=1, failover=False)
+def test_any_number_of_variants_and_all_zero_weights_are_allowed() -> None:
+    # How many variants an endpoint may have is the control plane's check (config's
+    # MAX_PRODUCTION_VARIANTS, in control/shapes.py); the router keeps no copy of the limit.
+    many = Router(
+        make_specs([1.0] * (MAX_PRODUCTION_VARIANTS + 2)), salt="s", seed=1, failover=False
+    )
+    assert len(many.variants()) == MAX_PRODUCTION_VARIANTS + 2
+    last = f"v-{MAX_PRODUCTION_VARIANTS + 1}"
+    many.set_weights({f"v-{index}": 0.0 for index in range(MAX_PRODUCTION_VARIANTS + 1)})
+    assert {many.route(None, None).variant for _ in range(50)} == {last}
     Router(make_specs([0.0, 0.0]), salt="s", seed=1, failover=False)
 
 
