@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from splitserve.capture.writer import CaptureWriter
 from splitserve.cloudwatch import routes as cloudwatch_routes
@@ -35,8 +35,9 @@ from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
 from splitserve.errors import SplitserveError, ValidationException
+from splitserve.metrics.host import CONTROLLER_HEADER, OWN_PATH, host_exposition, own_exposition
 from splitserve.metrics.procstat import CpuSampler
-from splitserve.metrics.prometheus import INSTANCES, REGISTRY, show_created_series
+from splitserve.metrics.prometheus import INSTANCES, show_created_series
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
@@ -51,6 +52,7 @@ from splitserve.workers.supervisor import Supervisor
 __all__ = [
     "create_app",
     "metrics",
+    "own_metrics",
     "ping",
     "signed_routes",
     "stats",
@@ -118,6 +120,7 @@ def create_app(settings: Settings) -> web.Application:
         control.routes(
             [
                 web.get("/metrics", metrics),
+                web.get(OWN_PATH, own_metrics),
                 web.get("/splitserve/stats/{endpoint}", stats),
                 web.get("/splitserve/endpoints/{endpoint}/weights", weights),
                 web.get("/ping", ping),
@@ -354,9 +357,22 @@ def _signature_checked(route: web.RouteDef, verifier: SigV4Verifier) -> _Handler
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """GET /metrics: every splitserve metric in Prometheus's text format."""
+    """GET /metrics: every splitserve metric in Prometheus's text format, as this host's totals:
+    this process's merged with the other replicas' on the host (`metrics.host`)."""
+    replica = request.app[keys.REPLICA]
+    body = await host_exposition(
+        replica.is_controller(), await replica.host_peers(), request.app[keys.SETTINGS].stats
+    )
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def own_metrics(request: web.Request) -> web.Response:
+    """GET /splitserve/metrics/own: this process's metrics alone, and whether it is the
+    controller (`metrics.host.CONTROLLER_HEADER`): what another replica's /metrics merges."""
+    controller = "true" if request.app[keys.REPLICA].is_controller() else "false"
     return web.Response(
-        body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        body=own_exposition(),
+        headers={"Content-Type": CONTENT_TYPE_LATEST, CONTROLLER_HEADER: controller},
     )
 
 

@@ -286,6 +286,10 @@ class StatsSettings:
         cpu_sample_min_seconds: an instance's CPU utilisation is the CPU time it used between two
             scrapes at least this far apart; a scrape sooner than that repeats the last value.
         client_timeout_seconds: how long `splitserve stats` waits for the gateway.
+        peer_metrics_timeout_seconds: how long a scrape of /metrics waits for each other
+            replica on the host to give its own exposition (one that does not is left out of
+            that scrape); well under Prometheus's default scrape timeout of 10 s.
+        peer_metrics_max_bytes: the largest own exposition taken from another replica.
     """
 
     retention_minutes: int = 1440
@@ -293,6 +297,8 @@ class StatsSettings:
     default_period_seconds: int = 60
     cpu_sample_min_seconds: float = 1.0
     client_timeout_seconds: float = 10.0
+    peer_metrics_timeout_seconds: float = 2.0
+    peer_metrics_max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,9 @@ async def test_getmetricstatistics_on_any_replica_sums_every_replicas_figures(
                     "Statistics": ["Sum"],
                 },
             )
-            assert [point["Sum"] for point in output["Datapoints"]] == [8.0]
+            datapoints = output["Datapoints"]
+            assert isinstance(datapoints, list)
+            assert [point["Sum"] for point in datapoints] == [8.0]
     finally:
         await second.gateway.close()
         await first.gateway.close()

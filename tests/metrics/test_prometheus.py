@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitserve import app as gateway_app
+from splitserve.cluster.view import SoleReplica
 from splitserve.config import Settings, StatsSettings
 from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
 from splitserve.metrics.minutes import MinuteStore
@@ -201,6 +202,7 @@ async def gateway() -> AsyncIterator[Gateway]:
         app = web.Application()
         app[keys.SETTINGS] = settings
         app[keys.MINUTES] = minutes
+        app[keys.REPLICA] = SoleReplica()
         service = InvocationService(settings, registry)
         app.router.add_routes(
             ErrorBoundary(Plane.RUNTIME, settings.max_payload_bytes).routes(

@@ -9,6 +9,9 @@ pays for no label lookup; the four series every request updates (`INVOCATIONS`,
 `INVOCATIONS_PER_INSTANCE`, `MODEL_LATENCY`, `OVERHEAD_LATENCY`) are `LoopCounter` and
 `LoopHistogram`, which export exactly what prometheus_client's Counter and Histogram do but record
 without a lock.
+
+Each gateway replica counts in its own registry; a host's /metrics merges its replicas'
+expositions (`metrics.host`), each family by the rule `FAMILY_MERGE` states for it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from splitserve.metrics.exposition import Merge
 from splitserve.metrics.procstat import CpuSampler
 
 #: The registry GET /metrics serves. Its own, so tests and embedders see only splitserve's metrics.
@@ -297,6 +301,31 @@ ALARM_TRANSITIONS = Counter(
     ("state",),
     registry=REGISTRY,
 )
+
+PEER_SCRAPE_FAILURES = Counter(
+    "splitserve_metrics_peer_failures",
+    "Host peers (other gateway replicas on this host) left out of a /metrics scrape, by reason: "
+    "timeout, unreachable (no connection or not a 200 answer), malformed (not Prometheus's "
+    "text format).",
+    ("reason",),
+    registry=REGISTRY,
+)
+
+#: How each family of a host's replicas merges into the host's /metrics
+#: (`exposition.merge_families`), for every family not merged by `exposition.default_rule`
+#: (counters, histograms and summaries summed; `_created` series the earliest). Every gauge is
+#: named here, so its rule is stated rather than defaulted (tests/metrics check it).
+FAMILY_MERGE: Mapping[str, Merge] = {
+    # Every replica routes with the same routing document: the weights and counts agree.
+    "splitserve_variant_weight": Merge.ANY,
+    "splitserve_variant_desired_weight": Merge.ANY,
+    "splitserve_variant_instances": Merge.ANY,
+    "splitserve_variant_desired_instances": Merge.ANY,
+    # Only the controller runs (and restarts) the host's instances.
+    "splitserve_instance_cpu_utilization_percent": Merge.CONTROLLER,
+    "splitserve_instance_memory_bytes": Merge.CONTROLLER,
+    "splitserve_instance_restarts": Merge.CONTROLLER,
+}
 
 
 @dataclass(frozen=True)
