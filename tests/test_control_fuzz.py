@@ -156,7 +156,7 @@ class ControlPlane:
 
     def settle(self) -> None:
         """Wait for the control plane's background work (deployments) to end."""
-        self.run(self._app[keys.CONTROL].settle())
+        self.run(self._app[keys.CONTROLLER].started().settle())
 
     def state(self) -> dict[str, object]:
         """What the List operations show."""

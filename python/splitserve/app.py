@@ -29,13 +29,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from splitserve.capture.writer import CaptureWriter
 from splitserve.cloudwatch import routes as cloudwatch_routes
 from splitserve.cloudwatch.gateway import CloudWatchGateway
-from splitserve.cluster.view import SoleReplica
-from splitserve.config import Settings
+from splitserve.cluster.lease import FileLease
+from splitserve.cluster.state import ClusterState
+from splitserve.cluster.view import SoleReplica, new_replica_id
+from splitserve.config import CONTROLLER_LOCK_FILE_NAME, Settings
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
 from splitserve.errors import SplitserveError, ValidationException
 from splitserve.metrics.host import CONTROLLER_HEADER, OWN_PATH, host_exposition, own_exposition
+from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.procstat import CpuSampler
 from splitserve.metrics.prometheus import INSTANCES, show_created_series
 from splitserve.runtime import routes as runtime_routes
@@ -45,6 +48,13 @@ from splitserve.wiring import keys
 from splitserve.wiring.auth import CLOUDWATCH_SIGNING_SERVICE, SigV4Verifier
 from splitserve.wiring.boundary import ErrorBoundary, Plane, unrouted
 from splitserve.wiring.fleet import FleetDeployer
+from splitserve.wiring.live import LiveParts
+from splitserve.wiring.replicas import (
+    ControllerForwarder,
+    ControllerSlot,
+    ReplicaNode,
+    RoutingFollower,
+)
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.images import ImageRegistry
 from splitserve.workers.supervisor import Supervisor
@@ -77,7 +87,12 @@ def create_app(settings: Settings) -> web.Application:
     """
     app = web.Application(client_max_size=settings.max_payload_bytes)
     app[keys.SETTINGS] = settings
-    app[keys.REPLICA] = SoleReplica()
+    app[keys.CONTROLLER] = ControllerSlot()
+    app[keys.REPLICA] = (
+        ReplicaNode(settings.replicas, new_replica_id())
+        if settings.replicas.is_replica
+        else SoleReplica()
+    )
     show_created_series(settings.metrics_created)
     registry = EndpointRegistry()
     invocations = InvocationService(settings, registry)
@@ -99,15 +114,22 @@ def create_app(settings: Settings) -> web.Application:
     cloudwatch = cloudwatch_routes.handler(
         _StartedCloudWatch(app), _cloudwatch_verify(verifier), settings.max_payload_bytes
     )
+    at_controller = functools.partial(_at_controller, app, control)
     app.router.add_routes(
-        _shared_root(
-            control.routes(signed_routes(control_routes.routes(_StartedControl(app)), verifier)),
-            cloudwatch,
+        at_controller(
+            _shared_root(
+                control.routes(
+                    signed_routes(control_routes.routes(_StartedControl(app)), verifier)
+                ),
+                cloudwatch,
+            )
         )
     )
     app.router.add_routes(
-        cloudwatch_routes.routes(
-            _StartedCloudWatch(app), _cloudwatch_verify(verifier), settings.max_payload_bytes
+        at_controller(
+            cloudwatch_routes.routes(
+                _StartedCloudWatch(app), _cloudwatch_verify(verifier), settings.max_payload_bytes
+            )
         )
     )
     runtime_verifier = verifier if settings.auth.data_plane else None
@@ -122,9 +144,13 @@ def create_app(settings: Settings) -> web.Application:
                 web.get("/metrics", metrics),
                 web.get(OWN_PATH, own_metrics),
                 web.get("/splitserve/stats/{endpoint}", stats),
-                web.get("/splitserve/endpoints/{endpoint}/weights", weights),
                 web.get("/ping", ping),
             ]
+        )
+    )
+    app.router.add_routes(
+        at_controller(
+            control.routes([web.get("/splitserve/endpoints/{endpoint}/weights", weights)])
         )
     )
     app.router.add_route("*", "/{path:.*}", unrouted)  # last: it takes whatever is left
@@ -152,7 +178,7 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
     node = app[keys.REPLICA]
     stops: list[Callable[[], Awaitable[None]]] = []
     if not isinstance(node, ReplicaNode):
-        stops.append(await _controller(app, None))
+        stops.append(await _controller(app, None, takeover=False))
         try:
             yield
         finally:
@@ -162,8 +188,8 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
     forwarder = ControllerForwarder(node, settings.replicas)
     app[keys.FORWARDER] = forwarder
 
-    async def become_controller() -> None:
-        stops.append(await _controller(app, node))
+    async def become_controller(takeover: bool) -> None:
+        stops.append(await _controller(app, node, takeover=takeover))
         assert slot.fleet is not None
         await node.publish_all(slot.fleet.endpoint_names())
 
@@ -187,13 +213,14 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _controller(
-    app: web.Application, node: ReplicaNode | None
+    app: web.Application, node: ReplicaNode | None, *, takeover: bool
 ) -> Callable[[], Awaitable[None]]:
     """Open the store, start supervisor and deployer, recover endpoints (publishing their
-    routing through `node` among replicas); return what undoes it in reverse."""
+    routing through `node` among replicas; `takeover` as `ControlService.start` takes it);
+    return what undoes it in reverse."""
     settings = app[keys.SETTINGS]
     # Opening reads and checks the whole file (and may create its directory): off the loop.
-    store = await asyncio.to_thread(Store.open, settings.state_file)
+    store = await asyncio.to_thread(Store.open, settings.state_url, settings.database)
     registry = app[keys.ENDPOINTS]
     deployer = FleetDeployer(settings, registry, app[keys.CAPTURE], app[keys.MINUTES])
     if node is not None:
@@ -233,7 +260,7 @@ async def _controller(
         store.close()
 
     try:
-        await control.start()
+        await control.start(takeover=takeover)
     except BaseException:
         await stop()
         raise
@@ -278,6 +305,37 @@ def _shared_root(routes: Sequence[web.RouteDef], cloudwatch: _Handler) -> list[w
         else:
             shared.append(route)
     return shared
+
+
+def _at_controller(
+    app: web.Application, boundary: ErrorBoundary, routes: Sequence[web.RouteDef]
+) -> list[web.RouteDef]:
+    """`routes` served by the controller: a replica that is not the controller passes their
+    requests to it as they came (`ControllerForwarder`), and answers a 503 from `boundary` when
+    no controller answers. A single gateway process is its own controller: its routes come back
+    as they are."""
+    node = app[keys.REPLICA]
+    if not isinstance(node, ReplicaNode):
+        return list(routes)
+    wrapped = []
+    for route in routes:
+        handler = route.handler
+        if isinstance(handler, type):
+            raise TypeError(f"{route.path}: class-based views cannot be passed on")
+
+        @functools.wraps(handler)
+        async def passed_on(
+            request: web.Request, handler: _Handler = handler
+        ) -> web.StreamResponse:
+            if node.is_controller():
+                return await handler(request)
+            try:
+                return await app[keys.FORWARDER].forward(request)
+            except SplitserveError as error:
+                return boundary.answer(error)
+
+        wrapped.append(web.RouteDef(route.method, route.path, passed_on, route.kwargs))
+    return wrapped
 
 
 def _cloudwatch_verify(verifier: SigV4Verifier | None) -> cloudwatch_routes.Verify | None:

@@ -6,7 +6,7 @@ splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--
                  [--max-connections N] [--max-inflight-body-bytes N] [--worker-user NAME]
                  [--allow-artifact-path DIR]... [--max-artifact-bytes N] [--max-artifact-files N]
                  [--max-instances-per-variant N] [--max-vcpu-overcommit X]
-                 [--metrics-retention DAYS] [--metrics-created]
+                 [--metrics-retention DAYS] [--metrics-created] [--state URL]
                  [--log-level LEVEL] [--log-format text|json] [--access-log [FILE|-]]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
 splitserve weights ENDPOINT [--json] [--url URL]
@@ -21,6 +21,7 @@ import importlib.metadata
 import ipaddress
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -37,11 +38,13 @@ from splitserve.cli_stats import (
 )
 from splitserve.config import (
     LOG_FORMATS,
+    MAX_REPLICA_PROCESSES,
     STATE_DIRECTORY_MODE,
     EvaluationSettings,
     Settings,
     WorkerSettings,
 )
+from splitserve.database.url import DatabaseUrlError, parse_database_url
 from splitserve.evaluation.command import EvaluateRequest, evaluate_command
 
 _DEFAULTS = Settings()
@@ -105,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="root that s3://bucket/key URLs resolve under (default: STATE_DIR/models)",
+    )
+    serve.add_argument(
+        "--state",
+        type=_state_url,
+        default=None,
+        metavar="URL",
+        help=(
+            "the state database: sqlite:///absolute/path or postgresql://user@host:port/db "
+            "(default: the SQLite file in --state-dir, which still holds models, runs and logs)"
+        ),
     )
     serve.add_argument(
         "--images",
@@ -259,6 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
         "timestamps; left out by default)",
     )
     serve.add_argument(
+        "--processes",
+        type=process_count,
+        default=_DEFAULTS.replicas.processes,
+        metavar="N",
+        help="run N gateway replica processes sharing the port, over one state (README, Running "
+        "several replicas); auto: the usable CPUs less half of them, which are left to the "
+        "instances (default %(default)s)",
+    )
+    serve.add_argument(
+        "--advertise-address",
+        default=_DEFAULTS.replicas.advertise_address,
+        metavar="ADDRESS",
+        help="the address other replicas reach this one at (its internal listener binds it; "
+        "default %(default)s, for replicas on one host)",
+    )
+    # Set by `serve --processes N` on the replicas it starts, never by hand.
+    serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--replica-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument(
         "--log-level",
         default=_DEFAULTS.logs.level,
         type=log_level,
@@ -383,6 +415,19 @@ def positive_count(text: str) -> int:
     return int(text)
 
 
+def process_count(text: str) -> int:
+    """`--processes`: a whole number from 1 to MAX_REPLICA_PROCESSES, or `auto`: the CPUs this
+    process may run on, less half of them (left to the instances), at least 1."""
+    if text.strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) - len(os.sched_getaffinity(0)) // 2)
+    count = positive_count(text)
+    if count > MAX_REPLICA_PROCESSES:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_REPLICA_PROCESSES} replica processes on one host: {text!r}"
+        )
+    return count
+
+
 def log_level(text: str) -> str:
     """A logging level's name (any case), upper-cased."""
     name = text.strip().upper()
@@ -491,9 +536,21 @@ def evaluate(args: argparse.Namespace) -> int:
     return evaluate_command(request, replace(EvaluationSettings(), threshold=args.threshold))
 
 
+def _state_url(url: str) -> str:
+    """`--state`'s value, checked (argparse answers a bad one with exit code 2)."""
+    try:
+        parse_database_url(url)
+    except DatabaseUrlError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return url
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The `Settings` for `splitserve serve` with the given arguments."""
-    located = _DEFAULTS.with_state_dir(args.state_dir, args.model_store)
+    located = replace(
+        _DEFAULTS.with_state_dir(args.state_dir, args.model_store),
+        state_database_url=args.state,
+    )
     workers: WorkerSettings = replace(
         located.workers,
         allow_pickle=args.allow_pickle,
@@ -527,6 +584,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
         cloudwatch=replace(_DEFAULTS.cloudwatch, retention_days=args.metrics_retention),
         metrics_created=args.metrics_created,
+        replicas=replace(
+            _DEFAULTS.replicas,
+            processes=args.processes,
+            advertise_address=args.advertise_address,
+            supervisor_pid=args.supervisor_pid,
+            replica_index=args.replica_index,
+        ),
         logs=replace(
             _DEFAULTS.logs,
             level=args.log_level,
@@ -545,8 +609,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(settings: Settings, *, insecure: bool) -> int:
-    """Run the gateway until SIGINT or SIGTERM; return the exit code."""
+def serve(settings: Settings, *, insecure: bool, argv: Sequence[str] = ()) -> int:
+    """Run the gateway until SIGINT or SIGTERM; return the exit code.
+
+    With `--processes N` (N > 1) this process supervises N replicas, each started with the
+    serve command `argv` (wiring.processes); a replica it started runs the gateway itself.
+    """
     authenticated = settings.auth.keys_file is not None
     if settings.auth.data_plane and not authenticated:
         print("splitserve: --auth-data-plane needs --auth FILE", file=sys.stderr)
@@ -570,24 +638,69 @@ def serve(settings: Settings, *, insecure: bool) -> int:
     # was never built: tests/test_architecture.py).
     from splitserve.app import create_app  # noqa: PLC0415
     from splitserve.control.store import StateFileError  # noqa: PLC0415
+    from splitserve.database import DatabaseError, DatabaseUnavailable  # noqa: PLC0415
     from splitserve.wiring import edge, logs  # noqa: PLC0415
     from splitserve.wiring.auth import AuthFileError  # noqa: PLC0415
     from splitserve.wiring.lock import StateDirInUse, StateDirLock  # noqa: PLC0415
+    from splitserve.wiring.processes import (  # noqa: PLC0415
+        ReplicaSupervisor,
+        SupervisorGone,
+        die_with_supervisor,
+        prepare_state,
+        reserve_port,
+    )
     from splitserve.workers.images import ImageRegistryError  # noqa: PLC0415
     from splitserve.workers.process import WorkerUserError  # noqa: PLC0415
 
     logs.configure(settings.logs)
-    try:
-        # The state directory first, with its own mode (the model store is usually inside it),
-        # then its lock: nothing else may touch the directory while another gateway owns it.
-        settings.state_dir.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
-        lock = StateDirLock.acquire(settings.lock_file)
-    except (StateDirInUse, OSError) as error:
-        print(f"splitserve: {_one_line(error)}", file=sys.stderr)
-        return 2
+    replicas = settings.replicas
+    if replicas.supervisor_pid is not None:
+        # A replica of `--processes N`: its supervisor holds the state directory's lock.
+        try:
+            die_with_supervisor(replicas.supervisor_pid)
+        except SupervisorGone as error:
+            print(f"splitserve: {error}", file=sys.stderr)
+            return 2
+        lock = None
+    else:
+        try:
+            # The state directory first, with its own mode (the model store is usually inside
+            # it), then its lock: nothing else may touch the directory while a gateway owns it.
+            settings.state_dir.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+            lock = StateDirLock.acquire(settings.lock_file)
+        except (StateDirInUse, OSError) as error:
+            print(f"splitserve: {_one_line(error)}", file=sys.stderr)
+            return 2
+    if replicas.processes > 1:
+        try:
+            prepare_state(settings)
+            reserved = reserve_port(settings.host, settings.port)
+        except (StateFileError, OSError) as error:
+            where = (
+                "" if isinstance(error, StateFileError) else f"{settings.host}:{settings.port}: "
+            )
+            print(f"splitserve: {where}{_one_line(error)}", file=sys.stderr)
+            if lock is not None:
+                lock.release()
+            return 2
+        try:
+            print(
+                f"======== {replicas.processes} replicas on http://{settings.host}:"
+                f"{settings.port} ========",
+                flush=True,
+            )
+            return ReplicaSupervisor(settings, argv).run()
+        finally:
+            reserved.close()
+            if lock is not None:
+                lock.release()
     try:
         settings.model_store.mkdir(parents=True, exist_ok=True)
         edge.run(create_app(settings), settings, lambda message: print(message, flush=True))
+    except (DatabaseUnavailable, DatabaseError) as error:
+        detail = f" ({error.detail})" if isinstance(error, DatabaseUnavailable) else ""
+        print(f"splitserve: {error}{detail}", file=sys.stderr)
+        return 2
     except (
         StateFileError,
         ImageRegistryError,
@@ -600,7 +713,8 @@ def serve(settings: Settings, *, insecure: bool) -> int:
         print(f"splitserve: {error}", file=sys.stderr)
         return 2
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     return 0
 
 
@@ -613,12 +727,13 @@ def _one_line(error: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `splitserve` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "serve":
-        return serve(settings_from_args(args), insecure=args.insecure)
+        return serve(settings_from_args(args), insecure=args.insecure, argv=argv)
     if args.command == "stats":
         return stats(args)
     if args.command == "weights":

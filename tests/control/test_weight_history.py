@@ -19,6 +19,7 @@ from splitserve.control.store import SCHEMA_VERSION, StateFileError, Store, Weig
 from splitserve.errors import DeploymentError, ValidationException
 from splitserve.wiring import keys
 from splitserve.wiring.boundary import ErrorBoundary, Plane
+from splitserve.wiring.replicas import ControllerSlot
 from tests.control.conftest import (
     RecordingDeployer,
     create_config,
@@ -196,7 +197,7 @@ def test_a_version_2_file_is_migrated_with_an_empty_history(tmp_path: Path) -> N
         assert migrated.weight_history("ab") == []
         migrated.add_weight_change("ab", _change(1))
         assert migrated.weight_history("ab") == [_change(1)]
-        version = migrated._db.execute("SELECT version FROM schema_version").fetchall()
+        version = migrated.database.query("SELECT version FROM schema_version")
         assert version == [(SCHEMA_VERSION,)]
     finally:
         migrated.close()
@@ -222,7 +223,7 @@ async def test_http_route_serves_the_history_and_refuses_unknown_endpoints(
 ) -> None:
     await two_variant_endpoint(service, settings)
     app = web.Application()
-    app[keys.CONTROL] = service
+    app[keys.CONTROLLER] = ControllerSlot(control=service)
     app.router.add_routes(
         ErrorBoundary(Plane.CONTROL, settings.max_payload_bytes).routes(
             [web.get("/splitserve/endpoints/{endpoint}/weights", gateway_app.weights)]

@@ -115,6 +115,20 @@ class UpstreamAddress:
         """The address of an instance listening on TCP `host`:`port`."""
         return cls(unix_path=None, host=host, port=port)
 
+    @classmethod
+    def parse(cls, text: str) -> UpstreamAddress:
+        """The address `str(address)` printed (`unix:/path` or `host:port`).
+
+        Raises:
+            ValueError: `text` is neither.
+        """
+        if text.startswith("unix:"):
+            return cls.unix(text.removeprefix("unix:"))
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"not an upstream address: {text!r}")
+        return cls.tcp(host.strip("[]"), int(port))
+
     def __str__(self) -> str:
         """`unix:/path/to/socket` or `host:port`, as logs and metrics labels show it."""
         if self.unix_path is not None:

@@ -319,7 +319,7 @@ class EndpointOperations:
         return ValidationException(f'Cannot update in-progress endpoint "{arn}".')
 
     def _require_updatable(self, record: EndpointRecord) -> None:
-        if record.status in IN_PROGRESS_STATUSES:
+        if record.status in IN_PROGRESS_STATUSES or self._lifecycle.busy(record.name):
             raise self._in_progress(record)
         if record.status is not EndpointStatus.IN_SERVICE:
             arn = self._state.arn(ResourceKind.ENDPOINT, record.name)

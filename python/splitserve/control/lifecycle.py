@@ -71,9 +71,16 @@ class EndpointLifecycle:
         self._deployer = deployer
         self._planner = planner
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Endpoints a takeover recovers without leaving InService (`busy`).
+        self._kept_in_service: set[str] = set()
 
-    async def start(self) -> None:
-        """Bring back the endpoints the store remembers (deployments continue in the background)."""
+    async def start(self, *, takeover: bool = False) -> None:
+        """Bring back the endpoints the store remembers (deployments continue in the background).
+
+        `takeover`: this replica took control over from one that died (docs/architecture.md,
+        "Replicas"): an endpoint that was InService stays InService while its instances start
+        again, as it does while a crashed instance restarts; it cannot be changed until they
+        serve (`busy`)."""
         records = await self._state.run(self._state.store.list_endpoints)
         # First tell the data plane which endpoints exist, so that while they are redeployed
         # their callers get a retryable 503 (or a Failed endpoint's reason), not "not found".
@@ -92,7 +99,13 @@ class EndpointLifecycle:
                 EndpointStatus.SYSTEM_UPDATING,
                 EndpointStatus.ROLLING_BACK,
             ):
-                await self._recover(record)
+                await self._recover(record, keep_in_service=takeover)
+
+    def busy(self, endpoint_name: str) -> bool:
+        """True while an endpoint a takeover kept InService is still being brought back."""
+        key = name_key(endpoint_name)
+        task = self._tasks.get(key)
+        return key in self._kept_in_service and task is not None and not task.done()
 
     async def cancel(self) -> None:
         """Cancel the background tasks and wait for them to end."""
@@ -353,9 +366,13 @@ class EndpointLifecycle:
         if stored is not None:
             self._deployer.failed(endpoint_name, stored)
 
-    async def _recover(self, record: EndpointRecord) -> None:
+    async def _recover(self, record: EndpointRecord, *, keep_in_service: bool = False) -> None:
         """Redeploy an endpoint that was serving or changing (see the module docstring)."""
         creating = record.status is EndpointStatus.CREATING
+        status = EndpointStatus.CREATING if creating else EndpointStatus.SYSTEM_UPDATING
+        if keep_in_service and record.status is EndpointStatus.IN_SERVICE:
+            status = EndpointStatus.IN_SERVICE
+            self._kept_in_service.add(name_key(record.name))
         rolling_back = record.status is EndpointStatus.ROLLING_BACK
         now = time.time()
         variants = tuple(restored(variant, use_current=rolling_back) for variant in record.variants)
@@ -371,7 +388,7 @@ class EndpointLifecycle:
         )
         recovered = replace(
             record,
-            status=EndpointStatus.CREATING if creating else EndpointStatus.SYSTEM_UPDATING,
+            status=status,
             generation=generation + 1,
             last_modified_time=now,
             variants=tuple(

@@ -96,9 +96,10 @@ class ControlService:
             "DeleteTags": tags.delete_tags,
         }
 
-    async def start(self) -> None:
-        """Bring back the endpoints the store remembers (deployments continue in the background)."""
-        await self._lifecycle.start()
+    async def start(self, *, takeover: bool = False) -> None:
+        """Bring back the endpoints the store remembers (deployments continue in the background);
+        `takeover`: as `EndpointLifecycle.start` takes it (a replica took control over)."""
+        await self._lifecycle.start(takeover=takeover)
 
     async def close(self) -> None:
         """Cancel the background tasks, wait for them, and close the store."""

@@ -129,3 +129,7 @@ class EndpointRegistry:
     def names(self) -> list[str]:
         """The names of every routable endpoint."""
         return list(self._endpoints)
+
+    def known(self) -> list[str]:
+        """The names of every endpoint the registry knows: routable, pending or failed."""
+        return sorted(self._endpoints.keys() | self._unroutable.keys())

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import resource
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from aiohttp import web
 from splitserve.config import EdgeSettings, Settings
 from splitserve.errors import ServiceUnavailable
 from splitserve.metrics.prometheus import EDGE_ENFORCEMENTS
+from splitserve.wiring import keys
 from splitserve.wiring.boundary import answer_error
 from splitserve.wiring.logs import AccessLog, open_access_log
 
@@ -579,11 +581,19 @@ def run(app: web.Application, settings: Settings, announce: Callable[[str], None
 async def _serve(
     app: web.Application, settings: Settings, limits: EdgeLimits, announce: Callable[[str], None]
 ) -> None:
+    internal = _internal_listener(app, settings)
     runner = EdgeRunner(app, settings, limits, handle_signals=True)
     await runner.setup()
     try:
+        if internal is not None:
+            await web.SockSite(runner, internal, backlog=settings.edge.listen_backlog).start()
         site = web.TCPSite(
-            runner, settings.host, settings.port, backlog=settings.edge.listen_backlog
+            runner,
+            settings.host,
+            settings.port,
+            backlog=settings.edge.listen_backlog,
+            # Replicas of `serve --processes N` share the port; the kernel spreads connections.
+            reuse_port=settings.replicas.is_replica or None,
         )
         try:
             await site.start()
@@ -602,6 +612,28 @@ async def _serve(
         await asyncio.Event().wait()  # until a signal ends the loop's run
     finally:
         await runner.cleanup()
+
+
+def _internal_listener(app: web.Application, settings: Settings) -> socket.socket | None:
+    """A replica's internal listener, bound to a free port of the advertise address before the
+    app starts (it registers the URL with the other replicas when it starts); None for a single
+    gateway process."""
+    if not settings.replicas.is_replica:
+        return None
+    address = settings.replicas.advertise_address
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    internal = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        internal.bind((address, 0))
+    except OSError as error:
+        internal.close()
+        raise ListenError(
+            f"cannot listen on the advertise address {address}: {os.strerror(error.errno or 0)}"
+        ) from None
+    port = internal.getsockname()[1]
+    host = f"[{address}]" if family == socket.AF_INET6 else address
+    app[keys.INTERNAL_URL] = f"http://{host}:{port}"
+    return internal
 
 
 def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:

@@ -16,9 +16,11 @@ import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from splitserve._router import Router, RouterError, UnknownInstanceError, VariantSpec
-from splitserve.capture.writer import CaptureSink, CaptureWriter
+from splitserve.capture.writer import CaptureWriter
+from splitserve.cluster.routing import RoutedInstance, RoutedVariant, RoutingDocument
 from splitserve.config import Settings
 from splitserve.contract.upstream import UpstreamPool
 from splitserve.control.deployer import DeploymentPlan
@@ -32,8 +34,8 @@ from splitserve.metrics.prometheus import (
     remove_variant_gauges,
     remove_variant_series,
 )
-from splitserve.metrics.recorder import VariantRecorder
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
+from splitserve.wiring.live import LiveParts, capture_document
 from splitserve.workers.fleet import VariantDeployment, VariantFleet
 from splitserve.workers.instance import InstanceInfo
 from splitserve.workers.supervisor import Supervisor
@@ -49,6 +51,17 @@ def _router_errors() -> Iterator[None]:
         yield
     except RouterError as error:
         raise DeploymentError(f"The routing table was refused: {error}") from error
+
+
+class RoutingPublisher(Protocol):
+    """Where the controller's routing goes for the other replicas (`wiring.replicas`)."""
+
+    def changed(self, endpoint_name: str) -> None:
+        """The endpoint's routing changed: publish its document soon."""
+
+    async def sync(self, endpoint_name: str) -> None:
+        """Publish the endpoint's document now and return once every live replica routes
+        with it (or the propagation timeout passed)."""
 
 
 @dataclass
@@ -71,18 +84,23 @@ class FleetDeployer:
         settings: Settings,
         registry: EndpointRegistry,
         capture: CaptureWriter | None = None,
+        minutes: MinuteStore | None = None,
     ) -> None:
         """A deployer publishing to `registry`; `capture` writes the endpoints' data capture
-        (without it, DataCaptureConfig is accepted but nothing is captured)."""
+        (without it, DataCaptureConfig is accepted but nothing is captured); `minutes` holds the
+        variants' per-minute figures (a new store when None)."""
         self._settings = settings
         self._registry = registry
-        self._capture = capture
+        self._parts = LiveParts(
+            settings, MinuteStore(settings.stats) if minutes is None else minutes, capture
+        )
+        self._minutes = self._parts.minutes
+        self._publisher: RoutingPublisher | None = None
         self._supervisor: Supervisor | None = None
         self._generations: dict[tuple[str, int], _Generation] = {}
         self._owner: dict[str, _Generation] = {}
         self._healthy: dict[str, bool] = {}
         self._closing: set[asyncio.Future[None]] = set()
-        self._minutes = MinuteStore(settings.stats)
         # Endpoint -> the variants whose weight and instance gauges are set (the live ones).
         self._gauged: dict[str, set[str]] = {}
         # Endpoint -> failover as `set_failover` last said (newer than any plan's), until removed.
@@ -91,6 +109,10 @@ class FleetDeployer:
     def attach(self, supervisor: Supervisor) -> None:
         """Give the deployer the supervisor that was built with it as its listener."""
         self._supervisor = supervisor
+
+    def publish_to(self, publisher: RoutingPublisher) -> None:
+        """Tell `publisher` of every routing change from now on (a controller among replicas)."""
+        self._publisher = publisher
 
     @property
     def minutes(self) -> MinuteStore:
@@ -165,23 +187,19 @@ class FleetDeployer:
             await asyncio.gather(*(fleet.stop() for fleet in fleets.values()))
             raise
         pools = {
-            info.name: self._pool(info) for fleet in fleets.values() for info in fleet.instances()
+            info.name: self._parts.pool(info.address)
+            for fleet in fleets.values()
+            for info in fleet.instances()
         }
+        variant_names = [v.variant_name for v in plan.variants]
         live = LiveEndpoint(
             name=plan.endpoint_name,
             generation=plan.generation,
             router=router,
             pools=dict(pools),
-            recorders={
-                v.variant_name: VariantRecorder.resolve(
-                    plan.endpoint_name,
-                    v.variant_name,
-                    self._minutes.variant(plan.endpoint_name, v.variant_name),
-                )
-                for v in plan.variants
-            },
-            log_stream_arn=self._log_stream_arn(plan.endpoint_name),
-            capture=self._capture_sink(plan),
+            recorders=self._parts.recorders(plan.endpoint_name, variant_names),
+            log_stream_arn=self._parts.log_stream_arn(plan.endpoint_name),
+            capture=self._parts.capture_sink(plan.endpoint_name, variant_names, plan.data_capture),
         )
         generation = _Generation(plan, fleets, router, pools, live, strategies)
         self._generations[plan.endpoint_name, plan.generation] = generation
@@ -204,6 +222,8 @@ class FleetDeployer:
             VARIANT_DESIRED_WEIGHT.labels(*labels).set(variant.weight)
             VARIANT_DESIRED_INSTANCES.labels(*labels).set(variant.instance_count)
             self._count_healthy(generation, variant.variant_name)
+        # The old generation is retired after this: the other replicas must have left it.
+        await self._sync(plan.endpoint_name)
 
     async def retire(self, endpoint_name: str, generation: int) -> None:
         """Drain and stop an old generation and close its connections."""
@@ -235,6 +255,8 @@ class FleetDeployer:
         for variant, weight in weights.items():
             VARIANT_WEIGHT.labels(endpoint_name, variant).set(weight)
             VARIANT_DESIRED_WEIGHT.labels(endpoint_name, variant).set(weight)
+        # The change answers once every replica routes with it: the next request sees it.
+        await self._sync(endpoint_name)
 
     async def set_failover(self, endpoint_name: str, failover: bool) -> None:
         """Turn failover on or off in every router of the endpoint at once (no new table: the
@@ -243,6 +265,7 @@ class FleetDeployer:
         for (name, _), generation in self._generations.items():
             if name == endpoint_name:
                 generation.router.set_failover(failover)
+        self._changed(endpoint_name)
 
     async def scale(self, endpoint_name: str, variant_name: str, instance_count: int) -> None:
         """Grow or shrink one variant of the live generation to `instance_count` instances."""
@@ -254,7 +277,7 @@ class FleetDeployer:
         after = {info.name: info for info in fleet.instances()}
         # New instances get a pool (published first) before the router can return them.
         for name in after.keys() - before:
-            generation.pools[name] = self._pool(after[name])
+            generation.pools[name] = self._parts.pool(after[name].address)
             self._owner[name] = generation
         self._republish(generation)
         weights = generation.router.weights()
@@ -286,6 +309,7 @@ class FleetDeployer:
     async def remove(self, endpoint_name: str) -> None:
         """Stop routing to the endpoint, then drain and stop every generation of it."""
         self._registry.withdraw(endpoint_name)
+        await self._sync(endpoint_name)  # no replica routes to it before it is stopped
         for name, generation in list(self._generations):
             if name == endpoint_name:
                 await self.retire(name, generation)
@@ -322,12 +346,14 @@ class FleetDeployer:
     def pending(self, endpoint_name: str) -> None:
         """The endpoint is being deployed: its requests get a retryable 503 until it is live."""
         self._registry.pending(endpoint_name)
+        self._changed(endpoint_name)
 
     def failed(self, endpoint_name: str, failure_reason: str) -> None:
         """The endpoint failed: without a live generation its requests get a 400 saying why.
         The reason is logged as well (also for an endpoint found Failed at start)."""
         log.warning("endpoint %s is Failed: %s", endpoint_name, failure_reason)
         self._registry.failed(endpoint_name, failure_reason)
+        self._changed(endpoint_name)
 
     def live_instances(self) -> dict[tuple[str, str], list[InstanceInfo]]:
         """Every instance of each endpoint's live generation, by (endpoint, variant name)."""
@@ -348,6 +374,50 @@ class FleetDeployer:
         for endpoint_name, generation in list(self._generations):
             await self.retire(endpoint_name, generation)
 
+    def routing_document(self, endpoint_name: str) -> RoutingDocument | None:
+        """What the other replicas route `endpoint_name` by now; None once it is removed."""
+        live = self._registry.get(endpoint_name)
+        generation = (
+            None if live is None else self._generations.get((endpoint_name, live.generation))
+        )
+        unroutable = self._registry.unroutable(endpoint_name)
+        if generation is None or (unroutable is not None and live is None):
+            if unroutable is None:
+                return None
+            if unroutable.failure_reason is None:
+                return RoutingDocument(endpoint_name, "pending")
+            return RoutingDocument(endpoint_name, "failed", unroutable.failure_reason)
+        plan = generation.plan
+        weights = generation.router.weights()
+        return RoutingDocument(
+            endpoint=endpoint_name,
+            state="live",
+            generation=plan.generation,
+            failover=self._failover.get(endpoint_name, plan.failover),
+            capture=None if plan.data_capture is None else capture_document(plan.data_capture),
+            variants=tuple(
+                RoutedVariant(
+                    name=variant,
+                    weight=weights[variant],
+                    strategy=generation.strategies[variant],
+                    instances=tuple(
+                        RoutedInstance(
+                            info.name,
+                            str(generation.pools[info.name].address),
+                            self._healthy.get(info.name, False),
+                        )
+                        for info in fleet.instances()
+                        if info.name in generation.pools
+                    ),
+                )
+                for variant, fleet in generation.fleets.items()
+            ),
+        )
+
+    def endpoint_names(self) -> list[str]:
+        """Every endpoint the registry knows: live, being deployed or failed."""
+        return self._registry.known()
+
     # --- InstanceListener -------------------------------------------------------------------------
 
     def instance_healthy(self, instance: InstanceInfo) -> None:
@@ -359,7 +429,7 @@ class FleetDeployer:
         generation = self._owner.get(instance.name)
         pool = None if generation is None else generation.pools.get(instance.name)
         if generation is not None and pool is not None and pool.address != instance.address:
-            generation.pools[instance.name] = self._pool(instance)
+            generation.pools[instance.name] = self._parts.pool(instance.address)
             self._republish(generation)
             self._closing.add(asyncio.ensure_future(pool.close()))
             self._closing = {task for task in self._closing if not task.done()}
@@ -389,6 +459,7 @@ class FleetDeployer:
             for variant, fleet in generation.fleets.items():
                 if any(info.name == name for info in fleet.instances()):
                     self._count_healthy(generation, variant)
+            self._changed(generation.plan.endpoint_name)
 
     def _apply_health(self, generation: _Generation, name: str) -> None:
         """Tell the router what the supervisor last said of `name` (healthy until told otherwise
@@ -416,6 +487,7 @@ class FleetDeployer:
         )
         if self._registry.get(live.name) is live:
             self._registry.publish(generation.live)
+            self._changed(live.name)
 
     def _live_generation(self, endpoint_name: str) -> _Generation:
         live = self._registry.get(endpoint_name)
@@ -426,35 +498,13 @@ class FleetDeployer:
             raise DeploymentError(f"Endpoint {endpoint_name} has no running fleet.")
         return generation
 
-    def _capture_sink(self, plan: DeploymentPlan) -> CaptureSink | None:
-        """The generation's data-capture sink. Its destination was resolved (and refused if it
-        escapes the model store) by the control plane's LocalPathResolver when it made the plan."""
-        if plan.data_capture is None:
-            return None
-        if self._capture is None:
-            if plan.data_capture.enable_capture:
-                log.warning("endpoint %s: no capture writer, nothing captured", plan.endpoint_name)
-            return None
-        return self._capture.sink(
-            plan.endpoint_name, [v.variant_name for v in plan.variants], plan.data_capture
-        )
+    def _changed(self, endpoint_name: str) -> None:
+        if self._publisher is not None:
+            self._publisher.changed(endpoint_name)
 
-    def _pool(self, info: InstanceInfo) -> UpstreamPool:
-        forwarding = self._settings.forwarding
-        return UpstreamPool(
-            info.address,
-            max_idle=forwarding.max_idle_connections,
-            max_connections=forwarding.max_connections,
-            connect_timeout=forwarding.connect_timeout_seconds,
-            max_response_bytes=forwarding.max_response_bytes,
-        )
-
-    def _log_stream_arn(self, endpoint_name: str) -> str:
-        account = self._settings.account
-        return (
-            f"arn:aws:logs:{account.region}:{account.account_id}:log-group:"
-            f"/aws/sagemaker/Endpoints/{endpoint_name}"
-        )
+    async def _sync(self, endpoint_name: str) -> None:
+        if self._publisher is not None:
+            await self._publisher.sync(endpoint_name)
 
     def _cpu_usage(self) -> dict[int, int]:
         """How many running instances each host CPU is given to (nothing before `attach`)."""

@@ -8,19 +8,22 @@ from splitserve.capture.writer import CaptureWriter
 from splitserve.cloudwatch.gateway import CloudWatchGateway
 from splitserve.cluster.view import ReplicaView
 from splitserve.config import Settings
-from splitserve.control.service import ControlService
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
-from splitserve.wiring.fleet import FleetDeployer
+from splitserve.wiring.replicas import ControllerForwarder, ControllerSlot
 
 SETTINGS = web.AppKey("settings", Settings)
-CONTROL = web.AppKey("control", ControlService)
+#: The control service and fleet deployer, once this process controls the endpoints.
+CONTROLLER = web.AppKey("controller", ControllerSlot)
 INVOCATIONS = web.AppKey("invocations", InvocationService)
 ENDPOINTS = web.AppKey("endpoints", EndpointRegistry)
 MINUTES = web.AppKey("minutes", MinuteStore)
 CAPTURE = web.AppKey("capture", CaptureWriter)
-FLEET = web.AppKey("fleet", FleetDeployer)
+#: Among replicas: passes control-plane requests to the controller.
+FORWARDER = web.AppKey("forwarder", ControllerForwarder)
+#: Among replicas: this process's internal listener (`http://address:port`), bound by the edge.
+INTERNAL_URL = web.AppKey("internal_url", str)
 CLOUDWATCH = web.AppKey("cloudwatch", CloudWatchGateway)
 #: This process as a replica (its id, whether it controls, its host peers): `SoleReplica` alone.
 REPLICA = web.AppKey("replica", ReplicaView)
