@@ -709,8 +709,7 @@ async def test_store_calls_run_off_the_event_loop(
 
     from tests.control.conftest import INSTANCE_VCPUS, state_file
 
-    plain = Store.open(state_file(settings))
-    store = WatchedStore(plain.path, plain._connection)  # type: ignore[arg-type]
+    store = WatchedStore.open(state_file(settings))
     service = ControlService(settings, store, deployer, instance_vcpus=INSTANCE_VCPUS)
     await service.start()
     try:

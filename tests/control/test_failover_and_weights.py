@@ -152,7 +152,7 @@ def test_tags_round_trip_and_a_version_1_file_is_migrated(tmp_path: Path) -> Non
         )
         migrated.put_endpoint(tagged)
         assert migrated.get_endpoint("fo") == tagged
-        version = migrated._db.execute("SELECT version FROM schema_version").fetchall()
+        version = migrated.database.query("SELECT version FROM schema_version")
         assert version == [(SCHEMA_VERSION,)]
     finally:
         migrated.close()

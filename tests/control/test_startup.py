@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -23,9 +24,9 @@ async def test_the_state_file_is_opened_and_read_off_the_loop(
     real_open = Store.open
     real_list = Store.list_endpoints
 
-    def watched_open(path: Path) -> Store:
+    def watched_open(*args: Any) -> Store:
         threads["open"] = threading.current_thread()
-        return real_open(path)
+        return real_open(*args)
 
     def watched_list(self: Store) -> object:
         threads["recovery"] = threading.current_thread()

@@ -94,7 +94,7 @@ def test_round_trips(tmp_path: Path) -> None:
         assert again.list_endpoints() == [done]
         assert again.delete_endpoint("EP")
         assert not again.delete_endpoint("EP")
-        variants = again._db.execute("SELECT COUNT(*) FROM endpoint_variants").fetchone()
+        variants = again.database.query("SELECT COUNT(*) FROM endpoint_variants")[0]
         assert variants == (0,)  # deleted with their endpoint
         assert again.delete_model("model-1")
         assert again.delete_endpoint_config("cfg")

@@ -81,9 +81,11 @@ class CloudWatchGateway:
         start the periodic job (`source` and `is_controller` as for the constructor).
 
         Raises:
-            sqlite3.Error: the state database cannot be opened or written.
+            DatabaseError, DatabaseUnavailable: the state database cannot be opened or written.
         """
-        store = await asyncio.to_thread(CloudWatchStore.open, settings.state_file)
+        store = await asyncio.to_thread(
+            CloudWatchStore.open, settings.state_url, settings.database
+        )
         gateway = cls(
             settings, store, minutes, instances, source=source, is_controller=is_controller
         )

@@ -1,26 +1,30 @@
-"""The control plane's persistent state: one SQLite file under the state directory.
+"""The control plane's persistent state, in the state database (splitserve.database): by
+default one SQLite file under the state directory, or PostgreSQL (`--state postgresql://...`).
 
 Every method is blocking. The control service calls them through its own single-thread executor,
-never on the event loop, so one connection is used by one thread at a time (it is opened with
-check_same_thread=False because `Store.open` runs on another thread than the one that uses it).
-Each write is one transaction, committed with WAL journaling and synchronous=FULL before the method
-returns, so a state the API reported survives a crash of the gateway or of the host.
+never on the event loop; the database is safe to use from several threads and processes. Each write
+is one write transaction (the database's write lock is taken first, so the checks inside it hold
+against other replicas), committed before the method returns (SQLite: WAL journaling and
+synchronous=FULL), so a state the API reported survives a crash of the gateway or of the host. Each
+read of an endpoint is one read transaction, so its row and its variants come from one snapshot.
 
-How the file is created, checked and kept private is `statefile.py`; every row is read once when
-the file is opened, so a damaged row stops start-up (`StateFileError`) rather than a request.
+How an SQLite file is created, checked and kept private is `statefile.py`, and PostgreSQL's schema
+`statedb.py`; every row is read once when the store is opened, so a damaged row stops start-up
+(`StateFileError`) rather than a request. A database that cannot be reached raises
+`DatabaseUnavailable` (503 ServiceUnavailable) from any method.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
-from splitserve.config import WEIGHT_HISTORY_LIMIT
+from splitserve.config import WEIGHT_HISTORY_LIMIT, DatabaseSettings
 from splitserve.control.models import (
     DeployedVariant,
     EndpointConfigRecord,
@@ -33,6 +37,7 @@ from splitserve.control.models import (
     VariantStatusEntry,
     name_key,
 )
+from splitserve.control.statedb import corrupt_database, prepare_database
 from splitserve.control.statefile import (
     SCHEMA_VERSION,
     StateFileError,
@@ -42,6 +47,8 @@ from splitserve.control.statefile import (
     narrow_mode,
     prepare,
 )
+from splitserve.database import Database, DatabaseError, Result, Transaction, open_database
+from splitserve.database.sqlite import SqliteDatabase
 
 __all__ = ["SCHEMA_VERSION", "StateFileError", "Store", "WeightChange"]
 
@@ -66,53 +73,88 @@ class WeightChange:
 
 
 class Store:
-    """Models, endpoint configurations and endpoints, in one SQLite file."""
+    """Models, endpoint configurations and endpoints, in the state database."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
-        """Wrap an open, checked connection; use `Store.open`."""
-        self._path = path
-        self._connection: sqlite3.Connection | None = connection
+    def __init__(self, database: Database, *, owned: bool) -> None:
+        """Wrap an open, checked database; use `Store.open`. `owned`: `close` closes it."""
+        self._database = database
+        self._owned = owned
+        self._closed = False
 
     @classmethod
-    def open(cls, path: Path) -> Store:
-        """Open (or create) the state file at `path`, check it, and bring its schema up to date.
+    def open(cls, state: Path | str | Database, settings: DatabaseSettings | None = None) -> Store:
+        """Open the state database, check it, and bring its schema up to date.
+
+        Args:
+            state: an SQLite state file's path (created when missing), a database URL
+                (`sqlite:///absolute/path`, `postgresql://...`), or an open `Database` (which
+                `close` then leaves open).
+            settings: timeouts and pool sizes for a database opened here.
 
         Raises:
-            StateFileError: the file cannot be read, is not an SQLite database, is damaged, is not a
-                splitserve state file or was written by a newer splitserve. It is left untouched.
+            StateFileError: the SQLite file cannot be read, is not an SQLite database, or either
+                database is damaged, is not splitserve's or was written by a newer splitserve.
+                It is left untouched.
+            DatabaseUrlError: `state` is a URL this gateway cannot use.
+            DatabaseUnavailable: the database cannot be reached.
         """
-        path = Path(path)
-        connection = connect(path)
+        if isinstance(state, Database):
+            database, owned = state, False
+        else:
+            url = (
+                f"sqlite://{quote(str(Path(state).absolute()))}"
+                if isinstance(state, Path)
+                else state
+            )
+            database, owned = open_database(url, settings), True
+        store = cls(database, owned=owned)
         try:
-            version = check(path, connection)
-            store = cls(path, connection)
-            if version == SCHEMA_VERSION:
-                store._read_every_row()  # before anything is written: a bad row leaves no trace
-            prepare(path, connection)
-            if version != SCHEMA_VERSION:
-                store._read_every_row()  # an older schema is read once it has every column
-            narrow_mode(path)
+            if isinstance(database, SqliteDatabase):
+                store._open_file(database.path)
+            else:
+                prepare_database(database)
+                store._read_every_row()
         except BaseException:
-            connection.close()
+            store.close()
             raise
         return store
 
+    def _open_file(self, path: Path) -> None:
+        """Create, check and migrate the SQLite state file at `path` (`statefile.py`)."""
+        connection = connect(path)
+        try:
+            version = check(path, connection)
+            if version == SCHEMA_VERSION:
+                self._read_every_row()  # before anything is written: a bad row leaves no trace
+            prepare(path, connection)
+            if version != SCHEMA_VERSION:
+                self._read_every_row()  # an older schema is read once it has every column
+            narrow_mode(path)
+        finally:
+            connection.close()
+
     @property
-    def path(self) -> Path:
-        """The state file."""
-        return self._path
+    def database(self) -> Database:
+        """The state database the store keeps its tables in."""
+        return self._database
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite state file; None for PostgreSQL."""
+        return self._database.path if isinstance(self._database, SqliteDatabase) else None
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Close the database if the store opened it (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            if self._owned:
+                self._database.close()
 
     # --- models -----------------------------------------------------------------------------------
 
     def get_model(self, name: str) -> ModelRecord | None:
         """The model called `name` (any case), or None."""
-        row = self._db.execute(
+        row = self._read(
             "SELECT name, creation_time, document, tags FROM models WHERE name_key = ?",
             (name_key(name),),
         ).fetchone()
@@ -130,14 +172,14 @@ class Store:
 
     def list_models(self) -> list[ModelRecord]:
         """Every model, in no particular order."""
-        rows = self._db.execute("SELECT name, creation_time, document, tags FROM models").fetchall()
+        rows = self._read("SELECT name, creation_time, document, tags FROM models").fetchall()
         return [_named(ModelRecord, "model", row) for row in rows]
 
     # --- endpoint configurations ------------------------------------------------------------------
 
     def get_endpoint_config(self, name: str) -> EndpointConfigRecord | None:
         """The endpoint configuration called `name` (any case), or None."""
-        row = self._db.execute(
+        row = self._read(
             "SELECT name, creation_time, document, tags FROM endpoint_configs WHERE name_key = ?",
             (name_key(name),),
         ).fetchone()
@@ -155,19 +197,18 @@ class Store:
 
     def list_endpoint_configs(self) -> list[EndpointConfigRecord]:
         """Every endpoint configuration, in no particular order."""
-        rows = self._db.execute(
-            "SELECT name, creation_time, document, tags FROM endpoint_configs"
-        ).fetchall()
+        rows = self._read("SELECT name, creation_time, document, tags FROM endpoint_configs").rows
         return [_named(EndpointConfigRecord, "endpoint configuration", row) for row in rows]
 
     # --- endpoints --------------------------------------------------------------------------------
 
     def get_endpoint(self, name: str) -> EndpointRecord | None:
         """The endpoint called `name` (any case), or None."""
-        row = self._db.execute(
-            f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints WHERE name_key = ?", (name_key(name),)
-        ).fetchone()
-        return None if row is None else self._endpoint(row)
+        with self._database.transaction() as db:
+            row = db.execute(
+                f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints WHERE name_key = ?", (name_key(name),)
+            ).fetchone()
+            return None if row is None else self._endpoint(db, row)
 
     def insert_endpoint(self, record: EndpointRecord) -> bool:
         """Add an endpoint; False (and nothing written) if one of that name exists."""
@@ -215,7 +256,7 @@ class Store:
 
     def weight_history(self, name: str) -> list[WeightChange]:
         """The endpoint's weight changes, oldest first (empty when none was recorded)."""
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT time, cause, weights FROM endpoint_weights WHERE endpoint_key = ? "
             "ORDER BY sequence",
             (name_key(name),),
@@ -224,14 +265,15 @@ class Store:
 
     def list_endpoints(self) -> list[EndpointRecord]:
         """Every endpoint, in no particular order."""
-        rows = self._db.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints").fetchall()
-        return [self._endpoint(row) for row in rows]
+        with self._database.transaction() as db:
+            rows = db.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints").rows
+            return [self._endpoint(db, row) for row in rows]
 
     # --- tags -------------------------------------------------------------------------------------
 
     def get_tags(self, kind: ResourceKind, name: str) -> Tags | None:
         """The tags of the resource `name` of `kind` (any case); None if there is no such one."""
-        row = self._db.execute(
+        row = self._read(
             f"SELECT tags FROM {_TAGGED_TABLES[kind]} WHERE name_key = ?", (name_key(name),)
         ).fetchone()
         return None if row is None else _tags(row[0])
@@ -272,30 +314,34 @@ class Store:
             self.list_models()
             self.list_endpoint_configs()
             self.list_endpoints()
-            keys = self._db.execute("SELECT DISTINCT endpoint_key FROM endpoint_weights")
-            for (key,) in keys.fetchall():
+            keys = self._read("SELECT DISTINCT endpoint_key FROM endpoint_weights")
+            for (key,) in keys.rows:
                 self.weight_history(str(key))
         except StateFileError as error:
-            raise corrupt(self._path, error.message) from error
-        except sqlite3.Error as error:
-            raise corrupt(self._path, str(error)) from error
+            raise self._corrupt(error.message) from error
+        except DatabaseError as error:
+            raise self._corrupt(str(error)) from error
 
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._connection is None:
-            raise RuntimeError(f"state file {self._path} is closed")
-        return self._connection
+    def _corrupt(self, detail: str) -> StateFileError:
+        path = self.path
+        if path is not None:
+            return corrupt(path, detail)
+        return corrupt_database(self._database.display, detail)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _read(self, sql: str, params: Sequence[object] = ()) -> Result:
+        """One statement in a read transaction (or in the one this thread has open)."""
+        self._check_open()
+        with self._database.transaction() as db:
+            return db.execute(sql, params)
+
+    def _transaction(self) -> AbstractContextManager[Transaction]:
+        """A write transaction: the database's write lock first, so checks inside it hold."""
+        self._check_open()
+        return self._database.transaction(write=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"state database {self._database.display} is closed")
 
     def _insert_named(
         self,
@@ -307,8 +353,8 @@ class Store:
     ) -> bool:
         with self._transaction() as db:
             cursor = db.execute(
-                f"INSERT OR IGNORE INTO {table} (name_key, name, creation_time, document, tags) "
-                "VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO {table} (name_key, name, creation_time, document, tags) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (name_key(name), name, creation_time, _encode(document), _encode_tags(tags)),
             )
             return cursor.rowcount == 1
@@ -318,7 +364,7 @@ class Store:
             cursor = db.execute(f"DELETE FROM {table} WHERE name_key = ?", (name_key(name),))
             return cursor.rowcount == 1
 
-    def _write_endpoint(self, db: sqlite3.Connection, record: EndpointRecord) -> None:
+    def _write_endpoint(self, db: Transaction, record: EndpointRecord) -> None:
         key = name_key(record.name)
         pending = record.pending
         db.execute(
@@ -388,9 +434,9 @@ class Store:
             ],
         )
 
-    def _endpoint(self, row: tuple[object, ...]) -> EndpointRecord:
+    def _endpoint(self, db: Transaction, row: tuple[object, ...]) -> EndpointRecord:
         try:
-            return self._decode_endpoint(row)
+            return self._decode_endpoint(db, row)
         except (StateFileError, KeyError, TypeError, ValueError) as error:
             if isinstance(error, StateFileError):
                 raise StateFileError(f"endpoint {row[0]!r}: {error.message}") from error
@@ -398,17 +444,17 @@ class Store:
                 f"endpoint {row[0]!r} holds an invalid value: {error!r}"
             ) from error
 
-    def _decode_endpoint(self, row: tuple[object, ...]) -> EndpointRecord:
+    def _decode_endpoint(self, db: Transaction, row: tuple[object, ...]) -> EndpointRecord:
         (name, status, failure_reason, config_name, generation, created, modified) = row[:7]
         data_capture, deployment_config, pending_text, tags_text = row[7:]
         variants: dict[str, list[DeployedVariant]] = {"live": [], "pending": []}
-        for variant_row in self._db.execute(
+        for variant_row in db.execute(
             "SELECT role, variant_name, current_weight, desired_weight, current_instance_count, "
             "desired_instance_count, deployed_time, status, status_message, status_start_time, "
             "spec FROM endpoint_variants WHERE endpoint_key = ? ORDER BY role, position",
             (name_key(str(name)),),
         ):
-            variants[variant_row[0]].append(_variant(variant_row[1:]))
+            variants[str(variant_row[0])].append(_variant(variant_row[1:]))
         pending = None
         if isinstance(pending_text, str):
             document = _decode(pending_text)
