@@ -29,18 +29,20 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from splitserve.capture.writer import CaptureWriter
 from splitserve.cloudwatch import routes as cloudwatch_routes
 from splitserve.cloudwatch.gateway import CloudWatchGateway
-from splitserve.cluster.lease import FileLease
+from splitserve.cluster.lease import ControllerLease, FileLease, RowLease
 from splitserve.cluster.state import ClusterState
 from splitserve.cluster.view import SoleReplica, new_replica_id
-from splitserve.config import CONTROLLER_LOCK_FILE_NAME, Settings
+from splitserve.config import CONTROLLER_LOCK_FILE_NAME, METRICS_SPOOL_DIR_NAME, Settings
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
+from splitserve.database import open_database
 from splitserve.errors import SplitserveError, ValidationException
-from splitserve.metrics.host import CONTROLLER_HEADER, OWN_PATH, host_exposition, own_exposition
+from splitserve.metrics.host import OWN_PATH, host_exposition, own_exposition, record_own
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.procstat import CpuSampler
-from splitserve.metrics.prometheus import INSTANCES, show_created_series
+from splitserve.metrics.prometheus import FAMILY_MERGE, INSTANCES, show_created_series
+from splitserve.metrics.spool import MetricsSpool
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
@@ -89,15 +91,14 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.CONTROLLER] = ControllerSlot()
     app[keys.REPLICA] = (
-        ReplicaNode(settings.replicas, new_replica_id())
-        if settings.replicas.is_replica
-        else SoleReplica()
+        ReplicaNode(settings.replicas, new_replica_id()) if settings.shares_state else SoleReplica()
     )
     show_created_series(settings.metrics_created)
     registry = EndpointRegistry()
     invocations = InvocationService(settings, registry)
     app[keys.ENDPOINTS] = registry
     app[keys.INVOCATIONS] = invocations
+    app.cleanup_ctx.append(_metrics_spool)  # first, so torn down last
     app.cleanup_ctx.append(_capture_writer)
     app.cleanup_ctx.append(_gateway)
     app.cleanup_ctx.append(_cloudwatch)
@@ -184,7 +185,13 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         finally:
             await stops[0]()
         return
-    cluster = await asyncio.to_thread(ClusterState.open, settings.state_file)
+    database = await asyncio.to_thread(open_database, settings.state_url, settings.database)
+    cluster = await asyncio.to_thread(ClusterState.open, database)
+    lease: ControllerLease = (
+        FileLease(settings.state_dir / CONTROLLER_LOCK_FILE_NAME)
+        if database.kind == "sqlite"
+        else RowLease(cluster, node.replica_id, settings.replicas.replica_timeout_seconds)
+    )
     forwarder = ControllerForwarder(node, settings.replicas)
     app[keys.FORWARDER] = forwarder
 
@@ -195,7 +202,7 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
 
     await node.start(
         cluster,
-        FileLease(settings.state_dir / CONTROLLER_LOCK_FILE_NAME),
+        lease,
         RoutingFollower(
             settings, app[keys.ENDPOINTS], LiveParts(settings, minutes, app[keys.CAPTURE])
         ),
@@ -209,7 +216,7 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         for stop in stops:
             await stop()
         await forwarder.close()
-        cluster.close()
+        database.close()
 
 
 async def _controller(
@@ -419,19 +426,40 @@ async def metrics(request: web.Request) -> web.Response:
     this process's merged with the other replicas' on the host (`metrics.host`)."""
     replica = request.app[keys.REPLICA]
     body = await host_exposition(
-        replica.is_controller(), await replica.host_peers(), request.app[keys.SETTINGS].stats
+        replica.replica_id,
+        replica.is_controller(),
+        await replica.host_peers(),
+        request.app[keys.SETTINGS].stats,
+        request.app.get(keys.METRICS_SPOOL),
     )
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def own_metrics(request: web.Request) -> web.Response:
-    """GET /splitserve/metrics/own: this process's metrics alone, and whether it is the
-    controller (`metrics.host.CONTROLLER_HEADER`): what another replica's /metrics merges."""
-    controller = "true" if request.app[keys.REPLICA].is_controller() else "false"
-    return web.Response(
-        body=own_exposition(),
-        headers={"Content-Type": CONTENT_TYPE_LATEST, CONTROLLER_HEADER: controller},
-    )
+    """GET /splitserve/metrics/own: this process's metrics alone, with who made them, when, and
+    whether it is the controller (`metrics.host`): what another replica's /metrics merges."""
+    replica = request.app[keys.REPLICA]
+    body, headers = own_exposition(replica.replica_id, replica.is_controller())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, **headers})
+
+
+async def _metrics_spool(app: web.Application) -> AsyncIterator[None]:
+    """Among replicas on one host: the host's metrics spool (`metrics.spool`). Torn down last,
+    after the server stopped taking requests: this replica writes its final counts to it, so
+    they stay in the host's totals after it is gone."""
+    settings = app[keys.SETTINGS]
+    if not settings.replicas.is_replica:
+        yield
+        return
+    spool = MetricsSpool(settings.state_dir / METRICS_SPOOL_DIR_NAME, FAMILY_MERGE)
+    app[keys.METRICS_SPOOL] = spool
+    try:
+        yield
+    finally:
+        try:
+            await record_own(app[keys.REPLICA].replica_id, spool)
+        except OSError as error:
+            log.warning("this replica's last counts were not written to the host's: %s", error)
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -99,6 +99,11 @@ STATE_FILE_NAME = "state.sqlite3"
 MODEL_STORE_DIR_NAME = "models"
 RUN_DIR_NAME = "run"
 
+#: Among replicas on one host: the directory, inside the state directory, where the host's
+#: /metrics keeps what it last read of each replica (`metrics.spool`), so a replica that stops or
+#: dies does not take its counts out of the host's totals.
+METRICS_SPOOL_DIR_NAME = "metrics"
+
 #: The workers' output log files, inside the state directory: one file per instance at
 #: `logs/<endpoint>/<variant>/g<generation>/<index>.log` (README, "When something fails").
 LOGS_DIR_NAME = "logs"
@@ -580,6 +585,13 @@ class Settings:
         if self.state_database_url is not None:
             return self.state_database_url
         return f"sqlite://{quote(str(self.state_file.absolute()))}"
+
+    @property
+    def shares_state(self) -> bool:
+        """True when this process is one replica among others over its state: one that
+        `serve --processes N` started, or any gateway over a PostgreSQL state (which gateways on
+        other hosts may share). It then joins the replicas (`wiring.replicas`)."""
+        return self.replicas.is_replica or self.state_url.startswith(("postgresql:", "postgres:"))
 
     @property
     def lock_file(self) -> Path:

@@ -7,50 +7,56 @@
 - `cluster_meta`: the routing version, a counter every change of a document increments, which a
   replica that is not the controller polls (one small read) to learn that something changed.
 
-Every method blocks; the async side calls them with `asyncio.to_thread`. One lock serialises the
-threads of one process over its connection; processes are serialised by the database itself
-(SQLite's write lock, taken at the start of every writing transaction: `BEGIN IMMEDIATE`).
+- `cluster_lease`: the controller lease of a PostgreSQL state (`cluster.lease.RowLease`).
+
+The tables live in the state database (SQLite or PostgreSQL, `splitserve.database`). Every
+method blocks; the async side calls them with `asyncio.to_thread`. Writers are serialised by the
+database's write lock (`Database.transaction(write=True)`). A routing change also notifies the
+`routing` channel, which followers on PostgreSQL wait on (LISTEN) rather than poll.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import quote
 
 from splitserve.cluster.routing import RoutingDocument, RoutingDocumentError, decode, encode
+from splitserve.database import Database, Transaction
 
-__all__ = ["ClusterState", "ReplicaRecord"]
+__all__ = ["ROUTING_CHANNEL", "ClusterState", "ReplicaRecord"]
 
+# Types both databases take: DOUBLE PRECISION (SQLite: REAL affinity; PostgreSQL's REAL is a
+# 4-byte float, too coarse for a time in seconds) and BIGINT.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cluster_replicas (
     replica_id TEXT PRIMARY KEY,
     host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
+    pid BIGINT NOT NULL,
     internal_url TEXT NOT NULL,
-    started REAL NOT NULL,
-    heartbeat REAL NOT NULL,
-    applied_version INTEGER NOT NULL,
+    started DOUBLE PRECISION NOT NULL,
+    heartbeat DOUBLE PRECISION NOT NULL,
+    applied_version BIGINT NOT NULL,
     controller INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cluster_routing (
     endpoint TEXT PRIMARY KEY,
     document TEXT NOT NULL,
-    version INTEGER NOT NULL
+    version BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cluster_meta (
     key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
+    value BIGINT NOT NULL
 );
-INSERT OR IGNORE INTO cluster_meta (key, value) VALUES ('routing_version', 0);
+INSERT INTO cluster_meta (key, value) VALUES ('routing_version', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS cluster_lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    renewals BIGINT NOT NULL
+);
 """
 
-#: How long a writer waits for another process's write lock before giving up (seconds).
-_BUSY_TIMEOUT_MS = 10_000
+#: The channel routing changes are notified on.
+ROUTING_CHANNEL = "routing"
 
 
 @dataclass(frozen=True)
@@ -68,45 +74,31 @@ class ReplicaRecord:
 
 
 class ClusterState:
-    """The replicas' tables, through one connection of this process."""
+    """The replicas' tables in the state database."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        """Wrap an open connection whose tables exist; use `ClusterState.open`."""
-        self._connection = connection
-        self._lock = threading.Lock()
+    def __init__(self, database: Database) -> None:
+        """The tables in `database`; use `ClusterState.open`, which creates them."""
+        self.database = database
 
     @classmethod
-    def open(cls, path: Path) -> ClusterState:
-        """Open the state file at `path` (the control plane created and checked it) and create
-        the replicas' tables in it when missing."""
-        connection = sqlite3.connect(
-            f"file:{quote(str(path.absolute()))}?mode=rw",
-            uri=True,
-            check_same_thread=False,
-            isolation_level=None,
-            timeout=_BUSY_TIMEOUT_MS / 1000,
-        )
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        state = cls(connection)
-        with state._write() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+    def open(cls, database: Database) -> ClusterState:
+        """The replicas' tables in `database`, created when missing."""
+        state = cls(database)
+        with database.transaction(write=True) as transaction:
+            transaction.script(_SCHEMA)
         return state
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._connection.close()
 
     # --- replicas ---------------------------------------------------------------------------------
 
     def heartbeat(self, replica: ReplicaRecord) -> None:
         """Write (insert or replace) `replica`'s row."""
-        with self._write() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO cluster_replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        with self.database.transaction(write=True) as transaction:
+            transaction.execute(
+                "INSERT INTO cluster_replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (replica_id) DO UPDATE SET host = excluded.host, "
+                "pid = excluded.pid, internal_url = excluded.internal_url, "
+                "started = excluded.started, heartbeat = excluded.heartbeat, "
+                "applied_version = excluded.applied_version, controller = excluded.controller",
                 (
                     replica.replica_id,
                     replica.host,
@@ -121,101 +113,112 @@ class ClusterState:
 
     def applied(self, replica_id: str, version: int) -> None:
         """Record that replica `replica_id` now routes with routing version `version`."""
-        with self._write() as db:
-            db.execute(
+        with self.database.transaction(write=True) as transaction:
+            transaction.execute(
                 "UPDATE cluster_replicas SET applied_version = ? WHERE replica_id = ?",
                 (version, replica_id),
             )
 
     def leave(self, replica_id: str) -> None:
         """Remove replica `replica_id`'s row (it is stopping)."""
-        with self._write() as db:
-            db.execute("DELETE FROM cluster_replicas WHERE replica_id = ?", (replica_id,))
+        with self.database.transaction(write=True) as transaction:
+            transaction.execute("DELETE FROM cluster_replicas WHERE replica_id = ?", (replica_id,))
 
     def replicas(self, live_since: float) -> list[ReplicaRecord]:
-        """The replicas whose last heartbeat is at `live_since` or later; rows older than that
-        are deleted on the way (a replica that died without leaving)."""
-        with self._write() as db:
-            db.execute("DELETE FROM cluster_replicas WHERE heartbeat < ?", (live_since - 60.0,))
-            rows = db.execute(
-                "SELECT * FROM cluster_replicas WHERE heartbeat >= ? ORDER BY replica_id",
-                (live_since,),
-            ).fetchall()
+        """The replicas whose last heartbeat is at `live_since` or later."""
+        rows = self.database.query(
+            "SELECT replica_id, host, pid, internal_url, started, heartbeat, applied_version, "
+            "controller FROM cluster_replicas WHERE heartbeat >= ? ORDER BY replica_id",
+            (live_since,),
+        )
         return [
             ReplicaRecord(
-                replica_id=row[0],
-                host=row[1],
-                pid=int(row[2]),
-                internal_url=row[3],
-                started=float(row[4]),
-                heartbeat=float(row[5]),
-                applied_version=int(row[6]),
+                replica_id=str(row[0]),
+                host=str(row[1]),
+                pid=_int(row[2]),
+                internal_url=str(row[3]),
+                started=_float(row[4]),
+                heartbeat=_float(row[5]),
+                applied_version=_int(row[6]),
                 controller=bool(row[7]),
             )
             for row in rows
         ]
+
+    def forget_replicas(self, silent_since: float) -> None:
+        """Delete the rows of replicas silent since before `silent_since` (died without
+        leaving)."""
+        with self.database.transaction(write=True) as transaction:
+            transaction.execute("DELETE FROM cluster_replicas WHERE heartbeat < ?", (silent_since,))
 
     # --- routing documents ------------------------------------------------------------------------
 
     def publish(self, documents: list[RoutingDocument], removed: list[str]) -> int:
         """Replace the documents of `documents`' endpoints and delete those of `removed`, in one
         transaction under one new routing version, which is returned."""
-        with self._write() as db:
-            version = int(
-                db.execute(
-                    "UPDATE cluster_meta SET value = value + 1 WHERE key = 'routing_version' "
-                    "RETURNING value"
-                ).fetchone()[0]
-            )
+        with self.database.transaction(write=True) as transaction:
+            row = transaction.execute(
+                "UPDATE cluster_meta SET value = value + 1 WHERE key = 'routing_version' "
+                "RETURNING value"
+            ).fetchone()
+            assert row is not None  # the schema inserts it
+            version = _int(row[0])
             for document in documents:
-                db.execute(
-                    "INSERT OR REPLACE INTO cluster_routing VALUES (?, ?, ?)",
+                transaction.execute(
+                    "INSERT INTO cluster_routing VALUES (?, ?, ?) ON CONFLICT (endpoint) "
+                    "DO UPDATE SET document = excluded.document, version = excluded.version",
                     (document.endpoint, encode(document), version),
                 )
             for endpoint in removed:
-                db.execute("DELETE FROM cluster_routing WHERE endpoint = ?", (endpoint,))
+                transaction.execute("DELETE FROM cluster_routing WHERE endpoint = ?", (endpoint,))
+            transaction.notify(ROUTING_CHANNEL)
         return version
 
     def routing_version(self) -> int:
-        """The current routing version (one small read: what followers poll)."""
-        with self._lock:
-            row = self._connection.execute(
-                "SELECT value FROM cluster_meta WHERE key = 'routing_version'"
-            ).fetchone()
-        return int(row[0])
+        """The current routing version (one small read)."""
+        rows = self.database.query("SELECT value FROM cluster_meta WHERE key = 'routing_version'")
+        return _int(rows[0][0])
 
     def routing(self) -> tuple[int, dict[str, RoutingDocument], set[str]]:
         """The routing version, every endpoint's document, and the endpoints whose document is
         damaged (a replica keeps routing those as it did), read in one transaction."""
-        with self._lock:
-            db = self._connection
-            db.execute("BEGIN")
-            try:
-                version = int(
-                    db.execute(
-                        "SELECT value FROM cluster_meta WHERE key = 'routing_version'"
-                    ).fetchone()[0]
-                )
-                rows = db.execute("SELECT endpoint, document FROM cluster_routing").fetchall()
-            finally:
-                db.execute("COMMIT")
+        with self.database.transaction() as transaction:
+            row = transaction.execute(
+                "SELECT value FROM cluster_meta WHERE key = 'routing_version'"
+            ).fetchone()
+            assert row is not None
+            version = _int(row[0])
+            rows = transaction.execute("SELECT endpoint, document FROM cluster_routing").rows
         documents: dict[str, RoutingDocument] = {}
         damaged: set[str] = set()
         for endpoint, text in rows:
             try:
-                documents[endpoint] = decode(text)
+                documents[str(endpoint)] = decode(str(text))
             except RoutingDocumentError:
-                damaged.add(endpoint)
+                damaged.add(str(endpoint))
         return version, documents, damaged
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = self._connection
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    # --- the lease row ----------------------------------------------------------------------------
+
+    def lease(
+        self, name: str, change: Callable[[Transaction, tuple[str, int] | None], bool]
+    ) -> bool:
+        """Read lease `name`'s (holder, renewals) under the write lock and let `change` update
+        it in the same transaction; return what `change` returns."""
+        with self.database.transaction(write=True) as transaction:
+            row = transaction.execute(
+                "SELECT holder, renewals FROM cluster_lease WHERE name = ?", (name,)
+            ).fetchone()
+            return change(transaction, None if row is None else (str(row[0]), _int(row[1])))
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int | float | str):
+        raise TypeError(f"expected a number, found {type(value).__name__}")
+    return int(value)
+
+
+def _float(value: object) -> float:
+    if not isinstance(value, int | float | str):
+        raise TypeError(f"expected a number, found {type(value).__name__}")
+    return float(value)

@@ -618,7 +618,7 @@ def _internal_listener(app: web.Application, settings: Settings) -> socket.socke
     """A replica's internal listener, bound to a free port of the advertise address before the
     app starts (it registers the URL with the other replicas when it starts); None for a single
     gateway process."""
-    if not settings.replicas.is_replica:
+    if not settings.shares_state:
         return None
     address = settings.replicas.advertise_address
     family = socket.AF_INET6 if ":" in address else socket.AF_INET

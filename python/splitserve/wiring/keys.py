@@ -9,6 +9,7 @@ from splitserve.cloudwatch.gateway import CloudWatchGateway
 from splitserve.cluster.view import ReplicaView
 from splitserve.config import Settings
 from splitserve.metrics.minutes import MinuteStore
+from splitserve.metrics.spool import MetricsSpool
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
 from splitserve.wiring.replicas import ControllerForwarder, ControllerSlot
@@ -27,3 +28,5 @@ INTERNAL_URL = web.AppKey("internal_url", str)
 CLOUDWATCH = web.AppKey("cloudwatch", CloudWatchGateway)
 #: This process as a replica (its id, whether it controls, its host peers): `SoleReplica` alone.
 REPLICA = web.AppKey("replica", ReplicaView)
+#: Among replicas on one host: the host's record of each replica's counts (`metrics.spool`).
+METRICS_SPOOL = web.AppKey("metrics_spool", MetricsSpool)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from splitserve.cluster.state import ClusterState
 from splitserve.config import ReplicaSettings, Settings
 from splitserve.control.store import Store
+from splitserve.database import open_database
 
 __all__ = ["ReplicaSupervisor", "die_with_supervisor", "prepare_state", "reserve_port"]
 
@@ -86,7 +87,11 @@ def prepare_state(settings: Settings) -> None:
         StateFileError: the state file is damaged or not splitserve's.
     """
     Store.open(settings.state_file).close()
-    ClusterState.open(settings.state_file).close()
+    database = open_database(settings.state_url, settings.database)
+    try:
+        ClusterState.open(database)
+    finally:
+        database.close()
 
 
 @dataclass

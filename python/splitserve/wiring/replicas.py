@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -32,10 +33,11 @@ from aiohttp import web
 from splitserve._router import Router, RouterError, VariantSpec
 from splitserve.cluster.lease import ControllerLease
 from splitserve.cluster.routing import RoutingDocument
-from splitserve.cluster.state import ClusterState, ReplicaRecord
+from splitserve.cluster.state import ROUTING_CHANNEL, ClusterState, ReplicaRecord
 from splitserve.config import ReplicaSettings, Settings
 from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
 from splitserve.control.service import ControlService
+from splitserve.database import ChangeFeed, DatabaseUnavailable
 from splitserve.errors import ServiceUnavailable
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
 from splitserve.wiring.fleet import FleetDeployer
@@ -271,7 +273,7 @@ class ReplicaNode:
         self._internal_url = internal_url
         self._become_controller = become_controller
         await self._heartbeat()
-        if lease.try_acquire():
+        if await asyncio.to_thread(lease.try_acquire):
             await self._take_control(takeover=False)
         self._tasks = [
             asyncio.create_task(self._beat(), name="replica heartbeat"),
@@ -291,7 +293,7 @@ class ReplicaNode:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._state.leave, self._replica_id)
         if self._lease is not None:
-            self._lease.release()
+            await asyncio.to_thread(self._lease.release)
 
     async def controller_url(self) -> str | None:
         """The internal URL of the live controller, when there is one (and it is not this)."""
@@ -383,12 +385,24 @@ class ReplicaNode:
             try:
                 await self._heartbeat()
                 assert self._lease is not None
-                if not self._controller and self._lease.try_acquire():
+                if self._controller:
+                    if not await asyncio.to_thread(self._lease.renew):
+                        self._lost_control()
+                elif await asyncio.to_thread(self._lease.try_acquire):
                     await self._take_control(takeover=True)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("replica %s: heartbeat failed", self._replica_id)
+
+    def _lost_control(self) -> None:
+        """Another replica holds the lease (this one was cut off from the database for longer
+        than its TTL): stop at once, draining, so two controllers never run instances of the same
+        endpoints for long; a supervisor starts this replica again as a follower."""
+        log.critical(
+            "replica %s lost the controller lease to another replica: stopping", self._replica_id
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def _take_control(self, *, takeover: bool) -> None:
         log.info("replica %s holds the controller lease: it controls the endpoints now",
@@ -422,6 +436,18 @@ class ReplicaNode:
     async def _follow(self) -> None:
         assert self._state is not None
         assert self._follower is not None
+        database = self._state.database
+        # PostgreSQL notifies routing changes (LISTEN); SQLite's version is one cheap read.
+        feed = database.changes(ROUTING_CHANNEL) if database.kind == "postgresql" else None
+        try:
+            await self._follow_changes(feed)
+        finally:
+            if feed is not None:
+                feed.close()
+
+    async def _follow_changes(self, feed: ChangeFeed | None) -> None:
+        assert self._state is not None
+        assert self._follower is not None
         while self._following():
             try:
                 version = await asyncio.to_thread(self._state.routing_version)
@@ -437,7 +463,13 @@ class ReplicaNode:
             except Exception:
                 log.exception("replica %s: routing documents not read", self._replica_id)
                 await asyncio.sleep(self._settings.heartbeat_interval_seconds)
-            await asyncio.sleep(self._settings.routing_poll_seconds)
+            if feed is None:
+                await asyncio.sleep(self._settings.routing_poll_seconds)
+            else:
+                # Wakes on a notification; the timeout re-reads the version in case one was
+                # missed while the connection was being re-established.
+                with contextlib.suppress(DatabaseUnavailable):
+                    await asyncio.to_thread(feed.wait, self._settings.heartbeat_interval_seconds)
 
     def _following(self) -> bool:
         return not self._leading
