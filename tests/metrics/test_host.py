@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -16,13 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from splitserve import app as gateway_app
 from splitserve.config import Settings
-from splitserve.metrics.host import CONTROLLER_HEADER, OWN_PATH
+from splitserve.metrics.host import CONTROLLER_HEADER, OWN_PATH, REPLICA_HEADER, SNAPSHOT_HEADER
 from splitserve.metrics.prometheus import (
+    FAMILY_MERGE,
     REGISTRY,
     VARIANT_WEIGHT,
     VariantMetrics,
     remove_variant_series,
 )
+from splitserve.metrics.spool import MetricsSpool
 from splitserve.wiring import keys
 from tests.support.http import free_port
 
@@ -98,14 +101,18 @@ async def own_series(endpoint: str) -> AsyncIterator[VariantMetrics]:
     remove_variant_series(endpoint, "A")
 
 
-async def scrape(replica: FakeReplica, timeout_seconds: float = 5.0) -> dict[str, float]:
-    """GET /metrics of an app over `replica`: its samples by name and variant labels."""
+async def scrape(
+    replica: FakeReplica, timeout_seconds: float = 5.0, spool: MetricsSpool | None = None
+) -> dict[str, float]:
+    """GET /metrics of an app over `replica` (and `spool`): its samples by name and labels."""
     app = web.Application()
     settings = Settings()
     app[keys.SETTINGS] = replace(
         settings, stats=replace(settings.stats, peer_metrics_timeout_seconds=timeout_seconds)
     )
     app[keys.REPLICA] = replica
+    if spool is not None:
+        app[keys.METRICS_SPOOL] = spool
     app.router.add_get("/metrics", gateway_app.metrics)
     app.router.add_get(OWN_PATH, gateway_app.own_metrics)
     async with TestClient(TestServer(app)) as client:
@@ -194,3 +201,35 @@ async def test_without_peers_the_scrape_is_this_processs_own(
     found = await scrape(FakeReplica([], controller=True))
     assert found[series(endpoint, "splitserve_invocations_total")] == 2.0
     assert found[series(endpoint, "splitserve_variant_weight")] == 0.25
+
+
+async def test_a_peer_that_stops_answering_keeps_its_counts_in_the_host_totals(
+    endpoint: str, own_series: VariantMetrics, tmp_path: Path
+) -> None:
+    # A replica of another host's name is never taken for dead: it counts with its record.
+    answering = True
+
+    async def peer(request: web.Request) -> web.Response:
+        if not answering:
+            return web.Response(status=503)
+        return web.Response(
+            text=peer_exposition(endpoint, 3, 0.5),
+            headers={REPLICA_HEADER: "elsewhere-1-0badcafe", SNAPSHOT_HEADER: "1"},
+        )
+
+    server = await start_peer(peer)
+    spool = MetricsSpool(tmp_path / "metrics", FAMILY_MERGE)
+    replica = FakeReplica([str(server.make_url(""))])
+    try:
+        first = await scrape(replica, spool=spool)
+        answering = False
+        second = await scrape(replica, spool=spool)
+    finally:
+        await server.close()
+    invocations = series(endpoint, "splitserve_invocations_total")
+    assert first[invocations] == second[invocations] == 5.0
+    # Its gauges are not kept: they described a process.
+    assert first[series(endpoint, "splitserve_variant_weight")] == 0.25  # own first, no controller
+    assert second[series(endpoint, "splitserve_variant_weight")] == 0.25
+    # This replica's own record is there too (a scrape records every replica it read).
+    assert (tmp_path / "metrics" / "replica-own.prom").exists()
