@@ -86,7 +86,7 @@ def prepare_state(settings: Settings) -> None:
     Raises:
         StateFileError: the state file is damaged or not splitserve's.
     """
-    Store.open(settings.state_file).close()
+    Store.open(settings.state_url, settings.database).close()  # creates a missing SQLite file
     database = open_database(settings.state_url, settings.database)
     try:
         ClusterState.open(database)
