@@ -52,6 +52,17 @@ $(STAMPS)/wrk:
 	command -v wrk || (apt-get update && apt-get install -y --no-install-recommends wrk)
 	@touch $@
 
+# tests/e2e/test_deploy_haproxy.py runs deploy/haproxy.cfg in front of two gateways.
+# Debian's service is kept from starting as for PostgreSQL below.
+$(STAMPS)/haproxy:
+	@mkdir -p $(STAMPS)
+	command -v haproxy >/dev/null || { \
+		policy=/usr/sbin/policy-rc.d; added=; \
+		if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy && added=1; fi; \
+		apt-get update && apt-get install -y --no-install-recommends haproxy; status=$$?; \
+		if [ -n "$$added" ]; then rm -f $$policy; fi; exit $$status; }
+	@touch $@
+
 # The state-database tests start a private PostgreSQL server of their own (tests/support/postgres.py:
 # initdb in a temporary directory, a free port), never the system service: a policy-rc.d that
 # refuses every start is in place while the package installs, so Debian does not start its cluster.
@@ -91,7 +102,7 @@ lint: setup ## ruff (lint + format check), import contracts, mypy, stubtest, car
 test-rust: ## cargo test of the pure Rust routing core
 	cargo test --quiet
 
-test-python: setup $(STAMPS)/prometheus $(STAMPS)/wrk $(STAMPS)/postgresql ## pytest (benchmarks run once each as smoke tests)
+test-python: setup $(STAMPS)/prometheus $(STAMPS)/wrk $(STAMPS)/postgresql $(STAMPS)/haproxy ## pytest (benchmarks run once each as smoke tests)
 	$(BIN)/pytest -q
 
 FAST_PYTEST := $(BIN)/pytest -q -p no:cacheprovider -m "not e2e"

@@ -38,6 +38,7 @@ from splitserve.cli_stats import (
 )
 from splitserve.config import (
     LOG_FORMATS,
+    LOOPBACK_ADDRESS,
     MAX_REPLICA_PROCESSES,
     STATE_DIRECTORY_MODE,
     EvaluationSettings,
@@ -551,10 +552,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         _DEFAULTS.with_state_dir(args.state_dir, args.model_store),
         state_database_url=args.state,
     )
+    # Over a PostgreSQL state, replicas on other hosts forward to the instances directly.
+    across_hosts = located.state_on_server
     workers: WorkerSettings = replace(
         located.workers,
         allow_pickle=args.allow_pickle,
-        use_tcp=args.worker_tcp,
+        use_tcp=args.worker_tcp or across_hosts,
+        listen_host=args.advertise_address if across_hosts else LOOPBACK_ADDRESS,
         max_batch_rows=args.max_batch_rows,
         invocation_timeout_seconds=args.invocation_timeout,
         health_interval_seconds=args.health_check_interval,

@@ -112,6 +112,9 @@ LOGS_DIR_NAME = "logs"
 #: second gateway on the same directory would launch duplicate workers.
 LOCK_FILE_NAME = "gateway.lock"
 
+#: The address the gateway, its instances and its replicas' internal listeners use by default.
+LOOPBACK_ADDRESS = "127.0.0.1"
+
 #: The most replica processes `serve --processes N` runs on one host.
 MAX_REPLICA_PROCESSES = 256
 
@@ -175,7 +178,9 @@ class WorkerSettings:
     Attributes:
         run_dir: where the instances' Unix sockets and unpacked model directories live.
         cpu_pool: the host CPUs instances may be pinned to; None means the gateway's own affinity.
-        use_tcp: built-in workers listen on loopback TCP instead of a Unix socket.
+        use_tcp: built-in workers listen on TCP instead of a Unix socket.
+        listen_host: the address TCP instances listen on: loopback, unless replicas on other
+            hosts forward to them (a PostgreSQL state: the advertise address).
         ping_timeout_seconds: a /ping must answer within this (the container contract: 2 s).
         health_interval_seconds: time between health checks of a running instance.
         unhealthy_after_failures: consecutive failed pings before an instance is replaced.
@@ -207,6 +212,7 @@ class WorkerSettings:
     run_dir: Path = DEFAULT_STATE_DIR / RUN_DIR_NAME
     cpu_pool: tuple[int, ...] | None = None
     use_tcp: bool = False
+    listen_host: str = LOOPBACK_ADDRESS
     ping_timeout_seconds: float = 2.0
     health_interval_seconds: float = 2.0
     unhealthy_after_failures: int = 3
@@ -476,7 +482,7 @@ class ReplicaSettings:
     processes: int = 1
     supervisor_pid: int | None = None
     replica_index: int = 0
-    advertise_address: str = "127.0.0.1"
+    advertise_address: str = LOOPBACK_ADDRESS
     heartbeat_interval_seconds: float = 1.0
     replica_timeout_seconds: float = 5.0
     routing_poll_seconds: float = 0.05
@@ -505,6 +511,10 @@ class DatabaseSettings:
             write lock waited for included).
         pool_min_size: PostgreSQL connections the pool keeps open.
         pool_max_size: the most PostgreSQL connections one gateway process opens.
+        reconnect_timeout_seconds: how long the pool keeps retrying, with a growing wait, to
+            replace a connection the server dropped before it gives up and starts afresh on
+            the next call; short, so the pool is whole again soon after the server is back
+            (meanwhile a call that finds it empty opens a connection of its own).
         sqlite_busy_timeout_seconds: how long an SQLite statement waits for another process's
             write lock before it fails with DatabaseUnavailable.
         change_poll_seconds: how often an SQLite change feed reads `PRAGMA data_version`
@@ -515,6 +525,7 @@ class DatabaseSettings:
     statement_timeout_seconds: float = 10.0
     pool_min_size: int = 1
     pool_max_size: int = 8
+    reconnect_timeout_seconds: float = 10.0
     sqlite_busy_timeout_seconds: float = 5.0
     change_poll_seconds: float = 0.05
 
@@ -591,7 +602,13 @@ class Settings:
         """True when this process is one replica among others over its state: one that
         `serve --processes N` started, or any gateway over a PostgreSQL state (which gateways on
         other hosts may share). It then joins the replicas (`wiring.replicas`)."""
-        return self.replicas.is_replica or self.state_url.startswith(("postgresql:", "postgres:"))
+        return self.replicas.is_replica or self.state_on_server
+
+    @property
+    def state_on_server(self) -> bool:
+        """True when the state is a PostgreSQL database, which gateways on several hosts may
+        share: their instances listen on TCP at the advertise address, for the others to reach."""
+        return self.state_url.startswith(("postgresql:", "postgres:"))
 
     @property
     def lock_file(self) -> Path:

@@ -112,6 +112,9 @@ class RowLease:
         try:
             self._held = self._state.lease(_CONTROLLER, self._take)
         except DatabaseUnavailable:
+            # Time without the database does not count: once it is back, the holder gets a
+            # whole TTL to renew before this candidate may take the lease.
+            self._seen = None
             return self._held
         return self._held
 

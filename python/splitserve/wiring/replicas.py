@@ -392,6 +392,9 @@ class ReplicaNode:
                     await self._take_control(takeover=True)
             except asyncio.CancelledError:
                 raise
+            except DatabaseUnavailable as error:
+                # The lease stays as it was: nobody can take it while the database is down.
+                log.warning("replica %s: no heartbeat: %s", self._replica_id, error.message)
             except Exception:
                 log.exception("replica %s: heartbeat failed", self._replica_id)
 
@@ -460,6 +463,10 @@ class ReplicaNode:
                     await asyncio.to_thread(self._state.applied, self._replica_id, version)
             except asyncio.CancelledError:
                 raise
+            except DatabaseUnavailable as error:
+                # Routing stays as it was until the database is back.
+                log.warning("replica %s: routing not read: %s", self._replica_id, error.message)
+                await asyncio.sleep(self._settings.heartbeat_interval_seconds)
             except Exception:
                 log.exception("replica %s: routing documents not read", self._replica_id)
                 await asyncio.sleep(self._settings.heartbeat_interval_seconds)

@@ -328,8 +328,9 @@ class VariantFleet:
             address = UpstreamAddress.unix(str(setup.socket_path))
             argv += ["--unix", str(setup.socket_path)]
         else:
-            address = UpstreamAddress.tcp(LOOPBACK, resources.ports.take(instance.name))
-            argv += ["--host", LOOPBACK, "--port", str(address.port)]
+            host = settings.listen_host
+            address = UpstreamAddress.tcp(host, resources.ports.take(instance.name))
+            argv += ["--host", host, "--port", str(address.port)]
         argv += [
             "--max-batch-rows",
             str(settings.max_batch_rows),

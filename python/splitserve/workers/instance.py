@@ -132,9 +132,11 @@ class LaunchPlanner(Protocol):
 
 
 class LoopbackPorts:
-    """Loopback TCP ports handed out to instances, so no two instances get the same one."""
+    """TCP ports of `host` (loopback by default) handed out to instances, so no two instances
+    get the same one."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = LOOPBACK) -> None:
+        self.host = host
         self._ports: dict[str, int] = {}
 
     def take(self, owner: str) -> int:
@@ -147,7 +149,7 @@ class LoopbackPorts:
         taken = set(self._ports.values())
         for _ in range(100):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.bind((LOOPBACK, 0))
+                probe.bind((self.host, 0))
                 port: int = probe.getsockname()[1]
             if port not in taken:
                 self._ports[owner] = port
@@ -294,7 +296,7 @@ class WorkerInstance:
             address = (
                 UpstreamAddress.unix(str(socket_path))
                 if socket_path is not None
-                else UpstreamAddress.tcp(LOOPBACK, 0)
+                else UpstreamAddress.tcp(self._settings.listen_host, 0)
             )
         return InstanceInfo(
             name=self.name,

@@ -98,7 +98,7 @@ class Supervisor:
             listener=listener,
             run_dir=self.run_dir,
             cpus=self.cpu_allocator,
-            ports=LoopbackPorts(),
+            ports=LoopbackPorts(settings.listen_host),
             user=self.worker_user,
             artifacts=ArtifactLimits(
                 roots=tuple(artifact_roots),
