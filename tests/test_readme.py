@@ -44,7 +44,8 @@ def test_the_options_table_lists_every_serve_option() -> None:
     options = {
         action.option_strings[-1]
         for action in _serve_parser()._actions
-        if action.option_strings and action.dest != "help"
+        # Suppressed options are set by `serve --processes N` on its replicas, never by hand.
+        if action.option_strings and action.dest != "help" and action.help != argparse.SUPPRESS
     }
     assert options - listed == set(), "README's Serving options misses these"
     assert listed - options == set(), "README's Serving options lists options serve does not have"
