@@ -126,8 +126,11 @@ class Database(abc.ABC):
             write: take the database's write lock first (SQLite: BEGIN IMMEDIATE; PostgreSQL:
                 a transaction-scoped advisory lock), so a read-check-write sequence inside it is
                 atomic across threads and processes: writers go one at a time, and each sees
-                what the one before it committed. Readers never wait for it. For finer locking
-                on PostgreSQL, read without it and use `SELECT ... FOR UPDATE`.
+                what the one before it committed. Readers never wait for it. Inside it,
+                `SELECT ... FOR UPDATE` (PostgreSQL only) adds nothing. Without it the
+                transaction reads one snapshot (SQLite under WAL; PostgreSQL's REPEATABLE READ):
+                write nothing in it (PostgreSQL may refuse a write that races another with a
+                serialization failure, raised as DatabaseUnavailable).
 
         Raises:
             DatabaseUnavailable: the database cannot be reached, did not answer within the

@@ -9,7 +9,9 @@ failing the next call; a connection that fails during a transaction is discarded
 
 Write transactions take one transaction-scoped advisory lock (`WRITE_LOCK_KEY`) first: writers
 go one at a time, as on SQLite (BEGIN IMMEDIATE), so read-check-write sequences written for one
-backend hold on the other. READ COMMITTED then shows each statement what was committed before it.
+backend hold on the other; READ COMMITTED then shows each statement what was committed before
+it, the lock holder's predecessors included. Read transactions are REPEATABLE READ: every
+statement of one sees the same snapshot, as a read transaction does on SQLite under WAL.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class PostgresDatabase(Database):
             max_size=settings.pool_max_size,
             kwargs=self._connect_options,
             timeout=settings.connect_timeout_seconds,
+            reconnect_timeout=settings.reconnect_timeout_seconds,
             check=psycopg_pool.ConnectionPool.check_connection,
             name="splitserve-state",
             open=False,
@@ -105,36 +108,59 @@ class PostgresDatabase(Database):
                 raise RuntimeError("a write transaction cannot start inside a read transaction")
             yield current
             return
+        connection, pooled = self._take()
         try:
-            with (
-                self._pool.connection(timeout=self._settings.connect_timeout_seconds) as conn,
-                conn.transaction(),
-            ):
-                transaction = _PostgresTransaction(self, conn, write)
+            with connection.transaction():
+                transaction = _PostgresTransaction(self, connection, write)
                 if write:
                     transaction.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
+                else:
+                    # One snapshot for the whole read, as SQLite's read transaction under WAL.
+                    transaction.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 self._local.current = transaction
                 try:
                     yield transaction
                 finally:
                     self._local.current = None
         except psycopg.Error as error:
-            # Raised by the pool (no connection in time), BEGIN, COMMIT or ROLLBACK; statements
-            # translate their own errors.
+            # Raised by BEGIN, COMMIT or ROLLBACK; statements translate their own errors.
             raise self.translate(error) from error
+        finally:
+            if pooled:
+                self._pool.putconn(connection)  # the pool discards a broken one
+            else:
+                connection.close()
+
+    def _take(self) -> tuple[psycopg.Connection[tuple[object, ...]], bool]:
+        """A connection for one transaction, and whether it came from the pool.
+
+        The pool waits between its attempts to reconnect to a server that went away, longer
+        after each (up to `reconnect_timeout`): when it has none to give within the connect
+        timeout, one connection of our own is tried, so the first call after the server is back
+        succeeds rather than waiting for the pool's next attempt.
+
+        Raises:
+            DatabaseUnavailable: neither gave a connection in time.
+        """
+        try:
+            return self._pool.getconn(timeout=self._settings.connect_timeout_seconds), True
+        except psycopg.Error as error:
+            if not isinstance(error, psycopg_pool.PoolTimeout):
+                raise self.translate(error) from error
+        return self.connect(autocommit=False), False
 
     def changes(self, channel: str) -> ChangeFeed:
         """See `Database.changes`: LISTEN on `channel` over a connection of its own."""
         return _ListenFeed(self, check_channel(channel))
 
-    def connect(self) -> psycopg.Connection[tuple[object, ...]]:
-        """A new autocommit connection outside the pool (for LISTEN).
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+        """A new connection outside the pool (for LISTEN, or when the pool has none).
 
         Raises:
             DatabaseUnavailable: it cannot be opened.
         """
         try:
-            return psycopg.connect(self._url, autocommit=True, **self._connect_options)  # type: ignore[arg-type]
+            return psycopg.connect(self._url, autocommit=autocommit, **self._connect_options)  # type: ignore[arg-type]
         except psycopg.Error as error:
             raise self.unavailable(error) from error
 
