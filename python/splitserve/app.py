@@ -42,7 +42,7 @@ from splitserve.metrics.host import OWN_PATH, host_exposition, own_exposition, r
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.procstat import CpuSampler
 from splitserve.metrics.prometheus import FAMILY_MERGE, INSTANCES, show_created_series
-from splitserve.metrics.spool import MetricsSpool
+from splitserve.metrics.spool import MetricsSpool, prune_runs, run_directory
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
@@ -448,10 +448,14 @@ async def _metrics_spool(app: web.Application) -> AsyncIterator[None]:
     after the server stopped taking requests: this replica writes its final counts to it, so
     they stay in the host's totals after it is gone."""
     settings = app[keys.SETTINGS]
-    if not settings.replicas.is_replica:
+    supervisor_pid = settings.replicas.supervisor_pid
+    if supervisor_pid is None:
         yield
         return
-    spool = MetricsSpool(settings.state_dir / METRICS_SPOOL_DIR_NAME, FAMILY_MERGE)
+    root = settings.state_dir / METRICS_SPOOL_DIR_NAME
+    directory = run_directory(root, supervisor_pid)
+    await asyncio.to_thread(prune_runs, root, directory)
+    spool = MetricsSpool(directory, FAMILY_MERGE)
     app[keys.METRICS_SPOOL] = spool
     try:
         yield

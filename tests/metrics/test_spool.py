@@ -13,7 +13,7 @@ from prometheus_client import Metric
 
 from splitserve.metrics.exposition import ReplicaFamilies
 from splitserve.metrics.prometheus import FAMILY_MERGE
-from splitserve.metrics.spool import MetricsSpool, Snapshot
+from splitserve.metrics.spool import MetricsSpool, Snapshot, prune_runs, run_directory
 
 
 def exposition(invocations: int, weight: float = 0.5) -> str:
@@ -90,3 +90,19 @@ def test_damaged_records_and_bad_ids_are_left_out(tmp_path: Path) -> None:
     (directory / f"{dead_replica_id()}.prom").write_bytes(b"\xff\xfe not text")
     assert totals(spool.absent(set())) == []
     assert not list(directory.glob(f"{host()}-*-0badcafe.prom"))  # the dead one's was dropped
+
+
+def test_each_run_has_its_own_spool_and_finished_runs_are_removed(tmp_path: Path) -> None:
+    root = tmp_path / "metrics"
+    process = subprocess.Popen(["true"])
+    process.wait()
+    finished = run_directory(root, process.pid)
+    current = run_directory(root, os.getpid())
+    running = run_directory(root, os.getppid())
+    for directory in (finished, current, running, root / "not-a-run"):
+        MetricsSpool(directory, FAMILY_MERGE).record([Snapshot("other-host-1-x", 1, "")])
+    prune_runs(root, current)
+    assert sorted(path.name for path in root.iterdir()) == sorted(
+        [current.name, running.name, "not-a-run"]
+    )
+    prune_runs(tmp_path / "missing", current)  # nothing to prune: no error

@@ -10,6 +10,10 @@ histograms and summaries of every replica it did not hear from live: a peer that
 counts with what the last scrape saw of it, a dead one with its last record. Gauges of a replica
 not heard from are left out: they describe a process, not a total.
 
+The spool belongs to one run of `serve --processes N`: its directory is named after the
+supervising process (`run_directory`), so a new run's counters start from zero, as a single
+gateway's do, and the directories of runs whose supervisor is gone are removed (`prune_runs`).
+
 A replica whose process is gone (by the pid in its id; `cluster.view.new_replica_id`) is folded
 into `retired.prom`, the sum of every dead replica, and its id is listed in `folded` so that a
 late write of it (a scrape that read it just before it died) is not counted twice. The files are
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +45,7 @@ from splitserve.metrics.exposition import (
     render,
 )
 
-__all__ = ["MetricsSpool", "Snapshot"]
+__all__ = ["MetricsSpool", "Snapshot", "prune_runs", "run_directory"]
 
 _SUFFIX = ".prom"
 _RETIRED = "retired"
@@ -152,13 +157,7 @@ class MetricsSpool:
         parts = replica_id.rsplit("-", 2)
         if len(parts) != 3 or parts[0] != self._host or not parts[1].isdigit():
             return True
-        try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, OverflowError):
-            return True
-        return True
+        return _pid_alive(int(parts[1]))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -169,6 +168,39 @@ class MetricsSpool:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+_RUN_PREFIX = "supervisor-"
+
+
+def run_directory(root: Path, supervisor_pid: int) -> Path:
+    """The spool directory, under `root`, of the run whose supervising process is
+    `supervisor_pid`."""
+    return root / f"{_RUN_PREFIX}{supervisor_pid}"
+
+
+def prune_runs(root: Path, current: Path) -> None:
+    """Remove the spool directories under `root` of runs whose supervisor has exited (never
+    `current`). Blocks."""
+    try:
+        children = list(root.iterdir())
+    except FileNotFoundError:
+        return
+    for child in children:
+        pid = child.name.removeprefix(_RUN_PREFIX)
+        if child == current or child.name == pid or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _valid_id(replica_id: str) -> bool:
