@@ -83,9 +83,7 @@ class CloudWatchGateway:
         Raises:
             DatabaseError, DatabaseUnavailable: the state database cannot be opened or written.
         """
-        store = await asyncio.to_thread(
-            CloudWatchStore.open, settings.state_url, settings.database
-        )
+        store = await asyncio.to_thread(CloudWatchStore.open, settings.state_url, settings.database)
         gateway = cls(
             settings, store, minutes, instances, source=source, is_controller=is_controller
         )
