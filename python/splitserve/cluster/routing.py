@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 __all__ = [
     "RoutedInstance",
@@ -120,46 +120,113 @@ def encode(document: RoutingDocument) -> str:
 def decode(text: str) -> RoutingDocument:
     """The document stored as `text`.
 
+    Every field is checked for its type, not converted: a damaged `"healthy": "no"` must not
+    read as a healthy instance.
+
     Raises:
         RoutingDocumentError: `text` is not a routing document (the message says what is wrong).
     """
     try:
         raw = json.loads(text)
-        state = raw["state"]
-        if state not in _STATES:
-            raise RoutingDocumentError(f"unknown state {state!r}")
-        capture = raw.get("capture")
-        return RoutingDocument(
-            endpoint=_text(raw["endpoint"]),
-            state=state,
-            failure_reason=raw.get("failure_reason"),
-            generation=int(raw.get("generation", 0)),
-            failover=bool(raw.get("failover", False)),
-            capture=dict(capture) if isinstance(capture, dict) else None,
-            variants=tuple(
-                RoutedVariant(
-                    name=_text(variant["name"]),
-                    weight=float(variant["weight"]),
-                    strategy=_text(variant["strategy"]),
-                    instances=tuple(
-                        RoutedInstance(
-                            name=_text(instance["name"]),
-                            address=_text(instance["address"]),
-                            healthy=bool(instance["healthy"]),
-                        )
-                        for instance in variant["instances"]
-                    ),
-                )
-                for variant in raw.get("variants", ())
-            ),
+    except (ValueError, RecursionError) as error:
+        raise RoutingDocumentError(f"not a routing document: not JSON ({error})") from None
+    document = _object(raw, "the document")
+    state = _field(document, "state", str, "the document")
+    if state not in _STATES:
+        raise RoutingDocumentError(f"not a routing document: unknown state {state!r}")
+    capture = _field(document, "capture", dict, "the document", default=None, nullable=True)
+    return RoutingDocument(
+        endpoint=_field(document, "endpoint", str, "the document"),
+        state=cast(State, state),
+        failure_reason=_field(
+            document, "failure_reason", str, "the document", default=None, nullable=True
+        ),
+        generation=_field(document, "generation", int, "the document", default=0),
+        failover=_field(document, "failover", bool, "the document", default=False),
+        capture=capture,
+        variants=tuple(
+            _variant(_object(variant, f"variant {index}"), f"variant {index}")
+            for index, variant in enumerate(
+                _field(document, "variants", list, "the document", default=[])
+            )
+        ),
+    )
+
+
+def _variant(variant: dict[str, object], where: str) -> RoutedVariant:
+    return RoutedVariant(
+        name=_field(variant, "name", str, where),
+        weight=float(_field(variant, "weight", float, where)),
+        strategy=_field(variant, "strategy", str, where),
+        instances=tuple(
+            _instance(_object(item, f"{where} instance {index}"), f"{where} instance {index}")
+            for index, item in enumerate(_field(variant, "instances", list, where))
+        ),
+    )
+
+
+def _instance(instance: dict[str, object], where: str) -> RoutedInstance:
+    return RoutedInstance(
+        name=_field(instance, "name", str, where),
+        address=_field(instance, "address", str, where),
+        healthy=_field(instance, "healthy", bool, where),
+    )
+
+
+_MISSING = object()
+_T = TypeVar("_T")
+_TYPE_NAMES: dict[type, str] = {
+    str: "text",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    dict: "a JSON object",
+    list: "a JSON array",
+}
+
+
+def _object(value: object, where: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise RoutingDocumentError(
+            f"not a routing document: {where} is {_kind(value)}, not a JSON object"
         )
-    except RoutingDocumentError:
-        raise
-    except (ValueError, KeyError, TypeError) as error:
-        raise RoutingDocumentError(f"not a routing document: {error!r}") from None
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected text, found {type(value).__name__}")
     return value
+
+
+def _field(
+    mapping: dict[str, object],
+    key: str,
+    kind: type[_T],
+    where: str,
+    *,
+    default: object = _MISSING,
+    nullable: bool = False,
+) -> _T:
+    """`mapping[key]` when it is a `kind` (JSON's numbers: an int is a float, a bool is
+    neither), `default` when the key is missing."""
+    if key not in mapping:
+        if default is _MISSING:
+            raise RoutingDocumentError(f"not a routing document: {where} has no {key!r}")
+        return default  # type: ignore[return-value]
+    value = mapping[key]
+    if value is None and nullable:
+        return value  # type: ignore[return-value]
+    accepted: tuple[type, ...] = (int, float) if kind is float else (kind,)
+    if isinstance(value, accepted) and (kind is bool or not isinstance(value, bool)):
+        return value  # type: ignore[return-value]
+    raise RoutingDocumentError(
+        f"not a routing document: {where}'s {key!r} is {_kind(value)}, not {_TYPE_NAMES[kind]}"
+    )
+
+
+def _kind(value: object) -> str:
+    """What JSON calls `value`'s kind."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a JSON array" if isinstance(value, list) else "a JSON object"
