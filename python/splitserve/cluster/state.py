@@ -17,6 +17,7 @@ database's write lock (`Database.transaction(write=True)`). A routing change als
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from splitserve.cluster.routing import RoutingDocument, RoutingDocumentError, de
 from splitserve.database import Database, Transaction
 
 __all__ = ["ROUTING_CHANNEL", "ClusterState", "ReplicaRecord"]
+
+log = logging.getLogger(__name__)
 
 # Types both databases take: DOUBLE PRECISION (SQLite: REAL affinity; PostgreSQL's REAL is a
 # 4-byte float, too coarse for a time in seconds) and BIGINT.
@@ -192,10 +195,20 @@ class ClusterState:
         documents: dict[str, RoutingDocument] = {}
         damaged: set[str] = set()
         for endpoint, text in rows:
+            name = str(endpoint)
             try:
-                documents[str(endpoint)] = decode(str(text))
-            except RoutingDocumentError:
-                damaged.add(str(endpoint))
+                document = decode(str(text))
+                if document.endpoint != name:
+                    # A replica publishes a document under its `endpoint`: one filed under
+                    # another name would route the wrong endpoint's requests.
+                    raise RoutingDocumentError(
+                        f"not a routing document: it routes endpoint {document.endpoint!r}"
+                    )
+            except RoutingDocumentError as error:
+                log.error("endpoint %s: damaged routing document, routing kept: %s", name, error)
+                damaged.add(name)
+                continue
+            documents[name] = document
         return version, documents, damaged
 
     # --- the lease row ----------------------------------------------------------------------------
