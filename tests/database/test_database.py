@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -191,4 +193,69 @@ def test_an_sqlite_writer_waiting_too_long_is_unavailable(tmp_path: Path) -> Non
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+        database.close()
+
+
+#: One process of `test_processes_add_up_through_write_transactions`: 20 read-then-write
+#: increments, each in a write transaction; argv: the URL.
+_INCREMENTER = """
+import sys
+from splitserve.config import DatabaseSettings
+from splitserve.database import open_database
+
+database = open_database(sys.argv[1], DatabaseSettings(sqlite_busy_timeout_seconds=30.0))
+for _ in range(20):
+    with database.transaction(write=True) as transaction:
+        (value,) = transaction.execute("SELECT value FROM counters WHERE name = 'n'").rows[0]
+        transaction.execute("UPDATE counters SET value = ? WHERE name = 'n'", (value + 1,))
+database.close()
+"""
+
+
+def test_processes_add_up_through_write_transactions(database: Database, database_url: str) -> None:
+    """Three OS processes on one database: no increment is lost, and a change feed opened here
+    sees their commits."""
+    _create(database)
+    with database.transaction(write=True) as transaction:
+        transaction.execute("INSERT INTO counters VALUES ('n', 0, NULL)")
+    feed = database.changes("counters")
+    try:
+        processes = [
+            subprocess.Popen([sys.executable, "-c", _INCREMENTER, database_url]) for _ in range(3)
+        ]
+        for process in processes:
+            assert process.wait(timeout=120) == 0
+        assert database.query("SELECT value FROM counters") == [(60,)]
+        if database.kind == "sqlite":  # PostgreSQL's feed reports only notify() calls
+            assert feed.wait(5)
+    finally:
+        feed.close()
+
+
+def test_a_statement_past_the_timeout_is_unavailable(postgres_url: str) -> None:
+    quick = replace(QUICK, statement_timeout_seconds=0.2)
+    database = open_database(postgres_url, quick)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            database.query("SELECT pg_sleep(30)")
+        holder = threading.Event()
+        release = threading.Event()
+
+        def hold_the_write_lock() -> None:
+            with database.transaction(write=True):
+                holder.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=hold_the_write_lock)
+        thread.start()
+        try:
+            assert holder.wait(30)
+            # A second writer waits for the lock only up to the statement timeout.
+            with pytest.raises(DatabaseUnavailable), database.transaction(write=True):
+                pass
+        finally:
+            release.set()
+            thread.join()
+        assert database.query("SELECT 1") == [(1,)]
+    finally:
         database.close()
