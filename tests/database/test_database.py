@@ -23,6 +23,7 @@ from splitserve.database import (
 from splitserve.errors import wire_error
 from tests.database.conftest import QUICK
 from tests.support.http import free_port
+from tests.support.postgres import PostgresServer
 
 _TABLE = "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL, note TEXT);"
 
@@ -258,4 +259,32 @@ def test_a_statement_past_the_timeout_is_unavailable(postgres_url: str) -> None:
             thread.join()
         assert database.query("SELECT 1") == [(1,)]
     finally:
+        database.close()
+
+
+def test_a_listen_feed_reports_a_change_after_a_server_restart(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """Notifications sent while the feed's connection was down are lost: the feed says "changed"
+    once it has listened again, so the follower rereads."""
+    database = open_database(postgres_url, QUICK)
+    feed = database.changes("routing")
+    try:
+        assert not feed.wait(0.05)
+        postgres_server.restart()
+        outcomes: list[bool | str] = []
+        for _ in range(10):
+            try:
+                outcomes.append(feed.wait(0.05))
+            except DatabaseUnavailable:
+                outcomes.append("unavailable")
+            if outcomes[-1] is True:
+                break
+        assert outcomes[-1] is True, outcomes
+        assert not feed.wait(0.05)
+        with database.transaction(write=True) as transaction:
+            transaction.notify("routing")
+        assert feed.wait(10)
+    finally:
+        feed.close()
         database.close()
