@@ -5,10 +5,11 @@ text format."""
 from __future__ import annotations
 
 import pytest
-from prometheus_client import Metric
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitserve.metrics.exposition import (
+    Family,
     MalformedExposition,
     Merge,
     ReplicaFamilies,
@@ -17,7 +18,13 @@ from splitserve.metrics.exposition import (
     parse_exposition,
     render,
 )
-from splitserve.metrics.prometheus import FAMILY_MERGE, REGISTRY
+from splitserve.metrics.prometheus import (
+    FAMILY_MERGE,
+    GATEWAY_ERRORS,
+    REGISTRY,
+    VariantMetrics,
+    remove_variant_series,
+)
 
 OWN = """\
 # HELP requests_total Requests.
@@ -75,16 +82,16 @@ only_here_total 2.0
 RULES = {"cpu_percent": Merge.CONTROLLER, "open_files": Merge.SUM}
 
 
-def values(families: list[Metric]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def values(families: list[Family]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample by (name, sorted labels)."""
     return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        (name, tuple(sorted(labels.items()))): value
         for family in families
-        for sample in family.samples
+        for name, labels, value in family.samples()
     }
 
 
-def merged(own_controller: bool = False, peer_controller: bool = True) -> list[Metric]:
+def merged(own_controller: bool = False, peer_controller: bool = True) -> list[Family]:
     return merge_families(
         ReplicaFamilies(parse_exposition(OWN), own_controller),
         [ReplicaFamilies(parse_exposition(PEER), peer_controller)],
@@ -162,6 +169,8 @@ def test_no_peers_gives_this_replicas_own_values() -> None:
         'requests_total{variant="A"} not-a-number\n',
         "requests_total{variant=A} 1\n",
         "# TYPE x gauge\nx 1\n# TYPE x gauge\nx 2\n",
+        "x 1 1700000000\n",
+        "# TYPE x nonsense\nx 1\n",
         '# TYPE x gauge\nx{a="1"} 1\nx{a="1"} 2\n',
     ],
 )
@@ -178,6 +187,26 @@ def test_every_gauge_of_the_gateway_has_a_stated_rule() -> None:
     }
     assert gauges
     assert gauges <= set(FAMILY_MERGE)
-    assert default_rule(Metric("x", "", "counter")) is Merge.SUM
-    assert default_rule(Metric("x_created", "", "gauge")) is Merge.EARLIEST
-    assert default_rule(Metric("x", "", "gauge")) is Merge.ANY
+    assert default_rule(Family("x_total", "counter")) is Merge.SUM
+    assert default_rule(Family("x_created", "gauge")) is Merge.EARLIEST
+    assert default_rule(Family("x", "gauge")) is Merge.ANY
+
+
+def test_the_gateways_own_exposition_round_trips_exactly() -> None:
+    # Series of every kind the gateway writes, escapes in a label value included.
+    metrics = VariantMetrics.resolve("round-trip", "A")
+    metrics.invocations.inc(3)
+    metrics.model_latency.observe(0.02)
+    metrics.errors_4xx.inc()
+    GATEWAY_ERRORS.labels('odd "code"\\ with\nnewline').inc()
+    try:
+        text = generate_latest(REGISTRY).decode()
+        families = parse_exposition(text)
+        assert render(families).decode() == text
+        escaped = next(f for f in families if f.name == "splitserve_gateway_errors_total")
+        assert [labels for _, labels, _ in escaped.samples()][-1] == {
+            "code": 'odd "code"\\ with\nnewline'
+        }
+    finally:
+        remove_variant_series("round-trip", "A")
+        GATEWAY_ERRORS.remove('odd "code"\\ with\nnewline')

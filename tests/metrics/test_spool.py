@@ -9,8 +9,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-from prometheus_client import Metric
-
 from splitserve.metrics.exposition import ReplicaFamilies
 from splitserve.metrics.prometheus import FAMILY_MERGE
 from splitserve.metrics.spool import MetricsSpool, Snapshot, prune_runs, run_directory
@@ -48,9 +46,9 @@ def totals(absent: list[ReplicaFamilies]) -> list[float]:
     """Each absent record's invocations, and whether any gauge came along."""
     values = []
     for replica in absent:
-        families: list[Metric] = list(replica.families)
+        families = list(replica.families)
         assert all(family.type != "gauge" for family in families)
-        values += [sample.value for family in families for sample in family.samples]
+        values += [value for family in families for value in family.series.values()]
     return values
 
 

@@ -9,28 +9,48 @@ How a family merges is its `Merge` rule (`prometheus.FAMILY_MERGE` states one pe
 counter that is not summed): counters, histograms and summaries add up per label set; a
 `_created` series takes the earliest; a gauge takes the rule its family states. A label set that
 only some replicas have is merged over those that have it.
+
+The expositions are prometheus_client's text format (0.0.4) as every replica writes it, and they
+are read line by line: a series is its name and label set as written (prometheus_client sorts a
+label set by name; one that is not sorted is sorted here), so a scrape of several thousand series
+per replica costs tens of milliseconds, where prometheus_client's general parser takes a second.
+Anything that is not that format is refused whole (`MalformedExposition`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
-from prometheus_client import CollectorRegistry, Metric, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
+    "Family",
     "MalformedExposition",
     "Merge",
     "ReplicaFamilies",
+    "default_rule",
     "merge_families",
     "parse_exposition",
     "render",
+    "rule_of",
 ]
 
 _SUMMED_TYPES = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
+_TYPES = frozenset({*_SUMMED_TYPES, "gauge", "untyped", "info", "stateset", "unknown"})
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+# A label value: anything but a quote, backslash or newline, and backslash escapes (the loop
+# unrolled: a regular expression that alternates per character is ten times slower).
+_VALUE = r'[^"\\\n]*(?:\\.[^"\\\n]*)*'
+_LABEL = rf'[a-zA-Z_][a-zA-Z0-9_]*="{_VALUE}"'
+_SAMPLE = re.compile(
+    rf"(?P<series>(?P<name>{_NAME})(?:\{{(?:{_LABEL}(?:,{_LABEL})*,?)?\}})?) (?P<value>\S+)"
+)
+_LABELS = re.compile(rf'([a-zA-Z_][a-zA-Z0-9_]*)="({_VALUE})"')
+_NAME_ONLY = re.compile(_NAME)
 
 
 class Merge(Enum):
@@ -49,8 +69,44 @@ class Merge(Enum):
 
 
 class MalformedExposition(ValueError):
-    """A replica's exposition is not Prometheus's text format (or names a family or a series
-    twice)."""
+    """A replica's exposition is not Prometheus's text format as prometheus_client writes it
+    (or names a family or a series twice)."""
+
+
+@dataclass
+class Family:
+    """One metric family as written: its HELP and TYPE lines and its series.
+
+    Attributes:
+        name: the name its HELP and TYPE lines give (a counter's with `_total`).
+        type: its TYPE (`untyped` when the exposition gives none).
+        help_line: its `# HELP` line, or "" when it has none.
+        series: each series (its name and label set as written) -> value, in order.
+    """
+
+    name: str
+    type: str
+    help_line: str = ""
+    series: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rule_name(self) -> str:
+        """The name `prometheus.FAMILY_MERGE` knows the family by: prometheus_client's family
+        name (a counter's without `_total`)."""
+        if self.type == "counter" and self.name.endswith("_total"):
+            return self.name.removesuffix("_total")
+        return self.name
+
+    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """Each series as (sample name, labels, value), labels unescaped."""
+        for series, value in self.series.items():
+            name = _NAME_ONLY.match(series)
+            assert name is not None  # every key passed _SAMPLE
+            labels = {
+                key: raw.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+                for key, raw in _LABELS.findall(series[name.end() :])
+            }
+            yield name.group(), labels, value
 
 
 @dataclass(frozen=True)
@@ -62,69 +118,69 @@ class ReplicaFamilies:
         controller: whether the replica is the controller.
     """
 
-    families: Sequence[Metric]
+    families: Sequence[Family]
     controller: bool
 
 
-def parse_exposition(text: str) -> list[Metric]:
-    """The metric families of an exposition in Prometheus's text format (0.0.4).
+def parse_exposition(text: str) -> list[Family]:
+    """The metric families of an exposition in prometheus_client's text format (0.0.4).
 
     Raises:
         MalformedExposition: the text is not that format, or names a family or series twice.
     """
-    try:
-        families = list(text_string_to_metric_families(text))
-    except (ValueError, TypeError, KeyError, IndexError) as error:
-        raise MalformedExposition(f"not Prometheus's text format: {error}") from error
-    names = set()
-    for family in families:
-        if family.name in names:
-            raise MalformedExposition(f"family {family.name} appears twice")
-        names.add(family.name)
-        series = set()
-        for sample in family.samples:
-            key = (sample.name, tuple(sorted(sample.labels.items())))
-            if key in series:
-                raise MalformedExposition(f"series {sample.name}{sample.labels} appears twice")
-            series.add(key)
+    families: list[Family] = []
+    names: set[str] = set()
+    current: Family | None = None
+    help_line = ""
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line:
+            continue
+        if line.startswith("# HELP "):
+            help_line = line
+            continue
+        if line.startswith("# TYPE "):
+            parts = line.split(" ")
+            if len(parts) != 4 or parts[3] not in _TYPES or not _NAME_ONLY.fullmatch(parts[2]):
+                raise MalformedExposition(f"line {number}: not a TYPE line: {line[:200]!r}")
+            if parts[2] in names:
+                raise MalformedExposition(f"family {parts[2]} appears twice")
+            help_name = help_line.split(" ", 3)[2] if help_line.count(" ") >= 2 else ""
+            current = Family(parts[2], parts[3], help_line if help_name == parts[2] else "")
+            names.add(current.name)
+            families.append(current)
+            help_line = ""
+            continue
+        if line.startswith("#"):
+            continue  # a comment
+        match = _SAMPLE.fullmatch(line)
+        if match is None:
+            raise MalformedExposition(f"line {number}: not a sample: {line[:200]!r}")
+        try:
+            value = float(match["value"])
+        except ValueError:
+            raise MalformedExposition(f"line {number}: not a number: {line[:200]!r}") from None
+        if current is None or not match["name"].startswith(current.name.removesuffix("_total")):
+            # A sample without a TYPE line before it: a family of its own, untyped.
+            name = match["name"]
+            if name in names:
+                raise MalformedExposition(f"family {name} appears twice")
+            current = Family(name, "untyped")
+            names.add(name)
+            families.append(current)
+        series = match["series"]
+        labels = _LABELS.findall(series, len(match["name"]))
+        if len(labels) > 1 and labels != sorted(labels):
+            # prometheus_client writes label sets sorted; one that is not is made so, so that
+            # the same series from two replicas is one key.
+            pairs = ",".join(f'{key}="{raw}"' for key, raw in sorted(labels))
+            series = f"{match['name']}{{{pairs}}}"
+        if series in current.series:
+            raise MalformedExposition(f"series {series} appears twice")
+        current.series[series] = value
     return families
 
 
-def merge_families(
-    own: ReplicaFamilies, peers: Sequence[ReplicaFamilies], rules: Mapping[str, Merge]
-) -> list[Metric]:
-    """The host's families: `own`'s and `peers`' merged family by family.
-
-    Families come in `own`'s order, then those only peers have in the order met. A peer's family
-    whose type differs from the first one met is left out (a replica of another version); a
-    family without a rule in `rules` merges by `default_rule`.
-
-    Args:
-        own: this replica's families.
-        peers: the other replicas' families.
-        rules: family name -> rule, for the families not merged by `default_rule`.
-
-    Returns:
-        The merged families, samples without timestamps or exemplars.
-    """
-    replicas = [own, *peers]
-    by_name: dict[str, list[tuple[Metric, bool, int]]] = {}
-    for position, replica in enumerate(replicas):
-        for family in replica.families:
-            by_name.setdefault(family.name, []).append((family, replica.controller, position))
-    merged = []
-    for name, sources in by_name.items():
-        first = sources[0][0]
-        same_type = [source for source in sources if source[0].type == first.type]
-        rule = rules.get(name) or default_rule(first)
-        family = Metric(name, first.documentation, first.type, first.unit)
-        for sample_name, labels, value in _merged_samples(same_type, rule):
-            family.add_sample(sample_name, labels, value)
-        merged.append(family)
-    return merged
-
-
-def default_rule(family: Metric) -> Merge:
+def default_rule(family: Family) -> Merge:
     """The rule of a family `rules` does not name: counters, histograms and summaries add up;
     a `_created` gauge (the creation times of a counter's or histogram's series) takes the
     earliest; any other gauge takes one replica's value (`Merge.ANY`: never counted twice)."""
@@ -135,42 +191,63 @@ def default_rule(family: Metric) -> Merge:
     return Merge.ANY
 
 
-def _merged_samples(
-    sources: Sequence[tuple[Metric, bool, int]], rule: Merge
-) -> Iterator[tuple[str, dict[str, str], float]]:
-    if rule is Merge.CONTROLLER:
-        sources = [source for source in sources if source[1]][:1]
-    elif rule is Merge.ANY:
-        # The controller's first, then this replica's, then the peers' in order.
-        sources = sorted(sources, key=lambda source: (not source[1], source[2]))
-    values: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[dict[str, str], float]] = {}
-    for family, _, _ in sources:
-        for sample in family.samples:
-            key = (sample.name, tuple(sorted(sample.labels.items())))
-            known = values.get(key)
-            if known is None:
-                values[key] = (dict(sample.labels), float(sample.value))
-            elif rule is Merge.SUM:
-                values[key] = (known[0], known[1] + sample.value)
-            elif rule is Merge.EARLIEST and not math.isnan(sample.value):
-                values[key] = (known[0], min(known[1], sample.value))
-    for (sample_name, _), (labels, value) in values.items():
-        yield sample_name, labels, value
+def rule_of(family: Family, rules: Mapping[str, Merge]) -> Merge:
+    """The family's rule: the one `rules` states for it, else `default_rule`."""
+    return rules.get(family.rule_name) or default_rule(family)
 
 
-class _Families:
-    """A collector of fixed families, for `generate_latest`."""
+def merge_families(
+    own: ReplicaFamilies, peers: Sequence[ReplicaFamilies], rules: Mapping[str, Merge]
+) -> list[Family]:
+    """The host's families: `own`'s and `peers`' merged family by family.
 
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
+    Families come in `own`'s order, then those only peers have in the order met. A peer's family
+    whose type differs from the first one met is left out (a replica of another version).
 
-    def collect(self) -> Iterator[Metric]:
-        """The families."""
-        yield from self._families
+    Args:
+        own: this replica's families.
+        peers: the other replicas' families.
+        rules: family name (prometheus_client's: a counter's without `_total`) -> rule, for the
+            families not merged by `default_rule`.
+    """
+    by_name: dict[str, list[tuple[Family, bool, int]]] = {}
+    for position, replica in enumerate([own, *peers]):
+        for family in replica.families:
+            by_name.setdefault(family.rule_name, []).append((family, replica.controller, position))
+    merged = []
+    for sources in by_name.values():
+        first = sources[0][0]
+        same_type = [source for source in sources if source[0].type == first.type]
+        rule = rule_of(first, rules)
+        if rule is Merge.CONTROLLER:
+            same_type = [source for source in same_type if source[1]][:1]
+        elif rule is Merge.ANY:
+            # The controller's first, then this replica's, then the peers' in order.
+            same_type.sort(key=lambda source: (not source[1], source[2]))
+        series: dict[str, float] = {}
+        for family, _, _ in same_type:
+            for key, value in family.series.items():
+                known = series.get(key)
+                if known is None:
+                    series[key] = value
+                elif rule is Merge.SUM:
+                    series[key] = known + value
+                elif rule is Merge.EARLIEST and not math.isnan(value):
+                    series[key] = min(known, value)
+        merged.append(Family(first.name, first.type, first.help_line, series))
+    return merged
 
 
-def render(families: Sequence[Metric]) -> bytes:
-    """`families` in Prometheus's text format, as prometheus_client writes a registry."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families))
-    return generate_latest(registry)
+def render(families: Sequence[Family]) -> bytes:
+    """`families` in Prometheus's text format, as prometheus_client writes it."""
+    lines = []
+    for family in families:
+        if family.help_line:
+            lines.append(family.help_line)
+        lines.append(f"# TYPE {family.name} {family.type}")
+        lines.extend(
+            f"{key} {floatToGoString(value)}"  # type: ignore[no-untyped-call]
+            for key, value in family.series.items()
+        )
+    lines.append("")
+    return "\n".join(lines).encode()

@@ -33,16 +33,15 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import Metric
-
 from splitserve.metrics.exposition import (
+    Family,
     MalformedExposition,
     Merge,
     ReplicaFamilies,
-    default_rule,
     merge_families,
     parse_exposition,
     render,
+    rule_of,
 )
 
 __all__ = ["MetricsSpool", "Snapshot", "prune_runs", "run_directory"]
@@ -102,7 +101,7 @@ class MetricsSpool:
             folded = self._folded()
             retired = self._read(self._directory / (_RETIRED + _SUFFIX))
             newly_folded: list[str] = []
-            records: list[list[Metric]] = []
+            records: list[list[Family]] = []
             for path in sorted(self._directory.glob("*" + _SUFFIX)):
                 replica_id = path.name[: -len(_SUFFIX)]
                 if replica_id == _RETIRED or replica_id in live or replica_id in folded:
@@ -125,11 +124,11 @@ class MetricsSpool:
                         (self._directory / (replica_id + _SUFFIX)).unlink()
         return [ReplicaFamilies(families, False) for families in [*records, retired] if families]
 
-    def _summed(self, sources: Sequence[list[Metric]]) -> list[Metric]:
+    def _summed(self, sources: Sequence[list[Family]]) -> list[Family]:
         replicas = [ReplicaFamilies(families, False) for families in sources]
         return merge_families(replicas[0], replicas[1:], self._rules)
 
-    def _read(self, path: Path) -> list[Metric] | None:
+    def _read(self, path: Path) -> list[Family] | None:
         """The families of a record that add up, or None when there is none or it is damaged."""
         try:
             text = path.read_text()
@@ -139,11 +138,7 @@ class MetricsSpool:
             families = parse_exposition(text)
         except MalformedExposition:
             return None
-        return [
-            family
-            for family in families
-            if (self._rules.get(family.name) or default_rule(family)) is Merge.SUM
-        ]
+        return [family for family in families if rule_of(family, self._rules) is Merge.SUM]
 
     def _folded(self) -> set[str]:
         try:
