@@ -39,6 +39,7 @@ from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
 from splitserve.control.service import ControlService
 from splitserve.database import ChangeFeed, DatabaseUnavailable
 from splitserve.errors import ServiceUnavailable
+from splitserve.metrics.prometheus import remove_variant_series
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
 from splitserve.wiring.fleet import FleetDeployer
 from splitserve.wiring.live import LiveParts, data_capture
@@ -70,6 +71,11 @@ _NOT_FORWARDED = frozenset(
         "content-length",
     }
 )
+
+#: The Content-Encodings aiohttp's server decodes while it reads a request body: the body passed
+#: on is the decoded one, so its Content-Encoding is not passed on either (the controller would
+#: decode it a second time).
+_DECODED_ENCODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 
 
 @dataclass
@@ -106,13 +112,22 @@ class RoutingFollower:
         self._documents: dict[str, RoutingDocument] = {}
         self._routers: dict[str, Router] = {}
         self._pools: dict[str, UpstreamPool] = {}
+        # Pools replaced by one to an instance's new address, closed once the new table is live.
+        self._replaced: list[UpstreamPool] = []
+        # The variants each endpoint's live generation here counts for (its Prometheus series
+        # and minute rings), so that those no generation serves any more leave them.
+        self._counted: dict[str, set[str]] = {}
 
     async def apply(self, documents: dict[str, RoutingDocument], damaged: set[str]) -> None:
         """Route by `documents` from now on; endpoints in `damaged` keep their routing."""
         for name in self._documents.keys() - documents.keys() - damaged:
+            # Deleted: it leaves the metrics and the minutes, as on the controller.
             self._registry.withdraw(name)
             self._documents.pop(name)
             self._routers.pop(name, None)
+            for variant in self._counted.pop(name, set()):
+                remove_variant_series(name, variant)
+            self._parts.minutes.forget(name)
         for name, document in documents.items():
             if self._documents.get(name) == document:
                 continue
@@ -124,6 +139,8 @@ class RoutingFollower:
                 log.error("endpoint %s: routing document refused: %s", name, error)
                 continue
             self._documents[name] = document
+        replaced, self._replaced = self._replaced, []
+        await asyncio.gather(*(pool.close() for pool in replaced))
         await self._close_unused_pools()
 
     def _apply(self, document: RoutingDocument) -> None:
@@ -149,6 +166,13 @@ class RoutingFollower:
             router.set_failover(document.failover)
             self._set_health(router, document)
             return
+        # Everything that can refuse the document first, before anything here changes.
+        addresses = {
+            instance.name: UpstreamAddress.parse(instance.address)
+            for variant in document.variants
+            for instance in variant.instances
+        }
+        capture = None if document.capture is None else data_capture(document.capture)
         router = Router(
             [
                 VariantSpec(v.name, v.weight, [i.name for i in v.instances], v.strategy)
@@ -160,16 +184,15 @@ class RoutingFollower:
         )
         self._set_health(router, document)
         pools: dict[str, UpstreamPool] = {}
-        for variant in document.variants:
-            for instance in variant.instances:
-                address = UpstreamAddress.parse(instance.address)
-                pool = self._pools.get(instance.name)
-                if pool is None or pool.address != address:
-                    pool = self._parts.pool(address)
-                    self._pools[instance.name] = pool
-                pools[instance.name] = pool
+        for instance_name, address in addresses.items():
+            pool = self._pools.get(instance_name)
+            if pool is None or pool.address != address:
+                if pool is not None:
+                    self._replaced.append(pool)  # the instance moved
+                pool = self._parts.pool(address)
+                self._pools[instance_name] = pool
+            pools[instance_name] = pool
         variants = [v.name for v in document.variants]
-        capture = None if document.capture is None else data_capture(document.capture)
         self._registry.publish(
             LiveEndpoint(
                 name=name,
@@ -182,6 +205,12 @@ class RoutingFollower:
             )
         )
         self._routers[name] = router
+        # A variant no generation here serves any more leaves the metrics (its minutes stay a
+        # while), as on the controller.
+        for variant in self._counted.get(name, set()) - set(variants):
+            remove_variant_series(name, variant)
+            self._parts.minutes.retire(name, variant)
+        self._counted[name] = set(variants)
 
     @staticmethod
     def _set_health(router: Router, document: RoutingDocument) -> None:
@@ -206,6 +235,7 @@ class RoutingFollower:
         pools, self._pools = list(self._pools.values()), {}
         self._documents.clear()
         self._routers.clear()
+        self._counted.clear()  # the controller's deployer counts for them from now on
         await asyncio.gather(*(pool.close() for pool in pools))
 
 
@@ -518,6 +548,7 @@ class ControllerForwarder:
             (name, value)
             for name, value in request.headers.items()
             if name.lower() not in _NOT_FORWARDED
+            and not (name.lower() == "content-encoding" and value.lower() in _DECODED_ENCODINGS)
         ]
         headers.append((FORWARDED_HEADER, self._node.replica_id))
         body = await request.read()
