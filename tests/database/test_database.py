@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import subprocess
 import sys
@@ -287,4 +288,19 @@ def test_a_listen_feed_reports_a_change_after_a_server_restart(
         assert feed.wait(10)
     finally:
         feed.close()
+        database.close()
+
+
+def test_an_sqlite_connection_goes_with_its_thread(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    sqlite3.connect(path).close()
+    database = open_database(f"sqlite://{path}", QUICK)
+    try:
+        for _ in range(5):
+            thread = threading.Thread(target=lambda: database.query("SELECT 1"))
+            thread.start()
+            thread.join()
+        gc.collect()
+        assert len(database._connections) == 0  # type: ignore[attr-defined]
+    finally:
         database.close()

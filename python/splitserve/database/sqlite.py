@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -47,7 +48,8 @@ class SqliteDatabase(Database):
         self.display = url.display
         self._settings = settings
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        # Weak: a thread's connection goes (and is closed) with its thread's locals.
+        self._connections: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -85,16 +87,16 @@ class SqliteDatabase(Database):
         return DatabaseError(f"state database {self.display}: {text}")
 
     def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
+        held: _ThreadConnection | None = getattr(self._local, "connection", None)
+        if held is None:
             with self._lock:
                 if self._closed:
                     raise DatabaseError(f"state database {self.display} is closed")
-            connection = self.connect()
+            held = _ThreadConnection(self.connect())
             with self._lock:
-                self._connections.append(connection)
-            self._local.connection = connection
-        return connection
+                self._connections.add(held)
+            self._local.connection = held
+        return held.connection
 
     @contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[Transaction]:
@@ -138,9 +140,24 @@ class SqliteDatabase(Database):
         """See `Database.close`."""
         with self._lock:
             self._closed = True
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.close()
+            held = list(self._connections)
+            self._connections.clear()
+        for each in held:
+            each.connection.close()
+
+
+class _ThreadConnection:
+    """One thread's connection (a holder: sqlite3 connections take no weak references)."""
+
+    __slots__ = ("__weakref__", "connection")
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def __del__(self) -> None:
+        # Closed here rather than left to the connection's own finalizer, which newer Pythons
+        # report as a ResourceWarning.
+        self.connection.close()
 
 
 class _SqliteTransaction(Transaction):
