@@ -165,6 +165,8 @@ class AlarmBook:
         self._figures = figures
         self._clock = clock
         self._alarms: dict[str, _Alarm] = {}
+        # The rows `refresh` read last, by name: an alarm whose row is unchanged is kept as is.
+        self._rows: dict[str, AlarmRow] = {}
 
     async def load(self) -> None:
         """Read the alarms the store keeps (skipping a damaged row, with a log line)."""
@@ -178,7 +180,8 @@ class AlarmBook:
         alarms: dict[str, _Alarm] = {}
         for row in rows:
             known = self._alarms.get(row.name)
-            if known is not None and known.row() == row:
+            # The row read last time, compared as it is (cheaper than re-encoding the alarm).
+            if known is not None and self._rows.get(row.name) == row:
                 alarms[row.name] = known
                 continue
             try:
@@ -186,6 +189,7 @@ class AlarmBook:
             except ValueError:
                 log.warning("alarm %r in the state database is damaged; it is skipped", row.name)
         self._alarms = alarms
+        self._rows = {row.name: row for row in rows}
 
     def operations(self) -> dict[str, Callable[[dict[str, object]], Awaitable[dict[str, object]]]]:
         """Operation name -> handler; each reads the store's alarms first (`refresh`)."""
