@@ -138,4 +138,5 @@ def test_an_unreachable_state_database_exits_2(tmp_path: Path) -> None:
     result = _serve(tmp_path, "--state", f"postgresql://alice:s3cret@127.0.0.1:{port}/state")
     assert result.returncode == 2, result.stderr
     assert f"postgresql://alice@127.0.0.1:{port}/state is unavailable" in result.stderr
+    assert "Connection refused" in result.stderr  # libpq's reason, for the operator
     assert "s3cret" not in result.stderr

@@ -82,13 +82,16 @@ class PostgresDatabase(Database):
             self._pool.open(wait=True, timeout=settings.connect_timeout_seconds)
         except psycopg.Error as error:
             self._pool.close(timeout=0)
+            # The pool says only that it timed out; one connection of our own says why (refused,
+            # no such database, authentication), for the start-up's message.
+            self.connect().close()
             raise self.unavailable(error) from error
 
     def unavailable(self, error: BaseException) -> DatabaseUnavailable:
         """The DatabaseUnavailable for a connection that failed with `error`."""
         return DatabaseUnavailable(
             f"the state database {self.display} is unavailable; try again later",
-            detail=str(error),
+            detail=" ".join(str(error).split()),  # libpq's text runs over several lines
         )
 
     def translate(self, error: psycopg.Error) -> Exception:
