@@ -1,7 +1,8 @@
 """The gateway with its state in PostgreSQL (`--state postgresql://...`), end to end: boto3's
 control plane and data plane, a restart that recovers the endpoint from the database, a database
 that goes away (503 on the control plane, InvokeEndpoint served throughout) and comes back, and
-the start-up refusals of a bad URL or an unreachable server (exit code 2)."""
+the start-up refusals of a bad URL or an unreachable server (exit code 2); and an SQLite state
+file named by URL outside the state directory."""
 
 from __future__ import annotations
 
@@ -140,3 +141,17 @@ def test_an_unreachable_state_database_exits_2(tmp_path: Path) -> None:
     assert f"postgresql://alice@127.0.0.1:{port}/state is unavailable" in result.stderr
     assert "Connection refused" in result.stderr  # libpq's reason, for the operator
     assert "s3cret" not in result.stderr
+
+
+def test_an_sqlite_state_url_puts_the_state_file_there(tmp_path: Path, model_store: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "gateway state.sqlite3"
+    url = "sqlite://" + str(elsewhere).replace(" ", "%20")
+    with running_gateway(tmp_path / "state", model_store, "--state", url) as gateway:
+        create_two_variant_endpoint(gateway.client("sagemaker"), "lite")
+    assert elsewhere.exists()
+    assert not (tmp_path / "state" / "state.sqlite3").exists()
+    with running_gateway(tmp_path / "state", model_store, "--state", url) as again:
+        sagemaker = again.client("sagemaker")
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName="lite", WaiterConfig=FAST_WAIT
+        )
