@@ -156,7 +156,8 @@ class MetricsSpool:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self._directory.mkdir(parents=True, exist_ok=True)
+        # Only the gateway's user reads what its replicas counted.
+        self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         with (self._directory / _LOCK).open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
