@@ -425,10 +425,17 @@ async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: every splitserve metric in Prometheus's text format, as this host's totals:
     this process's merged with the other replicas' on the host (`metrics.host`)."""
     replica = request.app[keys.REPLICA]
+    try:
+        peers = await replica.host_peers()
+    except SplitserveError as error:
+        # The state database is out of reach: this scrape asks no peer, and the spool still
+        # adds their last counts, so the host's counters do not go down meanwhile.
+        log.warning("/metrics without the other replicas' live figures: %s", error.message)
+        peers = []
     body = await host_exposition(
         replica.replica_id,
         replica.is_controller(),
-        await replica.host_peers(),
+        peers,
         request.app[keys.SETTINGS].stats,
         request.app.get(keys.METRICS_SPOOL),
     )
