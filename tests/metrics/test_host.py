@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from splitserve import app as gateway_app
 from splitserve.config import Settings
+from splitserve.errors import DatabaseUnavailable
 from splitserve.metrics.host import CONTROLLER_HEADER, OWN_PATH, REPLICA_HEADER, SNAPSHOT_HEADER
 from splitserve.metrics.prometheus import (
     FAMILY_MERGE,
@@ -233,3 +234,18 @@ async def test_a_peer_that_stops_answering_keeps_its_counts_in_the_host_totals(
     assert second[series(endpoint, "splitserve_variant_weight")] == 0.25
     # This replica's own record is there too (a scrape records every replica it read).
     assert (tmp_path / "metrics" / "replica-own.prom").exists()
+
+
+class UnreachableStateReplica(FakeReplica):
+    """A replica whose list of live replicas cannot be read (the state database is down)."""
+
+    async def host_peers(self) -> list[str]:
+        """Refused, as the database layer refuses."""
+        raise DatabaseUnavailable("the state database cannot be reached")
+
+
+async def test_a_state_database_out_of_reach_leaves_the_scrape_its_own_figures(
+    endpoint: str, own_series: VariantMetrics
+) -> None:
+    found = await scrape(UnreachableStateReplica([]))
+    assert found[series(endpoint, "splitserve_invocations_total")] == 2.0
