@@ -68,6 +68,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
         OSError: the address cannot be bound.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # SO_REUSEPORT alone would join the port of another gateway's replicas run by the same user
+    # (the kernel would spread this gateway's clients over both): a bind without it fails while
+    # anything listens on the address.
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
     reserved = socket.socket(family, socket.SOCK_STREAM)
     try:
         reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
