@@ -418,6 +418,9 @@ class ReplicaNode:
                 if self._controller:
                     if not await asyncio.to_thread(self._lease.renew):
                         self._lost_control()
+                        # Once: the process drains now (a second SIGTERM would cut the drain
+                        # short); its row ages out, and the new controller's replaces it.
+                        return
                 elif await asyncio.to_thread(self._lease.try_acquire):
                     await self._take_control(takeover=True)
             except asyncio.CancelledError:
