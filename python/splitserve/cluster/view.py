@@ -20,10 +20,12 @@ __all__ = ["ReplicaView", "SoleReplica", "new_replica_id"]
 def new_replica_id() -> str:
     """A replica id unique across hosts and restarts: host name, pid and a random suffix.
 
-    It is used in file names (capture files) and store rows, so it holds only letters, digits,
-    '-' and '.'.
+    It is used in file names (capture files) and store rows, so it holds only ASCII letters,
+    digits, '-' and '.'.
     """
-    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())
+    host = "".join(
+        c if (c.isascii() and c.isalnum()) or c in "-." else "-" for c in socket.gethostname()
+    )
     return f"{host or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
