@@ -33,7 +33,7 @@ $(STAMPS)/venv:
 	@touch $@
 
 $(STAMPS)/deps: $(STAMPS)/venv pyproject.toml constraints.txt
-	$(BIN)/python scripts/requirements.py test lint plot | $(BIN)/pip install --quiet -c constraints.txt -r /dev/stdin
+	$(BIN)/python scripts/requirements.py test lint plot ray | $(BIN)/pip install --quiet -c constraints.txt -r /dev/stdin
 	@touch $@
 
 $(STAMPS)/build: $(STAMPS)/deps $(RUST_SOURCES)
@@ -137,7 +137,7 @@ soak: setup $(STAMPS)/wrk ## hold the gateway at 80% of its maximum for 10 minut
 	$(BIN)/python -m benches.load soak --seconds $(SOAK_SECONDS)
 
 lock: $(STAMPS)/venv ## re-resolve the dependencies and rewrite constraints.txt
-	$(BIN)/python scripts/requirements.py test lint plot | $(BIN)/pip install --quiet --upgrade -r /dev/stdin
+	$(BIN)/python scripts/requirements.py test lint plot ray | $(BIN)/pip install --quiet --upgrade -r /dev/stdin
 	$(BIN)/pip freeze --exclude-editable | grep -v '^splitserve' > constraints.txt
 
 clean: ## remove the virtualenv, build output and stamps

@@ -59,6 +59,7 @@ from splitserve.wiring.replicas import (
 )
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.images import ImageRegistry
+from splitserve.workers.placement import Placement
 from splitserve.workers.supervisor import Supervisor
 
 __all__ = [
@@ -239,13 +240,7 @@ async def _controller(
         if settings.images_file is None
         else ImageRegistry.load(settings.images_file)
     )
-    supervisor = Supervisor(
-        settings.workers,
-        images,
-        catalog,
-        deployer,
-        artifact_roots=(settings.model_store, *settings.allowed_artifact_paths),
-    )
+    supervisor = await _placement(settings, images, catalog, deployer)
     deployer.attach(supervisor)
     control = ControlService(
         settings,
@@ -272,6 +267,27 @@ async def _controller(
         await stop()
         raise
     return stop
+
+
+async def _placement(
+    settings: Settings, images: ImageRegistry, catalog: InstanceCatalog, deployer: FleetDeployer
+) -> Placement:
+    """Where the controller's instances run: local processes, or actors on the Ray cluster
+    (imported only then, so the local path never loads Ray)."""
+    if settings.placement.backend == "ray":
+        from splitserve.workers import ray_placement  # noqa: PLC0415 (optional extra)
+
+        await asyncio.to_thread(ray_placement.connect, settings.placement)
+        return ray_placement.RayPlacement(
+            settings.placement, settings.workers, images, catalog, deployer
+        )
+    return Supervisor(
+        settings.workers,
+        images,
+        catalog,
+        deployer,
+        artifact_roots=(settings.model_store, *settings.allowed_artifact_paths),
+    )
 
 
 async def _cloudwatch(app: web.Application) -> AsyncIterator[None]:

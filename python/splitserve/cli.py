@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -40,12 +41,14 @@ from splitserve.config import (
     LOG_FORMATS,
     LOOPBACK_ADDRESS,
     MAX_REPLICA_PROCESSES,
+    PLACEMENTS,
     STATE_DIRECTORY_MODE,
     EvaluationSettings,
     Settings,
     WorkerSettings,
 )
 from splitserve.database.url import DatabaseUrlError, parse_database_url
+from splitserve.errors import DeploymentError
 from splitserve.evaluation.command import EvaluateRequest, evaluate_command
 
 _DEFAULTS = Settings()
@@ -287,6 +290,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="the address other replicas reach this one at (its internal listener binds it; "
         "default %(default)s, for replicas on one host)",
+    )
+    serve.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default=_DEFAULTS.placement.backend,
+        help="where instances run: child processes of the gateway, or detached actors on a Ray "
+        "cluster, which outlive any gateway (README, Running on a cluster; default "
+        "%(default)s)",
+    )
+    serve.add_argument(
+        "--ray-address",
+        default=_DEFAULTS.placement.ray_address,
+        metavar="ADDRESS",
+        help="with --placement ray: the cluster's head, HOST:PORT, or auto (default %(default)s)",
+    )
+    serve.add_argument(
+        "--ray-namespace",
+        default=_DEFAULTS.placement.ray_namespace,
+        metavar="NAME",
+        help="with --placement ray: the Ray namespace the instance actors are named in; "
+        "gateways sharing a state use the same one (default %(default)s)",
+    )
+    serve.add_argument(
+        "--ray-type-resource",
+        action="append",
+        default=[],
+        type=_type_resource,
+        metavar="PATTERN=RESOURCE",
+        help="with --placement ray: instances of the types matching PATTERN (e.g. 'ml.c5.*') "
+        "also ask for a little of the custom resource RESOURCE, so they run only on nodes "
+        "declaring it (repeatable; the first match wins)",
     )
     # Set by `serve --processes N` on the replicas it starts, never by hand.
     serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
@@ -546,6 +580,16 @@ def _state_url(url: str) -> str:
     return url
 
 
+def _type_resource(value: str) -> tuple[str, str]:
+    """`--ray-type-resource PATTERN=RESOURCE`, checked (argparse answers a bad one with 2)."""
+    pattern, equals, resource = value.partition("=")
+    if not equals or not pattern.strip() or not resource.strip():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not PATTERN=RESOURCE (e.g. 'ml.c5.*=compute')"
+        )
+    return pattern.strip(), resource.strip()
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The `Settings` for `splitserve serve` with the given arguments."""
     located = replace(
@@ -588,6 +632,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
         cloudwatch=replace(_DEFAULTS.cloudwatch, retention_days=args.metrics_retention),
         metrics_created=args.metrics_created,
+        placement=replace(
+            _DEFAULTS.placement,
+            backend=args.placement,
+            ray_address=args.ray_address,
+            ray_namespace=args.ray_namespace,
+            type_resources=tuple(args.ray_type_resource),
+        ),
         replicas=replace(
             _DEFAULTS.replicas,
             processes=args.processes,
@@ -656,6 +707,13 @@ def serve(settings: Settings, *, insecure: bool, argv: Sequence[str] = ()) -> in
     from splitserve.workers.images import ImageRegistryError  # noqa: PLC0415
     from splitserve.workers.process import WorkerUserError  # noqa: PLC0415
 
+    if settings.placement.backend == "ray" and importlib.util.find_spec("ray") is None:
+        print(
+            "splitserve: --placement ray needs Ray, which is not installed: "
+            "pip install 'splitserve[ray]' (or pip install ray)",
+            file=sys.stderr,
+        )
+        return 2
     logs.configure(settings.logs)
     replicas = settings.replicas
     if replicas.supervisor_pid is not None:
@@ -713,6 +771,7 @@ def serve(settings: Settings, *, insecure: bool, argv: Sequence[str] = ()) -> in
         edge.ListenError,
         logs.LogSetupError,
         WorkerUserError,
+        DeploymentError,
     ) as error:
         print(f"splitserve: {error}", file=sys.stderr)
         return 2

@@ -286,6 +286,26 @@ class CaptureSettings:
 
 
 @dataclass(frozen=True)
+class ShadowSettings:
+    """How requests are copied to shadow variants (docs/architecture.md, "Shadow variants").
+
+    Attributes:
+        queue_size: copies waiting for each shadow variant of an endpoint generation; a copy that
+            finds its queue full is dropped and counted (`splitserve_shadow_dropped_total`), so
+            a slow or dead shadow never holds production's requests.
+        senders: tasks per shadow variant that forward its queued copies, each one copy at a
+            time: at most this many copies are in flight to one shadow variant.
+        timeout_seconds: how long a copy may wait for the shadow's answer before it counts as
+            the shadow's model error (production's own timeout is
+            `WorkerSettings.invocation_timeout_seconds`).
+    """
+
+    queue_size: int = 1024
+    senders: int = 4
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class StatsSettings:
     """How the gateway keeps per-minute statistics (`splitserve stats`) and samples instances.
 
@@ -498,6 +518,49 @@ class ReplicaSettings:
         return self.supervisor_pid is not None
 
 
+#: Where instances run (`--placement`): child processes of the gateway, or actors on a Ray cluster.
+PLACEMENTS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class PlacementSettings:
+    """Where the controller places instances (README, "Running on a cluster";
+    docs/architecture.md, "Placement").
+
+    Attributes:
+        backend: "local" (child processes of the controller, on its host) or "ray" (detached
+            actors on a Ray cluster, which outlive any gateway).
+        ray_address: the Ray cluster to join (`ray.init(address=...)`: "auto", or the head's
+            "HOST:PORT"); used only with the "ray" backend.
+        ray_namespace: the Ray namespace the instance actors are named in: gateways sharing a
+            state use the same one, and separate deployments on one cluster different ones.
+        type_resources: (instance type pattern, custom resource) pairs, first match wins (`*`
+            and `?` as in shell patterns): an instance of a matching type also asks for
+            `custom_resource_amount` of that resource, so it only lands on nodes that declare
+            it (e.g. `ml.c5.*` on a compute pool started with `--resources '{"compute": 1}'`).
+        custom_resource_amount: how much of its custom resource one instance asks for; a node
+            declaring 1 of it takes up to 1 / this many instances.
+        reserve_memory: each actor reserves its instance type's memory (Ray's logical `memory`
+            resource) besides its vCPUs, so Ray packs instances onto nodes as SageMaker does.
+        placement_timeout_seconds: a new actor that no node has room for within this fails its
+            deployment (a type no node could ever hold fails at once).
+        actor_call_timeout_seconds: the longest any call to an instance actor (its address, a
+            stop) may take before the actor is treated as lost.
+        node_model_dir: where, on each node, the actors unpack the model artifacts shipped
+            through Ray's object store; None is the node's temporary directory.
+    """
+
+    backend: str = "local"
+    ray_address: str = "auto"
+    ray_namespace: str = "splitserve"
+    type_resources: tuple[tuple[str, str], ...] = ()
+    custom_resource_amount: float = 0.001
+    reserve_memory: bool = True
+    placement_timeout_seconds: float = 60.0
+    actor_call_timeout_seconds: float = 30.0
+    node_model_dir: Path | None = None
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
     """How the gateway talks to its state database (splitserve.database; README, "State in
@@ -559,6 +622,8 @@ class Settings:
             `postgresql://...`); None keeps it in the state directory's SQLite file
             (`state_url`). The state directory still holds the model store, runs and logs.
         database: timeouts and pool sizes of the state database.
+        shadow: the queues and senders that copy requests to shadow variants.
+        placement: where instances run: local processes or a Ray cluster.
     """
 
     host: str = "127.0.0.1"
@@ -575,6 +640,7 @@ class Settings:
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     capture: CaptureSettings = field(default_factory=CaptureSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
@@ -584,6 +650,7 @@ class Settings:
     metrics_created: bool = False
     state_database_url: str | None = None
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    placement: PlacementSettings = field(default_factory=PlacementSettings)
 
     @property
     def state_file(self) -> Path:

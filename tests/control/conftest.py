@@ -48,6 +48,7 @@ class RecordingDeployer:
         counts: the instance count per (endpoint, variant) of the live generation.
         unroutable: what `pending` (None) and `failed` (the reason) last said of each endpoint.
         failover: what `set_failover` last said of each endpoint.
+        adopting: whether it claims to adopt instances a previous controller left running.
     """
 
     calls: list[tuple[str, str, object]] = field(default_factory=list)
@@ -58,6 +59,7 @@ class RecordingDeployer:
     details: dict[str, dict[str, list[dict[str, object]]]] = field(default_factory=dict)
     unroutable: dict[str, str | None] = field(default_factory=dict)
     failover: dict[str, bool] = field(default_factory=dict)
+    adopting: bool = False
     _failures: dict[str, list[BaseException]] = field(default_factory=dict)
     _gates: dict[str, asyncio.Event] = field(default_factory=dict)
     _entered: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -133,6 +135,15 @@ class RecordingDeployer:
         """Forget the endpoint."""
         await self._enter("remove", endpoint_name, None)
         self.live.pop(endpoint_name, None)
+
+    @property
+    def adopts_instances(self) -> bool:
+        """What the test set in `adopting` (instances outliving the controller, as on Ray)."""
+        return self.adopting
+
+    async def recovering(self, generations: Mapping[str, int]) -> None:
+        """Recorded in `calls` as ("recovering", "", generations)."""
+        self.calls.append(("recovering", "", dict(generations)))
 
     def instance_details(self, endpoint_name: str) -> dict[str, list[dict[str, object]]]:
         """Whatever the test put in `details`."""

@@ -40,23 +40,24 @@ class _StandInFleet:
     async def stop(self) -> None:
         """Nothing to stop."""
 
+    async def detach(self) -> None:
+        """Nothing to let go of."""
+
     def instances(self) -> list[InstanceInfo]:
         """The one instance."""
         return [self._instance]
 
 
-class _CpuUsage:
-    def usage(self) -> dict[int, int]:
-        return {}
-
-
 class _StandInSupervisor:
     """Makes stand-in fleets (what the deployer asks of the real supervisor to deploy)."""
 
-    cpu_allocator = _CpuUsage()
+    outlives_controller = False
 
     def __init__(self, run_dir: Path) -> None:
         self._run_dir = run_dir
+
+    def cpu_usage(self) -> dict[int, int]:
+        return {}
 
     def fleet(self, deployment: VariantDeployment) -> _StandInFleet:
         return _StandInFleet(deployment, self._run_dir)

@@ -4,7 +4,8 @@ The control service decides *what* should run (it validates, stores and sequence
 it run (worker processes, the router, the registry the data plane reads). Every deployment of an
 endpoint is one *generation*: CreateEndpoint deploys generation 1, each UpdateEndpoint deploys the
 next one beside the live one (blue/green) and switches to it in one step, and a restart of the
-gateway deploys the endpoint again under a new generation number.
+gateway deploys the endpoint again under a new generation number (or, when its instances outlive
+the gateway, under the same one, adopting them: `Deployer.adopts_instances`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class VariantPlan:
         routing_strategy: instance choice inside the variant (LEAST_OUTSTANDING_REQUESTS or RANDOM).
         container_startup_timeout_seconds: ContainerStartupHealthCheckTimeoutInSeconds when the
             configuration gave it; None means the worker settings' own startup timeout.
+        shadow: a shadow variant: its instances run, but the router never picks it; `weight`
+            sets the share of requests copied to it (`shadow_fraction`).
     """
 
     variant_name: str
@@ -47,6 +50,7 @@ class VariantPlan:
     weight: float
     routing_strategy: str
     container_startup_timeout_seconds: int | None = None
+    shadow: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class DeploymentPlan:
         endpoint_name: the EndpointName, as the client spelled it.
         endpoint_config_name: the configuration this generation comes from.
         generation: a number that grows with every deployment of this endpoint.
-        variants: the production variants, in the configuration's order.
+        variants: the production variants, in the configuration's order, then the shadow
+            variants in theirs.
         data_capture: the configuration's DataCaptureConfig, None when it has none (a record with
             `enable_capture` False is configured but stopped).
         failover: route an untargeted request whose variant has no healthy instance to another
@@ -94,12 +99,26 @@ class Deployer(Protocol):
         """Make this deployed generation the one the data plane routes to, in one atomic step."""
         ...
 
+    @property
+    def adopts_instances(self) -> bool:
+        """True when instances outlive the controller that started them (Ray placement): a
+        recovery then redeploys each endpoint under its live generation number, and `deploy`
+        adopts the running instances of that generation instead of starting new ones."""
+        ...
+
+    async def recovering(self, generations: Mapping[str, int]) -> None:
+        """Called once by a new controller that `adopts_instances`, before it redeploys: each
+        endpoint it recovers and the generation it recovers it under. Instances a previous
+        controller left running of any other endpoint or generation are stopped."""
+        ...
+
     async def retire(self, endpoint_name: str, generation: int) -> None:
         """Drain and stop an old generation (no-op if it is not running)."""
         ...
 
     async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:
-        """Replace the live generation's weights (every variant's) atomically in its router."""
+        """Replace the live generation's weights (every variant's) atomically in its router; a
+        shadow variant's weight changes the share of requests copied to it."""
         ...
 
     async def set_failover(self, endpoint_name: str, failover: bool) -> None:

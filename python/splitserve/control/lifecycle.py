@@ -56,6 +56,15 @@ from splitserve.errors import DeploymentError, SplitserveError, ValidationExcept
 
 log = logging.getLogger(__name__)
 
+#: The states a new controller redeploys an endpoint from (the module docstring).
+_RECOVERED = (
+    EndpointStatus.IN_SERVICE,
+    EndpointStatus.CREATING,
+    EndpointStatus.UPDATING,
+    EndpointStatus.SYSTEM_UPDATING,
+    EndpointStatus.ROLLING_BACK,
+)
+
 
 class EndpointLifecycle:
     """Runs every endpoint's background work: deploy, switch, scale, roll back, delete, recover.
@@ -89,16 +98,18 @@ class EndpointLifecycle:
                 self._deployer.failed(record.name, record.failure_reason or "")
             elif record.status is not EndpointStatus.DELETING:
                 self._deployer.pending(record.name)
+        recovered = [record for record in records if record.status in _RECOVERED]
+        if self._deployer.adopts_instances:
+            # Instances outlive their controller (docs/architecture.md, "Placement"): each
+            # endpoint is redeployed under its live generation, whose running instances the
+            # deployer adopts; anything else a previous controller left running is stopped.
+            await self._deployer.recovering(
+                {record.name: record.generation for record in recovered}
+            )
         for record in records:
             if record.status is EndpointStatus.DELETING:
                 self.spawn(record.name, self.delete(record.name))
-            elif record.status in (
-                EndpointStatus.IN_SERVICE,
-                EndpointStatus.CREATING,
-                EndpointStatus.UPDATING,
-                EndpointStatus.SYSTEM_UPDATING,
-                EndpointStatus.ROLLING_BACK,
-            ):
+            elif record.status in _RECOVERED:
                 await self._recover(record, keep_in_service=takeover)
 
     def busy(self, endpoint_name: str) -> bool:
@@ -143,7 +154,7 @@ class EndpointLifecycle:
             await self._fail(record.name, internal_reason("deploying the endpoint"))
             return
         now = time.time()
-        await self._state.record_weights(record.name, cause, _weights(record.variants), now)
+        await self._state.record_weights(record.name, cause, _split(record.variants), now)
 
         def in_service(current: EndpointRecord) -> EndpointRecord:
             return replace(
@@ -242,7 +253,7 @@ class EndpointLifecycle:
             )
 
         await self._state.record_weights(
-            endpoint_name, "UpdateEndpoint", _weights(green_variants), switched
+            endpoint_name, "UpdateEndpoint", _split(green_variants), switched
         )
         await self._state.transition(endpoint_name, green_is_live)
         if bake:
@@ -318,7 +329,9 @@ class EndpointLifecycle:
             if weights_changed:
                 previous = {v.variant_name: v.current_weight for v in before}
                 await self._deployer.set_weights(endpoint_name, previous)
-                await self._state.record_weights(endpoint_name, "RollBack", previous, time.time())
+                await self._state.record_weights(
+                    endpoint_name, "RollBack", _split(before, current=True), time.time()
+                )
             counts = {variant.variant_name: variant.current_instance_count for variant in before}
             for variant in scaled:
                 await self._deployer.scale(
@@ -386,10 +399,13 @@ class EndpointLifecycle:
         generation = max(
             record.generation, 0 if record.pending is None else record.pending.generation
         )
+        # A deployer whose instances outlived the last controller adopts the live generation's
+        # (under the same number); otherwise a new generation starts afresh.
+        adopted = self._deployer.adopts_instances
         recovered = replace(
             record,
             status=status,
-            generation=generation + 1,
+            generation=record.generation if adopted else generation + 1,
             last_modified_time=now,
             variants=tuple(
                 launching(variant, now) if creating else replace(variant, status=None)
@@ -457,13 +473,25 @@ class EndpointLifecycle:
                 "The new weights could not be applied: " + internal_reason("changing the weights")
             ) from error
         await self._state.record_weights(
-            before.name, "UpdateEndpointWeightsAndCapacities", _weights(updated), time.time()
+            before.name, "UpdateEndpointWeightsAndCapacities", _split(updated), time.time()
         )
 
 
 def _weights(variants: tuple[DeployedVariant, ...]) -> dict[str, float]:
-    """What the router is given for `variants`: each one's DesiredWeight."""
+    """What the router is given for `variants`: each one's DesiredWeight (a shadow's sets the
+    share of requests copied to it)."""
     return {variant.variant_name: variant.desired_weight for variant in variants}
+
+
+def _split(variants: tuple[DeployedVariant, ...], *, current: bool = False) -> dict[str, float]:
+    """The weight history's entry for `variants`: the production variants' Desired (or Current)
+    weights. Shadows take no share of the callers' traffic, so the split `splitserve evaluate`
+    checks leaves them out."""
+    return {
+        variant.variant_name: variant.current_weight if current else variant.desired_weight
+        for variant in variants
+        if not variant.shadow
+    }
 
 
 def internal_reason(doing: str) -> str:

@@ -22,13 +22,15 @@ class InstanceLimits:
         instance_vcpus: the vCPUs of every instance type the catalog runs.
         host_cpus: how many CPUs instances may use on this host.
         max_instances_per_variant: the most instances one variant may run.
-        max_vcpu_overcommit: the endpoint's vCPUs may be at most this many times `host_cpus`.
+        max_vcpu_overcommit: the endpoint's vCPUs may be at most this many times `host_cpus`;
+            None checks no vCPU budget (instances placed on a Ray cluster, whose capacity the
+            placement checks when it deploys: docs/architecture.md, "Placement").
     """
 
     instance_vcpus: Mapping[str, int]
     host_cpus: int
     max_instances_per_variant: int
-    max_vcpu_overcommit: float
+    max_vcpu_overcommit: float | None
 
     def vcpus_of(self, instance_type: str) -> int:
         """What one instance of `instance_type` counts: its vCPUs, at most the host's CPUs (an
@@ -55,6 +57,8 @@ class InstanceLimits:
                     f"this gateway's limit of {cap} instances per variant "
                     "(splitserve serve --max-instances-per-variant)."
                 )
+        if self.max_vcpu_overcommit is None:
+            return
         total = sum(self.vcpus_of(instance_type) * count for _, instance_type, count in variants)
         budget = int(self.max_vcpu_overcommit * self.host_cpus)
         if total > budget:

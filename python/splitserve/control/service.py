@@ -67,7 +67,12 @@ class ControlService:
             instance_vcpus=dict(instance_vcpus),
             host_cpus=len(settings.workers.host_cpus()),
             max_instances_per_variant=settings.control.max_instances_per_variant,
-            max_vcpu_overcommit=settings.control.max_vcpu_overcommit,
+            # On a cluster the host's CPUs are not the instances' (the placement checks room).
+            max_vcpu_overcommit=(
+                None
+                if settings.placement.backend == "ray"
+                else settings.control.max_vcpu_overcommit
+            ),
         )
         planner = Planner(self._state, resolver, limits, settings.router.default_routing_strategy)
         self._lifecycle = EndpointLifecycle(self._state, deployer, planner)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,11 +35,13 @@ from splitserve.metrics.prometheus import (
     remove_variant_gauges,
     remove_variant_series,
 )
+from splitserve.runtime.failures import FailureLog
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
+from splitserve.runtime.shadow import ShadowCopier, ShadowInstance, ShadowTarget, shadow_fraction
 from splitserve.wiring.live import LiveParts, capture_document
-from splitserve.workers.fleet import VariantDeployment, VariantFleet
+from splitserve.workers.fleet import VariantDeployment
 from splitserve.workers.instance import InstanceInfo
-from splitserve.workers.supervisor import Supervisor
+from splitserve.workers.placement import PlacedFleet, Placement
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +72,14 @@ class _Generation:
     """One deployed fleet of an endpoint and what routes to it."""
 
     plan: DeploymentPlan
-    fleets: dict[str, VariantFleet]
+    fleets: dict[str, PlacedFleet]
     router: Router
     pools: dict[str, UpstreamPool]
     live: LiveEndpoint
     strategies: dict[str, str] = field(default_factory=dict)
+    # The shadow variants' weights (the router holds the production variants'), and their copier.
+    shadow_weights: dict[str, float] = field(default_factory=dict)
+    copier: ShadowCopier | None = None
 
 
 class FleetDeployer:
@@ -96,7 +102,7 @@ class FleetDeployer:
         )
         self._minutes = self._parts.minutes
         self._publisher: RoutingPublisher | None = None
-        self._supervisor: Supervisor | None = None
+        self._supervisor: Placement | None = None
         self._generations: dict[tuple[str, int], _Generation] = {}
         self._owner: dict[str, _Generation] = {}
         self._healthy: dict[str, bool] = {}
@@ -105,10 +111,25 @@ class FleetDeployer:
         self._gauged: dict[str, set[str]] = {}
         # Endpoint -> failover as `set_failover` last said (newer than any plan's), until removed.
         self._failover: dict[str, bool] = {}
+        self._shadow_failures = FailureLog(
+            settings.logs.failures_per_second, settings.logs.failure_message_chars
+        )
 
-    def attach(self, supervisor: Supervisor) -> None:
-        """Give the deployer the supervisor that was built with it as its listener."""
+    def attach(self, supervisor: Placement) -> None:
+        """Give the deployer the placement (the local supervisor, or Ray's) that was built
+        with it as its listener."""
         self._supervisor = supervisor
+
+    @property
+    def adopts_instances(self) -> bool:
+        """True when instances outlive the controller (Ray placement): a recovery redeploys
+        each endpoint under its live generation and the placement adopts its running instances."""
+        return self._supervisor is not None and self._supervisor.outlives_controller
+
+    async def recovering(self, generations: Mapping[str, int]) -> None:
+        """A new controller is about to redeploy each endpoint of `generations` under that
+        generation: the placement stops what a previous controller left running besides."""
+        await self._require_supervisor().keep_only(generations)
 
     def publish_to(self, publisher: RoutingPublisher) -> None:
         """Tell `publisher` of every routing change from now on (a controller among replicas)."""
@@ -166,6 +187,7 @@ class FleetDeployer:
             plan.endpoint_name, [info for fleet in fleets.values() for info in fleet.instances()]
         )
         strategies = {v.variant_name: v.routing_strategy for v in plan.variants}
+        # Shadow variants run but are not in the router: it never picks them for a caller.
         specs = [
             VariantSpec(
                 v.variant_name,
@@ -174,6 +196,7 @@ class FleetDeployer:
                 v.routing_strategy,
             )
             for v in plan.variants
+            if not v.shadow
         ]
         try:
             with _router_errors():
@@ -192,16 +215,29 @@ class FleetDeployer:
             for info in fleet.instances()
         }
         variant_names = [v.variant_name for v in plan.variants]
+        recorders = self._parts.recorders(plan.endpoint_name, variant_names)
+        capture = self._parts.capture_sink(plan.endpoint_name, variant_names, plan.data_capture)
         live = LiveEndpoint(
             name=plan.endpoint_name,
             generation=plan.generation,
             router=router,
             pools=dict(pools),
-            recorders=self._parts.recorders(plan.endpoint_name, variant_names),
+            recorders=recorders,
             log_stream_arn=self._parts.log_stream_arn(plan.endpoint_name),
-            capture=self._parts.capture_sink(plan.endpoint_name, variant_names, plan.data_capture),
+            capture=capture,
         )
-        generation = _Generation(plan, fleets, router, pools, live, strategies)
+        shadow_weights = {v.variant_name: v.weight for v in plan.variants if v.shadow}
+        generation = _Generation(plan, fleets, router, pools, live, strategies, shadow_weights)
+        if shadow_weights:
+            generation.copier = ShadowCopier(
+                plan.endpoint_name,
+                self._shadow_targets(generation),
+                recorders,
+                capture,
+                self._settings.shadow,
+                self._shadow_failures,
+            )
+            generation.live = dataclasses.replace(live, shadows=generation.copier)
         self._generations[plan.endpoint_name, plan.generation] = generation
         for name in pools:
             self._owner[name] = generation
@@ -230,6 +266,8 @@ class FleetDeployer:
         retired = self._generations.pop((endpoint_name, generation), None)
         if retired is None:
             return
+        if retired.copier is not None:
+            retired.copier.close()
         await asyncio.gather(*(fleet.stop() for fleet in retired.fleets.values()))
         for name, pool in retired.pools.items():
             self._owner.pop(name, None)
@@ -250,8 +288,13 @@ class FleetDeployer:
     async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:
         """Change the live generation's weights atomically in its router."""
         generation = self._live_generation(endpoint_name)
+        routed = {k: v for k, v in weights.items() if k not in generation.shadow_weights}
         with _router_errors():
-            generation.router.set_weights(dict(weights))
+            generation.router.set_weights(routed)
+        for variant, weight in weights.items():
+            if variant in generation.shadow_weights:
+                generation.shadow_weights[variant] = weight
+        self._retarget(generation)  # a shadow's share follows production's weights too
         for variant, weight in weights.items():
             VARIANT_WEIGHT.labels(endpoint_name, variant).set(weight)
             VARIANT_DESIRED_WEIGHT.labels(endpoint_name, variant).set(weight)
@@ -289,9 +332,11 @@ class FleetDeployer:
                 generation.strategies[variant],
             )
             for variant, variant_fleet in generation.fleets.items()
+            if variant not in generation.shadow_weights
         ]
         with _router_errors():
             generation.router.replace(specs)
+        self._retarget(generation)
         for name in after.keys() - before:
             self._apply_health(generation, name)
         self._warn_of_shared_cpus(
@@ -340,6 +385,12 @@ class FleetDeployer:
                 }
                 if shared:
                     entry["Message"] = _shared_cpus_message(shared)
+                if info.node is not None:
+                    # Placed on a cluster: where it runs and what it reserves there.
+                    entry["Node"] = info.node
+                    entry["NodeId"] = info.node_id
+                    entry["VCpus"] = info.vcpus
+                    entry["Address"] = str(info.address)
                 listed.append(entry)
         return details
 
@@ -370,9 +421,18 @@ class FleetDeployer:
         return listing
 
     async def close(self) -> None:
-        """Stop every fleet and close every connection (gateway shutdown)."""
-        for endpoint_name, generation in list(self._generations):
-            await self.retire(endpoint_name, generation)
+        """Stop every fleet and close every connection (gateway shutdown). Instances that
+        outlive the controller (Ray) are let go of instead, for the next controller to adopt."""
+        if not self.adopts_instances:
+            for endpoint_name, generation in list(self._generations):
+                await self.retire(endpoint_name, generation)
+            return
+        for kept in self._generations.values():
+            await asyncio.gather(*(fleet.detach() for fleet in kept.fleets.values()))
+            for pool in kept.pools.values():
+                await pool.close()
+        self._generations.clear()
+        self._owner.clear()
 
     def routing_document(self, endpoint_name: str) -> RoutingDocument | None:
         """What the other replicas route `endpoint_name` by now; None once it is removed."""
@@ -388,30 +448,32 @@ class FleetDeployer:
                 return RoutingDocument(endpoint_name, "pending")
             return RoutingDocument(endpoint_name, "failed", unroutable.failure_reason)
         plan = generation.plan
-        weights = generation.router.weights()
+        weights = {**generation.router.weights(), **generation.shadow_weights}
+        routed = [
+            RoutedVariant(
+                name=variant,
+                weight=weights[variant],
+                strategy=generation.strategies[variant],
+                instances=tuple(
+                    RoutedInstance(
+                        info.name,
+                        str(generation.pools[info.name].address),
+                        self._healthy.get(info.name, False),
+                    )
+                    for info in fleet.instances()
+                    if info.name in generation.pools
+                ),
+            )
+            for variant, fleet in generation.fleets.items()
+        ]
         return RoutingDocument(
             endpoint=endpoint_name,
             state="live",
             generation=plan.generation,
             failover=self._failover.get(endpoint_name, plan.failover),
             capture=None if plan.data_capture is None else capture_document(plan.data_capture),
-            variants=tuple(
-                RoutedVariant(
-                    name=variant,
-                    weight=weights[variant],
-                    strategy=generation.strategies[variant],
-                    instances=tuple(
-                        RoutedInstance(
-                            info.name,
-                            str(generation.pools[info.name].address),
-                            self._healthy.get(info.name, False),
-                        )
-                        for info in fleet.instances()
-                        if info.name in generation.pools
-                    ),
-                )
-                for variant, fleet in generation.fleets.items()
-            ),
+            variants=tuple(v for v in routed if v.name not in generation.shadow_weights),
+            shadows=tuple(v for v in routed if v.name in generation.shadow_weights),
         )
 
     def endpoint_names(self) -> list[str]:
@@ -456,6 +518,7 @@ class FleetDeployer:
         generation = self._owner.get(name)
         if generation is not None:
             self._apply_health(generation, name)
+            self._retarget(generation)
             for variant, fleet in generation.fleets.items():
                 if any(info.name == name for info in fleet.instances()):
                     self._count_healthy(generation, variant)
@@ -471,7 +534,13 @@ class FleetDeployer:
     def _count_healthy(self, generation: _Generation, variant: str) -> None:
         if self._registry.get(generation.plan.endpoint_name) is not generation.live:
             return  # Only the live generation's instances are the variant's instances.
-        count = len(generation.router.healthy_instances(variant))
+        if variant in generation.shadow_weights:
+            count = sum(
+                self._healthy.get(info.name, False)
+                for info in generation.fleets[variant].instances()
+            )
+        else:
+            count = len(generation.router.healthy_instances(variant))
         VARIANT_INSTANCES.labels(generation.plan.endpoint_name, variant).set(count)
 
     def _republish(self, generation: _Generation) -> None:
@@ -484,10 +553,42 @@ class FleetDeployer:
             recorders=live.recorders,
             log_stream_arn=live.log_stream_arn,
             capture=live.capture,
+            shadows=live.shadows,
         )
+        self._retarget(generation)
         if self._registry.get(live.name) is live:
             self._registry.publish(generation.live)
             self._changed(live.name)
+
+    def _retarget(self, generation: _Generation) -> None:
+        """Give the generation's copier its shadows' fractions, instances and health as they
+        are now (after a weight, instance or health change)."""
+        if generation.copier is not None:
+            generation.copier.retarget(self._shadow_targets(generation))
+
+    def _shadow_targets(self, generation: _Generation) -> list[ShadowTarget]:
+        """The generation's shadow variants: each one's share of copies, instances and health."""
+        production = [
+            weight
+            for variant, weight in generation.router.weights().items()
+            if variant not in generation.shadow_weights
+        ]
+        return [
+            ShadowTarget(
+                variant,
+                shadow_fraction(weight, production),
+                tuple(
+                    ShadowInstance(
+                        info.name,
+                        generation.pools[info.name],
+                        self._healthy.get(info.name, False),
+                    )
+                    for info in generation.fleets[variant].instances()
+                    if info.name in generation.pools
+                ),
+            )
+            for variant, weight in generation.shadow_weights.items()
+        ]
 
     def _live_generation(self, endpoint_name: str) -> _Generation:
         live = self._registry.get(endpoint_name)
@@ -510,7 +611,7 @@ class FleetDeployer:
         """How many running instances each host CPU is given to (nothing before `attach`)."""
         if self._supervisor is None:
             return {}
-        return self._supervisor.cpu_allocator.usage()
+        return self._supervisor.cpu_usage()
 
     def _warn_of_shared_cpus(self, endpoint_name: str, started: list[InstanceInfo]) -> None:
         """Warn once per deployment or scale-out when instances it started share CPUs with other
@@ -531,7 +632,7 @@ class FleetDeployer:
             len(usage),
         )
 
-    def _require_supervisor(self) -> Supervisor:
+    def _require_supervisor(self) -> Placement:
         if self._supervisor is None:
             raise RuntimeError("FleetDeployer.attach(supervisor) was not called")
         return self._supervisor

@@ -233,6 +233,10 @@ class VariantFleet:
             self._stop_task = asyncio.create_task(self._stop(), name=f"stop {self._label()}")
         await asyncio.shield(self._stop_task)
 
+    async def detach(self) -> None:
+        """The same as `stop`: local instances die with the gateway that started them."""
+        await self.stop()
+
     # --- LaunchPlanner ---------------------------------------------------------------------------
 
     def plan(self, instance: WorkerInstance) -> Launch:

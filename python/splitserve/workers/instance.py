@@ -79,6 +79,9 @@ class InstanceInfo:
         pid: its current process, or None when none runs.
         state: "starting" | "healthy" | "unhealthy" | "stopping" | "stopped".
         restarts: how many times its process was replaced.
+        node: the address of the node it runs on when placed on a cluster (Ray), else None.
+        node_id: the cluster's id of that node, else None.
+        vcpus: the vCPUs its instance type reserves on that node, else None.
     """
 
     name: str
@@ -88,6 +91,9 @@ class InstanceInfo:
     pid: int | None
     state: str
     restarts: int
+    node: str | None = None
+    node_id: str | None = None
+    vcpus: int | None = None
 
 
 class InstanceListener(Protocol):

@@ -20,7 +20,7 @@ import shutil
 import stat
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import splitserve
@@ -154,6 +154,16 @@ class Supervisor:
     def fleets(self) -> list[VariantFleet]:
         """Every fleet not yet stopped."""
         return list(self._fleets.values())
+
+    #: Local instances are children of the gateway and die with it (`placement.Placement`).
+    outlives_controller = False
+
+    def cpu_usage(self) -> dict[int, int]:
+        """How many running instances each host CPU is given to."""
+        return self.cpu_allocator.usage()
+
+    async def keep_only(self, generations: Mapping[str, int]) -> None:
+        """Nothing to stop: no instance outlives the gateway that started it."""
 
     async def close(self) -> None:
         """Stop every fleet (gateway shutdown); no fleet can be made afterwards."""
