@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,7 +21,7 @@ from splitserve.cluster.lease import ControllerLease, FileLease, RowLease
 from splitserve.cluster.routing import RoutedInstance, RoutedVariant, RoutingDocument
 from splitserve.cluster.state import ClusterState, ReplicaRecord
 from splitserve.config import ReplicaSettings, Settings
-from splitserve.database import Database, open_database
+from splitserve.database import Database, DatabaseUnavailable, open_database
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.prometheus import remove_variant_series
 from splitserve.runtime.registry import EndpointRegistry
@@ -103,9 +104,13 @@ class StartNode(Protocol):
     """Starts a node over the test's state."""
 
     async def __call__(
-        self, replica_id: str = ..., replicas: ReplicaSettings = ...
+        self,
+        replica_id: str = ...,
+        replicas: ReplicaSettings = ...,
+        cluster: ClusterState | None = ...,
     ) -> Node:  # pragma: no cover - a signature
-        """A started node `replica_id` with `replicas` settings."""
+        """A started node `replica_id` with `replicas` settings, over `cluster` (default the
+        state's tables)."""
         ...
 
 
@@ -114,7 +119,11 @@ async def nodes(state: State) -> AsyncIterator[StartNode]:
     """Start nodes over `state` (`await start(replica_id, settings)`); all closed at the end."""
     started: list[ReplicaNode] = []
 
-    async def start(replica_id: str = "node-1", replicas: ReplicaSettings = FAST) -> Node:
+    async def start(
+        replica_id: str = "node-1",
+        replicas: ReplicaSettings = FAST,
+        cluster: ClusterState | None = None,
+    ) -> Node:
         settings = Settings()
         registry = EndpointRegistry()
         node = ReplicaNode(replicas, replica_id)
@@ -128,7 +137,7 @@ async def nodes(state: State) -> AsyncIterator[StartNode]:
 
         started.append(node)
         await node.start(
-            state.cluster,
+            state.cluster if cluster is None else cluster,
             state.lease(replica_id),
             follower,
             f"http://127.0.0.1:{9000 + len(started)}",
@@ -329,3 +338,58 @@ async def test_a_controller_that_lost_its_lease_stops_itself_once(
     # It leaves the usurper's row alone.
     rows = state.database.query("SELECT holder FROM cluster_lease")
     assert rows == [("usurper",)]
+
+
+class FlakyState(ClusterState):
+    """The replicas' tables, with the next few publications or routing reads failing as an
+    unreachable database does."""
+
+    failing_publications = 0
+    failing_reads = 0
+
+    def publish(self, documents: list[RoutingDocument], removed: list[str]) -> int:
+        """As ClusterState's, after the failures asked for."""
+        if self.failing_publications:
+            self.failing_publications -= 1
+            raise DatabaseUnavailable("the state database cannot be reached")
+        return super().publish(documents, removed)
+
+    def routing(self) -> tuple[int, dict[str, RoutingDocument], set[str]]:
+        """As ClusterState's, after the failures asked for."""
+        if self.failing_reads:
+            self.failing_reads -= 1
+            raise DatabaseUnavailable("the state database cannot be reached")
+        return super().routing()
+
+
+async def test_a_publication_that_failed_is_tried_again(
+    state: State, nodes: StartNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky = FlakyState(state.database)
+    controller = await nodes("node-1", FAST, flaky)
+    assert controller.node.is_controller()
+    controller.node.publish_from(lambda name: document(1.0))
+    flaky.failing_publications = 2
+    with caplog.at_level(logging.ERROR, "splitserve.wiring.replicas"):
+        controller.node.changed("ab")
+        await eventually(lambda: state.cluster.routing_version() == 1, "ab is published")
+    assert state.cluster.routing()[1] == {"ab": document(1.0)}
+    assert caplog.text.count("routing documents of ab not published") == 2
+
+
+async def test_a_follower_that_could_not_read_the_documents_reads_them_again(
+    state: State, nodes: StartNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    state.held_by_another()
+    flaky = FlakyState(state.database)
+    flaky.failing_reads = 2
+    with caplog.at_level(logging.WARNING, "splitserve.wiring.replicas"):
+        follower = await nodes("node-1", FAST, flaky)
+        state.cluster.publish([document(1.0)], [])
+        await eventually(lambda: follower.registry.get("ab") is not None, "ab is routed")
+    not_read = [
+        record
+        for record in caplog.records
+        if re.match(r"replica node-1: routing (documents )?not read", record.getMessage())
+    ]
+    assert len(not_read) == 2
