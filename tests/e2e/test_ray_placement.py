@@ -1,0 +1,236 @@
+"""`serve --placement ray` end to end, on a real three-node Ray cluster on this machine.
+
+Nodes `n1`, `n2`, `n3` have 2 CPUs and 8 GiB each: one ml.t2.medium instance (2 vCPUs) fills a
+node, so a two-variant endpoint spreads over two nodes and the third is room for a replacement.
+The test process is connected to the cluster too, to see and kill the actors.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.e2e.helpers import FAST_WAIT, create_two_variant_endpoint, csv_rows, invoke_many
+from tests.support.gateway import Gateway, running_gateway, start_gateway
+from tests.support.models import NUM_FEATURES
+from tests.support.ray_cluster import (
+    NodeSpec,
+    named_actors,
+    ray,
+    ray_cluster,
+    wait_for_named_actors,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
+
+NAMESPACE = "splitserve-e2e"
+BODY = csv_rows(np.full((1, NUM_FEATURES), 0.5))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    """The module's cluster (its address and node handles by name), this process a driver."""
+    names = ("n1", "n2", "n3")
+    with ray_cluster([NodeSpec(2, 8, {}) for _ in names]) as (running, handles):
+        ray.init(address=running.address, namespace=NAMESPACE, log_to_driver=False)
+        yield {"cluster": running, **dict(zip(names, handles, strict=True))}
+
+
+def _serve_ray(state: Path, model_store: Path, cluster: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        "--placement",
+        "ray",
+        "--ray-address",
+        cluster["cluster"].address,
+        "--ray-namespace",
+        NAMESPACE,
+        "--health-check-interval",
+        "0.5",
+    )
+
+
+def _raw_describe(gateway: Gateway, endpoint: str) -> dict[str, Any]:
+    """DescribeEndpoint's JSON as sent (botocore drops splitserve's Instances)."""
+    request = urllib.request.Request(
+        gateway.url,
+        data=json.dumps({"EndpointName": endpoint}).encode(),
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "SageMaker.DescribeEndpoint",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        document: dict[str, Any] = json.loads(answer.read())
+        return document
+
+
+def _instances(gateway: Gateway, endpoint: str) -> dict[str, dict[str, Any]]:
+    """Each variant's one instance as DescribeEndpoint lists it."""
+    described = _raw_describe(gateway, endpoint)
+    return {
+        variant["VariantName"]: variant["Instances"][0]
+        for variant in described["ProductionVariants"]
+    }
+
+
+def _ping(address: str) -> int:
+    """GET /ping straight at an instance's host:port."""
+    with urllib.request.urlopen(f"http://{address}/ping", timeout=5) as answer:
+        status: int = answer.status
+        return status
+
+
+def _delete_and_check_no_actor_is_left(gateway: Gateway, endpoint: str) -> None:
+    sagemaker = gateway.client("sagemaker")
+    sagemaker.delete_endpoint(EndpointName=endpoint)
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName=endpoint, WaiterConfig=FAST_WAIT)
+    assert wait_for_named_actors(NAMESPACE, []) == []
+
+
+def test_instances_outlive_a_killed_gateway_and_a_restarted_one_adopts_them(
+    tmp_path: Path, model_store: Path, cluster: dict[str, Any]
+) -> None:
+    state = tmp_path / "state"
+    extra = _serve_ray(state, model_store, cluster)
+    first = start_gateway(state, model_store, *extra)
+    try:
+        create_two_variant_endpoint(first.client("sagemaker"), "ray-ab")
+        seen = invoke_many(first.client("sagemaker-runtime"), "ray-ab", BODY, 30)
+        assert set(seen) == {"Variant1", "Variant2"}
+        before = _instances(first, "ray-ab")
+        # One instance fills a node: the two are on different nodes, each with its address.
+        assert before["Variant1"]["NodeId"] != before["Variant2"]["NodeId"]
+        for instance in before.values():
+            assert instance["VCpus"] == 2
+            assert instance["State"] == "healthy"
+            assert instance["Address"].split(":")[0] == instance["Node"]
+        assert named_actors(NAMESPACE) == ["ray-ab/Variant1/g1/0", "ray-ab/Variant2/g1/0"]
+    finally:
+        first.stop(signal.SIGKILL)
+    # The gateway is gone; its instances are not.
+    for instance in before.values():
+        assert _ping(instance["Address"]) == 200
+
+    with running_gateway(state, model_store, *extra) as second:
+        sagemaker = second.client("sagemaker")
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName="ray-ab", WaiterConfig=FAST_WAIT
+        )
+        after = _instances(second, "ray-ab")
+        assert {v: i["Address"] for v, i in after.items()} == {
+            v: i["Address"] for v, i in before.items()
+        }
+        assert "adopted its running actor" in second.log()
+        assert named_actors(NAMESPACE) == ["ray-ab/Variant1/g1/0", "ray-ab/Variant2/g1/0"]
+        seen = invoke_many(second.client("sagemaker-runtime"), "ray-ab", BODY, 30)
+        assert set(seen) == {"Variant1", "Variant2"}
+        _delete_and_check_no_actor_is_left(second, "ray-ab")
+
+
+def test_a_lost_node_has_its_instance_replaced_on_a_node_with_room(
+    tmp_path: Path, model_store: Path, cluster: dict[str, Any]
+) -> None:
+    state = tmp_path / "state"
+    with running_gateway(state, model_store, *_serve_ray(state, model_store, cluster)) as gateway:
+        create_two_variant_endpoint(gateway.client("sagemaker"), "ray-lost")
+        before = _instances(gateway, "ray-lost")
+        doomed = next(
+            name
+            for name in ("n1", "n2", "n3")
+            if cluster[name].node_id == before["Variant1"]["NodeId"]
+        )
+        outcomes: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def load() -> None:
+            runtime = gateway.client("sagemaker-runtime")
+            while not stop.is_set():
+                try:
+                    runtime.invoke_endpoint(
+                        EndpointName="ray-lost",
+                        Body=BODY,
+                        ContentType="text/csv",
+                        TargetVariant="Variant2",
+                    )["Body"].read()
+                    outcomes["Variant2 ok"] += 1
+                except ClientError:
+                    outcomes["Variant2 failed"] += 1
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        try:
+            cluster["cluster"].remove_node(cluster[doomed])
+            deadline = time.monotonic() + 120
+            after = _instances(gateway, "ray-lost")
+            while time.monotonic() < deadline and (
+                after["Variant1"]["NodeId"] == before["Variant1"]["NodeId"]
+                or after["Variant1"]["State"] != "healthy"
+            ):
+                time.sleep(0.2)
+                after = _instances(gateway, "ray-lost")
+        finally:
+            stop.set()
+            loader.join()
+        assert after["Variant1"]["State"] == "healthy"
+        assert after["Variant1"]["NodeId"] not in (
+            before["Variant1"]["NodeId"],
+            before["Variant2"]["NodeId"],
+        )
+        # The other variant's instance, on a node that stayed, never failed a request.
+        assert outcomes["Variant2 failed"] == 0
+        assert outcomes["Variant2 ok"] > 0
+        seen = invoke_many(
+            gateway.client("sagemaker-runtime"), "ray-lost", BODY, 5, TargetVariant="Variant1"
+        )
+        assert seen == Counter({"Variant1": 5})
+        _delete_and_check_no_actor_is_left(gateway, "ray-lost")
+
+
+def test_a_type_no_node_can_hold_fails_create_endpoint_with_a_reason(
+    tmp_path: Path, model_store: Path, cluster: dict[str, Any]
+) -> None:
+    state = tmp_path / "state"
+    with running_gateway(state, model_store, *_serve_ray(state, model_store, cluster)) as gateway:
+        sagemaker = gateway.client("sagemaker")
+        sagemaker.create_model(
+            ModelName="big-m",
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
+            PrimaryContainer={
+                "Image": "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1",
+                "ModelDataUrl": "s3://models/v1/model.tar.gz",
+            },
+        )
+        sagemaker.create_endpoint_config(
+            EndpointConfigName="big-cfg",
+            ProductionVariants=[
+                {
+                    "VariantName": "Big",
+                    "ModelName": "big-m",
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.m5.xlarge",
+                }
+            ],
+        )
+        sagemaker.create_endpoint(EndpointName="big", EndpointConfigName="big-cfg")
+        with pytest.raises(Exception, match="Failed"):
+            sagemaker.get_waiter("endpoint_in_service").wait(
+                EndpointName="big", WaiterConfig=FAST_WAIT
+            )
+        described = sagemaker.describe_endpoint(EndpointName="big")
+        assert described["EndpointStatus"] == "Failed"
+        assert (
+            "No node of the Ray cluster can hold an instance of ml.m5.xlarge"
+            in (described["FailureReason"])
+        )
+        assert named_actors(NAMESPACE) == []
