@@ -358,3 +358,15 @@ time.sleep(600)
 )
 def test_an_exit_is_described_by_its_code_or_signal(returncode: int, description: str) -> None:
     assert processes._exit_description(returncode) == description
+
+
+def test_serve_processes_over_a_damaged_state_file_exits_2_naming_it(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.sqlite3").write_bytes(b"not a database, " * 512)
+    done = _serve(state_dir, "--processes", "2", "--port", "0")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("splitserve: ")
+    assert "state.sqlite3" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "replicas on http" not in done.stdout

@@ -12,11 +12,12 @@ import pytest
 from splitserve.cluster.routing import RoutedInstance, RoutedVariant, RoutingDocument
 from splitserve.config import Settings
 from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
+from splitserve.errors import ServiceUnavailable, wire_error
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.prometheus import REGISTRY, remove_variant_series
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint, Unroutable
 from splitserve.wiring.live import LiveParts
-from splitserve.wiring.replicas import RoutingFollower
+from splitserve.wiring.replicas import ControllerSlot, RoutingFollower
 
 ENDPOINT = "ab"
 VARIANTS = ("A", "B", "C")
@@ -340,3 +341,11 @@ async def test_close_closes_every_pool(
     await follower.close()
     assert len(parts.made) == 4
     assert all(pool.closed for pool in parts.made)
+
+
+def test_a_controller_slot_before_its_control_plane_runs_answers_503() -> None:
+    slot = ControllerSlot()
+    with pytest.raises(ServiceUnavailable, match=r"The control plane is starting; retry\.") as err:
+        slot.started()
+    assert wire_error(err.value).status == 503
+    assert slot.live_instances() == {}
