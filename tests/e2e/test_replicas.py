@@ -88,9 +88,9 @@ def invoked_variants(url: str, count: int) -> Counter[str]:
 
 @pytest.fixture
 def replicated(tmp_path: Path, model_store: Path) -> Any:
-    """`serve --processes 3` with endpoint `ab` (two variants) InService, and its replicas."""
-    with running_gateway(tmp_path / "state", model_store, "--processes", "3") as gateway:
-        wait_for(lambda: len(replicas(gateway)) == 3, 30, "three replicas listed")
+    """`serve --processes 4` with endpoint `ab` (two variants) InService, and its replicas."""
+    with running_gateway(tmp_path / "state", model_store, "--processes", "4") as gateway:
+        wait_for(lambda: len(replicas(gateway)) == 4, 30, "four replicas listed")
         create_two_variant_endpoint(gateway.client("sagemaker"), "ab")
         yield gateway
 
@@ -191,7 +191,7 @@ def test_killing_a_replica_that_does_not_control_fails_no_request_of_the_others(
     os.kill(victim.pid, signal.SIGKILL)
     # The supervisor starts a new replica in its place.
     wait_for(
-        lambda: len([r for r in replicas(replicated) if r.pid != victim.pid]) == 3,
+        lambda: len([r for r in replicas(replicated) if r.pid != victim.pid]) == 4,
         30,
         "the killed replica replaced",
     )

@@ -23,7 +23,7 @@ from botocore.config import Config
 
 from tests.support.http import free_port
 
-_START_TIMEOUT_SECONDS = 30.0
+_START_TIMEOUT_SECONDS = 60.0
 
 #: Run as root, the gateway runs its workers as `nobody`, who can reach neither pytest's 0700
 #: temporary directories nor an interpreter under /root: keep them root here (tests/workers tests
