@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import threading
 import time
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -200,7 +201,21 @@ def test_killing_a_replica_that_does_not_control_fails_no_request_of_the_others(
         load.stop()
     assert all(load.ok > 0 for load in loads)
     assert [failure for load in loads for failure in load.failed] == []
+    # Each survivor counted exactly what it served (its load, sent to its own address).
+    for replica, load in zip(survivors, loads, strict=True):
+        assert own_invocations(replica.url) == load.ok
     assert invoked_variants(replicated.url, 10).total() == 10
+
+
+def own_invocations(url: str) -> float:
+    """Endpoint `ab`'s invocations in one replica's own exposition."""
+    with urllib.request.urlopen(f"{url}/splitserve/metrics/own", timeout=5) as answer:
+        text = answer.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("splitserve_invocations_total{") and 'endpoint_name="ab"' in line
+    )
 
 
 def test_killing_the_controller_hands_control_over_within_ten_seconds(
