@@ -32,7 +32,7 @@ from aiohttp import web
 
 from splitserve._router import Router, RouterError, VariantSpec
 from splitserve.cluster.lease import ControllerLease
-from splitserve.cluster.routing import RoutingDocument
+from splitserve.cluster.routing import RoutedVariant, RoutingDocument
 from splitserve.cluster.state import ROUTING_CHANNEL, ClusterState, ReplicaRecord
 from splitserve.config import ReplicaSettings, Settings
 from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
@@ -40,7 +40,9 @@ from splitserve.control.service import ControlService
 from splitserve.database import ChangeFeed, DatabaseUnavailable
 from splitserve.errors import ServiceUnavailable
 from splitserve.metrics.prometheus import remove_variant_series
+from splitserve.runtime.failures import FailureLog
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
+from splitserve.runtime.shadow import ShadowCopier, ShadowInstance, ShadowTarget, shadow_fraction
 from splitserve.wiring.fleet import FleetDeployer
 from splitserve.wiring.live import LiveParts, data_capture
 from splitserve.workers.instance import InstanceInfo
@@ -117,6 +119,11 @@ class RoutingFollower:
         # The variants each endpoint's live generation here counts for (its Prometheus series
         # and minute rings), so that those no generation serves any more leave them.
         self._counted: dict[str, set[str]] = {}
+        # The shadow copier of each endpoint with shadow variants (this replica copies too).
+        self._copiers: dict[str, ShadowCopier] = {}
+        self._shadow_failures = FailureLog(
+            settings.logs.failures_per_second, settings.logs.failure_message_chars
+        )
 
     async def apply(self, documents: dict[str, RoutingDocument], damaged: set[str]) -> None:
         """Route by `documents` from now on; endpoints in `damaged` keep their routing."""
@@ -125,6 +132,7 @@ class RoutingFollower:
             self._registry.withdraw(name)
             self._documents.pop(name)
             self._routers.pop(name, None)
+            self._close_copier(name)
             for variant in self._counted.pop(name, set()):
                 remove_variant_series(name, variant)
             self._parts.minutes.forget(name)
@@ -165,11 +173,14 @@ class RoutingFollower:
             router.set_weights({v.name: v.weight for v in document.variants})
             router.set_failover(document.failover)
             self._set_health(router, document)
+            copier = self._copiers.get(name)
+            if copier is not None:
+                copier.retarget(_shadow_targets(document, self._pools))
             return
         # Everything that can refuse the document first, before anything here changes.
         addresses = {
             instance.name: UpstreamAddress.parse(instance.address)
-            for variant in document.variants
+            for variant in (*document.variants, *document.shadows)
             for instance in variant.instances
         }
         capture = None if document.capture is None else data_capture(document.capture)
@@ -192,18 +203,36 @@ class RoutingFollower:
                 pool = self._parts.pool(address)
                 self._pools[instance_name] = pool
             pools[instance_name] = pool
-        variants = [v.name for v in document.variants]
+        variants = [v.name for v in (*document.variants, *document.shadows)]
+        recorders = self._parts.recorders(name, variants)
+        capture_sink = self._parts.capture_sink(name, variants, capture)
+        copier = None
+        if document.shadows:
+            copier = ShadowCopier(
+                name,
+                _shadow_targets(document, pools),
+                recorders,
+                capture_sink,
+                self._settings.shadow,
+                self._shadow_failures,
+            )
         self._registry.publish(
             LiveEndpoint(
                 name=name,
                 generation=document.generation,
                 router=router,
                 pools=pools,
-                recorders=self._parts.recorders(name, variants),
+                recorders=recorders,
                 log_stream_arn=self._parts.log_stream_arn(name),
-                capture=self._parts.capture_sink(name, variants, capture),
+                capture=capture_sink,
+                shadows=copier,
             )
         )
+        # The previous table's copies still queued are dropped (counted): its instances may
+        # be gone, and the new copier takes the requests from now on.
+        self._close_copier(name)
+        if copier is not None:
+            self._copiers[name] = copier
         self._routers[name] = router
         # A variant no generation here serves any more leaves the metrics (its minutes stay a
         # while), as on the controller.
@@ -211,6 +240,11 @@ class RoutingFollower:
             remove_variant_series(name, variant)
             self._parts.minutes.retire(name, variant)
         self._counted[name] = set(variants)
+
+    def _close_copier(self, name: str) -> None:
+        copier = self._copiers.pop(name, None)
+        if copier is not None:
+            copier.close()
 
     @staticmethod
     def _set_health(router: Router, document: RoutingDocument) -> None:
@@ -222,7 +256,7 @@ class RoutingFollower:
         used = {
             instance.name
             for document in self._documents.values()
-            for variant in document.variants
+            for variant in (*document.variants, *document.shadows)
             for instance in variant.instances
         }
         unused = [self._pools.pop(name) for name in list(self._pools) if name not in used]
@@ -230,13 +264,49 @@ class RoutingFollower:
         # document are closed, which no router here returns any more.
         await asyncio.gather(*(pool.close() for pool in unused))
 
+    async def hand_over(self) -> None:
+        """This replica takes control: every endpoint it followed is pending until its own
+        deployer publishes it (a retryable 503, not a failed forward to instances that died with
+        the old controller), then the pools are closed."""
+        for name in list(self._documents):
+            self._registry.withdraw(name)
+            self._registry.pending(name)
+        await self.close()
+
     async def close(self) -> None:
         """Close every pool (the replica stops, or becomes the controller)."""
         pools, self._pools = list(self._pools.values()), {}
         self._documents.clear()
         self._routers.clear()
         self._counted.clear()  # the controller's deployer counts for them from now on
+        for name in list(self._copiers):
+            self._close_copier(name)
         await asyncio.gather(*(pool.close() for pool in pools))
+
+
+def _shadow_targets(
+    document: RoutingDocument, pools: dict[str, UpstreamPool]
+) -> list[ShadowTarget]:
+    """The shadow variants of `document` as a copier takes them (`pools` has every instance)."""
+    production = [variant.weight for variant in document.variants]
+    return [
+        _shadow_target(shadow, shadow_fraction(shadow.weight, production), pools)
+        for shadow in document.shadows
+    ]
+
+
+def _shadow_target(
+    shadow: RoutedVariant, fraction: float, pools: dict[str, UpstreamPool]
+) -> ShadowTarget:
+    return ShadowTarget(
+        shadow.name,
+        fraction,
+        tuple(
+            ShadowInstance(instance.name, pools[instance.name], instance.healthy)
+            for instance in shadow.instances
+            if instance.name in pools
+        ),
+    )
 
 
 class ReplicaNode:
@@ -446,7 +516,7 @@ class ReplicaNode:
         assert self._follower is not None
         assert self._become_controller is not None
         self._leading = True  # the follower stops
-        await self._follower.close()
+        await self._follower.hand_over()
         await self._become_controller(takeover)
         # Only now: until its control plane runs, this replica passes control requests on
         # (and, with no live controller, answers 503), and others find no controller.
