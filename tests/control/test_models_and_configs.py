@@ -340,28 +340,6 @@ async def test_endpoint_name_too_long_reports_length_and_pattern(service: Contro
     )
 
 
-async def test_shadow_variants_are_checked_then_refused(
-    service: ControlService, settings: Settings
-) -> None:
-    write_artifact(settings)
-    await create_model(service, "m1")
-    with pytest.raises(ValidationException) as rule:
-        await create_config(
-            service,
-            "shadow",
-            [variant("A", "m1"), variant("B", "m1")],
-            ShadowProductionVariants=[variant("S", "m1")],
-        )
-    assert "must each hold exactly one variant" in rule.value.message
-    with pytest.raises(ValidationException) as refused:
-        await create_config(
-            service, "shadow", [variant("A", "m1")], ShadowProductionVariants=[variant("S", "m1")]
-        )
-    assert refused.value.message.startswith(
-        "splitserve does not implement ShadowProductionVariants (at 'shadowProductionVariants') yet"
-    )
-
-
 async def test_data_capture_validation(service: ControlService, settings: Settings) -> None:
     write_artifact(settings)
     await create_model(service, "m1")

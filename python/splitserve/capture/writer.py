@@ -69,7 +69,9 @@ _ERROR_LOG_INTERVAL_SECONDS = 60.0
 # One queued record, a plain tuple so the request path builds it cheaply:
 # (target, inference time (epoch seconds), request Content-Type, InferenceId, request body or None
 #  when input is not captured, response body or None when output is not captured, response
-#  Content-Type, weight in bytes for the queue's bound, whether the caller named the variant).
+#  Content-Type, weight in bytes for the queue's bound, whether the caller named the variant,
+#  the eventId when the record shares it with a shadow's (None: a new one), splitserve's extra
+#  eventMetadata for a request copied to shadows (None: none)).
 _Record = tuple[
     "_VariantTarget",
     float,
@@ -80,6 +82,8 @@ _Record = tuple[
     bytes | None,
     int,
     bool,
+    str | None,
+    Mapping[str, object] | None,
 ]
 
 
@@ -131,7 +135,9 @@ class CaptureSink:
         response_body: bytes,
         response_content_type: bytes | None,
         targeted: bool = False,
-    ) -> None:
+        event_id: str | None = None,
+        shadowed: Mapping[str, object] | None = None,
+    ) -> bool:
         """Capture one successful invocation if the sampling draw selects it. Never blocks, never
         raises: a record the writer's queue has no room for is dropped and counted.
 
@@ -145,9 +151,43 @@ class CaptureSink:
             targeted: the caller chose the variant (TargetVariant), so the weights did not; the
                 record says so (`encode_record`) and `splitserve evaluate` leaves it out of the
                 split check.
+            event_id: the record's eventId, shared with the records of its shadow copies
+                (`runtime.shadow`); None draws a new one.
+            shadowed: splitserve's eventMetadata for a request copied to shadows (the model
+                latency, which `splitserve evaluate --shadow` compares).
+
+        Returns:
+            Whether the draw selected the invocation (its shadows' answers are captured too).
         """
         if self._fraction < 1.0 and self._draw() >= self._fraction:
-            return
+            return False
+        self.offer_selected(
+            variant,
+            content_type,
+            inference_id,
+            body,
+            response_body,
+            response_content_type,
+            targeted,
+            event_id,
+            shadowed,
+        )
+        return True
+
+    def offer_selected(
+        self,
+        variant: str,
+        content_type: str | None,
+        inference_id: str | None,
+        body: bytes,
+        response_body: bytes,
+        response_content_type: bytes | None,
+        targeted: bool = False,
+        event_id: str | None = None,
+        shadowed: Mapping[str, object] | None = None,
+    ) -> None:
+        """Capture one invocation without a sampling draw: a shadow's answer to a copy of a
+        request whose production answer was selected. Arguments as `offer`'s; never raises."""
         target = self._targets.get(variant)
         if target is None:
             return
@@ -168,6 +208,8 @@ class CaptureSink:
             response_content_type,
             weight,
             targeted,
+            event_id,
+            shadowed,
         )
         if not self._writer.enqueue(record):
             target.dropped.inc()
@@ -460,10 +502,12 @@ def encode_record(record: _Record) -> bytes:
 
     A request that named its variant (TargetVariant) also has `"splitserve": {"targeted": true}`
     in its eventMetadata: SageMaker's records have no such field, so readers of its format ignore
-    it, and records of weighted requests are exactly SageMaker's (README, "Data capture").
+    it, and records of weighted requests are exactly SageMaker's (README, "Data capture"). A
+    request copied to shadow variants shares its eventId with the copies' records, and both carry
+    `"splitserve": {"modelLatencyMicros": ...}` (a copy's also `"shadowOf": <production variant>`).
     """
     (target, when, content_type, inference_id, body, response_body, response_type) = record[:7]
-    targeted = record[8]
+    targeted, event_id, shadowed = record[8:11]
     capture_data: dict[str, dict[str, str]] = {}
     if body is not None:
         capture_data["endpointInput"] = _payload(
@@ -474,12 +518,15 @@ def encode_record(record: _Record) -> bytes:
             DEFAULT_CONTENT_TYPE if response_type is None else response_type.decode("latin-1")
         )
         capture_data["endpointOutput"] = _payload("OUTPUT", observed, response_body, target)
-    metadata: dict[str, object] = {"eventId": str(uuid.uuid4())}
+    metadata: dict[str, object] = {"eventId": event_id or str(uuid.uuid4())}
     if inference_id is not None:
         metadata["inferenceId"] = inference_id
     metadata["inferenceTime"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-    if targeted:
-        metadata["splitserve"] = {"targeted": True}
+    if targeted or shadowed:
+        extra: dict[str, object] = {"targeted": True} if targeted else {}
+        if shadowed:
+            extra.update(shadowed)
+        metadata["splitserve"] = extra
     document = {"captureData": capture_data, "eventMetadata": metadata, "eventVersion": "0"}
     return json.dumps(document, separators=(",", ":")).encode() + b"\n"
 

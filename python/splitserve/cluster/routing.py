@@ -3,7 +3,8 @@
 One document per endpoint, replaced whole: whether it is routable (live), being deployed
 (pending) or failed; and when live, its generation, failover flag, data-capture configuration and,
 per variant, the weight, the instance-choice strategy and each instance's name, address and health
-as the controller's health checks see it. A replica builds its `LiveEndpoint`s from these
+as the controller's health checks see it; the shadow variants the same way, apart (a document
+written before shadows existed has none). A replica builds its `LiveEndpoint`s from these
 (`wiring.replicas`). Addresses are text here (`unix:/path` or `host:port`, as
 `contract.upstream.UpstreamAddress` prints them): this part imports nothing but common.
 """
@@ -64,6 +65,9 @@ class RoutingDocument:
         variants: the live generation's variants, in the configuration's order.
         capture: the generation's DataCaptureConfig as the capture writer takes it (a JSON
             object of `capture.spec.DataCapture`'s fields), None when it captures nothing.
+        shadows: the live generation's shadow variants, in the configuration's order: never
+            routed to, each copied its share of requests (its weight relative to the
+            production variants', `runtime.shadow.shadow_fraction`).
     """
 
     endpoint: str
@@ -73,6 +77,7 @@ class RoutingDocument:
     failover: bool = False
     variants: tuple[RoutedVariant, ...] = ()
     capture: Mapping[str, object] | None = None
+    shadows: tuple[RoutedVariant, ...] = ()
 
     def same_table(self, other: RoutingDocument) -> bool:
         """True when `other` routes over the same generation, variants, strategies and
@@ -80,14 +85,26 @@ class RoutingDocument:
         return (
             self.generation == other.generation
             and self.capture == other.capture
-            and _tables(self) == _tables(other)
+            and _tables(self.variants) == _tables(other.variants)
+            and _tables(self.shadows) == _tables(other.shadows)
         )
 
 
-def _tables(document: RoutingDocument) -> list[tuple[str, str, list[tuple[str, str]]]]:
-    return [
-        (v.name, v.strategy, [(i.name, i.address) for i in v.instances]) for v in document.variants
-    ]
+def _tables(
+    variants: tuple[RoutedVariant, ...],
+) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    return [(v.name, v.strategy, [(i.name, i.address) for i in v.instances]) for v in variants]
+
+
+def _encode_variant(variant: RoutedVariant) -> dict[str, object]:
+    return {
+        "name": variant.name,
+        "weight": variant.weight,
+        "strategy": variant.strategy,
+        "instances": [
+            {"name": i.name, "address": i.address, "healthy": i.healthy} for i in variant.instances
+        ],
+    }
 
 
 def encode(document: RoutingDocument) -> str:
@@ -100,18 +117,13 @@ def encode(document: RoutingDocument) -> str:
             "generation": document.generation,
             "failover": document.failover,
             "capture": None if document.capture is None else dict(document.capture),
-            "variants": [
-                {
-                    "name": variant.name,
-                    "weight": variant.weight,
-                    "strategy": variant.strategy,
-                    "instances": [
-                        {"name": i.name, "address": i.address, "healthy": i.healthy}
-                        for i in variant.instances
-                    ],
-                }
-                for variant in document.variants
-            ],
+            "variants": [_encode_variant(variant) for variant in document.variants],
+            # Left out without shadows: such a document reads the same to an older replica.
+            **(
+                {"shadows": [_encode_variant(variant) for variant in document.shadows]}
+                if document.shadows
+                else {}
+            ),
         },
         separators=(",", ":"),
     )
@@ -148,6 +160,12 @@ def decode(text: str) -> RoutingDocument:
             _variant(_object(variant, f"variant {index}"), f"variant {index}")
             for index, variant in enumerate(
                 _field(document, "variants", list, "the document", default=[])
+            )
+        ),
+        shadows=tuple(
+            _variant(_object(variant, f"shadow {index}"), f"shadow {index}")
+            for index, variant in enumerate(
+                _field(document, "shadows", list, "the document", default=[])
             )
         ),
     )

@@ -103,8 +103,10 @@ class DefinitionOperations:
     async def create_endpoint_config(self, body: Mapping[str, object]) -> dict[str, object]:
         """CreateEndpointConfig -> {EndpointConfigArn}.
 
-        Accepts everything DescribeEndpointConfig echoes. Shadow variants are validated (one
-        production and one shadow variant) and then refused: splitserve does not run them yet.
+        Accepts everything DescribeEndpointConfig echoes. ShadowProductionVariants take the
+        production variants' member shape and checks; SageMaker allows one production and one
+        shadow variant with them, splitserve several production variants and up to 10 shadows
+        (docs/sagemaker-api.md, "Shadow variants").
         """
         request = validate_request("CreateEndpointConfig", body)
         name = text(request, "EndpointConfigName")
@@ -112,9 +114,8 @@ class DefinitionOperations:
         check_production_variants(
             variants, path="productionVariants", instance_types=self._instance_types
         )
-        shadows = request.get("ShadowProductionVariants")
-        if shadows is not None:
-            shadow_variants = mappings(shadows)
+        shadow_variants = mappings(request.get("ShadowProductionVariants"))
+        if shadow_variants:
             check_production_variants(
                 shadow_variants,
                 path="shadowProductionVariants",
@@ -122,17 +123,6 @@ class DefinitionOperations:
             )
             check_unique_variant_names(
                 variant.get("VariantName") for variant in [*variants, *shadow_variants]
-            )
-            if len(variants) != 1 or len(shadow_variants) != 1:
-                raise ValidationException(
-                    "With ShadowProductionVariants, ProductionVariants and "
-                    "ShadowProductionVariants must each hold exactly one variant."
-                )
-            raise ValidationException(
-                "splitserve does not implement ShadowProductionVariants (at "
-                "'shadowProductionVariants') yet: shadow variants are not run. Deploy the shadow "
-                "model as a production variant with InitialVariantWeight 0 and call it with "
-                "TargetVariant instead."
             )
         check_metrics_config(optional_mapping(request.get("MetricsConfig")))
         capture = optional_mapping(request.get("DataCaptureConfig"))
@@ -142,14 +132,14 @@ class DefinitionOperations:
                 text(capture, "DestinationS3Uri"),
                 field="dataCaptureConfig.destinationS3Uri",
             )
-        for variant in variants:
+        for variant in [*variants, *shadow_variants]:
             variant.setdefault("InitialVariantWeight", 1.0)
         arn = self._state.arn(ResourceKind.ENDPOINT_CONFIG, name)
         if await self._state.run(self._state.store.get_endpoint_config, name) is not None:
             raise ValidationException(
                 f'Cannot create already existing endpoint configuration "{arn}".'
             )
-        for variant in variants:
+        for variant in [*variants, *shadow_variants]:
             await self._state.model(text(variant, "ModelName"))
         document = {
             key: value

@@ -119,6 +119,13 @@ class EndpointConfigRecord:
             return []
         return [variant for variant in variants if isinstance(variant, dict)]
 
+    def shadow_production_variants(self) -> list[Mapping[str, object]]:
+        """The ShadowProductionVariants as validated (the same member shape); none when absent."""
+        variants = self.document.get("ShadowProductionVariants")
+        if not isinstance(variants, list):
+            return []
+        return [variant for variant in variants if isinstance(variant, dict)]
+
     def data_capture(self) -> Mapping[str, object] | None:
         """The DataCaptureConfig as validated, if the configuration has one."""
         config = self.document.get("DataCaptureConfig")
@@ -136,7 +143,7 @@ class VariantStatusEntry:
 
 @dataclass(frozen=True)
 class DeployedVariant:
-    """A production variant of an endpoint: what runs, and its weights and instance counts.
+    """A production or shadow variant of an endpoint: what runs, and its weights and counts.
 
     The run-time fields are copied from the model and the configuration when the deployment starts.
 
@@ -147,6 +154,10 @@ class DeployedVariant:
         deployed_time: when this variant's instances were started (DeployedImages.ResolutionTime);
             None until they are.
         status: the ProductionVariantStatus shown while the variant changes.
+        shadow: a ShadowProductionVariant: its instances run, the router never picks it for a
+            caller, and its weight sets the share of requests copied to it
+            (docs/sagemaker-api.md, "Shadow variants"). An endpoint's shadows come after its
+            production variants.
     """
 
     variant_name: str
@@ -163,6 +174,7 @@ class DeployedVariant:
     desired_instance_count: int
     deployed_time: float | None = None
     status: VariantStatusEntry | None = None
+    shadow: bool = False
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,9 @@ class Planner:
         """
         variants: list[DeployedVariant] = []
         instance_types = self.instance_types
-        for variant in config.production_variants():
+        roles = [(variant, False) for variant in config.production_variants()]
+        roles += [(variant, True) for variant in config.shadow_production_variants()]
+        for variant, shadow in roles:
             variant_name = text(variant, "VariantName")
             model = await self._state.model(text(variant, "ModelName"))
             instance_type = text(variant, "InstanceType")
@@ -120,6 +122,7 @@ class Planner:
                     desired_weight=weight,
                     current_instance_count=count,
                     desired_instance_count=count,
+                    shadow=shadow,
                 )
             )
         self.check_limits(endpoint_name, variants)
@@ -170,6 +173,7 @@ class Planner:
                     weight=variant.desired_weight,
                     routing_strategy=variant.routing_strategy or self._default_routing_strategy,
                     container_startup_timeout_seconds=variant.container_startup_timeout_seconds,
+                    shadow=variant.shadow,
                 )
             )
         capture = None

@@ -24,11 +24,19 @@ def describe_endpoint(
         "ProductionVariants": [
             _variant_summary(variant, instances.get(variant.variant_name))
             for variant in record.variants
+            if not variant.shadow
         ],
         "EndpointStatus": record.status.value,
         "CreationTime": record.creation_time,
         "LastModifiedTime": record.last_modified_time,
     }
+    shadows = [variant for variant in record.variants if variant.shadow]
+    if shadows:
+        # SageMaker's ShadowProductionVariants: ProductionVariantSummary members, the same as
+        # production variants' (docs/sagemaker-api.md, "Shadow variants").
+        response["ShadowProductionVariants"] = [
+            _variant_summary(variant, instances.get(variant.variant_name)) for variant in shadows
+        ]
     if record.data_capture is not None:
         response["DataCaptureConfig"] = _data_capture_summary(record.data_capture)
     if record.failure_reason:
@@ -36,14 +44,23 @@ def describe_endpoint(
     if record.deployment_config is not None:
         response["LastDeploymentConfig"] = dict(record.deployment_config)
     if record.pending is not None:
-        response["PendingDeploymentSummary"] = {
+        pending: dict[str, object] = {
             "EndpointConfigName": record.pending.endpoint_config_name,
             "ProductionVariants": [
                 {**_variant_summary(variant, None), "InstanceType": variant.instance_type}
                 for variant in record.pending.variants
+                if not variant.shadow
             ],
             "StartTime": record.pending.start_time,
         }
+        pending_shadows = [
+            {**_variant_summary(variant, None), "InstanceType": variant.instance_type}
+            for variant in record.pending.variants
+            if variant.shadow
+        ]
+        if pending_shadows:
+            pending["ShadowProductionVariants"] = pending_shadows
+        response["PendingDeploymentSummary"] = pending
     return response
 
 

@@ -427,6 +427,9 @@ class Store:
                             "ContainerStartupHealthCheckTimeoutInSeconds": (
                                 variant.container_startup_timeout_seconds
                             ),
+                            # Only on shadows: rows written before shadows existed read as
+                            # production variants, which they are.
+                            **({"Shadow": True} if variant.shadow else {}),
                         }
                     ),
                 )
@@ -553,6 +556,7 @@ def _variant(row: tuple[object, ...]) -> DeployedVariant:
             if status is None
             else VariantStatusEntry(str(status), str(status_message), _float(status_start_time))
         ),
+        shadow=spec.get("Shadow") is True,
     )
 
 

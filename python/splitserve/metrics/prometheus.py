@@ -285,6 +285,20 @@ CAPTURE_DROPPED = Counter(
     _VARIANT,
     registry=REGISTRY,
 )
+SHADOW_COPIES = Counter(
+    "splitserve_shadow_copies",
+    "Requests production answered that were queued for a copy to this shadow variant (its "
+    "Invocations count the copies it was sent).",
+    _VARIANT,
+    registry=REGISTRY,
+)
+SHADOW_DROPPED = Counter(
+    "splitserve_shadow_dropped",
+    "Copies for this shadow variant not sent: its queue was full (the shadow is slower than "
+    "its share of traffic), no instance of it was healthy, or the endpoint stopped first.",
+    _VARIANT,
+    registry=REGISTRY,
+)
 EDGE_ENFORCEMENTS = Counter(
     "splitserve_edge_enforcements",
     "What the connection limits did: refused_connection (503 at the connection cap, none idle), "
@@ -373,6 +387,8 @@ VARIANT_SERIES = (
     MODEL_LATENCY,
     OVERHEAD_LATENCY,
     CAPTURE_DROPPED,
+    SHADOW_COPIES,
+    SHADOW_DROPPED,
 )
 VARIANT_GAUGES = (
     VARIANT_WEIGHT,

@@ -46,6 +46,27 @@ class InstanceClient(Protocol):
         ...
 
 
+class ShadowCopies(Protocol):
+    """Where a live endpoint with shadow variants hands each answered request
+    (`runtime.shadow.ShadowCopier`): it copies the request to the shadows off the request path
+    and, in their place, offers production's answer to data capture."""
+
+    def copy(
+        self,
+        variant: str,
+        body: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        content_type: str | None,
+        inference_id: str | None,
+        targeted: bool,
+        response: UpstreamResponse,
+        response_content_type: bytes | None,
+        model_seconds: float,
+    ) -> None:
+        """Queue copies of one request production answered; never blocks, never raises."""
+        ...
+
+
 @dataclass(frozen=True)
 class LiveEndpoint:
     """One routable generation of an endpoint.
@@ -61,6 +82,8 @@ class LiveEndpoint:
         log_stream_arn: what ModelError responses name as the log stream.
         capture: where this generation's successful invocations are sampled for data capture;
             None when its configuration captures nothing.
+        shadows: the copier of a generation with shadow variants (which then also offers
+            production's answers to `capture`); None without shadows.
     """
 
     name: str
@@ -70,6 +93,7 @@ class LiveEndpoint:
     recorders: Mapping[str, VariantRecorder]
     log_stream_arn: str
     capture: CaptureSink | None = None
+    shadows: ShadowCopies | None = None
 
 
 @dataclass(frozen=True)
