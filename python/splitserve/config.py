@@ -252,12 +252,16 @@ class ForwardingSettings:
         connect_timeout_seconds: a worker must accept a connection within this (the contract
             says 250 ms; a little slack for a loaded host).
         max_response_bytes: the largest answer a worker may send back.
+        unreachable_pause_seconds: a replica that does not run the health checks (not the
+            controller) routes nothing to an instance it could not connect to for this long,
+            then goes back to the health the controller publishes.
     """
 
     max_connections: int = 64
     max_idle_connections: int = 64
     connect_timeout_seconds: float = 1.0
     max_response_bytes: int = 64 * 1024 * 1024
+    unreachable_pause_seconds: float = 2.0
 
 
 @dataclass(frozen=True)

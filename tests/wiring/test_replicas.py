@@ -3,6 +3,8 @@ with a real registry, real (never connected) pools and a real minute store."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -349,3 +351,66 @@ def test_a_controller_slot_before_its_control_plane_runs_answers_503() -> None:
         slot.started()
     assert wire_error(err.value).status == 503
     assert slot.live_instances() == {}
+
+
+# --- passive health: an instance this replica could not connect to -------------------------------
+
+PAUSE_SECONDS = 0.05
+
+
+@pytest.fixture
+async def pausing(
+    registry: EndpointRegistry, parts: TrackedParts
+) -> AsyncIterator[RoutingFollower]:
+    """A follower whose pause after an unreachable instance is PAUSE_SECONDS."""
+    settings = Settings()
+    settings = dataclasses.replace(
+        settings,
+        forwarding=dataclasses.replace(
+            settings.forwarding, unreachable_pause_seconds=PAUSE_SECONDS
+        ),
+    )
+    made = RoutingFollower(settings, registry, parts)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+async def test_an_unreachable_instance_is_paused_here_then_back_to_its_published_health(
+    pausing: RoutingFollower, registry: EndpointRegistry
+) -> None:
+    await pausing.apply({ENDPOINT: document({"A": 1.0})}, set())
+    live = registry.get(ENDPOINT)
+    assert live is not None
+    assert live.unreachable is not None
+    live.unreachable("A-0")
+    assert live.router.healthy_instances("A") == ["A-1"]
+    await asyncio.sleep(PAUSE_SECONDS * 4)
+    assert sorted(live.router.healthy_instances("A")) == ["A-0", "A-1"]
+
+
+async def test_the_pause_ends_in_the_health_the_controller_published_meanwhile(
+    pausing: RoutingFollower, registry: EndpointRegistry
+) -> None:
+    await pausing.apply({ENDPOINT: document({"A": 1.0})}, set())
+    live = registry.get(ENDPOINT)
+    assert live is not None
+    assert live.unreachable is not None
+    live.unreachable("A-0")
+    # The controller's checks found it down too: it stays out after the pause.
+    await pausing.apply({ENDPOINT: document({"A": 1.0}, healthy={"A-0": False})}, set())
+    await asyncio.sleep(PAUSE_SECONDS * 4)
+    assert live.router.healthy_instances("A") == ["A-1"]
+
+
+async def test_an_unknown_instance_is_ignored(
+    pausing: RoutingFollower, registry: EndpointRegistry
+) -> None:
+    await pausing.apply({ENDPOINT: document({"A": 1.0})}, set())
+    live = registry.get(ENDPOINT)
+    assert live is not None
+    assert live.unreachable is not None
+    live.unreachable("nowhere")
+    await asyncio.sleep(PAUSE_SECONDS * 4)
+    assert sorted(live.router.healthy_instances("A")) == ["A-0", "A-1"]

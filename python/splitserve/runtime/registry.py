@@ -13,7 +13,7 @@ with no live generation looks at them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -84,6 +84,9 @@ class LiveEndpoint:
             None when its configuration captures nothing.
         shadows: the copier of a generation with shadow variants (which then also offers
             production's answers to `capture`); None without shadows.
+        unreachable: told the name of an instance a forward could not connect to (a replica
+            that does not run the health checks stops routing to it for a while); None on the
+            controller, whose health checks decide.
     """
 
     name: str
@@ -94,6 +97,7 @@ class LiveEndpoint:
     log_stream_arn: str
     capture: CaptureSink | None = None
     shadows: ShadowCopies | None = None
+    unreachable: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,8 @@ class InvocationService:
         if isinstance(error, UpstreamConnectError):
             # The request never reached the worker (it is restarting): retryable, so boto3 retries.
             self._failures.failed(live.name, variant, instance, "unreachable", str(error))
+            if live.unreachable is not None:
+                live.unreachable(instance)
             return ServiceUnavailable("The model instance is not reachable now; try again.")
         if isinstance(error, UpstreamTimeout):
             message = (

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from splitserve._router import Router, RouterError, VariantSpec
+from splitserve._router import Router, RouterError, UnknownInstanceError, VariantSpec
 from splitserve.cluster.lease import ControllerLease
 from splitserve.cluster.routing import RoutedVariant, RoutingDocument
 from splitserve.cluster.state import ROUTING_CHANNEL, ClusterState, ReplicaRecord
@@ -226,6 +227,7 @@ class RoutingFollower:
                 log_stream_arn=self._parts.log_stream_arn(name),
                 capture=capture_sink,
                 shadows=copier,
+                unreachable=functools.partial(self._unreachable, name, router),
             )
         )
         # The previous table's copies still queued are dropped (counted): its instances may
@@ -263,6 +265,30 @@ class RoutingFollower:
         # A request in flight on a closed pool fails: only pools of instances gone from every
         # document are closed, which no router here returns any more.
         await asyncio.gather(*(pool.close() for pool in unused))
+
+    def _unreachable(self, endpoint_name: str, router: Router, instance: str) -> None:
+        """A forward could not connect to `instance`: this replica routes nothing to it for
+        `unreachable_pause_seconds` (one replica's view never removes it for the others), then
+        goes back to the health the controller publishes."""
+        with contextlib.suppress(UnknownInstanceError):
+            router.set_healthy(instance, False)
+        asyncio.get_running_loop().call_later(
+            self._settings.forwarding.unreachable_pause_seconds,
+            self._restore_health,
+            endpoint_name,
+            router,
+            instance,
+        )
+
+    def _restore_health(self, endpoint_name: str, router: Router, instance: str) -> None:
+        document = self._documents.get(endpoint_name)
+        if document is None or self._routers.get(endpoint_name) is not router:
+            return  # replaced meanwhile: the new router has the published health
+        healthy = any(
+            i.healthy for v in document.variants for i in v.instances if i.name == instance
+        )
+        with contextlib.suppress(UnknownInstanceError):
+            router.set_healthy(instance, healthy)
 
     async def hand_over(self) -> None:
         """This replica takes control: every endpoint it followed is pending until its own
