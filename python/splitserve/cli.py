@@ -530,7 +530,10 @@ def _add_evaluate_command(
         help="the capture destination (DestinationS3Uri's directory) or one endpoint's directory",
     )
     evaluate.add_argument(
-        "--ground-truth", type=Path, required=True, metavar="PATH", help="a file or a directory"
+        "--ground-truth",
+        type=Path,
+        metavar="PATH",
+        help="a file or a directory (required unless --shadow)",
     )
     evaluate.add_argument("--endpoint", help="the endpoint (needed when DIR holds several)")
     evaluate.add_argument(
@@ -554,6 +557,12 @@ def _add_evaluate_command(
         help="read the endpoint's weight history from the gateway at URL instead, and check each "
         "request against the weights in force when it was served",
     )
+    evaluate.add_argument(
+        "--shadow",
+        action="store_true",
+        help="compare each shadow variant with the production variant it copied, per request "
+        "(agreement, score and latency differences); ground truth optional",
+    )
     evaluate.set_defaults(log_level="WARNING")
 
 
@@ -567,6 +576,7 @@ def evaluate(args: argparse.Namespace) -> int:
         url=args.url,
         as_json=args.json,
         plot=args.plot,
+        shadow=args.shadow,
     )
     return evaluate_command(request, replace(EvaluationSettings(), threshold=args.threshold))
 

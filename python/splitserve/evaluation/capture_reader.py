@@ -65,6 +65,10 @@ class CapturedRequest:
         source: "file:line", for messages.
         targeted: the caller named the variant (TargetVariant), so the weights did not choose
             it: the gateway marks such records with eventMetadata.splitserve.targeted = true.
+        shadow_of: for a shadow variant's answer to a copied request, the production variant
+            that answered the caller (eventMetadata.splitserve.shadowOf); None otherwise.
+        model_latency_micros: the model's latency, which the gateway records on the records of
+            copied requests (eventMetadata.splitserve.modelLatencyMicros); None otherwise.
     """
 
     variant: str
@@ -75,6 +79,8 @@ class CapturedRequest:
     problem: str | None
     source: str
     targeted: bool = False
+    shadow_of: str | None = None
+    model_latency_micros: float | None = None
 
     @property
     def join_key(self) -> str | None:
@@ -263,12 +269,32 @@ def _parse_record(line: bytes, variant: str, source: str) -> CapturedRequest:
         problem=problem,
         source=source,
         targeted=_targeted(metadata.get("splitserve")),
+        shadow_of=_shadow_of(metadata.get("splitserve")),
+        model_latency_micros=_latency(metadata.get("splitserve")),
     )
 
 
 def _targeted(marker: object) -> bool:
     """Whether eventMetadata's "splitserve" object says the request named its variant."""
     return isinstance(marker, dict) and marker.get("targeted") is True
+
+
+def _shadow_of(marker: object) -> str | None:
+    """The production variant a shadow's record answered a copy for, if it is one."""
+    if not isinstance(marker, dict):
+        return None
+    value = marker.get("shadowOf")
+    return value if isinstance(value, str) and value else None
+
+
+def _latency(marker: object) -> float | None:
+    """The model latency (microseconds) the gateway recorded on a copied request's record."""
+    if not isinstance(marker, dict):
+        return None
+    value = marker.get("modelLatencyMicros")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value) if value >= 0 else None
 
 
 def _optional_text(value: object) -> str | None:

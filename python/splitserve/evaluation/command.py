@@ -8,6 +8,10 @@ without a history for the endpoint (a state file from before splitserve kept one
 current weights (DescribeEndpoint's CurrentWeight), and the report says so. `--weights` wins when
 both are given; naming a variant the capture does not have is an error. The calls are unsigned,
 so `--url` serves gateways started without `--auth`; with auth, pass `--weights`.
+
+`--shadow` compares each shadow variant with the production variant it copied, request by request
+(`evaluation.shadow`); it needs no ground truth. With ground truth as well, the per-variant report
+follows, shadow variants scored like production ones.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from splitserve.evaluation.join import JoinedData, join
 from splitserve.evaluation.plot import write_plot
 from splitserve.evaluation.render import report_json, report_text
 from splitserve.evaluation.report import EvaluationReport, TrafficWeights, evaluate
+from splitserve.evaluation.shadow import compare_shadows, shadow_json, shadow_text
 from splitserve.gateway_client import GatewayClient, GatewayRequestError
 
 
@@ -43,15 +48,17 @@ class EvaluateRequest:
         url: a gateway to read the weights from, or None.
         as_json: print JSON instead of text.
         plot: a PNG file to draw into, or None.
+        shadow: compare each shadow variant with its production variant (ground truth optional).
     """
 
     capture: Path
-    ground_truth: Path
+    ground_truth: Path | None
     endpoint: str | None = None
     weights: str | None = None
     url: str | None = None
     as_json: bool = False
     plot: Path | None = None
+    shadow: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,8 @@ def run_evaluation(request: EvaluateRequest, settings: EvaluationSettings) -> Ev
     Raises:
         EvaluationInputError: the inputs cannot be used (the message says why).
     """
+    if request.ground_truth is None:
+        raise EvaluationInputError("--ground-truth is needed (only --shadow does without it)")
     capture = read_capture(request.capture, request.endpoint)
     truth = load_ground_truth(request.ground_truth)
     joined = join(capture, truth)
@@ -207,6 +216,8 @@ def evaluate_command(
         out: where the report goes (default: sys.stdout at the time of the call).
     """
     out = sys.stdout if out is None else out
+    if request.shadow:
+        return _shadow_command(request, settings, out)
     try:
         evaluation = run_evaluation(request, settings)
         if request.plot is not None:
@@ -218,6 +229,34 @@ def evaluate_command(
         json.dump(report_json(evaluation.report), out, indent=2)
         out.write("\n")
     else:
+        out.write(report_text(evaluation.report))
+        if request.plot is not None:
+            out.write(f"Plot: {request.plot}\n")
+    return 0
+
+
+def _shadow_command(request: EvaluateRequest, settings: EvaluationSettings, out: TextIO) -> int:
+    """`evaluate --shadow`: the shadow comparisons, then (with ground truth) the report."""
+    try:
+        shadows = compare_shadows(read_capture(request.capture, request.endpoint), settings)
+        evaluation = None
+        if request.ground_truth is not None:
+            evaluation = run_evaluation(request, settings)
+            if request.plot is not None:
+                write_plot(request.plot, evaluation.report, evaluation.joined, evaluation.weights)
+    except EvaluationInputError as error:
+        print(f"splitserve evaluate: {error.message}", file=sys.stderr)
+        return 2
+    if request.as_json:
+        document: dict[str, object] = {"shadow": shadow_json(shadows)}
+        if evaluation is not None:
+            document["evaluation"] = report_json(evaluation.report)
+        json.dump(document, out, indent=2)
+        out.write("\n")
+        return 0
+    out.write(shadow_text(shadows))
+    if evaluation is not None:
+        out.write("\n")
         out.write(report_text(evaluation.report))
         if request.plot is not None:
             out.write(f"Plot: {request.plot}\n")

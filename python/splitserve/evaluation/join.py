@@ -11,7 +11,9 @@ A record without an inferenceId can only join on its eventId, which the gateway 
 nothing joins it, it is counted (`without_inference_id`) rather than listed among the examples of
 missing ground truth, since no label could have been sent for it. Targeted records (the caller
 named the variant) join like the others but are left out of the traffic the weights explain
-(`JoinedData.split`, `JoinedData.traffic`), and counted (`targeted`).
+(`JoinedData.split`, `JoinedData.traffic`), and counted (`targeted`). So are a shadow variant's
+records (answers to copies of production's requests, which share production's ids): they join and
+are scored as their own variant, but no weight chose them.
 """
 
 from __future__ import annotations
@@ -128,6 +130,9 @@ def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
     """Join `capture` with `truth`; see the module docstring for the rules."""
     ordered = sorted(capture.requests, key=lambda r: _aware(r.inference_time) or _LAST)
     seen: set[str] = set()
+    # A shadow's answer to a copy shares its production record's ids: it is deduplicated
+    # among its own variant's records only.
+    seen_shadow: set[tuple[str, str]] = set()
     scores: dict[str, list[float]] = {}
     labels: dict[str, list[int]] = {}
     labelled_requests: Counter[str] = Counter()
@@ -146,10 +151,16 @@ def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
         labels.setdefault(request.variant, [])
         key = request.join_key
         assert key is not None  # the reader refuses records with neither id
-        if key in seen:
-            note("duplicates", f"{request.source}: id {key!r} seen before; not used again")
-            continue
-        seen.add(key)
+        if request.shadow_of is not None:
+            if (request.variant, key) in seen_shadow:
+                note("duplicates", f"{request.source}: id {key!r} seen before; not used again")
+                continue
+            seen_shadow.add((request.variant, key))
+        else:
+            if key in seen:
+                note("duplicates", f"{request.source}: id {key!r} seen before; not used again")
+                continue
+            seen.add(key)
         if request.scores is None:
             kind = "without_output" if request.problem == NO_OUTPUT else "bad"
             note(kind, f"{request.source}: {request.problem}")
@@ -171,7 +182,7 @@ def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
         scores[request.variant].extend(request.scores)
         labels[request.variant].extend(row_labels)
         labelled_requests[request.variant] += 1
-        if not request.targeted:
+        if not request.targeted and request.shadow_of is None:
             split.append((_aware(request.inference_time), request.variant))
 
     samples = tuple(
@@ -186,7 +197,9 @@ def join(capture: CaptureRead, truth: GroundTruth) -> JoinedData:
     traffic = tuple(
         (when, request.variant)
         for request in ordered
-        if not request.targeted and (when := _aware(request.inference_time)) is not None
+        if not request.targeted
+        and request.shadow_of is None
+        and (when := _aware(request.inference_time)) is not None
     )
     accounting = JoinAccounting(
         capture_files=capture.files,
