@@ -198,3 +198,53 @@ def _first_instance(document: RoutingDocument, **changes: Any) -> RoutingDocumen
 def test_same_table_is_false_for_a_new_table(other: RoutingDocument) -> None:
     assert not LIVE.same_table(other)
     assert not other.same_table(LIVE)
+
+
+SHADOWED = dataclasses.replace(
+    LIVE,
+    shadows=(
+        RoutedVariant(
+            name="S",
+            weight=0.5,
+            strategy="RANDOM",
+            instances=(RoutedInstance("ab-S-0", "127.0.0.1:9003", healthy=True),),
+        ),
+    ),
+)
+
+
+def test_shadows_round_trip_and_a_document_without_them_reads_as_before() -> None:
+    assert decode(encode(SHADOWED)) == SHADOWED
+    # Without shadows nothing is written for them: an older replica reads the same document.
+    assert "shadows" not in raw(LIVE)
+    assert decode(encode(LIVE)).shadows == ()
+
+
+def test_a_damaged_shadow_is_refused_naming_it() -> None:
+    damaged = raw(SHADOWED)
+    damaged["shadows"][0]["instances"][0]["healthy"] = "yes"
+    with pytest.raises(RoutingDocumentError) as refused:
+        decode(json.dumps(damaged))
+    assert "shadow 0 instance 0's 'healthy' is text, not true or false" in str(refused.value)
+    damaged = raw(SHADOWED)
+    damaged["shadows"] = {"S": 1}
+    with pytest.raises(RoutingDocumentError, match="'shadows' is a JSON object, not a JSON array"):
+        decode(json.dumps(damaged))
+
+
+def test_same_table_sees_a_shadows_instances_but_not_its_weight() -> None:
+    reweighted = dataclasses.replace(
+        SHADOWED, shadows=(dataclasses.replace(SHADOWED.shadows[0], weight=1.0),)
+    )
+    assert SHADOWED.same_table(reweighted)
+    moved = dataclasses.replace(
+        SHADOWED,
+        shadows=(
+            dataclasses.replace(
+                SHADOWED.shadows[0],
+                instances=(RoutedInstance("ab-S-0", "127.0.0.1:9004", healthy=True),),
+            ),
+        ),
+    )
+    assert not SHADOWED.same_table(moved)
+    assert not SHADOWED.same_table(LIVE)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from splitserve.config import Settings
@@ -135,7 +137,7 @@ async def test_shadow_variants_are_planned_and_described(
     assert shadow["CurrentWeight"] == 1.0
 
     # The weight history holds the callers' split: production variants only.
-    history = await service.weight_history("ep")
+    history: dict[str, Any] = await service.weight_history("ep")
     for change in history["WeightChanges"]:
         assert [w["VariantName"] for w in change["Weights"]] == ["A"]
 

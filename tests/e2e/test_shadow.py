@@ -183,8 +183,8 @@ def test_callers_see_production_while_the_capture_holds_both(
         assert twin["eventMetadata"]["inferenceId"] == metadata["inferenceId"]
         assert twin["eventMetadata"]["splitserve"]["shadowOf"] == "Prod"
         index = int(metadata["inferenceId"].removeprefix("req-"))
-        for name, answer in (("Prod", record), ("Cand", twin)):
-            value = float(answer["captureData"]["endpointOutput"]["data"].strip())
+        for name, answered in (("Prod", record), ("Cand", twin)):
+            value = float(answered["captureData"]["endpointOutput"]["data"].strip())
             assert value == pytest.approx(float(expected[name][index]), rel=1e-5)
         assert record["captureData"]["endpointInput"] == twin["captureData"]["endpointInput"]
 

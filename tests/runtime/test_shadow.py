@@ -8,6 +8,7 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,7 +222,7 @@ async def test_shadow_answers_are_captured_with_productions_ids(tmp_path: Path) 
     shadows.close()
     assert await asyncio.to_thread(writer.close)
 
-    def records(variant: str) -> list[dict[str, object]]:
+    def records(variant: str) -> list[dict[str, Any]]:
         lines = []
         for path in sorted((tmp_path / "cap" / variant).rglob("*.jsonl")):
             lines += [json.loads(line) for line in path.read_text().splitlines()]
@@ -230,7 +231,7 @@ async def test_shadow_answers_are_captured_with_productions_ids(tmp_path: Path) 
     production, copied = records("A"), records("S")
     assert not (tmp_path / "cap" / "H").exists()
     assert len(production) == len(copied) == 2
-    by_event = {r["eventMetadata"]["eventId"]: r for r in copied}  # type: ignore[index]
+    by_event = {r["eventMetadata"]["eventId"]: r for r in copied}
     for record in production:
         metadata = record["eventMetadata"]
         assert isinstance(metadata, dict)
@@ -239,8 +240,8 @@ async def test_shadow_answers_are_captured_with_productions_ids(tmp_path: Path) 
         assert twin.get("inferenceId") == metadata.get("inferenceId")
         assert twin["splitserve"]["shadowOf"] == "A"
         assert metadata["splitserve"]["modelLatencyMicros"] == 2000
-    assert {r["eventMetadata"].get("inferenceId") for r in production} == {"inf-1", None}  # type: ignore[union-attr]
-    outputs = {r["captureData"]["endpointOutput"]["data"] for r in copied}  # type: ignore[index]
+    assert {r["eventMetadata"].get("inferenceId") for r in production} == {"inf-1", None}
+    outputs = {r["captureData"]["endpointOutput"]["data"] for r in copied}
     assert outputs == {"0.4"}
 
 

@@ -414,3 +414,46 @@ async def test_an_unknown_instance_is_ignored(
     live.unreachable("nowhere")
     await asyncio.sleep(PAUSE_SECONDS * 4)
     assert sorted(live.router.healthy_instances("A")) == ["A-0", "A-1"]
+
+
+def with_shadow(base: RoutingDocument, weight: float, *, port: int = 9190) -> RoutingDocument:
+    """`base` plus shadow variant C of `weight`, one instance at `port`."""
+    return dataclasses.replace(
+        base,
+        shadows=(
+            RoutedVariant(
+                "C", weight, "RANDOM", (RoutedInstance("C-0", f"127.0.0.1:{port}", True),)
+            ),
+        ),
+    )
+
+
+async def test_a_document_with_shadows_gives_this_replica_a_copier(
+    follower: RoutingFollower, registry: EndpointRegistry, parts: TrackedParts
+) -> None:
+    await follower.apply({ENDPOINT: with_shadow(document({"A": 1.0, "B": 3.0}), 1.0)}, set())
+    live = live_endpoint(registry)
+    copier = live.shadows
+    assert copier is not None
+    # The router never picks the shadow; its share is its weight over production's sum.
+    assert sorted(routed(live)) == ["A", "B"]
+    assert [(t.variant, t.fraction) for t in copier.targets] == [("C", 0.25)]  # type: ignore[attr-defined]
+    assert [i.name for i in copier.targets[0].instances] == ["C-0"]  # type: ignore[attr-defined]
+    assert sorted(live.recorders) == ["A", "B", "C"]
+    assert "C-0" in live.pools
+    # A new weight, or health, reaches the same copier.
+    changed = with_shadow(document({"A": 1.0, "B": 1.0}), 1.0)
+    await follower.apply({ENDPOINT: changed}, set())
+    assert live_endpoint(registry) is live
+    assert [t.fraction for t in copier.targets] == [0.5]  # type: ignore[attr-defined]
+    # The shadow's instance moves: a new endpoint and copier; the old copier takes nothing more.
+    moved = with_shadow(document({"A": 1.0, "B": 1.0}), 1.0, port=9191)
+    await follower.apply({ENDPOINT: moved}, set())
+    second = live_endpoint(registry)
+    assert second.shadows is not None
+    assert second.shadows is not copier
+    assert copier._closed  # type: ignore[attr-defined]
+    # Shadows gone: no copier.
+    await follower.apply({ENDPOINT: document({"A": 1.0, "B": 1.0}, generation=2)}, set())
+    assert live_endpoint(registry).shadows is None
+    assert second.shadows._closed  # type: ignore[attr-defined]
