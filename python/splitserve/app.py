@@ -22,6 +22,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -186,7 +187,10 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         finally:
             await stops[0]()
         return
-    database = await asyncio.to_thread(open_database, settings.state_url, settings.database)
+    # Heartbeats and routing documents are rewritten every second: no fsync per commit for them
+    # (SQLite; `DatabaseSettings.sqlite_synchronous`), so they never queue behind the disk.
+    cluster_database = replace(settings.database, sqlite_synchronous="NORMAL")
+    database = await asyncio.to_thread(open_database, settings.state_url, cluster_database)
     cluster = await asyncio.to_thread(ClusterState.open, database)
     lease: ControllerLease = (
         FileLease(settings.state_dir / CONTROLLER_LOCK_FILE_NAME)

@@ -586,6 +586,11 @@ class DatabaseSettings:
             write lock before it fails with DatabaseUnavailable.
         change_poll_seconds: how often an SQLite change feed reads `PRAGMA data_version`
             (PostgreSQL's LISTEN needs no polling).
+        sqlite_synchronous: SQLite's `synchronous` for this process's connections: FULL (each
+            commit reaches the disk before it returns: what the API reported survives a crash)
+            or NORMAL (WAL's safe lighter mode: a crash may lose the last commits, never
+            corrupts), which the replicas' heartbeats and routing documents use, as they are
+            rewritten every second and republished by a new controller anyway.
     """
 
     connect_timeout_seconds: float = 5.0
@@ -595,6 +600,7 @@ class DatabaseSettings:
     reconnect_timeout_seconds: float = 10.0
     sqlite_busy_timeout_seconds: float = 5.0
     change_poll_seconds: float = 0.05
+    sqlite_synchronous: str = "FULL"
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,10 @@ class SqliteDatabase(Database):
             )
             connection.execute("PRAGMA foreign_keys = ON")
             # Per connection (journal_mode is the file's, set when the store prepares it).
-            connection.execute("PRAGMA synchronous = FULL")
+            synchronous = self._settings.sqlite_synchronous
+            if synchronous not in ("FULL", "NORMAL"):
+                raise ValueError(f"sqlite_synchronous is FULL or NORMAL, not {synchronous!r}")
+            connection.execute(f"PRAGMA synchronous = {synchronous}")
         except sqlite3.Error as error:
             raise self.translate(error) from error
         return connection
