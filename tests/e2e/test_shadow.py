@@ -236,3 +236,48 @@ def test_a_shadow_that_sleeps_changes_nothing_for_callers(
         lambda: metric(gateway, "splitserve_invocations_total", **labels, variant_name="Sleepy")
     )
     assert 1 <= sent + dropped <= count
+
+
+def test_a_shadows_weight_and_instances_change_like_a_production_variants(
+    gateway: Gateway, sagemaker: Any, runtime: Any, models: dict[str, TrainedModel]
+) -> None:
+    endpoint = "reshadowed"
+    create_model(sagemaker, "reshadow-prod", "v1")
+    create_model(sagemaker, "reshadow-cand", "v2")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=f"{endpoint}-cfg",
+        ProductionVariants=[variant("Prod", "reshadow-prod")],
+        ShadowProductionVariants=[variant("Cand", "reshadow-cand")],
+    )
+    sagemaker.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-cfg")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=FAST_WAIT)
+    body = csv_rows(models["v1"].rows[:1])
+    labels = {"endpoint_name": endpoint, "variant_name": "Cand"}
+
+    def invoke(count: int) -> None:
+        for _ in range(count):
+            runtime.invoke_endpoint(EndpointName=endpoint, Body=body)["Body"].read()
+
+    invoke(5)
+    assert metric(gateway, "splitserve_shadow_copies_total", **labels) == 5
+    # Weight 0: no more copies; then two instances and weight 1 again: every request copied.
+    sagemaker.update_endpoint_weights_and_capacities(
+        EndpointName=endpoint,
+        DesiredWeightsAndCapacities=[{"VariantName": "Cand", "DesiredWeight": 0.0}],
+    )
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=FAST_WAIT)
+    invoke(5)
+    assert metric(gateway, "splitserve_shadow_copies_total", **labels) == 5
+    sagemaker.update_endpoint_weights_and_capacities(
+        EndpointName=endpoint,
+        DesiredWeightsAndCapacities=[
+            {"VariantName": "Cand", "DesiredWeight": 1.0, "DesiredInstanceCount": 2}
+        ],
+    )
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=FAST_WAIT)
+    (shadow,) = sagemaker.describe_endpoint(EndpointName=endpoint)["ShadowProductionVariants"]
+    assert (shadow["CurrentWeight"], shadow["CurrentInstanceCount"]) == (1.0, 2)
+    invoke(10)
+    assert metric(gateway, "splitserve_shadow_copies_total", **labels) == 15
+    assert wait_until(lambda: metric(gateway, "splitserve_invocations_total", **labels) == 15)
+    assert metric(gateway, "splitserve_variant_instances", **labels) == 2
