@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,7 @@ async def test_shadow_answers_are_captured_with_productions_ids(tmp_path: Path) 
         assert twin.get("inferenceId") == metadata.get("inferenceId")
         assert twin["splitserve"]["shadowOf"] == "A"
         assert metadata["splitserve"]["modelLatencyMicros"] == 2000
+        assert uuid.UUID(metadata["eventId"]).version == 4  # a shared eventId is a UUID too
     assert {r["eventMetadata"].get("inferenceId") for r in production} == {"inf-1", None}
     outputs = {r["captureData"]["endpointOutput"]["data"] for r in copied}
     assert outputs == {"0.4"}
