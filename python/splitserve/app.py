@@ -281,7 +281,7 @@ async def _placement(
     if settings.placement.backend == "ray":
         from splitserve.workers import ray_placement  # noqa: PLC0415 (optional extra)
 
-        await asyncio.to_thread(ray_placement.connect, settings.placement)
+        await ray_placement.join(settings.placement)
         return ray_placement.RayPlacement(
             settings.placement, settings.workers, images, catalog, deployer
         )

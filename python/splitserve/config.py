@@ -550,6 +550,8 @@ class PlacementSettings:
             deployment (a type no node could ever hold fails at once).
         actor_call_timeout_seconds: the longest any call to an instance actor (its address, a
             stop) may take before the actor is treated as lost.
+        connect_timeout_seconds: joining the cluster fails when nothing answers at
+            `ray_address` within this.
         node_model_dir: where, on each node, the actors unpack the model artifacts shipped
             through Ray's object store; None is the node's temporary directory.
     """
@@ -562,6 +564,7 @@ class PlacementSettings:
     reserve_memory: bool = True
     placement_timeout_seconds: float = 60.0
     actor_call_timeout_seconds: float = 30.0
+    connect_timeout_seconds: float = 10.0
     node_model_dir: Path | None = None
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -23,6 +25,7 @@ from botocore.exceptions import ClientError
 
 from tests.e2e.helpers import FAST_WAIT, create_two_variant_endpoint, csv_rows, invoke_many
 from tests.support.gateway import Gateway, running_gateway, start_gateway
+from tests.support.http import free_port
 from tests.support.models import NUM_FEATURES
 from tests.support.ray_cluster import (
     NodeSpec,
@@ -201,7 +204,8 @@ def test_a_type_no_node_can_hold_fails_create_endpoint_with_a_reason(
     tmp_path: Path, model_store: Path, cluster: dict[str, Any]
 ) -> None:
     state = tmp_path / "state"
-    with running_gateway(state, model_store, *_serve_ray(state, model_store, cluster)) as gateway:
+    gateway = start_gateway(state, model_store, *_serve_ray(state, model_store, cluster))
+    try:
         sagemaker = gateway.client("sagemaker")
         sagemaker.create_model(
             ModelName="big-m",
@@ -234,3 +238,29 @@ def test_a_type_no_node_can_hold_fails_create_endpoint_with_a_reason(
             in (described["FailureReason"])
         )
         assert named_actors(NAMESPACE) == []
+    finally:
+        status = gateway.stop()
+    # SIGTERM still stops the gateway in order (Ray's own handler would end it at once).
+    assert status == 0, gateway.log()
+    assert "SIGTERM received" not in gateway.log()
+
+
+def test_a_cluster_nothing_answers_at_stops_serve_with_status_2(tmp_path: Path) -> None:
+    port = free_port()
+    finished = subprocess.run(
+        [
+            sys.executable, "-m", "splitserve.cli", "serve", "--port", str(free_port()),
+            "--state-dir", str(tmp_path / "state"), "--placement", "ray",
+            "--ray-address", f"127.0.0.1:{port}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert finished.returncode == 2
+    assert finished.stderr.strip().splitlines()[-1] == (
+        f"splitserve: could not join the Ray cluster at 127.0.0.1:{port}: nothing answers there "
+        "within 10 s (Connection refused); start its head (ray start --head) or give "
+        "--ray-address HOST:PORT of a running one"
+    )

@@ -29,7 +29,10 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import signal
+import socket
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from io import BytesIO
@@ -76,6 +79,7 @@ def connect(settings: PlacementSettings) -> None:
     """
     if ray.is_initialized():
         return
+    _check_reachable(settings)
     try:
         ray.init(
             address=settings.ray_address,
@@ -87,6 +91,43 @@ def connect(settings: PlacementSettings) -> None:
         raise DeploymentError(
             f"could not join the Ray cluster at {settings.ray_address}: {error}"
         ) from error
+
+
+def _check_reachable(settings: PlacementSettings) -> None:
+    """Refuse a HOST:PORT nothing answers on within the connect timeout (`ray.init` would wait
+    for it without end)."""
+    address = settings.ray_address
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or "://" in address:
+        return  # "auto", or a client URL: ray.init reports those itself
+    try:
+        with socket.create_connection(
+            (host.strip("[]"), int(port)), timeout=settings.connect_timeout_seconds
+        ):
+            pass
+    except OSError as error:
+        raise DeploymentError(
+            f"could not join the Ray cluster at {address}: nothing answers there within "
+            f"{settings.connect_timeout_seconds:g} s ({error.strerror or error}); start its head "
+            "(ray start --head) or give --ray-address HOST:PORT of a running one"
+        ) from None
+
+
+async def join(settings: PlacementSettings) -> None:
+    """`connect` (from a thread), then give the gateway its own SIGTERM and SIGINT handling
+    back: Ray's core installs a handler that ends the process at once, which would skip the
+    gateway's drain and orderly stop.
+
+    Raises:
+        DeploymentError: the cluster cannot be reached.
+    """
+    signals = (signal.SIGTERM, signal.SIGINT)
+    saved = {number: signal.getsignal(number) for number in signals}
+    await asyncio.to_thread(connect, settings)
+    if threading.current_thread() is threading.main_thread():
+        for number, handler in saved.items():
+            if handler is not None:
+                signal.signal(number, handler)
 
 
 def instance_resources(
@@ -655,11 +696,15 @@ class RayInstance:
         """Make the actor; a name a killed predecessor still holds is waited for (briefly)."""
         deadline = time.monotonic() + self._placement.settings.actor_call_timeout_seconds
         fleet = self.fleet
+        spec, artifact = fleet.spec(self.name), fleet.artifact()
+
+        def create() -> Any:
+            # Registering a named actor is a synchronous call to Ray's control store.
+            return InstanceActor.options(**options).remote(spec, artifact)  # type: ignore[attr-defined]
+
         while True:
             try:
-                return InstanceActor.options(**options).remote(  # type: ignore[attr-defined]
-                    fleet.spec(self.name), fleet.artifact()
-                )
+                return await asyncio.to_thread(create)
             except ValueError as error:
                 if time.monotonic() >= deadline:
                     raise DeploymentError(
