@@ -457,3 +457,19 @@ async def test_a_document_with_shadows_gives_this_replica_a_copier(
     await follower.apply({ENDPOINT: document({"A": 1.0, "B": 1.0}, generation=2)}, set())
     assert live_endpoint(registry).shadows is None
     assert second.shadows._closed  # type: ignore[attr-defined]
+
+
+async def test_a_pending_or_failed_document_withdraws_the_live_generation_here(
+    follower: RoutingFollower, registry: EndpointRegistry
+) -> None:
+    await follower.apply({ENDPOINT: document({"A": 1.0})}, set())
+    assert registry.get(ENDPOINT) is not None
+    failed = RoutingDocument(endpoint=ENDPOINT, state="failed", failure_reason="it broke")
+    await follower.apply({ENDPOINT: failed}, set())
+    assert registry.get(ENDPOINT) is None
+    assert registry.unroutable(ENDPOINT) == Unroutable(failure_reason="it broke")
+    await follower.apply({ENDPOINT: document({"A": 1.0}, generation=2)}, set())
+    assert registry.get(ENDPOINT) is not None
+    await follower.apply({ENDPOINT: RoutingDocument(endpoint=ENDPOINT, state="pending")}, set())
+    assert registry.get(ENDPOINT) is None
+    assert registry.unroutable(ENDPOINT) == Unroutable(failure_reason=None)

@@ -154,11 +154,17 @@ class RoutingFollower:
 
     def _apply(self, document: RoutingDocument) -> None:
         name = document.endpoint
-        if document.state == "pending":
-            self._registry.pending(name)
-            return
-        if document.state == "failed":
-            self._registry.failed(name, document.failure_reason or "")
+        if document.state != "live":
+            # The controller routes to none of its instances now (it publishes pending or failed
+            # only without a live generation): neither does this replica. Its metrics and minutes
+            # stay, as the controller's do, until the endpoint is deleted or redeployed.
+            self._registry.withdraw(name)
+            self._routers.pop(name, None)
+            self._close_copier(name)
+            if document.state == "pending":
+                self._registry.pending(name)
+            else:
+                self._registry.failed(name, document.failure_reason or "")
             return
         previous = self._documents.get(name)
         router = self._routers.get(name)
