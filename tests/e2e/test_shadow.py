@@ -1,7 +1,8 @@
 """Shadow variants end to end through boto3: callers only ever see production's answers while the
 capture holds both, the shadow's metrics carry its own name, and a shadow that sleeps 1 s per
 request changes nothing of production's answers (counts and errors; its latency is measured in
-docs/benchmarks.md, not asserted here)."""
+docs/benchmarks.md, not asserted here), a shadow's weight and count change like a production
+variant's, and with `serve --processes 2` every replica copies its own requests."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.helpers import FAST_WAIT, create_model, csv_rows
+from tests.e2e.test_replicas import client, replicas, wait_for
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.models import ROLE, TrainedModel
 
@@ -281,3 +284,60 @@ def test_a_shadows_weight_and_instances_change_like_a_production_variants(
     assert metric(gateway, "splitserve_shadow_copies_total", **labels) == 15
     assert wait_until(lambda: metric(gateway, "splitserve_invocations_total", **labels) == 15)
     assert metric(gateway, "splitserve_variant_instances", **labels) == 2
+
+
+def own_sample(url: str, name: str, endpoint: str, variant_name: str) -> float:
+    """One series of a replica's own exposition (GET /splitserve/metrics/own)."""
+    with urllib.request.urlopen(f"{url}/splitserve/metrics/own", timeout=5) as answer:
+        text = answer.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+        and sample.labels.get("endpoint_name") == endpoint
+        and sample.labels.get("variant_name") == variant_name
+    )
+
+
+def test_every_replica_copies_to_the_shadows(tmp_path: Path, model_store: Path) -> None:
+    with running_gateway(tmp_path / "state", model_store, "--processes", "2") as gateway:
+        wait_for(lambda: len(replicas(gateway)) == 2, 30, "two replicas listed")
+        sagemaker = gateway.client("sagemaker")
+        create_model(sagemaker, "rep-prod", "v1")
+        create_model(sagemaker, "rep-cand", "v2")
+        sagemaker.create_endpoint_config(
+            EndpointConfigName="rep-cfg",
+            ProductionVariants=[variant("Prod", "rep-prod")],
+            ShadowProductionVariants=[variant("Cand", "rep-cand")],
+        )
+        sagemaker.create_endpoint(EndpointName="rep", EndpointConfigName="rep-cfg")
+        sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="rep", WaiterConfig=FAST_WAIT)
+        body = csv_rows(np.zeros((1, 13)))
+        for replica in replicas(gateway):
+            runtime = client("sagemaker-runtime", replica.url)
+
+            def answered(runtime: Any = runtime) -> bool:
+                try:
+                    runtime.invoke_endpoint(EndpointName="rep", Body=body)["Body"].read()
+                except ClientError:
+                    return False  # a follower may not route the endpoint yet
+                return True
+
+            wait_for(answered, 30, f"replica {replica.replica_id} routes endpoint rep")
+            for _ in range(9):
+                variant_name = runtime.invoke_endpoint(EndpointName="rep", Body=body)[
+                    "InvokedProductionVariant"
+                ]
+                assert variant_name == "Prod"
+        # Each replica copied its own ten requests and counts the shadow's answers itself.
+        for replica in replicas(gateway):
+            assert own_sample(replica.url, "splitserve_shadow_copies_total", "rep", "Cand") == 10
+            wait_for(
+                lambda url=replica.url: (
+                    own_sample(url, "splitserve_invocations_total", "rep", "Cand") == 10
+                ),
+                30,
+                f"replica {replica.replica_id}'s shadow answered its copies",
+            )
+            assert own_sample(replica.url, "splitserve_invocations_total", "rep", "Prod") == 10
