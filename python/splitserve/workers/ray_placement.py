@@ -486,8 +486,13 @@ class RayFleet:
         readies = [instance.ready for instance in added]
         try:
             await asyncio.wait(readies, return_when=asyncio.FIRST_EXCEPTION)
+            # The first instance that failed (one that started is done too, without one).
             failure = next(
-                (ready.exception() for ready in readies if ready.done() and not ready.cancelled()),
+                (
+                    ready.exception()
+                    for ready in readies
+                    if ready.done() and not ready.cancelled() and ready.exception() is not None
+                ),
                 None,
             )
             if failure is None and any(ready.cancelled() for ready in readies):
