@@ -24,6 +24,7 @@ from splitserve.wiring.edge import (
     BodyBudget,
     EdgeLimitError,
     EdgeLimits,
+    EdgeProtocol,
     EdgeRunner,
     EdgeServer,
     MemoryTrimmer,
@@ -395,3 +396,45 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(tmp_path
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
             writer.close()
         refused.close()
+
+
+async def test_a_request_read_whole_costs_one_pass_through_the_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiohttp's body reader asks the protocol to resume reading after each read, paused or not;
+    # with nothing paused, the edge does not feed its parser an empty read for it.
+    reads: list[int] = []
+    received = EdgeProtocol.data_received
+
+    def counted(self: EdgeProtocol, data: bytes) -> None:
+        reads.append(len(data))
+        received(self, data)
+
+    monkeypatch.setattr(EdgeProtocol, "data_received", counted)
+    async with serving(tmp_path) as edge:
+        reader, writer = await edge.connect()
+        request = _invocation_head(3) + b"1,2"
+        for _ in range(3):
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 ")  # endpoint e does not exist
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        writer.close()
+    assert reads == [len(request)] * 3
+
+
+async def test_a_body_over_the_read_buffer_pauses_and_resumes_reading(tmp_path: Path) -> None:
+    # A body larger than aiohttp's read buffer pauses the connection while it waits to be read;
+    # reading resumes (through aiohttp's own resume_reading) and the whole body is taken.
+    async with serving(tmp_path) as edge, aiohttp.ClientSession() as session:
+        for size in (4 * _MIB, 100):
+            async with session.post(
+                f"{edge.url}/endpoints/e/invocations",
+                data=io.BytesIO(b"1" * size),
+                headers={"Content-Type": "text/csv", "Content-Length": str(size)},
+            ) as response:
+                assert response.status == 400
+                assert "not found" in (await response.json())["Message"]
+        assert edge.server.budget.in_flight == 0

@@ -301,6 +301,20 @@ class EdgeProtocol(web.RequestHandler):
             self._head_started = self._loop.time()
             self._edge.pending_heads.add(self)
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """aiohttp's, when something is paused; else nothing, as there is nothing to resume.
+
+        aiohttp's body reader calls this after every read that leaves its buffer below the
+        low-water mark, paused or not (InvokeEndpoint's read of a body that has arrived included),
+        and aiohttp's own version then feeds the parser an empty read and resumes the transport:
+        a second pass through `data_received` for every request. When neither flow control
+        (`_reading_paused`, which is set whenever the parser is paused) nor a full message queue
+        (`_buffer_paused`) holds the connection, that pass parses nothing and the transport is
+        reading already.
+        """
+        if self._reading_paused or self._buffer_paused:
+            super().resume_reading(resume_parser)
+
     def head_overdue(self, deadline: float) -> bool:
         """Whether the head being awaited began at or before `deadline` (loop time)."""
         return self._head_started is not None and self._head_started <= deadline
