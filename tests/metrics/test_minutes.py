@@ -315,3 +315,21 @@ def test_window_is_checked_and_covers_the_reports_minutes(clock: FakeClock) -> N
         store.window(3601, 60)
     with pytest.raises(ValidationException, match="whole number of minutes"):
         store.window(600, 90)
+
+
+def test_observe_answer_records_what_latency_and_overhead_record_apart(clock: FakeClock) -> None:
+    apart = VariantMinutes(3, clock)
+    together = VariantMinutes(3, clock)
+    for model, overhead in ((0.004, 0.0001), (0.001, 0.0003), (0.009, 0.00005), (0.002, 0.0002)):
+        apart.count_invocation()
+        apart.observe_latency(model)
+        apart.observe_overhead(overhead)
+        together.count_invocation()
+        together.observe_answer(model, overhead)
+    minute = apart.newest_minute
+    (recorded,) = together.minutes(minute, minute)
+    assert list(apart.minutes(minute, minute)) == [recorded]
+    assert (recorded.latency_min, recorded.latency_max) == (0.001, 0.009)
+    assert (recorded.overhead_min, recorded.overhead_max) == (0.00005, 0.0003)
+    assert recorded.overhead is not None
+    assert sum(recorded.overhead) == 4

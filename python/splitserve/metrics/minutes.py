@@ -223,6 +223,34 @@ class VariantMinutes:
         self._overhead_sum[slot] += seconds
         histogram[bisect_right(_BUCKET_BOUNDS, seconds)] += 1
 
+    def observe_answer(self, model_seconds: float, overhead_seconds: float) -> None:
+        """The model answered a request after `model_seconds`, and the gateway's own share of it
+        took `overhead_seconds`: `observe_latency` and `observe_overhead` in one call, as an
+        answered request records both (one call fewer on the request path)."""
+        slot = self._slot
+        histogram = self._latency[slot]
+        if histogram is None:
+            histogram = self._latency[slot] = array("Q", bytes(8 * LATENCY_BUCKETS))
+            self._latency_min[slot] = model_seconds
+            self._latency_max[slot] = model_seconds
+        elif model_seconds < self._latency_min[slot]:
+            self._latency_min[slot] = model_seconds
+        elif model_seconds > self._latency_max[slot]:
+            self._latency_max[slot] = model_seconds
+        self._latency_sum[slot] += model_seconds
+        histogram[bisect_right(_BUCKET_BOUNDS, model_seconds)] += 1
+        histogram = self._overhead[slot]
+        if histogram is None:
+            histogram = self._overhead[slot] = array("Q", bytes(8 * LATENCY_BUCKETS))
+            self._overhead_min[slot] = overhead_seconds
+            self._overhead_max[slot] = overhead_seconds
+        elif overhead_seconds < self._overhead_min[slot]:
+            self._overhead_min[slot] = overhead_seconds
+        elif overhead_seconds > self._overhead_max[slot]:
+            self._overhead_max[slot] = overhead_seconds
+        self._overhead_sum[slot] += overhead_seconds
+        histogram[bisect_right(_BUCKET_BOUNDS, overhead_seconds)] += 1
+
     def count_model_error(self, status: int) -> None:
         """The model answered with non-2xx `status`, or not at all (`status` 0)."""
         slot = self._slot

@@ -40,7 +40,8 @@ class VariantRecorder:
         '4. CloudWatch metrics').
         """
         metrics = self.metrics
-        share = 1.0 / max(healthy_instances, 1)
+        # `or`, not max(): the router never counts below 0, and max() parses its arguments.
+        share = 1.0 / (healthy_instances or 1)
         metrics.invocations.inc()
         metrics.invocations_per_instance.inc(share)
         self.minutes.count_invocation(share)
@@ -56,9 +57,7 @@ class VariantRecorder:
         metrics = self.metrics
         metrics.model_latency.observe(model_seconds)
         metrics.overhead_latency.observe(overhead_seconds)
-        minutes = self.minutes
-        minutes.observe_latency(model_seconds)
-        minutes.observe_overhead(overhead_seconds)
+        self.minutes.observe_answer(model_seconds, overhead_seconds)
 
     def model_error(self, status: int, model_seconds: float | None) -> None:
         """The model answered non-2xx `status` after `model_seconds`, or (`status` 0,
