@@ -428,6 +428,8 @@ class FleetDeployer:
                 await self.retire(endpoint_name, generation)
             return
         for kept in self._generations.values():
+            if kept.copier is not None:
+                kept.copier.close()  # its senders are this process's tasks
             await asyncio.gather(*(fleet.detach() for fleet in kept.fleets.values()))
             for pool in kept.pools.values():
                 await pool.close()
