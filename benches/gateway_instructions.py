@@ -1,0 +1,102 @@
+"""Instructions per InvokeEndpoint in a live gateway, counted by valgrind's callgrind.
+
+The live benchmark's times vary by +-25 % from run to run on a shared machine; the instructions the
+gateway process executes per request vary by about 1 % (its timers: health checks, the minute
+flush). This starts `splitserve serve` under callgrind with instrumentation off (so start-up runs
+at near native speed), deploys the live benchmark's endpoint over two stand-in workers, sends a
+warm-up batch, then counts the instructions of BATCH requests (32 in flight) and prints their mean.
+Health checks are spaced 600 s apart so they stay out of the count. Run from a tree's root:
+
+    .venv/bin/python -m benches.gateway_instructions [requests]
+
+To compare with another tree, run it from that tree's root with PYTHONPATH=<tree>/python:<tree>
+(docs/benchmarks.md, 'The live gateway before and after the architecture and hardening work').
+Needs valgrind (callgrind_control); not part of `make bench`.
+"""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import uvloop
+
+from benches import load
+from benches.bench_gateway import STANDIN_IMAGE, _push_batch
+from benches.load import BODY, INVOKE_PATH
+from benches.load_tools import Processes
+
+WARM_UP = 300
+IN_FLIGHT = 32
+DEFAULT_REQUESTS = 2000
+# valgrind runs the gateway ~5x slower even with instrumentation off: give it time to come up.
+START_TIMEOUT_SECONDS = 900.0
+
+
+def main(argv: list[str]) -> int:
+    """Print the gateway's mean instructions per request; 1 when valgrind is missing."""
+    requests = int(argv[0]) if argv else DEFAULT_REQUESTS
+    if shutil.which("callgrind_control") is None:
+        print("valgrind's callgrind_control is not installed", file=sys.stderr)
+        return 1
+    original_wait = load.wait_until  # type: ignore[attr-defined]
+
+    def patient_wait(check: object, what: str, timeout_seconds: float = 60.0) -> None:
+        original_wait(check, what, START_TIMEOUT_SECONDS)  # type: ignore[arg-type]
+
+    load.wait_until = patient_wait  # type: ignore[attr-defined]
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="splitserve-instructions-") as directory:
+        workdir = Path(directory)
+        wrapper = workdir / "python-under-callgrind"
+        wrapper.write_text(
+            "#!/bin/sh\nexec valgrind --tool=callgrind --instr-atstart=no --trace-children=no "
+            f'--callgrind-out-file={workdir}/callgrind.%p {python} "$@" '
+            "--health-check-interval 600\n"
+        )
+        wrapper.chmod(0o755)
+        registry = workdir / "images.toml"
+        registry.write_text(
+            f'[images."{STANDIN_IMAGE}"]\n'
+            f'command = ["{{python}}", "{Path(__file__).with_name("standin_server.py")}"]\n'
+            "startup_timeout_seconds = 600\n"
+        )
+        request = (
+            f"POST {INVOKE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\n"
+            f"Content-Length: {len(BODY)}\r\n\r\n"
+        ).encode() + BODY
+        with Processes(workdir) as processes:
+            sys.executable = str(wrapper)  # start_splitserve starts `sys.executable -m ...`
+            try:
+                fleet = load.start_splitserve(
+                    processes, workdir, image=STANDIN_IMAGE, model_url=None, images_file=registry
+                )
+            finally:
+                sys.executable = python
+            loop = uvloop.new_event_loop()
+            port, pid = fleet.gateway.port, str(fleet.gateway.pids[0])
+            loop.run_until_complete(_push_batch(port, request, WARM_UP, IN_FLIGHT))
+            subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+            answered = loop.run_until_complete(_push_batch(port, request, requests, IN_FLIGHT))
+            subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+            loop.close()
+            total = 0
+            for path in glob.glob(f"{workdir}/callgrind.{pid}*"):
+                with open(path) as dump:
+                    for line in dump:
+                        if line.startswith("totals:"):
+                            total = max(total, int(line.split()[1]))
+    if answered != requests:
+        print(f"{requests - answered} requests failed", file=sys.stderr)
+        return 1
+    print(f"{total / requests:.0f} instructions per request ({requests} requests)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
