@@ -120,6 +120,35 @@ def test_the_shim_says_when_the_program_cannot_be_executed() -> None:
     assert "could not start the model server '/nonexistent/server'" in result.stderr
 
 
+def test_the_shim_enters_its_directory_and_keeps_no_descriptor_but_the_standard_three(
+    tmp_path: Path,
+) -> None:
+    # A descriptor left inheritable (as a C library may open one) must not reach the server.
+    opened = os.open(os.devnull, os.O_RDONLY)
+    leaked = os.dup2(opened, 50, inheritable=True)
+    os.close(opened)
+    try:
+        argv = launch_argv(
+            ["/bin/sh", "-c", "pwd; ls /proc/self/fd"], _limits(), os.getpid(), cwd=tmp_path
+        )
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, check=False, close_fds=False
+        )
+    finally:
+        os.close(leaked)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split()
+    assert lines[0] == str(tmp_path)
+    assert str(leaked) not in lines[1:]  # 0, 1, 2 and the one ls opened to list them
+
+
+def test_the_shim_says_when_its_directory_is_missing(tmp_path: Path) -> None:
+    argv = launch_argv(["/bin/true"], _limits(), os.getpid(), cwd=tmp_path / "gone")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == launch.EXIT_SETUP_FAILED
+    assert "could not enter the working directory" in result.stderr
+
+
 # --- the environment ----------------------------------------------------------------------------
 
 

@@ -1,13 +1,17 @@
 """The exec shim every worker starts as: confine the process, then exec the real server.
 
-    python -I -S launch.py --parent-pid PID --cpus 0,1 [--memory-limit BYTES]
+    python -I -S launch.py --parent-pid PID --cpus 0,1 [--cwd DIR] [--memory-limit BYTES]
                            [--user UID:GID:GROUP,...] -- PROGRAM [ARG ...]
 
-The gateway spawns workers without `preexec_fn`: Python code between fork and exec is unsafe while
-other threads run (the capture writer, SQLite's), since the child may deadlock on a lock some
-thread held at the fork. So the child execs this script at once (its new session and process
-group are made by the event loop, in C), and the confinement happens here, in a fresh
-single-threaded interpreter, before the server is exec'd in the same process (same pid):
+The gateway spawns workers with `os.posix_spawn` (`process.spawn_worker`): no code of the
+gateway's runs between fork and exec, which is unsafe while other threads run (the capture
+writer, the database's), since the child may deadlock on a lock some thread held at the fork.
+The child, a new session and process group, execs this script at once, and the confinement
+happens here, in a fresh single-threaded interpreter, before the server is exec'd in the same
+process (same pid):
+
+0. close every descriptor but stdin, stdout and stderr (one a C library opened without
+   close-on-exec must not reach the model server), and change to `--cwd`;
 
 1. with `--user`: drop to the worker user (supplementary groups, gid, uid; real, effective and
    saved ids, so there is no way back);
@@ -71,7 +75,7 @@ def parse(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
         LaunchError: an unknown option, an option without a value, or no program.
     """
     options: dict[str, str] = {}
-    known = {"--parent-pid", "--cpus", "--memory-limit", "--user"}
+    known = {"--parent-pid", "--cpus", "--cwd", "--memory-limit", "--user"}
     index = 0
     while index < len(argv) and argv[index] != "--":
         name = argv[index]
@@ -86,11 +90,18 @@ def parse(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def confine(options: dict[str, str]) -> None:
-    """Steps 1 to 5 of the module docstring.
+    """Steps 0 to 5 of the module docstring.
 
     Raises:
         LaunchError: a step failed, or the parent is no longer the gateway.
     """
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    cwd = options.get("--cwd")
+    if cwd is not None:
+        try:
+            os.chdir(cwd)
+        except OSError as error:
+            raise LaunchError(f"could not enter the working directory {cwd}: {error}") from None
     user = options.get("--user")
     try:
         if user is not None:

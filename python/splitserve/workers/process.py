@@ -1,12 +1,15 @@
 """Spawning worker processes that cannot outlive the gateway, and stopping them.
 
-Every instance is a fresh interpreter (or any program) started by
-`asyncio.create_subprocess_exec`, the equivalent of multiprocessing's spawn context: nothing of
-the gateway's state is inherited but what the environment and argv say. No Python code runs
-between fork and exec (`preexec_fn` is unsafe while other threads run): the event loop makes the
-child the leader of a new session and process group, in C, so stopping it reaches anything it
-started; then the child execs the shim `launch.py`, which confines itself first thing and execs
-the server in the same process (see its docstring):
+Every instance is a fresh interpreter (or any program) started by `os.posix_spawn`, the
+equivalent of multiprocessing's spawn context: nothing of the gateway's state is inherited but
+what the environment and argv say. No code of the gateway's runs between fork and exec, which is
+unsafe while other threads run (a child can deadlock on a lock another thread held at the fork):
+not `preexec_fn`, and not the interpreter's at-fork handlers either, which uvloop's process
+spawning runs in the child (two endpoints starting workers at once hung the gateway that way).
+glibc's posix_spawn makes the child the leader of a new session and process group (so stopping
+it reaches anything it started), points its stdout and stderr at one pipe and execs the shim
+`launch.py`, which confines itself first thing and execs the server in the same process (see its
+docstring):
 
 - as the worker user, when the gateway runs as root (`WorkerUser`), with no_new_privs;
 - with a parent-death signal (SIGKILL) and a check that its parent is still the gateway;
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import pwd
@@ -351,6 +355,89 @@ class _OutputRelay:
             self._suppressed = 0
 
 
+class SpawnedProcess:
+    """A child started with `os.posix_spawn`: its pid, its output as a stream, its exit.
+
+    The exit is watched through a pidfd (Linux 5.3 and later) on the event loop, so no thread
+    waits per worker; where there is none, a thread does wait.
+    """
+
+    def __init__(self, pid: int, stdout: asyncio.StreamReader) -> None:
+        """Watch child `pid`, whose stdout and stderr are `stdout`; use `SpawnedProcess.start`."""
+        self.pid = pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+        loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = loop.create_future()
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            task = loop.create_task(asyncio.to_thread(os.waitpid, pid, 0))
+            task.add_done_callback(self._waited)
+        else:
+            loop.add_reader(self._pidfd, self._reap)
+
+    @classmethod
+    async def start(cls, argv: Sequence[str], environment: dict[str, str]) -> SpawnedProcess:
+        """Spawn `argv[0]` (an absolute path) with `environment`, stdin from /dev/null, stdout and
+        stderr into one pipe, as the leader of a new session.
+
+        Raises:
+            OSError: the program cannot be executed.
+        """
+        read_end, write_end = os.pipe()  # both close-on-exec; dup2 clears it on 1 and 2
+        try:
+            # On the event loop's thread, on purpose: the parent-death signal is tied to the
+            # thread that spawned the child. posix_spawn returns once the child has exec'd.
+            pid = os.posix_spawn(  # noqa: ASYNC221
+                argv[0],
+                list(argv),
+                environment,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, write_end, 1),
+                    (os.POSIX_SPAWN_DUP2, write_end, 2),
+                ],
+                setsid=True,
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0)
+        )
+        return cls(pid, reader)
+
+    def _reap(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0  # reaped elsewhere: nothing more to learn
+        if pid == 0:
+            return
+        assert self._pidfd is not None
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._exit(status)
+
+    def _waited(self, task: asyncio.Task[tuple[int, int]]) -> None:
+        self._exit(0 if task.exception() is not None else task.result()[1])
+
+    def _exit(self, status: int) -> None:
+        self.returncode = os.waitstatus_to_exitcode(status)
+        if not self._exited.done():
+            self._exited.set_result(self.returncode)
+
+    async def wait(self) -> int:
+        """The exit status, once the process exited (negative: the signal that ended it)."""
+        return await asyncio.shield(self._exited)
+
+
 class WorkerProcess:
     """One running worker: its process, process group and output.
 
@@ -360,7 +447,7 @@ class WorkerProcess:
     def __init__(
         self,
         name: str,
-        process: asyncio.subprocess.Process,
+        process: SpawnedProcess,
         output: OutputRing,
         log_lines_per_second: int,
         log_file: OutputFile | None = None,
@@ -429,8 +516,6 @@ class WorkerProcess:
 
     async def _read_output(self) -> None:
         stream = self.process.stdout
-        if stream is None:
-            return
         pending = b""
         while chunk := await stream.read(_READ_CHUNK_BYTES):
             pending += chunk
@@ -472,10 +557,14 @@ class SpawnLimits:
     log_lines_per_second: int
 
 
-def launch_argv(argv: Sequence[str], limits: SpawnLimits, parent_pid: int) -> list[str]:
-    """The command line that runs `argv` through the confining shim."""
+def launch_argv(
+    argv: Sequence[str], limits: SpawnLimits, parent_pid: int, cwd: Path | None = None
+) -> list[str]:
+    """The command line that runs `argv` through the confining shim (in `cwd`, if given)."""
     shim = [sys.executable, "-I", "-S", str(LAUNCH_SCRIPT), "--parent-pid", str(parent_pid)]
     shim += ["--cpus", ",".join(str(cpu) for cpu in limits.cpus)]
+    if cwd is not None:
+        shim += ["--cwd", str(cwd)]
     if limits.memory_limit_bytes is not None:
         shim += ["--memory-limit", str(limits.memory_limit_bytes)]
     if limits.user is not None:
@@ -512,18 +601,10 @@ async def spawn_worker(
     Raises:
         OSError: the interpreter cannot be started, or `cwd` is missing.
     """
-    process = await asyncio.create_subprocess_exec(
-        *launch_argv(argv, limits, os.getpid()),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=cwd,
-        env=dict(environment),
-        close_fds=True,
-        # setsid() in C between fork and exec (no Python code runs there): a new session and
-        # process group whose id is the pid, so `signal_group` reaches all the worker started.
-        # (uvloop supports no `process_group`.)
-        start_new_session=True,
+    if not cwd.is_dir():  # noqa: ASYNC240 (one stat, as the exec that follows costs)
+        raise FileNotFoundError(errno.ENOENT, "the worker's directory is missing", str(cwd))
+    process = await SpawnedProcess.start(
+        launch_argv(argv, limits, os.getpid(), cwd), dict(environment)
     )
     if log_file is not None:
         log_file.write(
