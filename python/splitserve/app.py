@@ -202,8 +202,27 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
 
     async def become_controller(takeover: bool) -> None:
         stops.append(await _controller(app, node, takeover=takeover))
-        assert slot.fleet is not None
-        await node.publish_all(slot.fleet.endpoint_names())
+        fleet, control = slot.fleet, slot.control
+        assert fleet is not None
+        assert control is not None
+        if not fleet.adopts_instances:
+            await node.publish_all(fleet.endpoint_names())
+            return
+
+        # Instances that outlived the old controller are adopted: every replica keeps routing
+        # to them as it does now, each endpoint's activation publishes its own document, and
+        # the whole set (removing what the store no longer has) only once all are recovered.
+        async def publish_when_recovered() -> None:
+            await control.settle()
+            await node.publish_all(fleet.endpoint_names())
+
+        publishing = asyncio.create_task(publish_when_recovered())
+
+        async def stop_publishing() -> None:
+            publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
+
+        stops.insert(0, stop_publishing)
 
     await node.start(
         cluster,

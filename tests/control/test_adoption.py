@@ -7,12 +7,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from splitserve.config import PlacementSettings, Settings
+from splitserve.control.service import ControlService
+from splitserve.control.store import Store
 from tests.control.conftest import (
+    INSTANCE_VCPUS,
     RecordingDeployer,
     create_config,
     create_model,
     describe,
     open_service,
+    state_file,
     two_variant_endpoint,
     variant,
     write_artifact,
@@ -86,3 +90,28 @@ async def test_on_a_ray_cluster_the_hosts_cpus_set_no_vcpu_budget(
         assert (await describe(service, "e"))["EndpointStatus"] == "InService"
     finally:
         await service.close()
+
+
+async def test_a_takeover_that_adopts_keeps_routing_the_endpoint_until_it_is_activated(
+    settings: Settings, deployer: RecordingDeployer
+) -> None:
+    first = await open_service(settings, deployer)
+    await two_variant_endpoint(first, settings)
+    await first.close()
+    adopter = RecordingDeployer(adopting=True)
+    adopter.hold("deploy")
+    second = ControlService(
+        settings, Store.open(state_file(settings)), adopter, instance_vcpus=INSTANCE_VCPUS
+    )
+    await second.start(takeover=True)
+    try:
+        await adopter.entered("deploy")
+        # Never marked pending: the replicas keep routing to the running instances.
+        assert "ab" not in adopter.unroutable
+        assert (await describe(second, "ab"))["EndpointStatus"] == "InService"
+        adopter.release("deploy")
+        await second.settle()
+        assert "ab" not in adopter.unroutable
+        assert adopter.live["ab"].generation == 1
+    finally:
+        await second.close()

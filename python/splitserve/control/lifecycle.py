@@ -93,9 +93,15 @@ class EndpointLifecycle:
         records = await self._state.run(self._state.store.list_endpoints)
         # First tell the data plane which endpoints exist, so that while they are redeployed
         # their callers get a retryable 503 (or a Failed endpoint's reason), not "not found".
+        # A takeover whose deployer adopts the running instances leaves InService endpoints
+        # routed as the replicas route them now (to those very instances) until the adopted
+        # generation is activated: no request is refused meanwhile.
+        adopting = takeover and self._deployer.adopts_instances
         for record in records:
             if record.status is EndpointStatus.FAILED:
                 self._deployer.failed(record.name, record.failure_reason or "")
+            elif record.status is EndpointStatus.IN_SERVICE and adopting:
+                continue
             elif record.status is not EndpointStatus.DELETING:
                 self._deployer.pending(record.name)
         recovered = [record for record in records if record.status in _RECOVERED]
@@ -131,14 +137,22 @@ class EndpointLifecycle:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def create(
-        self, record: EndpointRecord, plan: DeploymentPlan, cause: str = "CreateEndpoint"
+        self,
+        record: EndpointRecord,
+        plan: DeploymentPlan,
+        cause: str = "CreateEndpoint",
+        *,
+        keep_routing: bool = False,
     ) -> None:
         """Deploy and activate a new (or recovered) endpoint, then InService; Failed on failure.
 
         `cause` goes into the weight history with the weights the router was given: a recovery
-        passes "GatewayRestart".
+        passes "GatewayRestart". `keep_routing`: the data plane keeps routing the endpoint as it
+        does now until this deployment is activated (a takeover adopting running instances),
+        rather than answering 503 meanwhile.
         """
-        self._deployer.pending(record.name)
+        if not keep_routing:
+            self._deployer.pending(record.name)
         try:
             await check_model_data(record.variants, plan)
             await self._deployer.deploy(plan)
@@ -429,7 +443,13 @@ class EndpointLifecycle:
                 await self._fail(record.name, error.message, locked=True)
                 return
             await self._state.run(self._state.store.put_endpoint, recovered)
-            self.spawn(record.name, self.create(recovered, plan, "GatewayRestart"))
+            keep_routing = (
+                keep_in_service and adopted and record.status is EndpointStatus.IN_SERVICE
+            )
+            self.spawn(
+                record.name,
+                self.create(recovered, plan, "GatewayRestart", keep_routing=keep_routing),
+            )
 
     def spawn(self, endpoint_name: str, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as the endpoint's background task; it is logged, never raised, if it fails."""
