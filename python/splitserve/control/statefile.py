@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 #: is brought up to date (`MIGRATIONS`) when it is opened.
 SCHEMA_VERSION = 4
 
-#: The first bytes of every SQLite 3 database file.
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 #: Each endpoint's weight changes (schema version 3), in `sequence` order; bounded per endpoint by
 #: config.WEIGHT_HISTORY_LIMIT and deleted with the endpoint (`Store`).
@@ -129,24 +127,29 @@ def connect(path: Path) -> sqlite3.Connection:
     Raises:
         StateFileError: the file cannot be read or opened, is empty or is not an SQLite database.
     """
+    # The file is never opened but by SQLite: closing any other descriptor of it would drop every
+    # POSIX lock this process's SQLite connections hold on it (other replicas, CloudWatch's),
+    # and another process could then write under them: SQLite's "How To Corrupt", 2.2. A file
+    # that is not a database is found by `check`'s first read (SQLITE_NOTADB).
     try:
         exists = path.exists()
-        header = b""
         if exists:
-            with path.open("rb") as state:
-                header = state.read(len(_SQLITE_HEADER))
+            status = path.stat()
+            if stat.S_ISDIR(status.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            empty = status.st_size == 0
         else:
             path.parent.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
     except OSError as error:
         raise StateFileError(
             f"state file {path} cannot be read: {error.strerror or error}; it was left untouched"
         ) from error
-    if exists and not header:
+    if exists and empty:
         # A new file is linked into place only with its schema (`create`), so an empty one
         # was truncated by something else: treating it as new would hide the lost state.
         raise corrupt(path, "it is empty (0 bytes)")
-    if exists and header != _SQLITE_HEADER:
-        raise corrupt(path, "it is not an SQLite database")
     if not exists:
         create(path)
     try:
@@ -180,6 +183,8 @@ def check(path: Path, connection: sqlite3.Connection) -> int | None:
         if "schema_version" in tables:
             version = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
     except sqlite3.DatabaseError as error:
+        if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+            raise corrupt(path, "it is not an SQLite database") from error
         raise corrupt(path, str(error)) from error
     if result != [("ok",)]:
         raise corrupt(path, "; ".join(str(row[0]) for row in result[:5]))
