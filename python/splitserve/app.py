@@ -232,6 +232,7 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         ),
         app[keys.INTERNAL_URL],
         become_controller,
+        instances_outlive_controller=settings.placement.backend == "ray",
     )
     try:
         yield

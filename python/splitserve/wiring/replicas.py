@@ -58,6 +58,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: How often a new controller looks whether its deployer has published the endpoints it followed.
+_REPLACED_POLL_SECONDS = 0.25
+#: It keeps the follower's pools for at most this many propagation timeouts while it adopts.
+_ADOPTION_WAITS = 12
+
 #: Marks a request one replica passed to the controller: it is never passed on again.
 FORWARDED_HEADER = "x-splitserve-forwarded-by"
 
@@ -305,6 +310,18 @@ class RoutingFollower:
             self._registry.pending(name)
         await self.close()
 
+    async def close_when_replaced(self, timeout_seconds: float) -> None:
+        """This replica took control and its instances serve on (Ray): keep the endpoints it
+        built routing until its own deployer has published each of them again (or
+        `timeout_seconds` passed), then close the follower's pools."""
+        followed = [live for name in self._documents if (live := self._registry.get(name))]
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110 (the registry has no event)
+            self._registry.get(live.name) is live for live in followed
+        ):
+            await asyncio.sleep(_REPLACED_POLL_SECONDS)
+        await self.close()
+
     async def close(self) -> None:
         """Close every pool (the replica stops, or becomes the controller)."""
         pools, self._pools = list(self._pools.values()), {}
@@ -357,6 +374,7 @@ class ReplicaNode:
         self._started = time.time()
         self._controller = False
         self._leading = False
+        self._instances_outlive_controller = False
         self._applied = -1
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[str] = set()
@@ -393,12 +411,17 @@ class ReplicaNode:
         follower: RoutingFollower,
         internal_url: str,
         become_controller: Callable[[bool], Awaitable[None]],
+        *,
+        instances_outlive_controller: bool = False,
     ) -> None:
         """Join the replicas: write rows to `state`, follow with `follower` until this process
         holds `lease`, then await `become_controller(takeover)` once. The first try for the
         lease is made here, so the first replica of a state controls it before it serves
         (`takeover` False: the replicas are starting); a later one takes control over from a
-        controller that died (`takeover` True)."""
+        controller that died (`takeover` True). `instances_outlive_controller`: the placement's
+        instances survive a controller (Ray), so this replica keeps routing to them while it
+        takes control, instead of answering 503 until they are published again."""
+        self._instances_outlive_controller = instances_outlive_controller
         self._state = state
         self._lease = lease
         self._follower = follower
@@ -548,8 +571,21 @@ class ReplicaNode:
         assert self._follower is not None
         assert self._become_controller is not None
         self._leading = True  # the follower stops
-        await self._follower.hand_over()
-        await self._become_controller(takeover)
+        if self._instances_outlive_controller:
+            # The instances serve on (Ray): route to them with the follower's tables until the
+            # new controller has adopted and published them, then drop the follower's pools.
+            await self._become_controller(takeover)
+            self._tasks.append(
+                asyncio.create_task(
+                    self._follower.close_when_replaced(
+                        self._settings.propagation_timeout_seconds * _ADOPTION_WAITS
+                    ),
+                    name="follower pools after takeover",
+                )
+            )
+        else:
+            await self._follower.hand_over()
+            await self._become_controller(takeover)
         # Only now: until its control plane runs, this replica passes control requests on
         # (and, with no live controller, answers 503), and others find no controller.
         self._controller = True
