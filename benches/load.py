@@ -2,7 +2,7 @@
 
 Run from the repository root (`make bench-load`, `make soak`):
 
-    .venv/bin/python -m benches.load bench [--scenarios G,X,B,R] [--connections 1,16,64]
+    .venv/bin/python -m benches.load bench [--scenarios G,X,B,R,P] [--connections 1,16,64]
         [--repeats 2] [--seconds 10] [--quick] [--output .benchmarks/load.json]
     .venv/bin/python -m benches.load soak [--seconds 600]
 
@@ -27,6 +27,9 @@ gets the same share of the shared machine's noise):
 - B: X with the workers' dynamic batching on (the defaults), behind the same gateways.
 - D, the floor (inside X and B): one worker invoked directly over its Unix socket with oha, and
   every gateway and the worker at one connection with oha, for the latency a gateway adds.
+- P, replicas: G's stand-in workers behind splitserve with `--processes 1` and `--processes 2`,
+  nothing pinned (two replicas need both CPUs), wrk on every CPU: requests/s and the gateway's CPU
+  time per request (the supervisor's and every replica's) for each.
 - R: splitserve's resident memory after 100,000 and after 1,000,000 requests (G's set-up).
 
 `soak` holds splitserve (B's set-up) at 80 % of its measured maximum for a fixed time (wrk, paced
@@ -173,6 +176,8 @@ class Report:
     settings: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
+    #: P: UpdateEndpointWeightsAndCapacities round trips, per gateway: p50/p99 milliseconds.
+    weight_changes: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
 
 
@@ -227,11 +232,14 @@ def start_splitserve(
     model_url: str | None,
     images_file: Path | None = None,
     max_batch_rows: int | None = None,
+    replicas: int = 1,
 ) -> Fleet:
     """Start `splitserve serve`, deploy a 70/30 two-variant endpoint of `image`, find its workers.
 
     Each variant has one instance; the workers are found among the gateway's child processes
-    (their SM_MODEL_DIR names the variant).
+    (their SM_MODEL_DIR names the variant). With `replicas` > 1 it runs `--processes N`: the
+    gateway's processes are the supervisor and its replicas, and the workers are children of the
+    replica that controls.
     """
     import boto3
     from botocore.config import Config
@@ -256,6 +264,8 @@ def start_splitserve(
         argv += ["--images", str(images_file)]
     if max_batch_rows is not None:
         argv += ["--max-batch-rows", str(max_batch_rows)]
+    if replicas > 1:
+        argv += ["--processes", str(replicas)]
     if os.geteuid() == 0:
         # Run as root, the gateway's workers would run as nobody, who cannot reach a workdir or
         # interpreter of root's own; the load measures the gateway, not the confinement.
@@ -297,14 +307,22 @@ def start_splitserve(
     sagemaker.get_waiter("endpoint_in_service").wait(
         EndpointName=ENDPOINT, WaiterConfig={"Delay": 1, "MaxAttempts": 240}
     )
-    workers = find_workers(process.pid)
-    gateway = Gateway(SPLITSERVE, port, [process.pid])
+    if replicas > 1:
+        replica_pids = children(process.pid)
+        workers = next(
+            found for pid in replica_pids if (found := find_workers(pid, missing_ok=True))
+        )
+        gateway = Gateway(f"{SPLITSERVE}-p{replicas}", port, [process.pid, *replica_pids])
+    else:
+        workers = find_workers(process.pid)
+        gateway = Gateway(SPLITSERVE, port, [process.pid])
     wait_until(lambda: post(port), "splitserve's endpoint")
     return Fleet(gateway, workers)
 
 
-def find_workers(gateway_pid: int) -> dict[str, Worker]:
-    """The instance processes among `gateway_pid`'s children, by variant."""
+def find_workers(gateway_pid: int, *, missing_ok: bool = False) -> dict[str, Worker]:
+    """The instance processes among `gateway_pid`'s children, by variant (empty when it has
+    none and `missing_ok`)."""
     workers: dict[str, Worker] = {}
     for pid in children(gateway_pid):
         environment = environment_of(pid)
@@ -322,6 +340,8 @@ def find_workers(gateway_pid: int) -> dict[str, Worker]:
                 variant, WEIGHTS[variant], port=int(environment["SAGEMAKER_BIND_TO_PORT"])
             )
         workers[variant] = Worker(variant, pid, upstream)
+    if not workers and missing_ok:
+        return workers
     if set(workers) != set(WEIGHTS):
         raise RuntimeError(f"found workers for {sorted(workers)}, expected {sorted(WEIGHTS)}")
     return workers
@@ -432,6 +452,69 @@ def scenario_g(report: Report, plan: Plan, workdir: Path) -> None:
         )
         if plan.memory_requests[1] > 0:
             report.memory = memory_growth(fleet, plan.memory_requests, workdir)
+
+
+def scenario_p(report: Report, plan: Plan, workdir: Path) -> None:
+    """P, replicas: G's stand-in workers behind splitserve with `--processes 1` and with
+    `--processes 2`, nothing pinned (the replicas need both CPUs), wrk on every CPU."""
+    with Processes(workdir) as processes:
+        registry = standin_registry(workdir, tool_path("nginx"))
+        fleets = [
+            start_splitserve(
+                processes,
+                workdir / f"p{count}",
+                image=STANDIN_IMAGE,
+                model_url=None,
+                images_file=registry,
+                replicas=count,
+            )
+            for count in (1, 2)
+        ]
+        gateways = [fleet.gateway for fleet in fleets]
+        warm_up(gateways, None)
+        # The gateways' CPU only: each has workers of its own, which G already measures.
+        closed_loop(report, "P", gateways, {}, plan, wrk_cpus=None, threads=2)
+        for gateway in gateways:
+            report.weight_changes[gateway.name] = weight_change_times(gateway.port)
+            print(f"P {gateway.name} weight changes: {report.weight_changes[gateway.name]}")
+
+
+#: How many weight changes P times per gateway.
+WEIGHT_CHANGES = 60
+
+
+def weight_change_times(port: int) -> dict[str, float]:
+    """Milliseconds each UpdateEndpointWeightsAndCapacities takes to answer, p50 and p99 over
+    WEIGHT_CHANGES alternating changes. Among replicas it answers once every replica routes with
+    the new weights, so this bounds the time until all of them do."""
+    import boto3
+    from botocore.config import Config
+
+    sagemaker = boto3.client(
+        "sagemaker",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        config=Config(retries={"mode": "standard", "max_attempts": 1}),
+    )
+    variant = next(iter(WEIGHTS))
+    times = []
+    for change in range(WEIGHT_CHANGES):
+        started = time.perf_counter()
+        sagemaker.update_endpoint_weights_and_capacities(
+            EndpointName=ENDPOINT,
+            DesiredWeightsAndCapacities=[
+                {"VariantName": variant, "DesiredWeight": float(1 + change % 2)}
+            ],
+        )
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {
+        "p50_ms": statistics.median(times),
+        "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))],
+        "changes": len(times),
+    }
 
 
 def scenario_x(report: Report, plan: Plan, workdir: Path, *, batching: bool) -> None:
@@ -991,6 +1074,8 @@ def bench(args: argparse.Namespace) -> int:
                     scenario_g(report, plan, scenario_dir)
                 elif scenario in ("X", "B"):
                     scenario_x(report, plan, scenario_dir, batching=scenario == "B")
+                elif scenario == "P":
+                    scenario_p(report, plan, scenario_dir)
         report.complete = True
     finally:
         # Also after a failure or a signal: what was measured is written, and said to be partial.
