@@ -51,13 +51,10 @@ from splitserve.wiring import keys
 from splitserve.wiring.auth import CLOUDWATCH_SIGNING_SERVICE, SigV4Verifier
 from splitserve.wiring.boundary import ErrorBoundary, Plane, unrouted
 from splitserve.wiring.fleet import FleetDeployer
+from splitserve.wiring.follower import RoutingFollower
+from splitserve.wiring.forwarder import ControllerForwarder
 from splitserve.wiring.live import LiveParts
-from splitserve.wiring.replicas import (
-    ControllerForwarder,
-    ControllerSlot,
-    ReplicaNode,
-    RoutingFollower,
-)
+from splitserve.wiring.replicas import ControllerSlot, ReplicaNode
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.images import ImageRegistry
 from splitserve.workers.placement import Placement

@@ -18,8 +18,9 @@ from splitserve.errors import ServiceUnavailable, wire_error
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.prometheus import REGISTRY, remove_variant_series
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint, Unroutable
+from splitserve.wiring.follower import RoutingFollower
 from splitserve.wiring.live import LiveParts
-from splitserve.wiring.replicas import ControllerSlot, RoutingFollower
+from splitserve.wiring.replicas import ControllerSlot
 
 ENDPOINT = "ab"
 VARIANTS = ("A", "B", "C")
@@ -318,7 +319,7 @@ async def test_a_document_this_replica_cannot_route_by_is_refused_and_logged(
 ) -> None:
     await follower.apply({ENDPOINT: document({"A": 1.0, "B": 0.0})}, set())
     live = live_endpoint(registry)
-    with caplog.at_level(logging.ERROR, "splitserve.wiring.replicas"):
+    with caplog.at_level(logging.ERROR, "splitserve.wiring.follower"):
         await follower.apply({ENDPOINT: refused}, set())
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"endpoint {ENDPOINT}"]
     assert "routing document refused" in caplog.records[0].getMessage()
@@ -331,7 +332,7 @@ async def test_a_document_this_replica_cannot_route_by_is_refused_and_logged(
     assert routed(live) == Counter({"A": PICKS})
     # The same document again is tried again (and refused again), not taken as applied.
     caplog.clear()
-    with caplog.at_level(logging.ERROR, "splitserve.wiring.replicas"):
+    with caplog.at_level(logging.ERROR, "splitserve.wiring.follower"):
         await follower.apply({ENDPOINT: refused}, set())
     assert len(caplog.records) == 1
 

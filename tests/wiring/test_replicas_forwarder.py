@@ -27,13 +27,10 @@ from splitserve.database import open_database
 from splitserve.errors import ServiceUnavailable, wire_error
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.runtime.registry import EndpointRegistry
+from splitserve.wiring.follower import RoutingFollower
+from splitserve.wiring.forwarder import FORWARDED_HEADER, ControllerForwarder
 from splitserve.wiring.live import LiveParts
-from splitserve.wiring.replicas import (
-    FORWARDED_HEADER,
-    ControllerForwarder,
-    ReplicaNode,
-    RoutingFollower,
-)
+from splitserve.wiring.replicas import ReplicaNode
 from tests.cluster.conftest import sqlite_url
 from tests.support.http import free_port
 

@@ -25,8 +25,9 @@ from splitserve.database import Database, DatabaseUnavailable, open_database
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.prometheus import remove_variant_series
 from splitserve.runtime.registry import EndpointRegistry
+from splitserve.wiring.follower import RoutingFollower
 from splitserve.wiring.live import LiveParts
-from splitserve.wiring.replicas import ReplicaNode, RoutingFollower
+from splitserve.wiring.replicas import ReplicaNode
 from tests.cluster.conftest import QUICK, sqlite_url
 
 FAST = ReplicaSettings(

@@ -12,7 +12,8 @@ from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.spool import MetricsSpool
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
-from splitserve.wiring.replicas import ControllerForwarder, ControllerSlot
+from splitserve.wiring.forwarder import ControllerForwarder
+from splitserve.wiring.replicas import ControllerSlot
 
 SETTINGS = web.AppKey("settings", Settings)
 #: The control service and fleet deployer, once this process controls the endpoints.

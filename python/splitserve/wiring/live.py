@@ -2,7 +2,7 @@
 
 The controller's fleet deployer (`wiring.fleet`) builds its live endpoints from the fleets it runs;
 a replica that is not the controller builds them from the routing documents in the store
-(`wiring.replicas`). Both take the per-instance connection pool, the per-variant recorders, the
+(`wiring.follower`). Both take the per-instance connection pool, the per-variant recorders, the
 log stream name and the data-capture sink from here, so an endpoint routes, counts and captures
 the same way whichever replica serves the request.
 """
