@@ -103,7 +103,15 @@ test-rust: ## cargo test of the pure Rust routing core
 	cargo test --quiet
 
 test-python: setup $(STAMPS)/prometheus $(STAMPS)/wrk $(STAMPS)/postgresql $(STAMPS)/haproxy ## pytest (benchmarks run once each as smoke tests)
-	$(BIN)/pytest -q
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-python-e2e test-python-rest
+
+# test-python in two halves side by side: the end-to-end tests spend most of their time waiting
+# for processes they start (gateways, workers, PostgreSQL, Ray), so the rest runs beside them.
+test-python-e2e: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m e2e
+
+test-python-rest: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
 
 FAST_PYTEST := $(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
 
@@ -118,7 +126,7 @@ fast-workers: setup
 fast-others: setup
 	$(FAST_PYTEST) tests --ignore=tests/workers
 
-test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs (apt-get installs prometheus, wrk and postgresql when missing)
+test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs (apt-get installs prometheus, wrk, postgresql and haproxy when missing)
 
 # The edit loop: the two pytest halves start first, lint and then cargo test run beside them; on 2
 # cores the whole takes about as long as the worker tests alone. Each target's output is printed

@@ -231,3 +231,21 @@ def test_a_stopped_postgresql_keeps_the_holder_holding(
         assert row(cluster) == ("a", 1)
     finally:
         database.close()
+
+
+def test_a_heartbeat_that_failed_restarts_the_candidates_watch(
+    cluster: ClusterState,
+) -> None:
+    # The database was down for longer than the TTL: the holder could not renew, and neither
+    # could the candidate read. Once it is back, the holder gets a whole TTL again.
+    clock = FakeClock()
+    a, b = leases(cluster, clock)
+    assert a.try_acquire()
+    assert not b.try_acquire()
+    b.lost_sight()  # what ReplicaNode does when a heartbeat finds the database unavailable
+    clock.advance(TTL * 3)
+    assert not b.try_acquire()
+    clock.advance(TTL - 0.5)
+    assert a.renew()
+    clock.advance(1.0)
+    assert not b.try_acquire()

@@ -43,6 +43,11 @@ class ControllerLease(Protocol):
         """Renew a held lease (each heartbeat); False when it was lost to another replica."""
         ...
 
+    def lost_sight(self) -> None:
+        """The state database could not be read (a heartbeat failed): the time until it can be
+        again does not count towards taking the lease from its holder."""
+        ...
+
     def release(self) -> None:
         """Give the lease up (idempotent)."""
         ...
@@ -79,6 +84,9 @@ class FileLease:
         """Always True: a lock is held until its holder releases it or dies."""
         return self._descriptor is not None
 
+    def lost_sight(self) -> None:
+        """Nothing to do: the kernel, not the database, keeps the lock."""
+
     def release(self) -> None:
         """Unlock and close the file (idempotent)."""
         if self._descriptor is not None:
@@ -112,11 +120,14 @@ class RowLease:
         try:
             self._held = self._state.lease(_CONTROLLER, self._take)
         except DatabaseUnavailable:
-            # Time without the database does not count: once it is back, the holder gets a
-            # whole TTL to renew before this candidate may take the lease.
-            self._seen = None
+            self.lost_sight()
             return self._held
         return self._held
+
+    def lost_sight(self) -> None:
+        """Time without the database does not count: once it is back, the holder gets a whole
+        TTL to renew before this candidate may take the lease."""
+        self._seen = None
 
     def renew(self) -> bool:
         """Count one more renewal; False when another replica holds the row now. While the

@@ -243,11 +243,11 @@ class ReplicaNode:
     # --- the loops --------------------------------------------------------------------------------
 
     async def _beat(self) -> None:
+        assert self._lease is not None
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_seconds)
             try:
                 await self._heartbeat()
-                assert self._lease is not None
                 if self._controller:
                     if not await asyncio.to_thread(self._lease.renew):
                         self._lost_control()
@@ -259,7 +259,9 @@ class ReplicaNode:
             except asyncio.CancelledError:
                 raise
             except DatabaseUnavailable as error:
-                # The lease stays as it was: nobody can take it while the database is down.
+                # The lease stays as it was: nobody can take it while the database is down, and
+                # this replica does not count the outage as its holder's silence.
+                self._lease.lost_sight()
                 log.warning("replica %s: no heartbeat: %s", self._replica_id, error.message)
             except Exception:
                 log.exception("replica %s: heartbeat failed", self._replica_id)
