@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: A new controller keeps the follower's pools for at most this many propagation timeouts while
 #: it adopts instances that outlived the old one.
 _ADOPTION_WAITS = 12
+#: The controller deletes the rows of replicas silent for this many replica timeouts.
+_FORGET_AFTER = 12
 
 
 @dataclass
@@ -244,6 +246,7 @@ class ReplicaNode:
 
     async def _beat(self) -> None:
         assert self._lease is not None
+        assert self._state is not None
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_seconds)
             try:
@@ -254,6 +257,11 @@ class ReplicaNode:
                         # Once: the process drains now (a second SIGTERM would cut the drain
                         # short); its row ages out, and the new controller's replaces it.
                         return
+                    # Rows of replicas that died without leaving (kill -9) would pile up.
+                    silent_since = (
+                        time.time() - self._settings.replica_timeout_seconds * _FORGET_AFTER
+                    )
+                    await asyncio.to_thread(self._state.forget_replicas, silent_since)
                 elif await asyncio.to_thread(self._lease.try_acquire):
                     await self._take_control(takeover=True)
             except asyncio.CancelledError:
