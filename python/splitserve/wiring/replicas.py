@@ -68,6 +68,17 @@ class ControllerSlot:
         return {} if self.fleet is None else self.fleet.live_instances()
 
 
+@dataclass(frozen=True)
+class _Membership:
+    """What `ReplicaNode.start` joins with; one object, so nothing is half set."""
+
+    state: ClusterState
+    lease: ControllerLease
+    follower: RoutingFollower
+    internal_url: str
+    become_controller: Callable[[bool], Awaitable[None]]
+
+
 class ReplicaNode:
     """This process's membership among the replicas of one state; a `ReplicaView`."""
 
@@ -75,11 +86,7 @@ class ReplicaNode:
         """Replica `replica_id`; it joins the others at `start`."""
         self._settings = settings
         self._replica_id = replica_id
-        self._state: ClusterState | None = None
-        self._lease: ControllerLease | None = None
-        self._follower: RoutingFollower | None = None
-        self._internal_url = ""
-        self._become_controller: Callable[[bool], Awaitable[None]] | None = None
+        self._joined: _Membership | None = None
         self._host = socket.gethostname()
         self._started = time.time()
         self._controller = False
@@ -102,9 +109,15 @@ class ReplicaNode:
         """True once this process holds the controller lease (and has started controlling)."""
         return self._controller
 
+    @property
+    def _member(self) -> _Membership:
+        if self._joined is None:
+            raise RuntimeError("the replica has not joined yet (ReplicaNode.start)")
+        return self._joined
+
     async def host_peers(self) -> list[str]:
         """Internal URLs of the other live replicas on this host."""
-        if self._state is None:
+        if self._joined is None:
             return []
         return [
             replica.internal_url
@@ -132,11 +145,7 @@ class ReplicaNode:
         instances survive a controller (Ray), so this replica keeps routing to them while it
         takes control, instead of answering 503 until they are published again."""
         self._instances_outlive_controller = instances_outlive_controller
-        self._state = state
-        self._lease = lease
-        self._follower = follower
-        self._internal_url = internal_url
-        self._become_controller = become_controller
+        self._joined = _Membership(state, lease, follower, internal_url, become_controller)
         await self._heartbeat()
         if await asyncio.to_thread(lease.try_acquire):
             await self._take_control(takeover=False)
@@ -152,13 +161,12 @@ class ReplicaNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._follower is not None:
-            await self._follower.close()
-        if self._state is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._state.leave, self._replica_id)
-        if self._lease is not None:
-            await asyncio.to_thread(self._lease.release)
+        if self._joined is None:
+            return
+        await self._joined.follower.close()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self._joined.state.leave, self._replica_id)
+        await asyncio.to_thread(self._joined.lease.release)
 
     async def controller_url(self) -> str | None:
         """The internal URL of the live controller, when there is one (and it is not this)."""
@@ -190,9 +198,7 @@ class ReplicaNode:
         """Publish the documents of `endpoint_names` and remove every other one (a new
         controller's first publication: endpoints the old one knew but the store no longer
         has are gone)."""
-        assert self._document_source is not None
-        assert self._state is not None
-        _, stored, damaged = await asyncio.to_thread(self._state.routing)
+        _, stored, damaged = await asyncio.to_thread(self._member.state.routing)
         gone = sorted((stored.keys() | damaged) - set(endpoint_names))
         await self._publish([*endpoint_names, *gone])
 
@@ -211,7 +217,6 @@ class ReplicaNode:
 
     async def _publish(self, names: list[str]) -> int:
         assert self._document_source is not None
-        assert self._state is not None
         documents: list[RoutingDocument] = []
         removed: list[str] = []
         for name in names:
@@ -220,7 +225,7 @@ class ReplicaNode:
                 removed.append(name)
             else:
                 documents.append(document)
-        return await asyncio.to_thread(self._state.publish, documents, removed)
+        return await asyncio.to_thread(self._member.state.publish, documents, removed)
 
     async def _wait_applied(self, version: int) -> None:
         deadline = time.monotonic() + self._settings.propagation_timeout_seconds
@@ -245,14 +250,12 @@ class ReplicaNode:
     # --- the loops --------------------------------------------------------------------------------
 
     async def _beat(self) -> None:
-        assert self._lease is not None
-        assert self._state is not None
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_seconds)
             try:
                 await self._heartbeat()
                 if self._controller:
-                    if not await asyncio.to_thread(self._lease.renew):
+                    if not await asyncio.to_thread(self._member.lease.renew):
                         self._lost_control()
                         # Once: the process drains now (a second SIGTERM would cut the drain
                         # short); its row ages out, and the new controller's replaces it.
@@ -261,15 +264,15 @@ class ReplicaNode:
                     silent_since = (
                         time.time() - self._settings.replica_timeout_seconds * _FORGET_AFTER
                     )
-                    await asyncio.to_thread(self._state.forget_replicas, silent_since)
-                elif await asyncio.to_thread(self._lease.try_acquire):
+                    await asyncio.to_thread(self._member.state.forget_replicas, silent_since)
+                elif await asyncio.to_thread(self._member.lease.try_acquire):
                     await self._take_control(takeover=True)
             except asyncio.CancelledError:
                 raise
             except DatabaseUnavailable as error:
                 # The lease stays as it was: nobody can take it while the database is down, and
                 # this replica does not count the outage as its holder's silence.
-                self._lease.lost_sight()
+                self._member.lease.lost_sight()
                 log.warning("replica %s: no heartbeat: %s", self._replica_id, error.message)
             except Exception:
                 log.exception("replica %s: heartbeat failed", self._replica_id)
@@ -286,38 +289,35 @@ class ReplicaNode:
     async def _take_control(self, *, takeover: bool) -> None:
         log.info("replica %s holds the controller lease: it controls the endpoints now",
                  self._replica_id)  # fmt: skip
-        assert self._follower is not None
-        assert self._become_controller is not None
         self._leading = True  # the follower stops
         if self._instances_outlive_controller:
             # The instances serve on (Ray): route to them with the follower's tables until the
             # new controller has adopted and published them, then drop the follower's pools.
-            await self._become_controller(takeover)
+            await self._member.become_controller(takeover)
             self._tasks.append(
                 asyncio.create_task(
-                    self._follower.close_when_replaced(
+                    self._member.follower.close_when_replaced(
                         self._settings.propagation_timeout_seconds * _ADOPTION_WAITS
                     ),
                     name="follower pools after takeover",
                 )
             )
         else:
-            await self._follower.hand_over()
-            await self._become_controller(takeover)
+            await self._member.follower.hand_over()
+            await self._member.become_controller(takeover)
         # Only now: until its control plane runs, this replica passes control requests on
         # (and, with no live controller, answers 503), and others find no controller.
         self._controller = True
         await self._heartbeat()
 
     async def _heartbeat(self) -> None:
-        assert self._state is not None
         await asyncio.to_thread(
-            self._state.heartbeat,
+            self._member.state.heartbeat,
             ReplicaRecord(
                 replica_id=self._replica_id,
                 host=self._host,
                 pid=os.getpid(),
-                internal_url=self._internal_url,
+                internal_url=self._member.internal_url,
                 started=self._started,
                 heartbeat=time.time(),
                 applied_version=self._applied,
@@ -326,9 +326,7 @@ class ReplicaNode:
         )
 
     async def _follow(self) -> None:
-        assert self._state is not None
-        assert self._follower is not None
-        database = self._state.database
+        database = self._member.state.database
         # PostgreSQL notifies routing changes (LISTEN); SQLite's version is one cheap read.
         feed = database.changes(ROUTING_CHANNEL) if database.kind == "postgresql" else None
         try:
@@ -338,18 +336,18 @@ class ReplicaNode:
                 feed.close()
 
     async def _follow_changes(self, feed: ChangeFeed | None) -> None:
-        assert self._state is not None
-        assert self._follower is not None
         while self._following():
             try:
-                version = await asyncio.to_thread(self._state.routing_version)
+                version = await asyncio.to_thread(self._member.state.routing_version)
                 if version != self._applied:
-                    version, documents, damaged = await asyncio.to_thread(self._state.routing)
+                    version, documents, damaged = await asyncio.to_thread(
+                        self._member.state.routing
+                    )
                     if not self._following():
                         return  # it took control meanwhile: its own deployer routes now
-                    await self._follower.apply(documents, damaged)
+                    await self._member.follower.apply(documents, damaged)
                     self._applied = version
-                    await asyncio.to_thread(self._state.applied, self._replica_id, version)
+                    await asyncio.to_thread(self._member.state.applied, self._replica_id, version)
             except asyncio.CancelledError:
                 raise
             except DatabaseUnavailable as error:
@@ -371,6 +369,5 @@ class ReplicaNode:
         return not self._leading
 
     async def _live_replicas(self) -> list[ReplicaRecord]:
-        assert self._state is not None
         since = time.time() - self._settings.replica_timeout_seconds
-        return await asyncio.to_thread(self._state.replicas, since)
+        return await asyncio.to_thread(self._member.state.replicas, since)
