@@ -165,10 +165,14 @@ class ControlSettings:
             its type's vCPUs, but never more than the host's CPUs: it is pinned to that many at
             most (`workers.catalog.CpuAllocator`), so a large type on a small host counts as
             the whole host, not as more.
+        alarm_poll_seconds: how often a stepped UpdateEndpoint (DeploymentConfig's CANARY or
+            LINEAR, README "Deployment guardrails") reads its AutoRollbackConfiguration alarms'
+            states while it bakes; an alarm in ALARM rolls the update back within this.
     """
 
     max_instances_per_variant: int = 16
     max_vcpu_overcommit: float = 4.0
+    alarm_poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -739,3 +743,41 @@ class EvaluationSettings:
     power: float = 0.8
     sample_ratio_alpha: float = 0.001
     describe_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class SequentialSettings:
+    """The always-valid statistics of a live experiment and the Thompson-sampling bandit
+    (`splitserve.evaluation.sequential`, `splitserve.evaluation.bandit`; docs/statistics.md).
+
+    Attributes:
+        alpha: the experiment's error level: the chance, over the whole experiment however often
+            it is looked at, that any interval misses its truth or a difference is declared
+            where there is none (split evenly over the pairs when there are more than two).
+        threshold: a score at or above this is a positive prediction.
+        metric: the metric a winner is declared on.
+        horizon_labels: the labels per variant the normal mixture is tuned for: its intervals
+            are narrowest there (any other value keeps them valid, only a little wider).
+        min_labels: labels each variant needs before a difference may be declared (the plug-in
+            variances of the differences are asymptotic; this keeps the first looks honest).
+        log_loss_clip: scores are clipped to [clip, 1 - clip] for the live log loss, which
+            bounds each row's loss by -log(clip) (a bounded mean has a nonasymptotic interval).
+        auc_bins: the live AUC counts scores in this many equal bins of [0, 1] (memory stays
+            bounded however many labels arrive; ties within a bin count half).
+        srm_alpha: the always-valid p-value below which the live split is a sample-ratio
+            mismatch (strict, as for `evaluate`).
+        srm_prior_strength: the Dirichlet prior's total weight of the live SRM test, centred on
+            the expected shares.
+        bandit_draws: Monte Carlo draws per weights() call of the Thompson bandit.
+    """
+
+    alpha: float = 0.05
+    threshold: float = 0.5
+    metric: str = "accuracy"
+    horizon_labels: int = 10_000
+    min_labels: int = 100
+    log_loss_clip: float = 1e-3
+    auc_bins: int = 1000
+    srm_alpha: float = 0.001
+    srm_prior_strength: float = 100.0
+    bandit_draws: int = 10_000
