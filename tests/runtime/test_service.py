@@ -333,3 +333,52 @@ async def test_failover_is_deterministic_for_a_seed() -> None:
         return value
 
     assert await failovers(3) == await failovers(3)
+
+
+# --- inference ids ------------------------------------------------------------------------------
+
+
+class _Answered:
+    """What the service hands to feedback's index, kept in a list."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, str, bool, bytes | None, bytes]] = []
+
+    def record(
+        self,
+        endpoint: str,
+        variant: str,
+        inference_id: str,
+        targeted: bool,
+        content_type: bytes | None,
+        body: bytes,
+    ) -> None:
+        self.records.append((endpoint, variant, inference_id, targeted, content_type, body))
+
+
+async def test_every_answer_has_an_inference_id_the_index_gets_too(endpoint: Endpoint) -> None:
+    answered = _Answered()
+    service = InvocationService(Settings(), endpoint.registry, answered)
+    first = await service.invoke(_invocation(endpoint))
+    second = await service.invoke(_invocation(endpoint))
+    sent = await service.invoke(_invocation(endpoint, inference_id="client-7", target_variant="A"))
+    assert first.inference_id != second.inference_id
+    assert 0 < len(first.inference_id) <= 64
+    assert first.inference_id.isprintable()
+    assert sent.inference_id == "client-7"
+    assert [record[2] for record in answered.records] == [
+        first.inference_id,
+        second.inference_id,
+        "client-7",
+    ]
+    assert answered.records[2][:4] == (endpoint.name, "A", "client-7", True)
+    assert answered.records[0][3:] == (False, b"application/json", b"[0.5]")
+
+
+async def test_a_failed_invocation_is_not_indexed(endpoint: Endpoint) -> None:
+    answered = _Answered()
+    service = InvocationService(Settings(), endpoint.registry, answered)
+    endpoint.clients["A-0"].answer = lambda: UpstreamResponse(500, [], b"boom")
+    with pytest.raises(ModelError):
+        await service.invoke(_invocation(endpoint))
+    assert answered.records == []

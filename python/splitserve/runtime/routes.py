@@ -14,6 +14,10 @@ from splitserve.runtime.service import Invocation, InvocationService
 #: Our own header for sticky assignment: requests with the same key go to the same variant while
 #: the weights stay the same (see README, "Sticky assignment").
 STICKY_KEY_HEADER = "X-Splitserve-Sticky-Key"
+#: Our own answer header: the invocation's inference id (the request's InferenceId, else one the
+#: gateway drew), which labels sent to POST /splitserve/feedback/<endpoint> name (README,
+#: "Closing the loop"). boto3 ignores headers it does not know.
+INFERENCE_ID_HEADER = "X-Splitserve-Inference-Id"
 INVOKE_PATH = "/endpoints/{name}/invocations"
 #: sagemaker-runtime's two other invocation operations, which splitserve does not serve: each gets
 #: a ValidationError naming it rather than a bare 404 a client cannot explain (the error's shape:
@@ -53,7 +57,10 @@ def routes(service: InvocationService, settings: Settings) -> list[web.RouteDef]
         except web.RequestPayloadError:
             raise _undecodable_body(request) from None
         result = await service.invoke(read_invocation(request, body))
-        headers = {"x-Amzn-Invoked-Production-Variant": result.variant}
+        headers = {
+            "x-Amzn-Invoked-Production-Variant": result.variant,
+            INFERENCE_ID_HEADER: result.inference_id,
+        }
         if result.content_type is not None:
             headers["Content-Type"] = result.content_type.decode("latin-1")
         if result.custom_attributes is not None:

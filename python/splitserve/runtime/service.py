@@ -11,11 +11,13 @@ forward over a kept-alive connection, and records each event once through the va
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from splitserve._router import (
     NoHealthyInstanceError,
@@ -59,7 +61,8 @@ class Invocation(NamedTuple):
         content_type, accept, custom_attributes: passed through to the worker when present.
         target_variant: X-Amzn-SageMaker-Target-Variant, overriding the weights.
         sticky_key: X-Splitserve-Sticky-Key, hashed to pick the same variant for the same key.
-        inference_id: X-Amzn-SageMaker-Inference-Id, kept for data capture.
+        inference_id: X-Amzn-SageMaker-Inference-Id: the invocation's id (data capture, feedback);
+            None lets the gateway draw one.
         target_model: X-Amzn-SageMaker-Target-Model (multi-model endpoints only; refused here).
     """
 
@@ -75,19 +78,56 @@ class Invocation(NamedTuple):
 
 
 class InvocationResult(NamedTuple):
-    """What goes back to the caller: the worker's body and content type, and the variant chosen."""
+    """What goes back to the caller: the worker's body and content type, the variant chosen, and
+    the invocation's id (the caller's InferenceId, else one the gateway drew)."""
 
     variant: str
     body: bytes
     content_type: bytes | None
     custom_attributes: bytes | None
+    inference_id: str
+
+
+class AnsweredInvocations(Protocol):
+    """Where the service hands every answered invocation's id, variant and answer, for feedback
+    to join labels on later (`feedback.index.InferenceIndex` in the gateway)."""
+
+    def record(
+        self,
+        endpoint: str,
+        variant: str,
+        inference_id: str,
+        targeted: bool,
+        content_type: bytes | None,
+        body: bytes,
+    ) -> None:
+        """Keep one answered invocation; never blocks, never raises."""
+        ...
+
+
+def inference_ids() -> Callable[[], str]:
+    """A drawer of inference ids for invocations that came without one: a random prefix per
+    process and a counter, so ids are unique across replicas and restarts and cost one counter
+    step and one format each (a uuid4 per request reads the OS's random source every time)."""
+    prefix = os.urandom(8).hex() + "-"
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):x}"
 
 
 class InvocationService:
     """Routes and forwards InvokeEndpoint requests to the live endpoints in a registry."""
 
-    def __init__(self, settings: Settings, registry: EndpointRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: EndpointRegistry,
+        answered: AnsweredInvocations | None = None,
+    ) -> None:
+        """Serve `registry`'s endpoints; hand each answered invocation to `answered` (None: to
+        nothing) so labels can be joined to it later."""
         self._registry = registry
+        self._answered = answered
+        self._draw_id = inference_ids()
         self._account_id = settings.account.account_id
         self._max_payload = settings.max_payload_bytes
         self._timeout = settings.workers.invocation_timeout_seconds
@@ -157,6 +197,15 @@ class InvocationService:
             raise self._model_error(response, live, variant, instance.name)
         recorder.answered(model_seconds, perf_counter() - started - model_seconds)
         content_type, custom_attributes = _answer_headers(response)
+        inference_id = request.inference_id
+        if inference_id is None:
+            inference_id = self._draw_id()
+        targeted = request.target_variant is not None
+        if self._answered is not None:
+            # A tuple appended to a bounded buffer; written to the state database off this path.
+            self._answered.record(
+                live.name, variant, inference_id, targeted, content_type, response.body
+            )
         if live.shadows is not None:
             # Queues the copies to the shadow variants (a draw and a non-blocking put each; sent
             # by their own tasks, never awaited here) and offers production's answer to capture.
@@ -165,8 +214,8 @@ class InvocationService:
                 request.body,
                 headers,
                 request.content_type,
-                request.inference_id,
-                request.target_variant is not None,
+                inference_id,
+                targeted,
                 response,
                 content_type,
                 model_seconds,
@@ -177,17 +226,18 @@ class InvocationService:
             live.capture.offer(
                 variant,
                 request.content_type,
-                request.inference_id,
+                inference_id,
                 request.body,
                 response.body,
                 content_type,
-                request.target_variant is not None,
+                targeted,
             )
         return InvocationResult(
             variant=variant,
             body=response.body,
             content_type=content_type,
             custom_attributes=custom_attributes,
+            inference_id=inference_id,
         )
 
     def _not_routable(self, endpoint_name: str) -> Exception:
