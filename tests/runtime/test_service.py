@@ -4,6 +4,7 @@ workers), so each outcome of the request path is checked with what it records an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -382,3 +383,28 @@ async def test_a_failed_invocation_is_not_indexed(endpoint: Endpoint) -> None:
     with pytest.raises(ModelError):
         await service.invoke(_invocation(endpoint))
     assert answered.records == []
+
+
+class _Capture:
+    """A capture sink that keeps what it was offered."""
+
+    def __init__(self) -> None:
+        self.offers: list[tuple[object, ...]] = []
+
+    def offer(self, *args: object) -> bool:
+        self.offers.append(args)
+        return True
+
+
+async def test_capture_records_a_drawn_id_as_the_event_id(endpoint: Endpoint) -> None:
+    capture = _Capture()
+    live = dataclasses.replace(endpoint.live, capture=capture)  # type: ignore[arg-type]
+    endpoint.registry.publish(live)
+    drawn = await endpoint.service.invoke(_invocation(endpoint))
+    sent = await endpoint.service.invoke(_invocation(endpoint, inference_id="client-8"))
+    # (variant, content type, InferenceId, body, answer, answer type, targeted, eventId)
+    assert capture.offers[0][2] is None
+    assert capture.offers[0][7] == drawn.inference_id
+    assert capture.offers[1][2] == "client-8"
+    assert capture.offers[1][7] is None
+    assert sent.inference_id == "client-8"

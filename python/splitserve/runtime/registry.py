@@ -62,6 +62,7 @@ class ShadowCopies(Protocol):
         response: UpstreamResponse,
         response_content_type: bytes | None,
         model_seconds: float,
+        event_id: str | None = None,
     ) -> None:
         """Queue copies of one request production answered; never blocks, never raises."""
         ...
@@ -87,6 +88,10 @@ class LiveEndpoint:
         unreachable: told the name of an instance a forward could not connect to (a replica
             that does not run the health checks stops routing to it for a while); None on the
             controller, whose health checks decide.
+        variant_names: the router's variant name -> the variant's name, while a stepped
+            UpdateEndpoint routes both fleets in one router (the new fleet's variants that share
+            a name with the old fleet's are in it under a name no caller can target); None
+            otherwise, when the router's names are the variants' names.
     """
 
     name: str
@@ -98,6 +103,7 @@ class LiveEndpoint:
     capture: CaptureSink | None = None
     shadows: ShadowCopies | None = None
     unreachable: Callable[[str], None] | None = None
+    variant_names: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

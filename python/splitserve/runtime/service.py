@@ -106,12 +106,15 @@ class AnsweredInvocations(Protocol):
 
 
 def inference_ids() -> Callable[[], str]:
-    """A drawer of inference ids for invocations that came without one: a random prefix per
-    process and a counter, so ids are unique across replicas and restarts and cost one counter
-    step and one format each (a uuid4 per request reads the OS's random source every time)."""
-    prefix = os.urandom(8).hex() + "-"
+    """A drawer of inference ids for invocations that came without one, shaped as UUIDs (data
+    capture records them as eventIds, which are UUIDs in SageMaker's records): a random prefix
+    per process (the first four groups, version 4 and variant bits set) and a counter as the
+    last group, so ids are unique across replicas and restarts and cost one counter step and one
+    format each (a uuid4 per request reads the OS's random source every time)."""
+    bits = os.urandom(10).hex()
+    prefix = f"{bits[:8]}-{bits[8:12]}-4{bits[12:15]}-{'89ab'[int(bits[15], 16) % 4]}{bits[16:19]}-"
     counter = itertools.count(1)
-    return lambda: f"{prefix}{next(counter):x}"
+    return lambda: f"{prefix}{next(counter) % (1 << 48):012x}"
 
 
 class InvocationService:
@@ -171,6 +174,10 @@ class InvocationService:
         except NoHealthyInstanceError as error:
             raise ServiceUnavailable(str(error)) from None
         variant = route.variant
+        if live.variant_names is not None:
+            # A stepped UpdateEndpoint routes the new fleet's variants under names of their own
+            # beside the old fleet's; the caller, metrics and capture see the variant's name.
+            variant = live.variant_names[variant]
         recorder = live.recorders[variant]
         recorder.invoked(route.healthy_instances)
         if route.failed_over:
@@ -197,9 +204,13 @@ class InvocationService:
             raise self._model_error(response, live, variant, instance.name)
         recorder.answered(model_seconds, perf_counter() - started - model_seconds)
         content_type, custom_attributes = _answer_headers(response)
+        # The caller's InferenceId, else one drawn here, which data capture records as the
+        # eventId: either way the id capture's readers join ground truth on (inferenceId when
+        # present, else eventId; docs/sagemaker-api.md, '6. Data capture').
         inference_id = request.inference_id
+        event_id = None
         if inference_id is None:
-            inference_id = self._draw_id()
+            inference_id = event_id = self._draw_id()
         targeted = request.target_variant is not None
         if self._answered is not None:
             # A tuple appended to a bounded buffer; written to the state database off this path.
@@ -214,11 +225,12 @@ class InvocationService:
                 request.body,
                 headers,
                 request.content_type,
-                inference_id,
+                request.inference_id,
                 targeted,
                 response,
                 content_type,
                 model_seconds,
+                event_id,
             )
         elif live.capture is not None:
             # Only successful invocations are captured: a failed one has no model output to monitor.
@@ -226,11 +238,12 @@ class InvocationService:
             live.capture.offer(
                 variant,
                 request.content_type,
-                inference_id,
+                request.inference_id,
                 request.body,
                 response.body,
                 content_type,
                 targeted,
+                event_id,
             )
         return InvocationResult(
             variant=variant,

@@ -166,6 +166,7 @@ class ShadowCopier:
         response: UpstreamResponse,
         response_content_type: bytes | None,
         model_seconds: float,
+        event_id: str | None = None,
     ) -> None:
         """Queue copies of one request production answered; never blocks, never raises.
 
@@ -177,6 +178,9 @@ class ShadowCopier:
             response_content_type: its Content-Type header.
             model_seconds: production's model latency, recorded with the capture for
                 `splitserve evaluate --shadow`.
+            event_id: the eventId production's capture record (and the copies') carry: the
+                inference id the gateway drew for a request without InferenceId; None draws one
+                when a copy is made.
         """
         if self._closed:
             return
@@ -187,7 +191,8 @@ class ShadowCopier:
             if lane.target.fraction >= 1.0
             or (lane.target.fraction > 0.0 and draw() < lane.target.fraction)
         ]
-        event_id = _uuid4_text(self._bits(128)) if selected else ""
+        if event_id is None:
+            event_id = _uuid4_text(self._bits(128)) if selected else ""
         captured = False
         if self._capture is not None:
             captured = self._capture.offer(
