@@ -2,10 +2,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .stamps
+# The interpreter: PYTHON= when given; else the one an existing .venv was built with (a set-up tree
+# keeps its interpreter until `make clean` or PYTHON=); else the newest CPython from 3.11 to 3.13
+# (the versions constraints.txt is checked on) that runs, on PATH or under ~/.pyenv/versions.
+PYTHON ?= $(shell scripts/find_python.sh $(VENV))
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)
 RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml Cargo.lock
 HOST ?= 127.0.0.1
 PORT ?= 8080
@@ -26,7 +30,23 @@ help: ## list the targets and what each does
 		{ printf "%02d %s\t%s\n", ($$1 in rank) ? rank[$$1] : 99, $$1, $$2 }' \
 		| sort | cut -c4- | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(STAMPS)/venv:
+# One stamp names the interpreter's version. A .venv of another version (or of none) is removed
+# and everything after it rebuilt; a .venv already of this version is kept as it is, the stamp
+# dated 1970 so that nothing after it counts as out of date.
+$(STAMPS)/python-$(PYTHON_VERSION):
+	@if [ -z "$(PYTHON_VERSION)" ]; then \
+		echo "no usable Python: '$(PYTHON)' does not run; install CPython 3.11 to 3.13 or set PYTHON=" >&2; \
+		exit 1; fi
+	@mkdir -p $(STAMPS)
+	@rm -f $(STAMPS)/python-*
+	@if [ "$$($(BIN)/python -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)" = "$(PYTHON_VERSION)" ]; then \
+		touch -d @0 $@; \
+	else \
+		echo "building $(VENV) with Python $(PYTHON_VERSION) ($(PYTHON))"; \
+		rm -rf $(VENV) $(STAMPS)/venv $(STAMPS)/deps $(STAMPS)/build; touch $@; \
+	fi
+
+$(STAMPS)/venv: $(STAMPS)/python-$(PYTHON_VERSION)
 	@mkdir -p $(STAMPS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
