@@ -22,7 +22,7 @@ from splitserve.workers import launch, process
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.fleet import VariantFleet
 from splitserve.workers.images import ImageRegistry
-from splitserve.workers.instance import HealthProbe, Launch, PingResult, WorkerInstance
+from splitserve.workers.instance import HealthProbe, Launch, LocalProcess, PingResult
 from splitserve.workers.process import (
     SpawnLimits,
     WorkerUser,
@@ -454,7 +454,7 @@ async def test_a_restart_that_finds_the_gateway_out_of_descriptors_is_retried(
         real_plan = VariantFleet.plan
         failures = [OSError(errno.EMFILE, "Too many open files")]
 
-        def plan_once_out_of_descriptors(self: VariantFleet, instance: WorkerInstance) -> Launch:
+        def plan_once_out_of_descriptors(self: VariantFleet, instance: LocalProcess) -> Launch:
             if failures:
                 raise failures.pop()
             return real_plan(self, instance)

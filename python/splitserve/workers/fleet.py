@@ -37,6 +37,7 @@ from splitserve.workers.instance import (
     InstanceListener,
     InstanceSetup,
     Launch,
+    LocalProcess,
     LoopbackPorts,
     WorkerInstance,
 )
@@ -121,28 +122,23 @@ def socket_path_in(run_dir: Path, token: str) -> Path:
     return run_dir / SOCKET_DIR / f"{token}.sock"
 
 
-class VariantFleet:
-    """The instances of one variant deployment. Build one with `Supervisor.fleet`.
+class InstanceFleet:
+    """The instances of one variant generation, whatever runs them: start, scale (draining on
+    the way down), stop, let go. Each placement's fleet (`VariantFleet` here,
+    `ray_placement.RayFleet`) supplies how an instance is made and what a start prepares; the
+    rest is shared. Implements `placement.PlacedFleet`.
 
     Attributes:
         deployment: what this fleet runs.
         instance_type: the deployment's instance type.
-        image: what its image resolved to.
-        model_dir: the read-only model directory its instances get (made by `start`).
     """
 
-    def __init__(
-        self,
-        resources: FleetResources,
-        deployment: VariantDeployment,
-        instance_type: InstanceType,
-        image: ImageSpec,
-    ) -> None:
+    #: True when the instances outlive the controller: `detach` then leaves them running.
+    instances_outlive_controller = False
+
+    def __init__(self, deployment: VariantDeployment, instance_type: InstanceType) -> None:
         self.deployment = deployment
         self.instance_type = instance_type
-        self.image = image
-        self._resources = resources
-        self.model_dir = model_dir_for(resources.run_dir, deployment)
         self._instances: dict[int, WorkerInstance] = {}
         self._operation = asyncio.Lock()
         self._started = False
@@ -150,19 +146,12 @@ class VariantFleet:
 
     @property
     def key(self) -> tuple[str, str, int]:
-        """(endpoint, variant, generation): unique among a supervisor's fleets."""
+        """(endpoint, variant, generation): unique among a placement's fleets."""
         deployment = self.deployment
         return (deployment.endpoint_name, deployment.variant_name, deployment.generation)
 
-    @property
-    def startup_timeout_seconds(self) -> float:
-        """How long a new process has to pass its first /ping."""
-        if isinstance(self.image, CustomImage) and self.image.startup_timeout_seconds is not None:
-            return self.image.startup_timeout_seconds
-        return self._resources.settings.startup_timeout_seconds
-
     def instance_name(self, index: int) -> str:
-        """The process-wide unique name of instance `index`."""
+        """The unique name of instance `index` (process-wide; for Ray, namespace-wide)."""
         deployment = self.deployment
         return (
             f"{deployment.endpoint_name}/{deployment.variant_name}/g{deployment.generation}/{index}"
@@ -173,16 +162,17 @@ class VariantFleet:
         return [self._instances[index].info() for index in sorted(self._instances)]
 
     async def start(self) -> None:
-        """Prepare the model directory and start `instance_count` instances.
+        """Prepare what the instances share (`_prepare`) and start (or adopt)
+        `instance_count` instances.
 
         Returns once every instance passed its first /ping. On any failure, stops everything it
-        started and removes the model directory.
+        started.
 
         Raises:
-            DeploymentError: the artifact is missing, unsafe, outside the allowed directories or
-                over the size limits; the server cannot be started, exits before answering (e.g.
-                the model does not load; its last output is in the message), or does not answer
-                /ping within the start-up timeout.
+            DeploymentError: the preparation failed (e.g. the artifact is missing, unsafe or over
+                the limits; no node can hold the type); a server cannot be started, exits before
+                answering (its last output is in the message), or does not answer /ping within
+                the start-up timeout.
         """
         async with self._operation:
             self._check_running()
@@ -190,14 +180,9 @@ class VariantFleet:
                 raise DeploymentError(f"{self._label()} is already started")
             self._started = True
             try:
-                await asyncio.to_thread(self._resources.prepare_run_dirs)
-                await asyncio.to_thread(
-                    prepare_model_dir,
-                    self.deployment.model_data,
-                    self.model_dir,
-                    self._resources.artifacts,
-                )
+                await self._prepare()
                 await self._add_instances(range(self.deployment.instance_count))
+                await self._started_all()
             except BaseException:
                 await self.stop()
                 raise
@@ -208,7 +193,7 @@ class VariantFleet:
         Growing starts the new instances and returns once each passed its first /ping (a failure
         stops the new ones and raises; the others keep running). Shrinking stops the
         highest-index instances: unhealthy to the listener, drained (up to `stop_grace_seconds`),
-        then SIGTERM and SIGKILL.
+        then stopped.
 
         Raises:
             DeploymentError: `count` is below 1, the fleet is stopped, or a new instance failed.
@@ -225,7 +210,7 @@ class VariantFleet:
                 await self._stop_instances(retired)
 
     async def stop(self) -> None:
-        """Stop every instance (unhealthy, drain, SIGTERM, SIGKILL) and remove the model directory.
+        """Stop every instance (unhealthy, drain, stop) and remove what they shared.
 
         Idempotent; also interrupts a `start` or `scale` in progress, which then raises.
         """
@@ -234,68 +219,65 @@ class VariantFleet:
         await asyncio.shield(self._stop_task)
 
     async def detach(self) -> None:
-        """The same as `stop`: local instances die with the gateway that started them."""
-        await self.stop()
+        """Stop watching the instances: when they outlive the controller they keep serving for
+        the next one; otherwise (local processes die with the gateway) the same as `stop`."""
+        if not self.instances_outlive_controller:
+            await self.stop()
+            return
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._detach(), name=f"detach {self._label()}")
+        await asyncio.shield(self._stop_task)
 
-    # --- LaunchPlanner ---------------------------------------------------------------------------
+    # --- what each placement supplies -----------------------------------------------------------
 
-    def plan(self, instance: WorkerInstance) -> Launch:
-        """The command, environment and address of `instance`'s next process."""
-        if isinstance(self.image, BuiltinXGBoostImage):
-            return self._builtin_launch(instance)
-        return self._custom_launch(instance, self.image)
+    def _new_instance(self, index: int) -> WorkerInstance:
+        """Make (and so start) instance `index`."""
+        raise NotImplementedError
+
+    async def _prepare(self) -> None:
+        """What `start` does before the first instance (nothing by default)."""
+
+    async def _started_all(self) -> None:
+        """What `start` does once every instance answered (nothing by default)."""
+
+    def _released(self, instance: WorkerInstance) -> None:
+        """`instance` stopped for good: give back what it held (nothing by default)."""
+
+    async def _cleanup(self) -> None:
+        """Remove what the stopped instances shared (nothing by default)."""
+
+    def _finished(self) -> None:
+        """The fleet is stopped or let go of: its placement forgets it."""
+        raise NotImplementedError
 
     # --- internals -------------------------------------------------------------------------------
 
     async def _stop(self) -> None:
         try:
             await self._stop_instances(list(self._instances.values()))
-            await asyncio.to_thread(remove_model_dir, self.model_dir)
+            await self._cleanup()
         finally:
-            self._resources.forget(self)
+            self._finished()
+
+    async def _detach(self) -> None:
+        try:
+            await asyncio.gather(*(instance.detach() for instance in self._instances.values()))
+        finally:
+            self._finished()
 
     async def _stop_instances(self, instances: list[WorkerInstance]) -> None:
-        """Stop `instances`, give back their CPUs and forget them."""
+        """Stop `instances`, give back what they held and forget them."""
         await asyncio.gather(*(instance.stop() for instance in instances))
         for instance in instances:
-            self._resources.cpus.release(instance.name)
+            self._released(instance)
             index = next((i for i, known in self._instances.items() if known is instance), None)
             if index is not None:
                 del self._instances[index]
 
     async def _add_instances(self, indices: range) -> None:
-        resources = self._resources
-        settings = resources.settings
         added = []
         for index in indices:
-            name = self.instance_name(index)
-            cpus = resources.cpus.allocate(name, self.instance_type.vcpus)
-            token = secrets.token_hex(4)
-            builtin = isinstance(self.image, BuiltinXGBoostImage)
-            setup = InstanceSetup(
-                name=name,
-                variant_name=self.deployment.variant_name,
-                cpus=cpus,
-                # Built-in servers keep one socket path across restarts; others listen on TCP.
-                socket_path=(
-                    socket_path_in(resources.run_dir, token)
-                    if builtin and not settings.use_tcp
-                    else None
-                ),
-                private_dir=resources.run_dir / PRIVATE_DIR / token,
-                limits=SpawnLimits(
-                    cpus=cpus,
-                    memory_limit_bytes=(
-                        self.instance_type.memory_bytes if settings.memory_cap else None
-                    ),
-                    user=resources.user,
-                    log_lines_per_second=settings.output_log_lines_per_second,
-                ),
-                startup_timeout_seconds=self.startup_timeout_seconds,
-                # README, "When something fails": the ModelError's LogStreamArn names this file.
-                log_file=(None if settings.log_dir is None else settings.log_dir / f"{name}.log"),
-            )
-            instance = WorkerInstance(setup, settings, self, resources.listener, resources.ports)
+            instance = self._new_instance(index)
             self._instances[index] = instance
             added.append(instance)
         readies = [instance.ready for instance in added]
@@ -326,7 +308,114 @@ class VariantFleet:
             if instance.ready.done() and not instance.ready.cancelled():
                 instance.ready.exception()
 
-    def _builtin_launch(self, instance: WorkerInstance) -> Launch:
+    def _check_running(self) -> None:
+        if self._stop_task is not None:
+            raise DeploymentError(f"{self._label()} was stopped")
+
+    def _label(self) -> str:
+        deployment = self.deployment
+        return (
+            f"variant {deployment.variant_name} of endpoint {deployment.endpoint_name}"
+            f" (generation {deployment.generation})"
+        )
+
+
+class VariantFleet(InstanceFleet):
+    """The local instances of one variant deployment. Build one with `Supervisor.fleet`.
+
+    Attributes:
+        image: what its image resolved to.
+        model_dir: the read-only model directory its instances get (made by `start`).
+    """
+
+    def __init__(
+        self,
+        resources: FleetResources,
+        deployment: VariantDeployment,
+        instance_type: InstanceType,
+        image: ImageSpec,
+    ) -> None:
+        super().__init__(deployment, instance_type)
+        self.image = image
+        self._resources = resources
+        self.model_dir = model_dir_for(resources.run_dir, deployment)
+
+    @property
+    def startup_timeout_seconds(self) -> float:
+        """How long a new process has to pass its first /ping."""
+        if isinstance(self.image, CustomImage) and self.image.startup_timeout_seconds is not None:
+            return self.image.startup_timeout_seconds
+        return self._resources.settings.startup_timeout_seconds
+
+    # --- LaunchPlanner ---------------------------------------------------------------------------
+
+    def plan(self, instance: LocalProcess) -> Launch:
+        """The command, environment and address of `instance`'s next process."""
+        if isinstance(self.image, BuiltinXGBoostImage):
+            return self._builtin_launch(instance)
+        return self._custom_launch(instance, self.image)
+
+    # --- what the fleet supplies ----------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        """Create the run directory's layout and unpack the model directory."""
+        await asyncio.to_thread(self._resources.prepare_run_dirs)
+        await asyncio.to_thread(
+            prepare_model_dir,
+            self.deployment.model_data,
+            self.model_dir,
+            self._resources.artifacts,
+        )
+
+    async def _cleanup(self) -> None:
+        await asyncio.to_thread(remove_model_dir, self.model_dir)
+
+    def _finished(self) -> None:
+        self._resources.forget(self)
+
+    def _released(self, instance: WorkerInstance) -> None:
+        self._resources.cpus.release(instance.name)
+
+    def _new_instance(self, index: int) -> WorkerInstance:
+        resources = self._resources
+        settings = resources.settings
+        name = self.instance_name(index)
+        cpus = resources.cpus.allocate(name, self.instance_type.vcpus)
+        token = secrets.token_hex(4)
+        builtin = isinstance(self.image, BuiltinXGBoostImage)
+        setup = InstanceSetup(
+            name=name,
+            variant_name=self.deployment.variant_name,
+            cpus=cpus,
+            # Built-in servers keep one socket path across restarts; others listen on TCP.
+            socket_path=(
+                socket_path_in(resources.run_dir, token)
+                if builtin and not settings.use_tcp
+                else None
+            ),
+            private_dir=resources.run_dir / PRIVATE_DIR / token,
+            limits=SpawnLimits(
+                cpus=cpus,
+                memory_limit_bytes=(
+                    self.instance_type.memory_bytes if settings.memory_cap else None
+                ),
+                user=resources.user,
+                log_lines_per_second=settings.output_log_lines_per_second,
+            ),
+            startup_timeout_seconds=self.startup_timeout_seconds,
+            # README, "When something fails": the ModelError's LogStreamArn names this file.
+            log_file=(None if settings.log_dir is None else settings.log_dir / f"{name}.log"),
+        )
+        return WorkerInstance(
+            name,
+            self.deployment.variant_name,
+            LocalProcess(setup, settings, self, resources.ports),
+            settings,
+            resources.listener,
+            setup.startup_timeout_seconds,
+        )
+
+    def _builtin_launch(self, instance: LocalProcess) -> Launch:
         resources = self._resources
         settings = resources.settings
         setup = instance.setup
@@ -357,7 +446,7 @@ class VariantFleet:
         )
         return Launch(argv, environment, resources.run_dir, address)
 
-    def _custom_launch(self, instance: WorkerInstance, image: CustomImage) -> Launch:
+    def _custom_launch(self, instance: LocalProcess, image: CustomImage) -> Launch:
         setup = instance.setup
         port = self._resources.ports.take(instance.name)
         gateway = minimal_environment(setup.private_dir, len(setup.cpus))
@@ -373,15 +462,4 @@ class VariantFleet:
         argv = image.argv(python=sys.executable, model_dir=self.model_dir, port=port)
         return Launch(
             argv, environment, image.working_directory, UpstreamAddress.tcp(LOOPBACK, port)
-        )
-
-    def _check_running(self) -> None:
-        if self._stop_task is not None:
-            raise DeploymentError(f"{self._label()} was stopped")
-
-    def _label(self) -> str:
-        deployment = self.deployment
-        return (
-            f"variant {deployment.variant_name} of endpoint {deployment.endpoint_name}"
-            f" (generation {deployment.generation})"
         )

@@ -17,8 +17,11 @@ A ping the gateway could not even send because it is out of file descriptors (EM
 nothing about the instance: it is logged and counts neither as a failure nor as a success, so a
 gateway short of descriptors never replaces healthy instances (which would make things worse).
 
-What the instance runs is decided by its owner (`VariantFleet`) through the `LaunchPlanner` it is
-given; the instance does not know its fleet.
+This life is the same wherever an instance runs: `WorkerInstance` lives it, and a small
+`InstanceBackend` per placement says how a process is started, watched and stopped: `LocalProcess`
+(a child process here, whose command its owner `VariantFleet` decides through the `LaunchPlanner`
+it is given) or `ray_placement.ActorProcess` (a Ray actor on a cluster node, which may also adopt
+a process a previous controller left running). The instance does not know its fleet.
 """
 
 from __future__ import annotations
@@ -129,7 +132,7 @@ class Launch:
 class LaunchPlanner(Protocol):
     """What an instance asks its owner before each start of a process."""
 
-    def plan(self, instance: WorkerInstance) -> Launch:
+    def plan(self, instance: LocalProcess) -> Launch:
         """The command, environment and address of `instance`'s next process.
 
         Raises:
@@ -225,62 +228,123 @@ class HealthProbe:
 
 
 @dataclass(frozen=True)
-class InstanceSetup:
-    """Everything an instance is given by its fleet.
+class ProcessExit:
+    """How the process of an instance ended.
 
     Attributes:
-        name: its process-wide unique name.
-        variant_name: the variant it serves.
-        cpus: the CPUs it is pinned to.
-        socket_path: the Unix socket it keeps across restarts, or None (it listens on TCP).
-        private_dir: its HOME and TMPDIR, created before each start (mode 0700, owned by the
-            worker user) and removed when it stops.
-        limits: how its processes are confined.
-        startup_timeout_seconds: how long a new process has to pass its first /ping.
-        log_file: where every line its processes print is kept (rotated; kept after it stops,
-            for the ModelError's LogStreamArn), or None for no file.
+        status: its exit status, or None when it is not known.
+        cause: set when what ran it was lost with it (a Ray actor, or its node), in place of a
+            status: the reason as people read it.
     """
 
-    name: str
-    variant_name: str
+    status: int | None
+    cause: str | None = None
+
+    def describe(self) -> str:
+        """Why the instance stopped, for the log and a FailureReason."""
+        if self.cause is not None:
+            return self.cause
+        return f"the process exited with status {describe_status(self.status)}"
+
+
+@dataclass(frozen=True)
+class ProcessDetails:
+    """What a backend knows of the process it runs, for `InstanceInfo`.
+
+    Attributes:
+        cpus: the CPUs it is pinned to (or may run on).
+        pid: its process id on this host, or None (none runs, or it runs on another host).
+        node: the address of its cluster node, or None.
+        node_id: the cluster's id of that node, or None.
+        vcpus: the vCPUs its instance type reserves on that node, or None.
+    """
+
     cpus: tuple[int, ...]
-    socket_path: Path | None
-    private_dir: Path
-    limits: SpawnLimits
-    startup_timeout_seconds: float
-    log_file: Path | None = None
+    pid: int | None = None
+    node: str | None = None
+    node_id: str | None = None
+    vcpus: int | None = None
+
+
+class InstanceBackend(Protocol):
+    """How one placement starts, watches and stops the process of one instance: a child
+    process here (`LocalProcess`) or a Ray actor on a node (`ray_placement.ActorProcess`).
+    `WorkerInstance` drives it through the life every instance shares."""
+
+    def placeholder_address(self) -> UpstreamAddress:
+        """The address to show before the first process told its own."""
+        ...
+
+    def details(self) -> ProcessDetails:
+        """The current process's CPUs, pid and node."""
+        ...
+
+    async def adopt(self) -> UpstreamAddress | None:
+        """Take over a process a previous controller left running and that answers /ping;
+        its address, or None when there is none (a new one is then launched)."""
+        ...
+
+    async def launch(self) -> UpstreamAddress:
+        """Start a new process; where it will listen (it may still be loading).
+
+        Raises:
+            DeploymentError: it could not be started.
+        """
+        ...
+
+    async def wait_exit(self) -> ProcessExit:
+        """Return once the current process ended (or was lost)."""
+        ...
+
+    async def output_tail(self, max_chars: int) -> str:
+        """The last output of the current process, at most `max_chars` characters ("" if none
+        can be had)."""
+        ...
+
+    async def retire(self) -> None:
+        """Kill the current process at once: it failed (no grace)."""
+        ...
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop the current process (SIGTERM, SIGKILL `grace_seconds` later) and remove what
+        the instance kept: it is being stopped for good."""
+        ...
 
 
 class WorkerInstance:
     """One instance, and the task that keeps it running; it starts as soon as it is made.
 
+    The life is the same wherever the process runs (the module docstring); what differs, how a
+    process is started, watched and stopped, is the `backend`'s.
+
     Args:
-        setup: what it is and how it runs.
+        name: its unique name, `{endpoint}/{variant}/g{generation}/{index}`.
+        variant_name: the variant it serves.
+        backend: starts, watches and stops its processes.
         settings: health-check, backoff and stop timing.
-        planner: decides each process's command, environment and address.
         listener: told of health changes, asked for in-flight counts.
-        ports: where its TCP port, if any, is given back.
+        startup_timeout_seconds: how long a new process has to pass its first /ping.
     """
 
     def __init__(
         self,
-        setup: InstanceSetup,
+        name: str,
+        variant_name: str,
+        backend: InstanceBackend,
         settings: WorkerSettings,
-        planner: LaunchPlanner,
         listener: InstanceListener,
-        ports: LoopbackPorts,
+        startup_timeout_seconds: float,
     ) -> None:
-        self.setup = setup
-        self.name = setup.name
+        self.name = name
+        self.variant_name = variant_name
+        self.backend = backend
         self._settings = settings
-        self._planner = planner
         self._listener = listener
-        self._ports = ports
+        self._startup_timeout = startup_timeout_seconds
         self._state = "starting"
         self._restarts = 0
-        self._worker: WorkerProcess | None = None
-        self._log_file: OutputFile | None = None
         self._address: UpstreamAddress | None = None
+        self._adopted = False
         #: Whether the listener was last told this instance is healthy.
         self._announced = False
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -293,25 +357,25 @@ class WorkerInstance:
         it never did; cancelled if the instance was stopped first."""
         return self._ready
 
+    @property
+    def adopted(self) -> bool:
+        """True when a running process was taken over rather than started here."""
+        return self._adopted
+
     def info(self) -> InstanceInfo:
-        """A snapshot for the listener and `VariantFleet.instances`."""
-        worker = self._worker
-        address = self._address
-        if address is None:
-            socket_path = self.setup.socket_path
-            address = (
-                UpstreamAddress.unix(str(socket_path))
-                if socket_path is not None
-                else UpstreamAddress.tcp(self._settings.listen_host, 0)
-            )
+        """A snapshot for the listener and the fleet's `instances`."""
+        details = self.backend.details()
         return InstanceInfo(
             name=self.name,
-            variant_name=self.setup.variant_name,
-            address=address,
-            cpus=self.setup.cpus,
-            pid=worker.pid if worker is not None and worker.returncode is None else None,
+            variant_name=self.variant_name,
+            address=self._address or self.backend.placeholder_address(),
+            cpus=details.cpus,
+            pid=details.pid,
             state=self._state,
             restarts=self._restarts,
+            node=details.node,
+            node_id=details.node_id,
+            vcpus=details.vcpus,
         )
 
     def stop(self) -> asyncio.Task[None]:
@@ -320,11 +384,20 @@ class WorkerInstance:
             self._stop_task = asyncio.create_task(self._stop(), name=f"stop {self.name}")
         return self._stop_task
 
+    async def detach(self) -> None:
+        """Stop watching the instance and leave its process running (for a controller going
+        away whose instances outlive it)."""
+        await self._end_supervision()
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
-            await self._launch()
+            address = await self.backend.adopt()
+            if address is None:
+                await self._launch()
+            else:
+                self._address, self._adopted = address, True
             self._ready.set_result(None)
             self._become_healthy()
             await self._supervise()
@@ -350,7 +423,7 @@ class WorkerInstance:
             logger.warning("%s is unhealthy: %s", self.name, reason)
             self._state = "unhealthy"
             self._notify_unhealthy()
-            await self._retire_worker()
+            await self.backend.retire()
             if healthy_seconds >= settings.restart_backoff_max_seconds:
                 failures_in_a_row = 0
             while True:
@@ -368,7 +441,7 @@ class WorkerInstance:
                 except DeploymentError as error:
                     logger.warning("restart of %s failed: %s", self.name, error.message)
                     self._state = "unhealthy"
-                    await self._retire_worker()
+                    await self.backend.retire()
             self._become_healthy()
 
     def _become_healthy(self) -> None:
@@ -393,6 +466,181 @@ class WorkerInstance:
     async def _launch(self) -> None:
         """Start a process and wait for its first good ping; DeploymentError if it never comes."""
         self._state = "starting"
+        self._address = await self.backend.launch()
+        await self._wait_first_ping(self._address)
+
+    async def _wait_first_ping(self, address: UpstreamAddress) -> None:
+        timeout = self._startup_timeout
+        deadline = time.monotonic() + timeout
+        exited = asyncio.ensure_future(self.backend.wait_exit())
+        probe = HealthProbe(address, self._settings.ping_timeout_seconds)
+        try:
+            while True:
+                if exited.done():
+                    end = exited.result()
+                    if end.cause is not None:
+                        raise DeploymentError(
+                            f"instance {self.name}: {end.cause} before it answered GET /ping"
+                        )
+                    raise DeploymentError(
+                        await self._with_output(
+                            f"instance {self.name}: the model server exited with status"
+                            f" {describe_status(end.status)} before answering GET /ping"
+                        )
+                    )
+                if await probe.ping() is PingResult.OK:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeploymentError(
+                        await self._with_output(
+                            f"instance {self.name}: the model server did not answer GET /ping"
+                            f" with 200 within {timeout:g} s (health check timeout)"
+                        )
+                    )
+                await asyncio.wait({exited}, timeout=min(_STARTUP_POLL_SECONDS, remaining))
+        finally:
+            exited.cancel()
+            await probe.close()
+
+    async def _watch(self) -> tuple[float, str]:
+        """Ping until the instance fails; how long it was healthy, and why it failed."""
+        address = self._address
+        if address is None:
+            raise RuntimeError(f"{self.name} has no process to watch")
+        settings = self._settings
+        healthy_since = time.monotonic()
+        exited = asyncio.ensure_future(self.backend.wait_exit())
+        probe = HealthProbe(address, settings.ping_timeout_seconds)
+        failures = 0
+        try:
+            while True:
+                await asyncio.wait({exited}, timeout=settings.health_interval_seconds)
+                if exited.done():
+                    return time.monotonic() - healthy_since, exited.result().describe()
+                result = await probe.ping()
+                if result is PingResult.OK:
+                    failures = 0
+                elif result is PingResult.FAILED:
+                    failures += 1
+                    if failures >= settings.unhealthy_after_failures:
+                        reason = f"{failures} health checks in a row failed"
+                        return time.monotonic() - healthy_since, reason
+        finally:
+            exited.cancel()
+            await probe.close()
+
+    async def _with_output(self, message: str) -> str:
+        room = MAX_FAILURE_REASON_CHARS - len(message) - len("; last output:\n")
+        tail = await self.backend.output_tail(max(room, 0))
+        return f"{message}; last output:\n{tail}" if tail else f"{message} (it printed nothing)"
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    async def _end_supervision(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if not self._ready.done():
+            # Cancelled before it ever ran: its coroutine had no chance to settle this.
+            self._ready.cancel()
+
+    async def _stop(self) -> None:
+        settings = self._settings
+        await self._end_supervision()
+        self._state = "stopping"
+        if self._announced:
+            self._notify_unhealthy()
+            await self._drain(settings.stop_grace_seconds)
+        await self.backend.stop(settings.stop_grace_seconds)
+        self._state = "stopped"
+
+    async def _drain(self, limit_seconds: float) -> None:
+        deadline = time.monotonic() + limit_seconds
+        while time.monotonic() < deadline:
+            try:
+                if self._listener.in_flight(self.name) <= 0:
+                    return
+            except Exception:
+                logger.exception("the listener's in_flight(%s) failed", self.name)
+                return
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        logger.warning("%s still had requests in flight after %.1f s", self.name, limit_seconds)
+
+
+@dataclass(frozen=True)
+class InstanceSetup:
+    """Everything a local instance is given by its fleet.
+
+    Attributes:
+        name: its process-wide unique name.
+        variant_name: the variant it serves.
+        cpus: the CPUs it is pinned to.
+        socket_path: the Unix socket it keeps across restarts, or None (it listens on TCP).
+        private_dir: its HOME and TMPDIR, created before each start (mode 0700, owned by the
+            worker user) and removed when it stops.
+        limits: how its processes are confined.
+        startup_timeout_seconds: how long a new process has to pass its first /ping.
+        log_file: where every line its processes print is kept (rotated; kept after it stops,
+            for the ModelError's LogStreamArn), or None for no file.
+    """
+
+    name: str
+    variant_name: str
+    cpus: tuple[int, ...]
+    socket_path: Path | None
+    private_dir: Path
+    limits: SpawnLimits
+    startup_timeout_seconds: float
+    log_file: Path | None = None
+
+
+class LocalProcess:
+    """The `InstanceBackend` of a local instance: a child process of the gateway, spawned
+    through the confining shim, pinned to its CPUs, restarted under the same name, private
+    directory and socket path.
+
+    Args:
+        setup: what it is and how it runs.
+        settings: the worker settings (listen host, log file rotation).
+        planner: decides each process's command, environment and address.
+        ports: where its TCP port, if any, is given back.
+    """
+
+    def __init__(
+        self,
+        setup: InstanceSetup,
+        settings: WorkerSettings,
+        planner: LaunchPlanner,
+        ports: LoopbackPorts,
+    ) -> None:
+        self.setup = setup
+        self.name = setup.name
+        self._settings = settings
+        self._planner = planner
+        self._ports = ports
+        self._worker: WorkerProcess | None = None
+        self._log_file: OutputFile | None = None
+
+    def placeholder_address(self) -> UpstreamAddress:
+        """Its socket path, or the listen host until it has a port."""
+        socket_path = self.setup.socket_path
+        if socket_path is not None:
+            return UpstreamAddress.unix(str(socket_path))
+        return UpstreamAddress.tcp(self._settings.listen_host, 0)
+
+    def details(self) -> ProcessDetails:
+        """Its CPU set, and the pid of its process while one runs."""
+        worker = self._worker
+        pid = worker.pid if worker is not None and worker.returncode is None else None
+        return ProcessDetails(cpus=self.setup.cpus, pid=pid)
+
+    async def adopt(self) -> UpstreamAddress | None:
+        """None: local processes die with the gateway that started them."""
+        return None
+
+    async def launch(self) -> UpstreamAddress:
+        """Prepare the private directory and log file, plan the command and spawn it."""
         setup = self.setup
         try:
             await asyncio.to_thread(_make_private_dir, setup.private_dir, setup.limits.user)
@@ -409,7 +657,6 @@ class WorkerInstance:
             raise DeploymentError(
                 f"instance {self.name}: could not prepare its start: {error.strerror or error}"
             ) from error
-        self._address = launch.address
         try:
             self._worker = await spawn_worker(
                 launch.argv,
@@ -424,117 +671,43 @@ class WorkerInstance:
                 f"instance {self.name}: could not start the model server"
                 f" {launch.argv[0]!r}: {error.strerror or error}"
             ) from error
-        await self._wait_first_ping(self._worker, launch.address)
+        return launch.address
 
-    async def _wait_first_ping(self, worker: WorkerProcess, address: UpstreamAddress) -> None:
-        timeout = self.setup.startup_timeout_seconds
-        deadline = time.monotonic() + timeout
-        exited = asyncio.ensure_future(worker.wait())
-        probe = HealthProbe(address, self._settings.ping_timeout_seconds)
-        try:
-            while True:
-                if exited.done():
-                    await worker.kill()  # collects the output still in the pipe
-                    raise DeploymentError(
-                        self._with_output(
-                            worker,
-                            f"instance {self.name}: the model server exited with status"
-                            f" {describe_status(exited.result())} before answering GET /ping",
-                        )
-                    )
-                if await probe.ping() is PingResult.OK:
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeploymentError(
-                        self._with_output(
-                            worker,
-                            f"instance {self.name}: the model server did not answer GET /ping"
-                            f" with 200 within {timeout:g} s (health check timeout)",
-                        )
-                    )
-                await asyncio.wait({exited}, timeout=min(_STARTUP_POLL_SECONDS, remaining))
-        finally:
-            exited.cancel()
-            await probe.close()
-
-    async def _watch(self) -> tuple[float, str]:
-        """Ping until the instance fails; how long it was healthy, and why it failed."""
+    async def wait_exit(self) -> ProcessExit:
+        """The exit status of the current process, once it exits."""
         worker = self._worker
-        address = self._address
-        if worker is None or address is None:
-            raise RuntimeError(f"{self.name} has no process to watch")
-        settings = self._settings
-        healthy_since = time.monotonic()
-        exited = asyncio.ensure_future(worker.wait())
-        probe = HealthProbe(address, settings.ping_timeout_seconds)
-        failures = 0
-        try:
-            while True:
-                await asyncio.wait({exited}, timeout=settings.health_interval_seconds)
-                if exited.done():
-                    reason = f"the process exited with status {describe_status(exited.result())}"
-                    return time.monotonic() - healthy_since, reason
-                result = await probe.ping()
-                if result is PingResult.OK:
-                    failures = 0
-                elif result is PingResult.FAILED:
-                    failures += 1
-                    if failures >= settings.unhealthy_after_failures:
-                        reason = f"{failures} health checks in a row failed"
-                        return time.monotonic() - healthy_since, reason
-        finally:
-            exited.cancel()
-            await probe.close()
+        if worker is None:
+            return ProcessExit(status=-1)
+        return ProcessExit(status=await worker.wait())
 
-    async def _retire_worker(self) -> None:
+    async def output_tail(self, max_chars: int) -> str:
+        """The last lines the current process printed (all of them, once it exited)."""
+        worker = self._worker
+        if worker is None:
+            return ""
+        if worker.returncode is not None:
+            await worker.kill()  # collects the output still in the pipe
+        return worker.output.tail(max_chars)
+
+    async def retire(self) -> None:
+        """SIGKILL the process group (a hung server's whole group), give its port back."""
         worker = self._worker
         if worker is not None:
-            # It failed: no grace. SIGKILL also reaches a hung server's whole process group.
             await worker.kill()
             self._ports.release(self.name)
 
-    def _with_output(self, worker: WorkerProcess, message: str) -> str:
-        room = MAX_FAILURE_REASON_CHARS - len(message) - len("; last output:\n")
-        tail = worker.output.tail(room)
-        return f"{message}; last output:\n{tail}" if tail else f"{message} (it printed nothing)"
-
-    # --- stopping ------------------------------------------------------------------------------
-
-    async def _stop(self) -> None:
-        settings = self._settings
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if not self._ready.done():
-            # Cancelled before it ever ran: its coroutine had no chance to settle this.
-            self._ready.cancel()
-        self._state = "stopping"
-        if self._announced:
-            self._notify_unhealthy()
-            await self._drain(settings.stop_grace_seconds)
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop the process, close its log file, remove its socket and private directory."""
         worker = self._worker
         if worker is not None:
-            status = await worker.stop(settings.stop_grace_seconds)
+            status = await worker.stop(grace_seconds)
             logger.info("%s stopped (status %s)", self.name, describe_status(status))
-        self._state = "stopped"
         if self._log_file is not None:
             self._log_file.close()
         self._ports.release(self.name)
-        socket_path = self.setup.socket_path
-        await asyncio.to_thread(_remove_instance_files, socket_path, self.setup.private_dir)
-
-    async def _drain(self, limit_seconds: float) -> None:
-        deadline = time.monotonic() + limit_seconds
-        while time.monotonic() < deadline:
-            try:
-                if self._listener.in_flight(self.name) <= 0:
-                    return
-            except Exception:
-                logger.exception("the listener's in_flight(%s) failed", self.name)
-                return
-            await asyncio.sleep(_DRAIN_POLL_SECONDS)
-        logger.warning("%s still had requests in flight after %.1f s", self.name, limit_seconds)
+        await asyncio.to_thread(
+            _remove_instance_files, self.setup.socket_path, self.setup.private_dir
+        )
 
 
 def _make_private_dir(path: Path, user: WorkerUser | None) -> None:
@@ -554,8 +727,10 @@ def _remove_instance_files(socket_path: Path | None, private_dir: Path) -> None:
     shutil.rmtree(private_dir, ignore_errors=True)
 
 
-def describe_status(status: int) -> str:
+def describe_status(status: int | None) -> str:
     """An exit status as people read it: `2`, or `-9 (killed by signal 9)`."""
+    if status is None:
+        return "unknown"
     if status < 0:
         return f"{status} (killed by signal {-status})"
     return str(status)

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import signal
 import socket
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,27 +44,28 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from splitserve.config import PlacementSettings, WorkerSettings
 from splitserve.contract.upstream import UpstreamAddress
 from splitserve.errors import DeploymentError, SplitserveError
-from splitserve.workers.catalog import GIB, InstanceCatalog, InstanceType, UnknownInstanceType
-from splitserve.workers.fleet import VariantDeployment
+from splitserve.workers.catalog import InstanceCatalog, InstanceType, UnknownInstanceType
+from splitserve.workers.fleet import InstanceFleet, VariantDeployment
 from splitserve.workers.images import BuiltinXGBoostImage, ImageRegistry
 from splitserve.workers.instance import (
     HealthProbe,
-    InstanceInfo,
     InstanceListener,
     PingResult,
-    describe_status,
+    ProcessDetails,
+    ProcessExit,
+    WorkerInstance,
 )
 from splitserve.workers.ray_node import ActorAddress, ActorSpec, InstanceActor
+from splitserve.workers.ray_resources import (
+    describe_resources,
+    instance_resources,
+    parse_instance_name,
+    unplaceable_reason,
+)
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-#: How often a starting instance is pinged until its first 200 (as `instance.py`).
-_STARTUP_POLL_SECONDS = 0.05
-
-#: How often a drain checks the listener's in-flight count (as `instance.py`).
-_DRAIN_POLL_SECONDS = 0.02
 
 #: How often a freed actor name is checked before a replacement takes it.
 _NAME_POLL_SECONDS = 0.1
@@ -128,63 +128,6 @@ async def join(settings: PlacementSettings) -> None:
         for number, handler in saved.items():
             if handler is not None:
                 signal.signal(number, handler)
-
-
-def instance_resources(
-    settings: PlacementSettings, instance_type: InstanceType
-) -> dict[str, float]:
-    """What one actor of `instance_type` reserves: CPU, memory, and its custom resource."""
-    resources: dict[str, float] = {"CPU": float(instance_type.vcpus)}
-    if settings.reserve_memory:
-        resources["memory"] = float(instance_type.memory_bytes)
-    custom = custom_resource(settings, instance_type.name)
-    if custom is not None:
-        resources[custom] = settings.custom_resource_amount
-    return resources
-
-
-def custom_resource(settings: PlacementSettings, type_name: str) -> str | None:
-    """The custom resource of `type_name`'s first matching pattern, or None."""
-    for pattern, resource in settings.type_resources:
-        if fnmatch.fnmatchcase(type_name, pattern):
-            return resource
-    return None
-
-
-def unplaceable_reason(
-    type_name: str, wanted: Mapping[str, float], nodes: Sequence[Mapping[str, float]]
-) -> str | None:
-    """Why no node of `nodes` (each node's total resources) could ever hold an actor asking
-    for `wanted`; None when one could."""
-    for node in nodes:
-        if all(node.get(name, 0.0) >= amount for name, amount in wanted.items()):
-            return None
-    asked = [f"{wanted['CPU']:g} CPUs"]
-    if "memory" in wanted:
-        asked.append(f"{wanted['memory'] / GIB:g} GiB of memory")
-    asked += [f"the custom resource {name!r}" for name in wanted if name not in ("CPU", "memory")]
-    largest = (
-        "the cluster has no live node"
-        if not nodes
-        else "its largest node has "
-        + f"{max(node.get('CPU', 0.0) for node in nodes):g} CPUs and "
-        + f"{max(node.get('memory', 0.0) for node in nodes) / GIB:.1f} GiB"
-    )
-    return (
-        f"No node of the Ray cluster can hold an instance of {type_name}, which asks for "
-        f"{', '.join(asked)}: {largest}. Add a node that large, or choose a smaller instance type."
-    )
-
-
-def parse_instance_name(name: str) -> tuple[str, str, int, int] | None:
-    """(endpoint, variant, generation, index) of an actor name, or None if it is not one."""
-    parts = name.split("/")
-    if len(parts) != 4 or not parts[2].startswith("g"):
-        return None
-    try:
-        return parts[0], parts[1], int(parts[2][1:]), int(parts[3])
-    except ValueError:
-        return None
 
 
 async def _call(ref: Any, limit_seconds: float | None) -> Any:
@@ -336,39 +279,19 @@ class RayPlacement:
             del self._fleets[fleet.key]
 
 
-class RayFleet:
+class RayFleet(InstanceFleet):
     """The actors of one variant generation (see the module docstring); `PlacedFleet`."""
+
+    instances_outlive_controller = True
 
     def __init__(
         self, placement: RayPlacement, deployment: VariantDeployment, instance_type: InstanceType
     ) -> None:
+        super().__init__(deployment, instance_type)
         self.placement = placement
-        self.deployment = deployment
-        self.instance_type = instance_type
         self.resources = instance_resources(placement.settings, instance_type)
-        self._instances: dict[int, RayInstance] = {}
         self._artifact: list[ray.ObjectRef[bytes]] = []
         self._artifact_name: str | None = None
-        self._operation = asyncio.Lock()
-        self._started = False
-        self._stop_task: asyncio.Task[None] | None = None
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        """(endpoint, variant, generation)."""
-        deployment = self.deployment
-        return (deployment.endpoint_name, deployment.variant_name, deployment.generation)
-
-    def instance_name(self, index: int) -> str:
-        """The actor name of instance `index` (unique in the namespace)."""
-        deployment = self.deployment
-        return (
-            f"{deployment.endpoint_name}/{deployment.variant_name}/g{deployment.generation}/{index}"
-        )
-
-    def instances(self) -> list[InstanceInfo]:
-        """A snapshot of every instance, by index."""
-        return [self._instances[index].info() for index in sorted(self._instances)]
 
     def spec(self, name: str) -> ActorSpec:
         """What the actor of instance `name` is given."""
@@ -384,78 +307,37 @@ class RayFleet:
         """The model artifact's bytes in the object store (in a list: fetched on the node)."""
         return self._artifact
 
-    async def start(self) -> None:
-        """Adopt or start `instance_count` actors; return once each answered its first /ping.
+    # --- what the fleet supplies ----------------------------------------------------------------
 
-        Raises:
-            DeploymentError: no node can hold the type, or none had room in time; the artifact
-                cannot be read or is refused on the node; the server exits or does not answer.
-                Everything this call started is stopped first.
-        """
-        async with self._operation:
-            self._check_running()
-            if self._started:
-                raise DeploymentError(f"{self._label()} is already started")
-            self._started = True
-            try:
-                reason = unplaceable_reason(
-                    self.instance_type.name,
-                    self.resources,
-                    await self.placement.node_resources(),
-                )
-                if reason is not None:
-                    raise DeploymentError(reason)
-                await self._ship_artifact()
-                await self._add_instances(range(self.deployment.instance_count))
-                await self._kill_extra_actors()
-            except BaseException:
-                await self.stop()
-                raise
+    async def _prepare(self) -> None:
+        """Refuse a type no node can hold; ship the artifact to the object store."""
+        reason = unplaceable_reason(
+            self.instance_type.name, self.resources, await self.placement.node_resources()
+        )
+        if reason is not None:
+            raise DeploymentError(reason)
+        await self._ship_artifact()
 
-    async def scale(self, count: int) -> None:
-        """Grow or shrink to `count` actors (shrinking drains, then kills, the highest indices).
+    async def _started_all(self) -> None:
+        await self._kill_extra_actors()
 
-        Raises:
-            DeploymentError: `count` is below 1, the fleet is stopped, or a new instance failed.
-        """
-        if count < 1:
-            raise DeploymentError(f"{self._label()}: the instance count must be at least 1")
-        async with self._operation:
-            self._check_running()
-            current = len(self._instances)
-            if count > current:
-                await self._add_instances(range(current, count))
-            elif count < current:
-                retired = [self._instances[index] for index in sorted(self._instances)[count:]]
-                await self._stop_instances(retired)
+    def _finished(self) -> None:
+        self._artifact = []
+        self.placement.forget(self)
 
-    async def stop(self) -> None:
-        """Drain and kill every actor (idempotent)."""
-        if self._stop_task is None:
-            self._stop_task = asyncio.create_task(self._stop(), name=f"stop {self._label()}")
-        await asyncio.shield(self._stop_task)
-
-    async def detach(self) -> None:
-        """Stop watching the actors, which keep serving (the controller is going away)."""
-        if self._stop_task is None:
-            self._stop_task = asyncio.create_task(self._detach(), name=f"detach {self._label()}")
-        await asyncio.shield(self._stop_task)
+    def _new_instance(self, index: int) -> WorkerInstance:
+        settings = self.placement.workers
+        name = self.instance_name(index)
+        return WorkerInstance(
+            name,
+            self.deployment.variant_name,
+            ActorProcess(self, name),
+            settings,
+            self.placement.listener,
+            settings.startup_timeout_seconds,
+        )
 
     # --- internals -------------------------------------------------------------------------------
-
-    async def _stop(self) -> None:
-        try:
-            await self._stop_instances(list(self._instances.values()))
-        finally:
-            self._artifact = []
-            self.placement.forget(self)
-
-    async def _detach(self) -> None:
-        try:
-            await asyncio.gather(*(instance.detach() for instance in self._instances.values()))
-        finally:
-            self._artifact = []
-            self.placement.forget(self)
 
     async def _ship_artifact(self) -> None:
         """Put the model artifact's bytes in the object store, once for every actor."""
@@ -479,43 +361,6 @@ class RayFleet:
         self._artifact = [await _blocking(ray.put, payload)]
         self._artifact_name = name
 
-    async def _add_instances(self, indices: range) -> None:
-        added = [RayInstance(self, index) for index in indices]
-        for instance in added:
-            self._instances[instance.index] = instance
-        readies = [instance.ready for instance in added]
-        try:
-            await asyncio.wait(readies, return_when=asyncio.FIRST_EXCEPTION)
-            # The first instance that failed (one that started is done too, without one).
-            failure = next(
-                (
-                    ready.exception()
-                    for ready in readies
-                    if ready.done() and not ready.cancelled() and ready.exception() is not None
-                ),
-                None,
-            )
-            if failure is None and any(ready.cancelled() for ready in readies):
-                failure = DeploymentError(f"{self._label()} was stopped while starting")
-        except BaseException:
-            await self._discard(added)
-            raise
-        if failure is not None:
-            await self._discard(added)
-            raise failure
-
-    async def _discard(self, instances: list[RayInstance]) -> None:
-        await self._stop_instances(instances)
-        for instance in instances:
-            if instance.ready.done() and not instance.ready.cancelled():
-                instance.ready.exception()
-
-    async def _stop_instances(self, instances: list[RayInstance]) -> None:
-        await asyncio.gather(*(instance.stop() for instance in instances))
-        for instance in instances:
-            if self._instances.get(instance.index) is instance:
-                del self._instances[instance.index]
-
     async def _kill_extra_actors(self) -> None:
         """Kill actors of this generation beyond its instance count (a previous controller's
         scale-in that it did not finish)."""
@@ -527,111 +372,38 @@ class RayFleet:
                 logger.info("stopping actor %s, beyond %s's instance count", name, self._label())
                 await self.placement.kill(name)
 
-    def _check_running(self) -> None:
-        if self._stop_task is not None:
-            raise DeploymentError(f"{self._label()} was stopped")
 
-    def _label(self) -> str:
-        deployment = self.deployment
-        return (
-            f"variant {deployment.variant_name} of endpoint {deployment.endpoint_name}"
-            f" (generation {deployment.generation})"
-        )
+class ActorProcess:
+    """The `InstanceBackend` of an instance on the cluster: its detached, named actor, found
+    by name and adopted, or started on a node with room; replaced under the same name."""
 
-
-class RayInstance:
-    """One instance's actor, watched from the controller: adopted or started, pinged, replaced
-    with backoff, drained and killed (the same life as `instance.WorkerInstance`)."""
-
-    def __init__(self, fleet: RayFleet, index: int) -> None:
+    def __init__(self, fleet: RayFleet, name: str) -> None:
         self.fleet = fleet
-        self.index = index
-        self.name = fleet.instance_name(index)
+        self.name = name
         self._placement = fleet.placement
-        self._settings = fleet.placement.workers
-        self._listener = fleet.placement.listener
         self._actor: Any = None
         self._address: ActorAddress | None = None
-        self._state = "starting"
-        self._restarts = 0
-        self._adopted = False
-        self._announced = False
-        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(), name=f"ray instance {self.name}")
-        self._stop_task: asyncio.Task[None] | None = None
 
-    @property
-    def ready(self) -> asyncio.Future[None]:
-        """Done once the instance first answered /ping; DeploymentError if it never did."""
-        return self._ready
+    def placeholder_address(self) -> UpstreamAddress:
+        """No node yet: an address nothing listens on."""
+        return UpstreamAddress.tcp("0.0.0.0", 0)
 
-    @property
-    def adopted(self) -> bool:
-        """True when the running actor was found by name rather than started here."""
-        return self._adopted
-
-    def info(self) -> InstanceInfo:
-        """A snapshot for the listener and the deployer (the pid is on another node: None)."""
+    def details(self) -> ProcessDetails:
+        """Its node, node id, vCPUs and the node's CPUs its server may run on (its pid is on
+        another host: None)."""
         address = self._address
-        return InstanceInfo(
-            name=self.name,
-            variant_name=self.fleet.deployment.variant_name,
-            address=(
-                UpstreamAddress.tcp("0.0.0.0", 0)
-                if address is None
-                else UpstreamAddress.tcp(address.host, address.port)
-            ),
+        return ProcessDetails(
             cpus=() if address is None else address.cpus,
-            pid=None,
-            state=self._state,
-            restarts=self._restarts,
             node=None if address is None else address.host,
             node_id=None if address is None else address.node_id,
             vcpus=self.fleet.instance_type.vcpus,
         )
 
-    def stop(self) -> asyncio.Task[None]:
-        """Drain and kill this instance's actor (every call gets the same task)."""
-        if self._stop_task is None:
-            self._stop_task = asyncio.create_task(self._stop(), name=f"stop {self.name}")
-        return self._stop_task
-
-    async def detach(self) -> None:
-        """Stop watching; the actor keeps running."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if not self._ready.done():
-            self._ready.cancel()
-
-    # --- lifecycle -------------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        try:
-            if not await self._adopt():
-                await self._launch()
-            self._ready.set_result(None)
-            self._become_healthy()
-            await self._supervise()
-        except asyncio.CancelledError:
-            if not self._ready.done():
-                self._ready.cancel()
-            raise
-        except DeploymentError as error:
-            if not self._ready.done():
-                self._ready.set_exception(error)
-        except Exception:
-            logger.exception("supervision of %s failed", self.name)
-            if not self._ready.done():
-                self._ready.set_exception(
-                    DeploymentError(f"instance {self.name}: an internal error stopped its start-up")
-                )
-
-    async def _adopt(self) -> bool:
+    async def adopt(self) -> UpstreamAddress | None:
         """Take over the actor of this name if one runs and answers /ping."""
         actor = await self._placement.find(self.name)
         if actor is None:
-            return False
+            return None
         timeout = self._placement.settings.actor_call_timeout_seconds
         try:
             address = await _call(actor.address.remote(), timeout)
@@ -640,20 +412,18 @@ class RayInstance:
             address = None
         if isinstance(address, ActorAddress):
             self._actor, self._address = actor, address
-            probe = HealthProbe(self._tcp(address), self._settings.ping_timeout_seconds)
+            probe = HealthProbe(_tcp(address), self.fleet.placement.workers.ping_timeout_seconds)
             try:
                 if await probe.ping() is PingResult.OK:
-                    self._adopted = True
-                    logger.info("%s: adopted its running actor at %s", self.name, self._tcp())
-                    return True
+                    logger.info("%s: adopted its running actor at %s", self.name, _tcp(address))
+                    return _tcp(address)
             finally:
                 await probe.close()
-        await self._kill_actor()
-        return False
+        await self.retire()
+        return None
 
-    async def _launch(self) -> None:
-        """Start an actor, wait until a node holds it and its server answers /ping."""
-        self._state = "starting"
+    async def launch(self) -> UpstreamAddress:
+        """Start an actor, wait until a node holds it and it started the server."""
         settings = self._placement.settings
         fleet = self.fleet
         resources = dict(fleet.resources)
@@ -673,15 +443,14 @@ class RayInstance:
         except TimeoutError:
             raise DeploymentError(
                 f"instance {self.name}: no node of the Ray cluster had room for an instance of "
-                f"{fleet.instance_type.name} ({_asked(fleet.resources)}) within "
+                f"{fleet.instance_type.name} ({describe_resources(fleet.resources)}) within "
                 f"{settings.placement_timeout_seconds:g} s (placement timeout)"
             ) from None
         except RayError as error:
             raise DeploymentError(
                 f"instance {self.name}: its Ray actor could not start: {_cause(error)}"
             ) from error
-        startup = self._settings.startup_timeout_seconds
-        deadline = time.monotonic() + startup
+        startup = self._placement.workers.startup_timeout_seconds
         try:
             address = await _call(self._actor.start.remote(), startup)
         except TimeoutError:
@@ -695,7 +464,7 @@ class RayInstance:
                 f"{_cause(error)}"
             ) from error
         self._address = address
-        await self._wait_first_ping(deadline)
+        return _tcp(address)
 
     async def _create(self, options: dict[str, Any]) -> Any:
         """Make the actor; a name a killed predecessor still holds is waited for (briefly)."""
@@ -717,128 +486,25 @@ class RayInstance:
                     ) from error
                 await asyncio.sleep(_NAME_POLL_SECONDS)
 
-    async def _wait_first_ping(self, deadline: float) -> None:
-        startup = self._settings.startup_timeout_seconds
-        exited = asyncio.ensure_future(_call(self._actor.watch.remote(), None))
-        probe = HealthProbe(self._tcp(), self._settings.ping_timeout_seconds)
+    async def wait_exit(self) -> ProcessExit:
+        """The server's exit status, or why its actor (or node) was lost."""
         try:
-            while True:
-                if exited.done():
-                    raise DeploymentError(await self._exit_message(exited))
-                if await probe.ping() is PingResult.OK:
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeploymentError(
-                        await self._with_output(
-                            f"instance {self.name}: the model server did not answer GET /ping"
-                            f" with 200 within {startup:g} s (health check timeout)"
-                        )
-                    )
-                await asyncio.wait({exited}, timeout=min(_STARTUP_POLL_SECONDS, remaining))
-        finally:
-            exited.cancel()
-            await probe.close()
+            return ProcessExit(status=await _call(self._actor.watch.remote(), None))
+        except (RayError, ValueError) as error:
+            return ProcessExit(status=None, cause=_cause(error))
 
-    async def _exit_message(self, exited: asyncio.Future[Any]) -> str:
-        error = exited.exception()
-        if error is not None:
-            return f"instance {self.name}: {_cause(error)} before it answered GET /ping"
-        return await self._with_output(
-            f"instance {self.name}: the model server exited with status "
-            f"{describe_status(exited.result())} before answering GET /ping"
-        )
-
-    async def _with_output(self, message: str) -> str:
+    async def output_tail(self, max_chars: int) -> str:
+        """The server's last output, as its actor kept it."""
         try:
-            tail = await _call(
+            tail: str = await _call(
                 self._actor.output_tail.remote(),
                 self._placement.settings.actor_call_timeout_seconds,
             )
         except (RayError, TimeoutError):
-            tail = ""
-        return f"{message}; last output:\n{tail}" if tail else f"{message} (it printed nothing)"
+            return ""
+        return tail[-max_chars:] if max_chars > 0 else ""
 
-    async def _supervise(self) -> None:
-        settings = self._settings
-        failures_in_a_row = 0
-        while True:
-            healthy_seconds, reason = await self._watch()
-            logger.warning("%s is unhealthy: %s", self.name, reason)
-            self._state = "unhealthy"
-            self._notify_unhealthy()
-            await self._kill_actor()
-            if healthy_seconds >= settings.restart_backoff_max_seconds:
-                failures_in_a_row = 0
-            while True:
-                failures_in_a_row += 1
-                delay = min(
-                    settings.restart_backoff_initial_seconds * 2 ** (failures_in_a_row - 1),
-                    settings.restart_backoff_max_seconds,
-                )
-                logger.info("replacing %s in %.2f s", self.name, delay)
-                await asyncio.sleep(delay)
-                self._restarts += 1
-                try:
-                    await self._launch()
-                    break
-                except DeploymentError as error:
-                    logger.warning("replacement of %s failed: %s", self.name, error.message)
-                    self._state = "unhealthy"
-                    await self._kill_actor()
-            self._become_healthy()
-
-    async def _watch(self) -> tuple[float, str]:
-        """Ping until the instance fails; how long it was healthy, and why it failed."""
-        settings = self._settings
-        healthy_since = time.monotonic()
-        exited = asyncio.ensure_future(_call(self._actor.watch.remote(), None))
-        probe = HealthProbe(self._tcp(), settings.ping_timeout_seconds)
-        failures = 0
-        try:
-            while True:
-                await asyncio.wait({exited}, timeout=settings.health_interval_seconds)
-                if exited.done():
-                    error = exited.exception()
-                    reason = (
-                        _cause(error)
-                        if error is not None
-                        else f"the process exited with status {describe_status(exited.result())}"
-                    )
-                    return time.monotonic() - healthy_since, reason
-                result = await probe.ping()
-                if result is PingResult.OK:
-                    failures = 0
-                elif result is PingResult.FAILED:
-                    failures += 1
-                    if failures >= settings.unhealthy_after_failures:
-                        return (
-                            time.monotonic() - healthy_since,
-                            f"{failures} health checks in a row failed",
-                        )
-        finally:
-            exited.cancel()
-            await probe.close()
-
-    def _become_healthy(self) -> None:
-        self._state = "healthy"
-        logger.info("%s is healthy at %s", self.name, self._tcp())
-        self._announced = True
-        try:
-            self._listener.instance_healthy(self.info())
-        except Exception:
-            logger.exception("the listener failed on instance_healthy(%s)", self.name)
-
-    def _notify_unhealthy(self) -> None:
-        if not self._announced:
-            return
-        self._announced = False
-        try:
-            self._listener.instance_unhealthy(self.info())
-        except Exception:
-            logger.exception("the listener failed on instance_unhealthy(%s)", self.name)
-
-    async def _kill_actor(self) -> None:
+    async def retire(self) -> None:
         """Kill the current actor (its server dies with it); wait until its name is free."""
         actor, self._actor = self._actor, None
         if actor is None:
@@ -851,56 +517,22 @@ class RayInstance:
                 return
             await asyncio.sleep(_NAME_POLL_SECONDS)
 
-    async def _stop(self) -> None:
-        settings = self._settings
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if not self._ready.done():
-            self._ready.cancel()
-        self._state = "stopping"
-        if self._announced:
-            self._notify_unhealthy()
-            await self._drain(settings.stop_grace_seconds)
+    async def stop(self, grace_seconds: float) -> None:
+        """Ask the actor to stop its server (SIGTERM, grace, SIGKILL), then kill it."""
         actor = self._actor
         if actor is None:
             # Stopped before its start put an actor in place: one may still have been made.
             actor = await self._placement.find(self.name)
             self._actor = actor
         if actor is not None:
-            timeout = (
-                settings.stop_grace_seconds + self._placement.settings.actor_call_timeout_seconds
-            )
+            timeout = grace_seconds + self._placement.settings.actor_call_timeout_seconds
             with contextlib.suppress(RayError, TimeoutError):
-                await _call(actor.stop.remote(settings.stop_grace_seconds), timeout)
-        await self._kill_actor()
-        self._state = "stopped"
-
-    async def _drain(self, limit_seconds: float) -> None:
-        deadline = time.monotonic() + limit_seconds
-        while time.monotonic() < deadline:
-            try:
-                if self._listener.in_flight(self.name) <= 0:
-                    return
-            except Exception:
-                logger.exception("the listener's in_flight(%s) failed", self.name)
-                return
-            await asyncio.sleep(_DRAIN_POLL_SECONDS)
-        logger.warning("%s still had requests in flight after %.1f s", self.name, limit_seconds)
-
-    def _tcp(self, address: ActorAddress | None = None) -> UpstreamAddress:
-        address = address or self._address
-        if address is None:
-            raise RuntimeError(f"{self.name} has no address yet")
-        return UpstreamAddress.tcp(address.host, address.port)
+                await _call(actor.stop.remote(grace_seconds), timeout)
+        await self.retire()
 
 
-def _asked(resources: Mapping[str, float]) -> str:
-    parts = [f"{resources['CPU']:g} CPUs"]
-    if "memory" in resources:
-        parts.append(f"{resources['memory'] / GIB:g} GiB")
-    parts += [name for name in resources if name not in ("CPU", "memory")]
-    return ", ".join(parts)
+def _tcp(address: ActorAddress) -> UpstreamAddress:
+    return UpstreamAddress.tcp(address.host, address.port)
 
 
 def _tar_directory(directory: Path) -> bytes:
@@ -913,12 +545,9 @@ def _tar_directory(directory: Path) -> bytes:
 
 
 __all__ = [
+    "ActorProcess",
     "RayFleet",
-    "RayInstance",
     "RayPlacement",
     "connect",
-    "custom_resource",
-    "instance_resources",
-    "parse_instance_name",
-    "unplaceable_reason",
+    "join",
 ]
