@@ -30,7 +30,7 @@ from splitserve.metrics.minutes import MinuteCounts, VariantMinutes
 from splitserve.metrics.prometheus import remove_variant_series
 from splitserve.metrics.recorder import VariantRecorder
 from splitserve.runtime.registry import EndpointRegistry, InstanceClient, LiveEndpoint
-from splitserve.runtime.service import Invocation, InvocationService
+from splitserve.runtime.service import Invocation, InvocationService, inference_ids
 from tests.support.runtime import FakeClient
 
 LOR = "LEAST_OUTSTANDING_REQUESTS"
@@ -408,3 +408,14 @@ async def test_capture_records_a_drawn_id_as_the_event_id(endpoint: Endpoint) ->
     assert capture.offers[1][2] == "client-8"
     assert capture.offers[1][7] is None
     assert sent.inference_id == "client-8"
+
+
+def test_drawn_ids_are_version_7_uuids_holding_their_time() -> None:
+    draw = inference_ids(lambda: 1_700_000_000_123_000_000)
+    first, second = draw(), draw()
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7
+    assert str(parsed) == first
+    assert int(first.replace("-", "")[:12], 16) == 1_700_000_000_123
+    assert first[:-12] == second[:-12]
+    assert first != second

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from time import perf_counter
+from time import perf_counter, time_ns
 from typing import NamedTuple, Protocol
 
 from splitserve._router import (
@@ -105,16 +105,27 @@ class AnsweredInvocations(Protocol):
         ...
 
 
-def inference_ids() -> Callable[[], str]:
-    """A drawer of inference ids for invocations that came without one, shaped as UUIDs (data
-    capture records them as eventIds, which are UUIDs in SageMaker's records): a random prefix
-    per process (the first four groups, version 4 and variant bits set) and a counter as the
-    last group, so ids are unique across replicas and restarts and cost one counter step and one
-    format each (a uuid4 per request reads the OS's random source every time)."""
-    bits = os.urandom(10).hex()
-    prefix = f"{bits[:8]}-{bits[8:12]}-4{bits[12:15]}-{'89ab'[int(bits[15], 16) % 4]}{bits[16:19]}-"
+def inference_ids(clock_ns: Callable[[], int] = time_ns) -> Callable[[], str]:
+    """A drawer of inference ids for invocations that came without one: UUIDs of version 7
+    (RFC 9562), the draw's Unix time in milliseconds first, then bits drawn once per process
+    and a counter, so ids are unique across replicas and restarts, cost a clock read, a counter
+    step and one format each (a uuid4 per request reads the OS's random source every time), and
+    say when they were drawn (feedback tells a label past the index's retention from an unknown
+    one by it). Data capture records them as eventIds, which are UUIDs in SageMaker's records."""
+    bits = os.urandom(4).hex()
+    variant = "89ab"[int(bits[3], 16) % 4]
+    middle = f"-7{bits[:3]}-{variant}{bits[4:7]}-"
     counter = itertools.count(1)
-    return lambda: f"{prefix}{next(counter) % (1 << 48):012x}"
+    mask = (1 << 48) - 1
+
+    def draw() -> str:
+        milliseconds = clock_ns() // 1_000_000
+        return (
+            f"{milliseconds >> 16:08x}-{milliseconds & 0xFFFF:04x}{middle}"
+            f"{next(counter) & mask:012x}"
+        )
+
+    return draw
 
 
 class InvocationService:
