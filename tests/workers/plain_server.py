@@ -2,14 +2,16 @@
 unprivileged user who cannot reach the test's own interpreter).
 
 GET /ping answers 200; GET /info answers JSON: uid, gid, groups, the NoNewPrivs flag, HOME,
-TMPDIR, whether TMPDIR is writable and whether the model directory is readable. It listens on
-127.0.0.1:$SAGEMAKER_BIND_TO_PORT.
+TMPDIR, whether TMPDIR is writable, whether the model directory is readable, its pid and the
+CPUs it may run on. It listens on $SAGEMAKER_BIND_TO_PORT of the address given as its argument
+(a registry command's `{host}`), 127.0.0.1 without one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -37,6 +39,8 @@ def _info() -> dict[str, object]:
         "tmpdir_writable": tmpdir_writable,
         "model_files": sorted(path.name for path in model_dir.iterdir()),
         "model_text": (model_dir / "model.json").read_text(),
+        "pid": os.getpid(),
+        "cpus": sorted(os.sched_getaffinity(0)),
     }
 
 
@@ -58,4 +62,5 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    HTTPServer(("127.0.0.1", int(os.environ["SAGEMAKER_BIND_TO_PORT"])), _Handler).serve_forever()
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    HTTPServer((host, int(os.environ["SAGEMAKER_BIND_TO_PORT"])), _Handler).serve_forever()

@@ -82,7 +82,7 @@ def test_a_full_entry_is_parsed(tmp_path: Path) -> None:
         """
 [images."example.com/numpy-server:1"]
 command = ["{python}", "-m", "byo_server", "--model", "{model_dir}", "--port={port}",
-           "{registry_dir}/x", '{"json": true}']
+           "--host={host}", "{registry_dir}/x", '{"json": true}']
 working_directory = "lib"
 python_path = ["lib", "/opt/extra"]
 environment = { LOG_LEVEL = "debug", _X1 = "" }
@@ -96,13 +96,14 @@ startup_timeout_seconds = 5
     assert entry.python_path == (base / "lib", Path("/opt/extra"))
     assert dict(entry.environment) == {"LOG_LEVEL": "debug", "_X1": ""}
     assert entry.startup_timeout_seconds == 5.0
-    assert entry.argv(python=sys.executable, model_dir=Path("/m"), port=8081) == [
+    assert entry.argv(python=sys.executable, model_dir=Path("/m"), host="10.0.0.7", port=8081) == [
         sys.executable,
         "-m",
         "byo_server",
         "--model",
         "/m",
         "--port=8081",
+        "--host=10.0.0.7",
         f"{base}/x",
         '{"json": true}',
     ]
@@ -134,7 +135,7 @@ def test_the_example_registry_loads() -> None:
     registry = ImageRegistry.load(root / "examples" / "byo_server" / "images.toml")
     entry = registry.resolve("example.com/numpy-logistic:1")
     assert isinstance(entry, CustomImage)
-    argv = entry.argv(python="py", model_dir=Path("/m"), port=1)
+    argv = entry.argv(python="py", model_dir=Path("/m"), host="127.0.0.1", port=1)
     assert Path(argv[1]).is_file()
 
 

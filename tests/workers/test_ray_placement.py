@@ -8,6 +8,12 @@ XGBoost servers in detached actors; the test process is the Ray driver, as the c
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import pwd
+import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -46,7 +52,15 @@ PLACEMENT = PlacementSettings(
     actor_call_timeout_seconds=20.0,
 )
 
+#: The bring-your-own server of the worker tests, and an interpreter any user may run.
+PLAIN_SERVER = Path(__file__).resolve().parent / "plain_server.py"
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+HAS_SYSTEM_PYTHON = SYSTEM_PYTHON.exists()
+PLAIN_IMAGE = "test.local/plain-server:1"
+
 WORKERS = WorkerSettings(
+    # Run as root, as the gateways of the tests do: this interpreter lives under /root.
+    worker_user="root",
     health_interval_seconds=0.2,
     unhealthy_after_failures=2,
     startup_timeout_seconds=90.0,
@@ -214,17 +228,80 @@ async def test_a_type_no_node_has_room_for_fails_after_the_placement_timeout(
     assert wait_for_named_actors(NAMESPACE, []) == []
 
 
-def test_a_bring_your_own_image_is_refused_with_a_reason(tmp_path: Path, artifact: Path) -> None:
+async def get_info(info: InstanceInfo) -> dict[str, Any]:
+    """GET /info of a plain server (tests/workers/plain_server.py) at the instance's address."""
+    reader, writer = await asyncio.open_connection(info.address.host, info.address.port)
+    writer.write(b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    loaded: dict[str, Any] = json.loads(body)
+    return loaded
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    """A directory the worker user can pass through (pytest's own are 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="ssr", dir="/tmp"))
+    root.chmod(0o711)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_bring_your_own_image_runs_confined_on_its_node_on_cpus_of_its_own(
+    cluster: dict[str, Any], open_root: Path
+) -> None:
+    # The registry entry's command must exist at the same path on every node (it does: the
+    # nodes share this machine); the model reaches the node through the object store.
+    server = open_root / "plain_server.py"
+    shutil.copy(PLAIN_SERVER, server)
+    server.chmod(0o644)
+    model = open_root / "model"
+    model.mkdir()
+    (model / "model.json").write_text('{"coefficients": [1.0]}')
+    python = SYSTEM_PYTHON if HAS_SYSTEM_PYTHON else Path(sys.executable)
     images = ImageRegistry.parse(
-        '[images."example.com/byo:1"]\ncommand = ["{python}", "server.py"]\n',
-        tmp_path / "images.toml",
+        f'[images."{PLAIN_IMAGE}"]\ncommand = ["{python}", "{server}", "{{host}}"]\n',
+        open_root / "images.toml",
     )
-    ray_place = ray_placement.RayPlacement(
-        PLACEMENT, WORKERS, images, InstanceCatalog(), Listener()
+    as_root = os.geteuid() == 0 and HAS_SYSTEM_PYTHON
+    workers = replace(WORKERS, worker_user="nobody") if as_root else WORKERS
+    listener = Listener()
+    ray_place = ray_placement.RayPlacement(PLACEMENT, workers, images, InstanceCatalog(), listener)
+    byo = VariantDeployment(
+        "e1", "byo", 1, PLAIN_IMAGE, model, {"MODEL_VAR": "x"}, "ml.m5.large", 2
     )
-    byo = VariantDeployment("e1", "byo", 1, "example.com/byo:1", artifact, {}, "ml.m5.large", 1)
-    with pytest.raises(DeploymentError, match="only the built-in XGBoost server runs on Ray"):
-        ray_place.fleet(byo)
+    fleet = ray_place.fleet(byo)
+    try:
+        await fleet.start()
+        infos = fleet.instances()
+        details = [await get_info(info) for info in infos]
+        for info, detail in zip(infos, details, strict=True):
+            assert info.state == "healthy"
+            assert info.address.host == info.node != "127.0.0.1"
+            assert node_of(cluster, info) in ("small", "spare")
+            assert detail["no_new_privs"] == "1"
+            assert detail["tmpdir_writable"] is True
+            assert detail["home"] == detail["tmpdir"]
+            assert detail["model_text"] == '{"coefficients": [1.0]}'
+            if as_root:
+                assert detail["uid"] == pwd.getpwnam("nobody").pw_uid
+            # Pinned CPUs are the server's whole affinity; unpinned, it has the actor's.
+            if info.cpus:
+                assert detail["cpus"] == list(info.cpus)
+        # ml.m5.large has 2 vCPUs: as many instances are pinned as the host has free pairs,
+        # on CPUs no other instance holds (the nodes share this machine's CPUs).
+        pinned = [info.cpus for info in infos if info.cpus]
+        assert all(len(cpus) == 2 for cpus in pinned)
+        assert len({cpu for cpus in pinned for cpu in cpus}) == 2 * len(pinned)
+        assert len(pinned) == min(2, len(os.sched_getaffinity(0)) // 2)
+    finally:
+        await fleet.stop()
+    assert wait_for_named_actors(NAMESPACE, []) == []
 
 
 async def test_a_killed_actor_is_replaced_and_scale_down_kills_the_highest(

@@ -419,47 +419,118 @@ class VariantFleet(InstanceFleet):
         resources = self._resources
         settings = resources.settings
         setup = instance.setup
-        argv = [sys.executable, "-m", XGBOOST_SERVER_MODULE, "--model-dir", str(self.model_dir)]
         if setup.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 setup.socket_path.unlink()  # a stale socket of the previous process
             address = UpstreamAddress.unix(str(setup.socket_path))
-            argv += ["--unix", str(setup.socket_path)]
+            listen = ["--unix", str(setup.socket_path)]
         else:
             host = settings.listen_host
             address = UpstreamAddress.tcp(host, resources.ports.take(instance.name))
-            argv += ["--host", host, "--port", str(address.port)]
-        argv += [
-            "--max-batch-rows",
-            str(settings.max_batch_rows),
-            "--max-batch-wait-us",
-            str(settings.max_batch_wait_microseconds),
-        ]
-        if settings.allow_pickle:
-            argv.append("--allow-pickle")
-        gateway = minimal_environment(setup.private_dir, len(setup.cpus))
-        gateway["SM_MODEL_DIR"] = str(self.model_dir)
-        # The worker imports the very splitserve the gateway runs, whatever its cwd.
-        gateway["PYTHONPATH"] = str(Path(splitserve.__file__).resolve().parent.parent)
-        environment = worker_environment(
-            gateway, {}, self.deployment.environment, name=instance.name
+            listen = ["--host", host, "--port", str(address.port)]
+        command = builtin_server_command(
+            settings,
+            listen,
+            ServerContext(self.model_dir, setup.private_dir, len(setup.cpus), instance.name),
+            self.deployment.environment,
         )
-        return Launch(argv, environment, resources.run_dir, address)
+        return Launch(command.argv, command.environment, resources.run_dir, address)
 
     def _custom_launch(self, instance: LocalProcess, image: CustomImage) -> Launch:
         setup = instance.setup
         port = self._resources.ports.take(instance.name)
-        gateway = minimal_environment(setup.private_dir, len(setup.cpus))
-        gateway["SAGEMAKER_BIND_TO_PORT"] = str(port)
-        gateway["SM_MODEL_DIR"] = str(self.model_dir)
-        image_environment = {}
-        if image.python_path:
-            image_environment["PYTHONPATH"] = os.pathsep.join(str(p) for p in image.python_path)
-        image_environment.update(image.environment)
-        environment = worker_environment(
-            gateway, image_environment, self.deployment.environment, name=instance.name
+        command = custom_server_command(
+            image,
+            LOOPBACK,
+            port,
+            ServerContext(self.model_dir, setup.private_dir, len(setup.cpus), instance.name),
+            self.deployment.environment,
         )
-        argv = image.argv(python=sys.executable, model_dir=self.model_dir, port=port)
         return Launch(
-            argv, environment, image.working_directory, UpstreamAddress.tcp(LOOPBACK, port)
+            command.argv, command.environment, command.cwd, UpstreamAddress.tcp(LOOPBACK, port)
         )
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """Where one instance's server process runs.
+
+    Attributes:
+        model_dir: its read-only model directory (SM_MODEL_DIR).
+        private_dir: its HOME and TMPDIR.
+        cpu_count: how many CPUs it has (OMP_NUM_THREADS).
+        name: the instance's name, for the log.
+    """
+
+    model_dir: Path
+    private_dir: Path
+    cpu_count: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    """How to start an instance's server: its argv, complete environment and directory."""
+
+    argv: list[str]
+    environment: dict[str, str]
+    cwd: Path
+
+
+def builtin_server_command(
+    settings: WorkerSettings,
+    listen: list[str],
+    context: ServerContext,
+    model_environment: Mapping[str, str],
+) -> ServerCommand:
+    """The built-in XGBoost server's command, wherever it runs (here, or on a Ray node).
+
+    Args:
+        settings: batching and pickle settings.
+        listen: `--unix PATH` or `--host HOST --port PORT`.
+        context: its model and private directories and CPU count.
+        model_environment: the model's Environment from CreateModel.
+    """
+    argv = [sys.executable, "-m", XGBOOST_SERVER_MODULE, "--model-dir", str(context.model_dir)]
+    argv += listen
+    argv += ["--max-batch-rows", str(settings.max_batch_rows)]
+    argv += ["--max-batch-wait-us", str(settings.max_batch_wait_microseconds)]
+    if settings.allow_pickle:
+        argv.append("--allow-pickle")
+    gateway = minimal_environment(context.private_dir, context.cpu_count)
+    gateway["SM_MODEL_DIR"] = str(context.model_dir)
+    # The worker imports the very splitserve the gateway runs, whatever its cwd.
+    gateway["PYTHONPATH"] = str(Path(splitserve.__file__).resolve().parent.parent)
+    environment = worker_environment(gateway, {}, model_environment, name=context.name)
+    return ServerCommand(argv, environment, context.private_dir)
+
+
+def custom_server_command(
+    image: CustomImage,
+    host: str,
+    port: int,
+    context: ServerContext,
+    model_environment: Mapping[str, str],
+) -> ServerCommand:
+    """A bring-your-own image's command (images.py), wherever it runs: its placeholders
+    replaced, its port in SAGEMAKER_BIND_TO_PORT, the same environment allow-list.
+
+    Args:
+        image: the registry entry.
+        host: the address it is to listen on (the `{host}` placeholder).
+        port: the port it is to listen on.
+        context: its model and private directories and CPU count.
+        model_environment: the model's Environment from CreateModel.
+    """
+    gateway = minimal_environment(context.private_dir, context.cpu_count)
+    gateway["SAGEMAKER_BIND_TO_PORT"] = str(port)
+    gateway["SM_MODEL_DIR"] = str(context.model_dir)
+    image_environment = {}
+    if image.python_path:
+        image_environment["PYTHONPATH"] = os.pathsep.join(str(p) for p in image.python_path)
+    image_environment.update(image.environment)
+    environment = worker_environment(
+        gateway, image_environment, model_environment, name=context.name
+    )
+    argv = image.argv(python=sys.executable, model_dir=context.model_dir, host=host, port=port)
+    return ServerCommand(argv, environment, image.working_directory)

@@ -20,7 +20,10 @@ The registry file is TOML::
     #   {python}        the gateway's interpreter (sys.executable)
     #   {registry_dir}  the directory holding this file
     #   {model_dir}     the prepared, read-only model directory (also in $SM_MODEL_DIR)
-    #   {port}          the loopback port to listen on (also in $SAGEMAKER_BIND_TO_PORT)
+    #   {port}          the port to listen on (also in $SAGEMAKER_BIND_TO_PORT)
+    #   {host}          the address to listen on: loopback for local instances, the node's
+    #                   address with --placement ray (a server that ignores it must then
+    #                   listen on all addresses, 0.0.0.0, as a SageMaker container does)
     command = ["{python}", "{registry_dir}/server.py"]
     # Optional: the working directory, relative to this file's directory (default: that directory).
     working_directory = "."
@@ -65,7 +68,7 @@ XGBOOST_IMAGE_PATTERN = re.compile(
 )
 
 #: The placeholders a registry command may use.
-COMMAND_PLACEHOLDERS = frozenset({"python", "registry_dir", "model_dir", "port"})
+COMMAND_PLACEHOLDERS = frozenset({"python", "registry_dir", "model_dir", "host", "port"})
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -116,12 +119,13 @@ class CustomImage:
     startup_timeout_seconds: float | None = None
     registry_dir: Path = Path()
 
-    def argv(self, *, python: str, model_dir: Path, port: int) -> list[str]:
+    def argv(self, *, python: str, model_dir: Path, host: str, port: int) -> list[str]:
         """The command with its placeholders replaced."""
         values = {
             "python": python,
             "registry_dir": str(self.registry_dir),
             "model_dir": str(model_dir),
+            "host": host,
             "port": str(port),
         }
         return [

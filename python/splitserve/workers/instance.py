@@ -643,7 +643,7 @@ class LocalProcess:
         """Prepare the private directory and log file, plan the command and spawn it."""
         setup = self.setup
         try:
-            await asyncio.to_thread(_make_private_dir, setup.private_dir, setup.limits.user)
+            await asyncio.to_thread(make_private_dir, setup.private_dir, setup.limits.user)
             if setup.log_file is not None and self._log_file is None:
                 self._log_file = await asyncio.to_thread(
                     OutputFile,
@@ -710,9 +710,9 @@ class LocalProcess:
         )
 
 
-def _make_private_dir(path: Path, user: WorkerUser | None) -> None:
-    """Create an instance's private directory (kept across restarts): 0700, the worker's own.
-    Blocking."""
+def make_private_dir(path: Path, user: WorkerUser | None) -> None:
+    """Create an instance's private directory (kept across restarts): 0700, the worker's own
+    (here, or on a Ray node). Blocking."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if user is not None:
         os.chown(path, user.uid, user.gid)

@@ -4,8 +4,9 @@ Each instance is a detached, named actor (`ray_node.InstanceActor`) in the confi
 named `{endpoint}/{variant}/g{generation}/{index}`, reserving its instance type's vCPUs
 (`num_cpus`) and memory (`memory`) from the catalog, and, when its type matches one of
 `PlacementSettings.type_resources`, a little of that custom resource: Ray packs instances onto
-nodes as SageMaker packs them onto machines. The actor starts the built-in XGBoost server on its
-node, on the node's address; the controller pings that address as it pings a local instance
+nodes as SageMaker packs them onto machines. The actor starts the server (the built-in XGBoost
+server or a bring-your-own image's command) on its node, on the node's address, pinned to CPUs
+of its reservation where the host has them free (`ray_cpus.py`); the controller pings that address as it pings a local instance
 (`instance.HealthProbe`) and tells the same `InstanceListener`, and the gateways forward requests
 there directly: Ray is never on the data path.
 
@@ -19,6 +20,10 @@ restarted after kill -9) redeploys the endpoints under their live generation num
 `RayFleet.start` adopts the actors it finds by name instead of starting new ones
 (docs/architecture.md, "Placement"). Stopping a gateway lets go of its actors; DeleteEndpoint,
 scale-in and the end of a blue/green update kill them.
+
+The life of each instance is `instance.WorkerInstance`'s, as locally; `ActorProcess` is its
+backend (how an actor is adopted, started, watched and stopped), and `RayFleet` the shared
+`fleet.InstanceFleet` with what a start prepares here (the placement check, the artifact).
 
 The module imports `ray`; `app.py` imports it only when `--placement ray` asks for it.
 """
@@ -34,6 +39,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +52,7 @@ from splitserve.contract.upstream import UpstreamAddress
 from splitserve.errors import DeploymentError, SplitserveError
 from splitserve.workers.catalog import InstanceCatalog, InstanceType, UnknownInstanceType
 from splitserve.workers.fleet import InstanceFleet, VariantDeployment
-from splitserve.workers.images import BuiltinXGBoostImage, ImageRegistry
+from splitserve.workers.images import BuiltinXGBoostImage, CustomImage, ImageRegistry, ImageSpec
 from splitserve.workers.instance import (
     HealthProbe,
     InstanceListener,
@@ -161,7 +167,8 @@ class RayPlacement:
     Args:
         settings: the placement settings (namespace, resources, timeouts).
         workers: the worker settings (health checks, backoff, batching, artifact limits).
-        images: the image registry (only the built-in XGBoost server is placed on Ray).
+        images: the image registry (a bring-your-own entry's command, working directory and
+            python path must exist at the same paths on every node).
         catalog: the instance types.
         listener: told of health changes, asked for in-flight counts.
     """
@@ -188,7 +195,7 @@ class RayPlacement:
         """A new, not yet started fleet for `deployment`.
 
         Raises:
-            DeploymentError: unknown instance type, an image other than the built-in server, no
+            DeploymentError: unknown instance type or image, the built-in server without a
                 model artifact, an instance count below 1, or the fleet exists already.
         """
         if self._closed:
@@ -202,13 +209,7 @@ class RayPlacement:
         except UnknownInstanceType as error:
             raise DeploymentError(str(error)) from None
         image = self.images.resolve(deployment.image)
-        if not isinstance(image, BuiltinXGBoostImage):
-            raise DeploymentError(
-                f"variant {deployment.variant_name}: image {deployment.image} is a bring-your-own "
-                "server, which --placement ray does not place yet; only the built-in XGBoost "
-                "server runs on Ray"
-            )
-        if deployment.model_data is None:
+        if isinstance(image, BuiltinXGBoostImage) and deployment.model_data is None:
             raise DeploymentError(
                 f"variant {deployment.variant_name}: the SageMaker XGBoost image needs a model"
                 " artifact (ModelDataUrl)"
@@ -219,7 +220,7 @@ class RayPlacement:
                 f"variant {deployment.variant_name} of endpoint {deployment.endpoint_name}"
                 f" generation {deployment.generation} is already deployed"
             )
-        fleet = RayFleet(self, deployment, instance_type)
+        fleet = RayFleet(self, deployment, instance_type, image)
         self._fleets[key] = fleet
         return fleet
 
@@ -285,10 +286,20 @@ class RayFleet(InstanceFleet):
     instances_outlive_controller = True
 
     def __init__(
-        self, placement: RayPlacement, deployment: VariantDeployment, instance_type: InstanceType
+        self,
+        placement: RayPlacement,
+        deployment: VariantDeployment,
+        instance_type: InstanceType,
+        image: ImageSpec,
     ) -> None:
         super().__init__(deployment, instance_type)
         self.placement = placement
+        # Pickled to the nodes: a plain dict, not the registry's read-only mapping.
+        self.image = (
+            replace(image, environment=dict(image.environment))
+            if isinstance(image, CustomImage)
+            else None
+        )
         self.resources = instance_resources(placement.settings, instance_type)
         self._artifact: list[ray.ObjectRef[bytes]] = []
         self._artifact_name: str | None = None
@@ -301,6 +312,11 @@ class RayFleet(InstanceFleet):
             environment=dict(self.deployment.environment),
             workers=self.placement.workers,
             node_dir=self.placement.settings.node_model_dir,
+            image=self.image,
+            vcpus=self.instance_type.vcpus,
+            memory_limit_bytes=(
+                self.instance_type.memory_bytes if self.placement.workers.memory_cap else None
+            ),
         )
 
     def artifact(self) -> list[ray.ObjectRef[bytes]]:
@@ -328,13 +344,16 @@ class RayFleet(InstanceFleet):
     def _new_instance(self, index: int) -> WorkerInstance:
         settings = self.placement.workers
         name = self.instance_name(index)
+        startup = settings.startup_timeout_seconds
+        if self.image is not None and self.image.startup_timeout_seconds is not None:
+            startup = self.image.startup_timeout_seconds
         return WorkerInstance(
             name,
             self.deployment.variant_name,
             ActorProcess(self, name),
             settings,
             self.placement.listener,
-            settings.startup_timeout_seconds,
+            startup,
         )
 
     # --- internals -------------------------------------------------------------------------------
