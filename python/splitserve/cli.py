@@ -44,12 +44,14 @@ from splitserve.config import (
     PLACEMENTS,
     STATE_DIRECTORY_MODE,
     EvaluationSettings,
+    ReplaySettings,
     Settings,
     WorkerSettings,
 )
 from splitserve.database.url import DatabaseUrlError, parse_database_url
 from splitserve.errors import DeploymentError
 from splitserve.evaluation.command import EvaluateRequest, evaluate_command
+from splitserve.evaluation.replay import ReplayRequest, replay_command
 
 _DEFAULTS = Settings()
 
@@ -60,7 +62,8 @@ DESCRIPTION = (
     "SageMaker's control plane (CreateModel, CreateEndpointConfig, CreateEndpoint, "
     "UpdateEndpointWeightsAndCapacities, ...) and InvokeEndpoint on one port, so unmodified boto3 "
     "and the SageMaker SDK work against it with endpoint_url; `stats` and `weights` read a running "
-    "gateway; `evaluate` compares the variants from data capture and ground truth."
+    "gateway; `evaluate` compares the variants from data capture and ground truth; `replay` sends "
+    "captured requests to a candidate variant."
 )
 SERVE_DESCRIPTION = (
     "Run the gateway: SageMaker's control plane (POST /), InvokeEndpoint "
@@ -351,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats_command(commands)
     _add_weights_command(commands)
     _add_evaluate_command(commands)
+    _add_replay_command(commands)
     return parser
 
 
@@ -579,6 +583,69 @@ def evaluate(args: argparse.Namespace) -> int:
         shadow=args.shadow,
     )
     return evaluate_command(request, replace(EvaluationSettings(), threshold=args.threshold))
+
+
+def _add_replay_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    defaults = ReplaySettings()
+    replay = commands.add_parser(
+        "replay",
+        help="send captured requests to a candidate variant (TargetVariant) and compare its "
+        "answers with production's, as evaluate --shadow does",
+        description="Reads the endpoint's data capture (Input and Output), sends each captured "
+        "production request to the running gateway again with TargetVariant=VARIANT at a bounded "
+        "rate (a progress bar on stderr), and prints the comparison of the candidate's answers "
+        "with production's: the report of `evaluate --shadow`. Exit 2 when the capture, "
+        "endpoint, variant or rate cannot be used.",
+    )
+    replay.add_argument(
+        "--capture",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the capture destination (DestinationS3Uri's directory) or the endpoint's directory",
+    )
+    replay.add_argument("--endpoint", required=True, help="the endpoint to replay to")
+    replay.add_argument(
+        "--variant", required=True, help="the candidate production variant (TargetVariant)"
+    )
+    replay.add_argument(
+        "--rate",
+        type=float,
+        default=defaults.rate,
+        help=f"requests per second at most, up to {defaults.max_rate:g} (default %(default)s)",
+    )
+    replay.add_argument(
+        "--limit", type=positive_count, metavar="N", help="replay only the first N requests"
+    )
+    replay.add_argument(
+        "--threshold",
+        type=float,
+        default=EvaluationSettings().threshold,
+        help="scores at or above this are positive predictions (default %(default)s)",
+    )
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.add_argument(
+        "--url",
+        default=f"http://{_DEFAULTS.host}:{_DEFAULTS.port}",
+        help="the gateway (default %(default)s)",
+    )
+    replay.set_defaults(log_level="WARNING")
+
+
+def replay(args: argparse.Namespace) -> int:
+    """Replay captured requests to a candidate and print the comparison; 2 on unusable inputs."""
+    request = ReplayRequest(
+        capture=args.capture,
+        endpoint=args.endpoint,
+        variant=args.variant,
+        url=args.url,
+        rate=args.rate,
+        as_json=args.json,
+        limit=args.limit,
+    )
+    return replay_command(
+        request, ReplaySettings(), replace(EvaluationSettings(), threshold=args.threshold)
+    )
 
 
 def _state_url(url: str) -> str:
@@ -813,6 +880,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return weights(args)
     if args.command == "evaluate":
         return evaluate(args)
+    if args.command == "replay":
+        return replay(args)
     return 2  # argparse refuses unknown commands before this
 
 

@@ -129,6 +129,11 @@ STATE_FILE_MODE = 0o600
 #: weights, `splitserve weights`, `evaluate --url`); older ones are dropped as new ones come.
 WEIGHT_HISTORY_LIMIT = 1000
 
+#: An inference experiment's run without a Schedule, and the longest Schedule (SageMaker's 7 and
+#: 30 days; docs/sagemaker-api.md, "Shadow tests").
+EXPERIMENT_DEFAULT_DURATION_SECONDS = 7 * 24 * 3600
+EXPERIMENT_MAX_DURATION_SECONDS = 30 * 24 * 3600
+
 #: The mode a missing state directory is created with: only the gateway's user may list or
 #: change it; others may pass through (not 0700), because workers that run as another user (the
 #: gateway as root) reach their run directory, `state_dir/run`, through it.
@@ -172,6 +177,9 @@ class ControlSettings:
 
     max_instances_per_variant: int = 16
     max_vcpu_overcommit: float = 4.0
+    #: How often the inference experiments' runner looks at the schedule and at the endpoints
+    #: it is waiting for (control/experiment_runner.py); an operation wakes it at once.
+    experiment_check_seconds: float = 1.0
     alarm_poll_seconds: float = 1.0
 
 
@@ -611,6 +619,55 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class FeedbackSettings:
+    """Feedback by inference id and the live experiment view (README, "Closing the loop").
+
+    Attributes:
+        index_enabled: keep an index entry for every answered invocation (off: feedback
+            refuses every label as unknown, and the request path records nothing).
+        index_queue_size: answered invocations waiting for the index's writer; more are dropped
+            (counted in `splitserve_feedback_index_dropped_total`), never waited for.
+        index_flush_seconds: how often the writer moves waiting entries to the state database.
+        index_batch_rows: the most entries one write transaction holds.
+        answer_max_bytes: how much of an answer the index keeps for its scores (parsed only when
+            a label joins it); a longer answer is kept cut, and a label for it is refused as
+            unscorable when the cut answer does not parse.
+        retention_seconds: how long an entry waits for its label: 24 hours; a label after that
+            is refused as late.
+        max_index_rows: the most entries kept (oldest pruned first) whatever their age.
+        prune_seconds: how often retention and the row cap are applied.
+        max_body_bytes: the largest feedback request body.
+        max_records: the most label records one feedback request may carry.
+        refresh_seconds: how often a replica reads the labels other replicas joined into its
+            experiment view (the view also reads them whenever it is asked for).
+        alpha: the live experiment's significance level (always-valid: it holds however often
+            the view is looked at).
+        threshold: a score at or above this is a positive prediction.
+        metric: the metric the live experiment declares a winner on (`evaluation.sequential`'s
+            METRICS).
+        client_timeout_seconds: how long `splitserve experiment` and `splitserve.feedback` wait.
+        watch_seconds: how often `splitserve experiment --watch` redraws.
+    """
+
+    index_enabled: bool = True
+    index_queue_size: int = 100_000
+    index_flush_seconds: float = 1.0
+    index_batch_rows: int = 5000
+    answer_max_bytes: int = 4096
+    retention_seconds: int = 24 * 3600
+    max_index_rows: int = 2_000_000
+    prune_seconds: float = 60.0
+    max_body_bytes: int = 1024 * 1024
+    max_records: int = 1000
+    refresh_seconds: float = 5.0
+    alpha: float = 0.05
+    threshold: float = 0.5
+    metric: str = "accuracy"
+    client_timeout_seconds: float = 10.0
+    watch_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `splitserve serve` needs.
 
@@ -641,6 +698,7 @@ class Settings:
         database: timeouts and pool sizes of the state database.
         shadow: the queues and senders that copy requests to shadow variants.
         placement: where instances run: local processes or a Ray cluster.
+        feedback: the inference-id index, feedback's limits and the live experiment.
     """
 
     host: str = "127.0.0.1"
@@ -668,6 +726,7 @@ class Settings:
     state_database_url: str | None = None
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     placement: PlacementSettings = field(default_factory=PlacementSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
 
     @property
     def state_file(self) -> Path:
@@ -781,3 +840,23 @@ class SequentialSettings:
     srm_alpha: float = 0.001
     srm_prior_strength: float = 100.0
     bandit_draws: int = 10_000
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """`splitserve replay`: captured requests sent again to a candidate variant.
+
+    Attributes:
+        rate: requests per second when `--rate` is not given (bounded so that a replay never
+            floods the endpoint that serves production too).
+        max_rate: the largest `--rate` accepted.
+        timeout_seconds: how long each replayed request may take (connect and answer).
+        progress_interval_seconds: the least time between two redraws of the progress bar.
+        max_failure_examples: how many failed requests the report quotes (all are counted).
+    """
+
+    rate: float = 10.0
+    max_rate: float = 1000.0
+    timeout_seconds: float = 60.0
+    progress_interval_seconds: float = 0.2
+    max_failure_examples: int = 5

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from splitserve.evaluation.errors import EvaluationInputError
 
@@ -69,6 +70,9 @@ class CapturedRequest:
             that answered the caller (eventMetadata.splitserve.shadowOf); None otherwise.
         model_latency_micros: the model's latency, which the gateway records on the records of
             copied requests (eventMetadata.splitserve.modelLatencyMicros); None otherwise.
+        input_body: the request's body as sent, decoded from endpointInput (only when read with
+            `with_inputs`, and None when the input was not captured or cannot be decoded).
+        input_content_type: endpointInput's observedContentType (with `with_inputs` only).
     """
 
     variant: str
@@ -81,6 +85,8 @@ class CapturedRequest:
     targeted: bool = False
     shadow_of: str | None = None
     model_latency_micros: float | None = None
+    input_body: bytes | None = None
+    input_content_type: str | None = None
 
     @property
     def join_key(self) -> str | None:
@@ -129,12 +135,14 @@ def endpoint_directories(capture: Path) -> dict[str, Path]:
     return found
 
 
-def read_capture(capture: Path, endpoint: str | None) -> CaptureRead:
+def read_capture(capture: Path, endpoint: str | None, *, with_inputs: bool = False) -> CaptureRead:
     """Read every capture file of one endpoint.
 
     Args:
         capture: the capture destination, or one endpoint's directory under it.
         endpoint: the endpoint to read; None when `capture` holds exactly one.
+        with_inputs: keep each request's body too (`splitserve replay`; off for `evaluate`,
+            which needs only the answers, so that its memory does not grow with the inputs).
 
     Raises:
         EvaluationInputError: no capture files, an unknown endpoint, or several endpoints and
@@ -168,7 +176,9 @@ def read_capture(capture: Path, endpoint: str | None) -> CaptureRead:
                     continue
                 source = f"{path}:{line_number}"
                 try:
-                    requests.append(_parse_record(line, variant_directory.name, source))
+                    requests.append(
+                        _parse_record(line, variant_directory.name, source, with_inputs)
+                    )
                 except ValueError as error:
                     unreadable += 1
                     if len(examples) < MAX_EXAMPLES:
@@ -236,7 +246,9 @@ def _capture_files(directory: Path) -> Iterator[Path]:
             yield path
 
 
-def _parse_record(line: bytes, variant: str, source: str) -> CapturedRequest:
+def _parse_record(
+    line: bytes, variant: str, source: str, with_inputs: bool = False
+) -> CapturedRequest:
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -271,7 +283,28 @@ def _parse_record(line: bytes, variant: str, source: str) -> CapturedRequest:
         targeted=_targeted(metadata.get("splitserve")),
         shadow_of=_shadow_of(metadata.get("splitserve")),
         model_latency_micros=_latency(metadata.get("splitserve")),
+        **(_input(record["captureData"].get("endpointInput")) if with_inputs else {}),
     )
+
+
+def _input(payload: object) -> dict[str, Any]:
+    """input_body and input_content_type from a captured endpointInput (None where unusable)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), str):
+        return {}
+    data, encoding = payload["data"], payload.get("encoding")
+    body: bytes | None = None
+    if encoding == "BASE64":
+        try:
+            body = base64.b64decode(data, validate=True)
+        except binascii.Error:
+            body = None
+    elif encoding in ("CSV", "JSON"):
+        body = data.encode("utf-8")
+    content_type = payload.get("observedContentType")
+    return {
+        "input_body": body,
+        "input_content_type": content_type if isinstance(content_type, str) else None,
+    }
 
 
 def _targeted(marker: object) -> bool:
