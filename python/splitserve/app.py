@@ -288,6 +288,7 @@ async def _controller(
         await stop()
         raise
     return stop
+        alarms=_AlarmStates(app),
 
 
 async def _placement(
@@ -421,6 +422,21 @@ def signed_routes(
     `verifier` None the routes come back as they are and a request pays nothing for it.
     """
     if verifier is None:
+class _AlarmStates:
+    """The control plane's `AlarmStates` over the running app's CloudWatch alarms (the control
+    plane does not import the CloudWatch part): what a stepped UpdateEndpoint's bakes watch."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    async def in_alarm(self, alarm_names: Sequence[str]) -> list[str]:
+        """`AlarmBook.in_alarm` of the running app; none before CloudWatch has started."""
+        cloudwatch = self._app.get(keys.CLOUDWATCH)
+        if cloudwatch is None:
+            return []
+        return await cloudwatch.alarms.in_alarm(alarm_names)
+
+
         return list(routes)
     return [
         web.RouteDef(route.method, route.path, _signature_checked(route, verifier), route.kwargs)

@@ -116,6 +116,12 @@ class RecordingDeployer:
         """Record the retirement."""
         await self._enter("retire", endpoint_name, generation)
 
+    async def shift(
+        self, endpoint_name: str, blue_generation: int, green_generation: int, green_share: float
+    ) -> None:
+        """Record one step of a stepped update as (blue, green, share)."""
+        await self._enter("shift", endpoint_name, (blue_generation, green_generation, green_share))
+
     async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:
         """Record the new weights."""
         await self._enter("set_weights", endpoint_name, dict(weights))

@@ -612,34 +612,6 @@ async def test_termination_wait_bakes_green_before_retiring_blue(
     assert (await describe(service, "ab"))["EndpointStatus"] == "InService"
 
 
-async def test_canary_and_rolling_updates_are_refused(
-    service: ControlService, settings: Settings
-) -> None:
-    await two_variant_endpoint(service, settings)
-    canary = {
-        "BlueGreenUpdatePolicy": {
-            "TrafficRoutingConfiguration": {
-                "Type": "CANARY",
-                "WaitIntervalInSeconds": 60,
-                "CanarySize": {"Type": "INSTANCE_COUNT", "Value": 1},
-            }
-        }
-    }
-    with pytest.raises(ValidationException, match="TrafficRoutingConfiguration Type CANARY"):
-        await service.dispatch(
-            "UpdateEndpoint",
-            {"EndpointName": "ab", "EndpointConfigName": "ab-cfg", "DeploymentConfig": canary},
-        )
-    rolling = {
-        "RollingUpdatePolicy": {"MaximumBatchSize": {"Type": "CAPACITY_PERCENT", "Value": 10}}
-    }
-    with pytest.raises(ValidationException, match="does not implement RollingUpdatePolicy"):
-        await service.dispatch(
-            "UpdateEndpoint",
-            {"EndpointName": "ab", "EndpointConfigName": "ab-cfg", "DeploymentConfig": rolling},
-        )
-
-
 async def test_delete_endpoint(
     service: ControlService, settings: Settings, deployer: RecordingDeployer
 ) -> None:

@@ -33,7 +33,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -190,6 +190,17 @@ class AlarmBook:
                 log.warning("alarm %r in the state database is damaged; it is skipped", row.name)
         self._alarms = alarms
         self._rows = {row.name: row for row in rows}
+
+    async def in_alarm(self, alarm_names: Sequence[str]) -> list[str]:
+        """The names among `alarm_names` whose alarm is in state ALARM, as the store keeps them
+        now (a name with no alarm is never in ALARM). A stepped UpdateEndpoint reads this while
+        it bakes (AutoRollbackConfiguration)."""
+        await self.refresh()
+        return [
+            name
+            for name in alarm_names
+            if (alarm := self._alarms.get(name)) is not None and alarm.state == "ALARM"
+        ]
 
     def operations(self) -> dict[str, Callable[[dict[str, object]], Awaitable[dict[str, object]]]]:
         """Operation name -> handler; each reads the store's alarms first (`refresh`)."""

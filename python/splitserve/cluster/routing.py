@@ -44,12 +44,18 @@ class RoutedInstance:
 
 @dataclass(frozen=True)
 class RoutedVariant:
-    """One production variant of the live generation."""
+    """One production variant of the live generation.
+
+    `name` is its name in the router; `public_name`, when set, is the variant's own name: a
+    stepped UpdateEndpoint routes the new fleet's variant beside the old fleet's variant of
+    the same name under a name of its own (`runtime.registry.LiveEndpoint.variant_names`).
+    """
 
     name: str
     weight: float
     strategy: str
     instances: tuple[RoutedInstance, ...]
+    public_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,11 @@ class RoutingDocument:
 
 def _tables(
     variants: tuple[RoutedVariant, ...],
-) -> list[tuple[str, str, list[tuple[str, str]]]]:
-    return [(v.name, v.strategy, [(i.name, i.address) for i in v.instances]) for v in variants]
+) -> list[tuple[str, str | None, str, list[tuple[str, str]]]]:
+    return [
+        (v.name, v.public_name, v.strategy, [(i.name, i.address) for i in v.instances])
+        for v in variants
+    ]
 
 
 def _encode_variant(variant: RoutedVariant) -> dict[str, object]:
@@ -104,6 +113,8 @@ def _encode_variant(variant: RoutedVariant) -> dict[str, object]:
         "instances": [
             {"name": i.name, "address": i.address, "healthy": i.healthy} for i in variant.instances
         ],
+        # Only during a stepped update: other documents read the same to an older replica.
+        **({} if variant.public_name is None else {"public_name": variant.public_name}),
     }
 
 
@@ -180,6 +191,7 @@ def _variant(variant: dict[str, object], where: str) -> RoutedVariant:
             _instance(_object(item, f"{where} instance {index}"), f"{where} instance {index}")
             for index, item in enumerate(_field(variant, "instances", list, where))
         ),
+        public_name=_field(variant, "public_name", str, where, default=None, nullable=True),
     )
 
 

@@ -10,7 +10,7 @@ the gateway, under the same one, adopting them: `Deployer.adopts_instances`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -78,6 +78,16 @@ class DeploymentPlan:
     failover: bool = False
 
 
+class AlarmStates(Protocol):
+    """The CloudWatch alarms a stepped update watches (AutoRollbackConfiguration), as the face
+    reads them from the CloudWatch part (the control plane does not import it)."""
+
+    async def in_alarm(self, alarm_names: Sequence[str]) -> list[str]:
+        """The names among `alarm_names` whose alarm is in state ALARM now (an unknown name is
+        an alarm that never fires)."""
+        ...
+
+
 class Deployer(Protocol):
     """Runs endpoints. The control service calls it from background tasks, one task per endpoint.
 
@@ -114,6 +124,20 @@ class Deployer(Protocol):
 
     async def retire(self, endpoint_name: str, generation: int) -> None:
         """Drain and stop an old generation (no-op if it is not running)."""
+        ...
+
+    async def shift(
+        self, endpoint_name: str, blue_generation: int, green_generation: int, green_share: float
+    ) -> None:
+        """One step of a stepped blue/green update: route `green_share` (0 <= share < 1) of the
+        untargeted requests to the deployed generation `green_generation` and the rest to the
+        live `blue_generation`, each fleet splitting its share by its own variants' weights; 0
+        routes everything to blue again (a rollback). Returns once every replica routes so.
+        `activate(green plan)` ends the shift.
+
+        Raises:
+            DeploymentError: the combined routing table was refused.
+        """
         ...
 
     async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:

@@ -37,6 +37,7 @@ from splitserve.control.planning import Planner
 from splitserve.control.responses import describe_endpoint
 from splitserve.control.state import ControlState
 from splitserve.control.validation import (
+    check_capacity_sizes,
     check_deployment_config,
     check_unique_variant_names,
     check_weight_sum,
@@ -138,7 +139,9 @@ class EndpointOperations:
         return paginate(rows, request, "Endpoints")
 
     async def update_endpoint(self, body: Mapping[str, object]) -> dict[str, object]:
-        """UpdateEndpoint -> {EndpointArn}: a blue/green deployment of another configuration.
+        """UpdateEndpoint -> {EndpointArn}: a blue/green deployment of another configuration,
+        its traffic shifted all at once or in DeploymentConfig's CANARY or LINEAR steps, rolled
+        back when an AutoRollbackConfiguration alarm fires (`lifecycle.EndpointLifecycle.update`).
 
         RetainAllVariantProperties keeps the live DesiredWeight and DesiredInstanceCount of every
         variant that is in both configurations, except the properties that
@@ -166,6 +169,10 @@ class EndpointOperations:
             )
             if deployment_config is None and request.get("RetainDeploymentConfig") is True:
                 deployment_config = optional_mapping(current.deployment_config)
+            check_capacity_sizes(
+                deployment_config,
+                sum(v.desired_instance_count for v in variants if not v.shadow),
+            )
             generation = current.generation + 1
             plan = await self._planner.plan(
                 current.name,

@@ -35,13 +35,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from splitserve.config import MAX_FAILURE_REASON
-from splitserve.control.deployer import Deployer, DeploymentPlan
-from splitserve.control.documents import optional_int, optional_mapping
+from splitserve.config import MAX_FAILURE_REASON, ControlSettings
+from splitserve.control.deployer import AlarmStates, Deployer, DeploymentPlan
+from splitserve.control.documents import mappings, optional_int, optional_mapping, text
 from splitserve.control.models import (
     DeployedVariant,
     EndpointRecord,
@@ -49,7 +49,7 @@ from splitserve.control.models import (
     VariantStatusEntry,
     name_key,
 )
-from splitserve.control.planning import Planner, check_model_data
+from splitserve.control.planning import Planner, TrafficStep, check_model_data, traffic_steps
 from splitserve.control.state import ControlState
 from splitserve.control.variants import launching, restored, settled
 from splitserve.errors import DeploymentError, SplitserveError, ValidationException
@@ -73,12 +73,24 @@ class EndpointLifecycle:
         state: the store, its lock and the record changes.
         deployer: what runs the endpoints.
         planner: turns stored variants into deployment plans (for recoveries).
+        alarms: the alarm states a stepped update's bakes watch (None: no alarm ever fires).
+        alarm_poll_seconds: how often a bake reads them (`ControlSettings.alarm_poll_seconds`).
     """
 
-    def __init__(self, state: ControlState, deployer: Deployer, planner: Planner) -> None:
+    def __init__(
+        self,
+        state: ControlState,
+        deployer: Deployer,
+        planner: Planner,
+        *,
+        alarms: AlarmStates | None = None,
+        alarm_poll_seconds: float = ControlSettings.alarm_poll_seconds,
+    ) -> None:
         self._state = state
         self._deployer = deployer
         self._planner = planner
+        self._alarms = alarms
+        self._alarm_poll_seconds = alarm_poll_seconds
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Endpoints a takeover recovers without leaving InService (`busy`).
         self._kept_in_service: set[str] = set()
@@ -187,27 +199,54 @@ class EndpointLifecycle:
         plan: DeploymentPlan,
         deployment_config: Mapping[str, object] | None,
     ) -> None:
-        """Blue/green: deploy green beside blue, switch, bake, retire blue, InService."""
+        """Blue/green: deploy green beside blue, shift the traffic in the configuration's steps
+        (one for ALL_AT_ONCE; each CANARY or LINEAR step baked WaitIntervalInSeconds while the
+        AutoRollbackConfiguration alarms are watched), bake TerminationWaitInSeconds, retire
+        blue, InService. An alarm in ALARM during a bake rolls everything back to blue."""
         policy = optional_mapping((deployment_config or {}).get("BlueGreenUpdatePolicy")) or {}
+        routing = optional_mapping(policy.get("TrafficRoutingConfiguration")) or {}
         bake = optional_int(policy.get("TerminationWaitInSeconds")) or 0
+        interval = optional_int(routing.get("WaitIntervalInSeconds")) or 0
         limit = optional_int(policy.get("MaximumExecutionTimeoutInSeconds"))
-        current = await self._state.run(self._state.store.get_endpoint, endpoint_name)
-        if current is None or current.pending is None:
+        alarms = alarm_names(deployment_config)
+        blue = await self._state.run(self._state.store.get_endpoint, endpoint_name)
+        if blue is None or blue.pending is None:
             return
-        green_variants = current.pending.variants
+        green_variants = blue.pending.variants
+        steps = traffic_steps(
+            deployment_config,
+            sum(v.desired_instance_count for v in green_variants if not v.shadow),
+        )
         reason: str | None = None
+        fired: list[str] = []
+        shifted = False
         deadline = asyncio.timeout(limit)
         try:
             async with deadline:
                 await check_model_data(green_variants, plan)
                 await self._deployer.deploy(plan)
                 try:
-                    await self._deployer.activate(plan)
+                    for index, step in enumerate(steps[:-1]):
+                        await self._state.transition(
+                            endpoint_name, _pending_status(step, "ActivatingTraffic", index)
+                        )
+                        shifted = True
+                        await self._deployer.shift(
+                            endpoint_name, blue_generation, plan.generation, step.share
+                        )
+                        await self._state.transition(
+                            endpoint_name, _pending_status(step, "Baking", index, interval)
+                        )
+                        fired = await self._bake(interval, alarms)
+                        if fired:
+                            break
+                    if not fired:
+                        await self._deployer.activate(plan)
                 except Exception:
-                    await self._retire_quietly(endpoint_name, plan.generation)
+                    await self._back_to_blue(endpoint_name, blue_generation, plan, shifted)
                     raise
         except TimeoutError:
-            await self._retire_quietly(endpoint_name, plan.generation)
+            await self._back_to_blue(endpoint_name, blue_generation, plan, shifted)
             if deadline.expired():
                 reason = (
                     "The update did not finish within MaximumExecutionTimeoutInSeconds "
@@ -219,6 +258,9 @@ class EndpointLifecycle:
             reason = error.message
         except Exception:
             reason = internal_reason("deploying the new endpoint configuration")
+        if fired:
+            await self._roll_back_update(endpoint_name, blue, blue_generation, plan, fired)
+            return
         if reason is not None:
             failure = (
                 "Failed to update endpoint to endpoint configuration "
@@ -270,8 +312,13 @@ class EndpointLifecycle:
             endpoint_name, "UpdateEndpoint", _split(green_variants), switched
         )
         await self._state.transition(endpoint_name, green_is_live)
-        if bake:
-            await asyncio.sleep(bake)
+        # The last bake is watched too: blue still runs, so an alarm can still send it back.
+        fired = await self._bake(bake, alarms)
+        if fired:
+            await self._roll_back_update(
+                endpoint_name, blue, blue_generation, plan, fired, switched=True
+            )
+            return
         await self._retire_quietly(endpoint_name, blue_generation)
 
         def in_service(record: EndpointRecord) -> EndpointRecord:
@@ -283,6 +330,90 @@ class EndpointLifecycle:
             )
 
         await self._state.transition(endpoint_name, in_service)
+
+    async def _bake(self, seconds: int, alarms: Sequence[str]) -> list[str]:
+        """Wait `seconds` while watching `alarms`; the names found in ALARM (then at once), or
+        none once the time is up. Without alarms (or a way to read them) it only waits."""
+        if not alarms or self._alarms is None:
+            if seconds:
+                await asyncio.sleep(seconds)
+            return []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while True:
+            try:
+                fired = await self._alarms.in_alarm(alarms)
+            except Exception:
+                # An unreadable alarm store must not roll back (nor fail) a healthy update.
+                log.exception("reading the states of alarms %s failed", ", ".join(alarms))
+                fired = []
+            if fired:
+                return fired
+            left = end - loop.time()
+            if left <= 0:
+                return []
+            await asyncio.sleep(min(left, self._alarm_poll_seconds))
+
+    async def _back_to_blue(
+        self, endpoint_name: str, blue_generation: int, plan: DeploymentPlan, shifted: bool
+    ) -> None:
+        """All the traffic to blue again (if some went to green), then green retired."""
+        if shifted:
+            try:
+                await self._deployer.shift(endpoint_name, blue_generation, plan.generation, 0.0)
+            except Exception:
+                log.exception("routing endpoint %s back to its old fleet failed", endpoint_name)
+        await self._retire_quietly(endpoint_name, plan.generation)
+
+    async def _roll_back_update(
+        self,
+        endpoint_name: str,
+        blue: EndpointRecord,
+        blue_generation: int,
+        plan: DeploymentPlan,
+        fired: list[str],
+        *,
+        switched: bool = False,
+    ) -> None:
+        """An AutoRollbackConfiguration alarm fired: RollingBack, every request to blue at once,
+        green torn down, then InService on blue with FailureReason saying so."""
+
+        def rolling_back(record: EndpointRecord) -> EndpointRecord:
+            return replace(
+                record, status=EndpointStatus.ROLLING_BACK, last_modified_time=time.time()
+            )
+
+        await self._state.transition(endpoint_name, rolling_back)
+        await self._back_to_blue(endpoint_name, blue_generation, plan, shifted=True)
+        if switched:  # the weight history had green's weights: blue's hold again
+            await self._state.record_weights(
+                endpoint_name, "RollBack", _split(blue.variants, current=True), time.time()
+            )
+        names = ", ".join(f'"{name}"' for name in fired)
+        failure = (
+            f"Update rolled back: the alarm(s) {names} of AutoRollbackConfiguration went into "
+            f'ALARM state during the deployment of endpoint configuration "'
+            f'{plan.endpoint_config_name}"; all traffic was shifted back and the endpoint '
+            f'serves endpoint configuration "{blue.endpoint_config_name}" again.'
+        )
+        log.warning("endpoint %s: %s", endpoint_name, failure)
+
+        def rolled_back(record: EndpointRecord) -> EndpointRecord:
+            # The record as it was before the update (green may have become what it showed),
+            # keeping what changed meanwhile that is not the deployment's (tags).
+            return replace(
+                record,
+                status=EndpointStatus.IN_SERVICE,
+                endpoint_config_name=blue.endpoint_config_name,
+                generation=blue.generation,
+                variants=tuple(replace(variant, status=None) for variant in blue.variants),
+                data_capture=blue.data_capture,
+                last_modified_time=time.time(),
+                failure_reason=failure[:MAX_FAILURE_REASON],
+                pending=None,
+            )
+
+        await self._state.transition(endpoint_name, rolled_back)
 
     async def resize(
         self, endpoint_name: str, before: tuple[DeployedVariant, ...], weights_changed: bool
@@ -495,6 +626,58 @@ class EndpointLifecycle:
         await self._state.record_weights(
             before.name, "UpdateEndpointWeightsAndCapacities", _split(updated), time.time()
         )
+
+
+def alarm_names(deployment_config: Mapping[str, object] | None) -> list[str]:
+    """The AlarmNames of a validated DeploymentConfig's AutoRollbackConfiguration, in order."""
+    rollback = optional_mapping((deployment_config or {}).get("AutoRollbackConfiguration")) or {}
+    return [text(alarm, "AlarmName") for alarm in mappings(rollback.get("Alarms"))]
+
+
+def _pending_status(
+    step: TrafficStep, status: str, index: int, interval: int = 0
+) -> Callable[[EndpointRecord], EndpointRecord]:
+    """The change of the stored endpoint when a traffic step starts (ActivatingTraffic) or
+    bakes (Baking): the green variants' VariantStatus and CurrentWeight (their share of the
+    requests), in PendingDeploymentSummary; the blue variants stay as they are."""
+    now = time.time()
+    capacity = "canary capacity" if index == 0 and step.share < 1 else "capacity"
+    if status == "ActivatingTraffic":
+        message = (
+            f"Activating traffic on {capacity} of {step.instances} instance(s) "
+            f"({step.share:.0%} of the requests)."
+        )
+    else:
+        message = (
+            f"Baking for {interval} seconds (WaitIntervalInSeconds) with traffic enabled on "
+            f"{capacity} of {step.instances} instance(s)."
+        )
+    entry = VariantStatusEntry(status, message, now)
+
+    def change(record: EndpointRecord) -> EndpointRecord:
+        pending = record.pending
+        if pending is None:
+            return record
+        variants = tuple(
+            replace(
+                variant,
+                current_weight=variant.desired_weight * step.share,
+                current_instance_count=variant.desired_instance_count,
+                deployed_time=variant.deployed_time or now,
+                status=entry,
+            )
+            if not variant.shadow
+            else replace(
+                variant,
+                current_instance_count=variant.desired_instance_count,
+                deployed_time=variant.deployed_time or now,
+                status=None,
+            )
+            for variant in pending.variants
+        )
+        return replace(record, last_modified_time=now, pending=replace(pending, variants=variants))
+
+    return change
 
 
 def _weights(variants: tuple[DeployedVariant, ...]) -> dict[str, float]:

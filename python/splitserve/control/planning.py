@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from splitserve.capture.spec import DataCapture
 from splitserve.control.deployer import DeploymentPlan, VariantPlan
@@ -234,3 +236,49 @@ async def check_model_data(variants: tuple[DeployedVariant, ...], plan: Deployme
             f'"{variant_plan.model_name}") at URL "{url}". Please ensure that there is an '
             "object located at the URL."
         )
+
+
+@dataclass(frozen=True)
+class TrafficStep:
+    """One step of a blue/green update's traffic shift (docs/sagemaker-api.md, "Deployment
+    guardrails").
+
+    Attributes:
+        share: the new (green) fleet's share of the requests once the step is taken, above 0
+            and at most 1; the old (blue) fleet takes the rest.
+        instances: the green capacity the share stands for, in instances (what
+            VariantStatus messages name).
+    """
+
+    share: float
+    instances: int
+
+
+def traffic_steps(
+    deployment_config: Mapping[str, object] | None, instance_count: int
+) -> tuple[TrafficStep, ...]:
+    """The traffic shift a validated DeploymentConfig asks for, over a green fleet of
+    `instance_count` production instances; the last step always has share 1.
+
+    ALL_AT_ONCE (or no configuration): one step. CANARY: the canary's share, then the rest.
+    LINEAR: steps of LinearStepSize each, the last one capped at the whole. A size is a share of
+    capacity: CAPACITY_PERCENT is that percentage, INSTANCE_COUNT that many of `instance_count`.
+    """
+    whole = max(instance_count, 1)
+    policy = optional_mapping((deployment_config or {}).get("BlueGreenUpdatePolicy")) or {}
+    routing = optional_mapping(policy.get("TrafficRoutingConfiguration")) or {}
+    routing_type = routing.get("Type")
+    size = optional_mapping(routing.get("CanarySize") or routing.get("LinearStepSize"))
+    if routing_type not in ("CANARY", "LINEAR") or size is None:
+        return (TrafficStep(1.0, whole),)
+    value = optional_int(size.get("Value")) or 1
+    # Counted in hundredths of capacity (percent) or in instances, so steps add up exactly.
+    total = 100 if size.get("Type") == "CAPACITY_PERCENT" else whole
+    taken = [min(value, total)] if routing_type == "CANARY" else []
+    while routing_type == "LINEAR" and (not taken or taken[-1] < total):
+        taken.append(min(len(taken) * value + value, total))
+    if taken[-1] < total:
+        taken.append(total)
+    return tuple(
+        TrafficStep(part / total, max(1, math.ceil(part / total * whole - 1e-9))) for part in taken
+    )

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from splitserve.config import Settings
 from splitserve.control.definitions import DefinitionOperations
-from splitserve.control.deployer import Deployer
+from splitserve.control.deployer import AlarmStates, Deployer
 from splitserve.control.endpoints import EndpointOperations
 from splitserve.control.lifecycle import EndpointLifecycle
 from splitserve.control.limits import InstanceLimits
@@ -59,6 +59,7 @@ class ControlService:
                 the instance limits (`settings.control`) and the host's CPUs.
             store: the open state store; the service closes it in `close()`.
             deployer: what runs the endpoints.
+        alarms: AlarmStates | None = None,
             instance_vcpus: the instance types the workers' catalog can run, with their vCPUs.
         """
         self._state = ControlState(store, settings.account)
@@ -68,6 +69,8 @@ class ControlService:
             host_cpus=len(settings.workers.host_cpus()),
             max_instances_per_variant=settings.control.max_instances_per_variant,
             # On a cluster the host's CPUs are not the instances' (the placement checks room).
+            alarms: the CloudWatch alarms' states, which a stepped UpdateEndpoint's bakes watch
+                (AutoRollbackConfiguration); None: no alarm ever fires.
             max_vcpu_overcommit=(
                 None
                 if settings.placement.backend == "ray"
@@ -75,7 +78,13 @@ class ControlService:
             ),
         )
         planner = Planner(self._state, resolver, limits, settings.router.default_routing_strategy)
-        self._lifecycle = EndpointLifecycle(self._state, deployer, planner)
+        self._lifecycle = EndpointLifecycle(
+            self._state,
+            deployer,
+            planner,
+            alarms=alarms,
+            alarm_poll_seconds=settings.control.alarm_poll_seconds,
+        )
         definitions = DefinitionOperations(self._state, resolver, frozenset(instance_vcpus))
         endpoints = EndpointOperations(self._state, deployer, planner, self._lifecycle)
         tags = TagOperations(self._state, deployer, settings.account)

@@ -356,6 +356,9 @@ _CAPACITY_SIZE = StructureShape(
     required=frozenset({"Type", "Value"}),
 )
 
+_WAIT_INTERVAL = IntegerShape("WaitIntervalInSeconds", minimum=0, maximum=3600)
+_EXECUTION_TIMEOUT = IntegerShape("MaximumExecutionTimeoutInSeconds", minimum=600, maximum=28800)
+
 DEPLOYMENT_CONFIG = StructureShape(
     "DeploymentConfig",
     {
@@ -368,9 +371,7 @@ DEPLOYMENT_CONFIG = StructureShape(
                         "Type": StringShape(
                             "TrafficRoutingConfigType", enum=("ALL_AT_ONCE", "CANARY", "LINEAR")
                         ),
-                        "WaitIntervalInSeconds": IntegerShape(
-                            "WaitIntervalInSeconds", minimum=0, maximum=3600
-                        ),
+                        "WaitIntervalInSeconds": _WAIT_INTERVAL,
                         "CanarySize": _CAPACITY_SIZE,
                         "LinearStepSize": _CAPACITY_SIZE,
                     },
@@ -379,17 +380,40 @@ DEPLOYMENT_CONFIG = StructureShape(
                 "TerminationWaitInSeconds": IntegerShape(
                     "TerminationWaitInSeconds", minimum=0, maximum=3600
                 ),
-                "MaximumExecutionTimeoutInSeconds": IntegerShape(
-                    "MaximumExecutionTimeoutInSeconds", minimum=600, maximum=28800
-                ),
+                "MaximumExecutionTimeoutInSeconds": _EXECUTION_TIMEOUT,
             },
             required=frozenset({"TrafficRoutingConfiguration"}),
         ),
-    },
-    unsupported={
-        "RollingUpdatePolicy": "rolling updates are not implemented; updates are blue/green, all "
-        "at once.",
-        "AutoRollbackConfiguration": "there are no CloudWatch alarms to roll back on.",
+        # Validated with SageMaker's bounds, then refused by name
+        # (`validation.check_deployment_config`): updates here are blue/green.
+        "RollingUpdatePolicy": StructureShape(
+            "RollingUpdatePolicy",
+            {
+                "MaximumBatchSize": _CAPACITY_SIZE,
+                "WaitIntervalInSeconds": _WAIT_INTERVAL,
+                "MaximumExecutionTimeoutInSeconds": _EXECUTION_TIMEOUT,
+                "RollbackMaximumBatchSize": _CAPACITY_SIZE,
+            },
+            required=frozenset({"MaximumBatchSize", "WaitIntervalInSeconds"}),
+        ),
+        "AutoRollbackConfiguration": StructureShape(
+            "AutoRollbackConfig",
+            {
+                "Alarms": ListShape(
+                    "AlarmList",
+                    StructureShape(
+                        "Alarm",
+                        {
+                            "AlarmName": StringShape(
+                                "AlarmName", min_length=1, max_length=255, pattern=r"(?!\s*$).+"
+                            )
+                        },
+                    ),
+                    min_length=1,
+                    max_length=10,
+                ),
+            },
+        ),
     },
 )
 

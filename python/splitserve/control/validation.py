@@ -411,19 +411,95 @@ def check_metrics_config(config: Mapping[str, object] | None) -> None:
 
 
 def check_deployment_config(config: Mapping[str, object] | None) -> None:
-    """Blue/green all-at-once is what splitserve runs; canary and linear shifting are refused."""
+    """The rules of DeploymentConfig beyond its members' own bounds (docs/sagemaker-api.md,
+    "Deployment guardrails"): one update policy; CanarySize with CANARY only and LinearStepSize
+    with LINEAR only; a CAPACITY_PERCENT canary of at most 50 and linear steps of 10 to 50.
+    RollingUpdatePolicy is refused by name (updates here are blue/green). Sizes given as
+    INSTANCE_COUNT are checked against the new fleet by `check_capacity_sizes`.
+
+    Raises:
+        ValidationException: naming the member and the rule.
+    """
     if config is None:
         return
-    policy = config.get("BlueGreenUpdatePolicy")
-    if not isinstance(policy, dict):
-        return
-    routing = policy.get("TrafficRoutingConfiguration")
-    if isinstance(routing, dict) and routing.get("Type") != "ALL_AT_ONCE":
+    blue_green = config.get("BlueGreenUpdatePolicy")
+    if isinstance(blue_green, dict) and isinstance(config.get("RollingUpdatePolicy"), dict):
         raise ValidationException(
-            f"splitserve does not implement TrafficRoutingConfiguration Type {routing.get('Type')} "
-            "(at 'deploymentConfig.blueGreenUpdatePolicy.trafficRoutingConfiguration.type'): "
-            "updates shift all traffic at once. Give Type ALL_AT_ONCE, or leave "
-            "DeploymentConfig out."
+            "Only one update policy may be specified in DeploymentConfig: give "
+            "BlueGreenUpdatePolicy or RollingUpdatePolicy, not both."
+        )
+    if isinstance(config.get("RollingUpdatePolicy"), dict):
+        raise ValidationException(
+            "splitserve does not implement RollingUpdatePolicy (at "
+            "'deploymentConfig.rollingUpdatePolicy'): updates start the new fleet beside the old "
+            "one. Give BlueGreenUpdatePolicy (ALL_AT_ONCE, CANARY or LINEAR) instead; its "
+            "AutoRollbackConfiguration works the same."
+        )
+    if not isinstance(blue_green, dict):
+        return
+    routing = blue_green.get("TrafficRoutingConfiguration")
+    if not isinstance(routing, dict):
+        return
+    routing_type = routing.get("Type")
+    for member, wanted in (("CanarySize", "CANARY"), ("LinearStepSize", "LINEAR")):
+        given = isinstance(routing.get(member), dict)
+        if routing_type == wanted and not given:
+            raise ValidationException(
+                f"{member} must be specified when TrafficRoutingConfiguration Type is {wanted}."
+            )
+        if routing_type != wanted and given:
+            raise ValidationException(
+                f"{member} can only be specified when TrafficRoutingConfiguration Type is "
+                f"{wanted}, not {routing_type}."
+            )
+    size = _capacity_size(routing)
+    if size is None or size[0] != "CAPACITY_PERCENT":
+        return
+    member, low, high = _SIZE_BOUNDS[str(routing_type)]
+    if not low <= size[1] <= high:
+        raise ValidationException(
+            f"{member} Value {size[1]} (CAPACITY_PERCENT) must be between {low} and {high} "
+            f"percent of the variant's capacity for TrafficRoutingConfiguration Type "
+            f"{routing_type}."
+        )
+
+
+#: TrafficRoutingConfiguration Type -> its size member and the share of capacity (in percent)
+#: SageMaker allows it (botocore's documentation of CanarySize and LinearStepSize).
+_SIZE_BOUNDS = {"CANARY": ("CanarySize", 1, 50), "LINEAR": ("LinearStepSize", 10, 50)}
+
+
+def _capacity_size(routing: Mapping[str, object]) -> tuple[str, int] | None:
+    """(Type, Value) of the CanarySize or LinearStepSize a validated routing gives, if any."""
+    for member in ("CanarySize", "LinearStepSize"):
+        size = routing.get(member)
+        if isinstance(size, dict):
+            return str(size.get("Type")), int(str(size.get("Value")))
+    return None
+
+
+def check_capacity_sizes(config: Mapping[str, object] | None, instance_count: int) -> None:
+    """A CanarySize or LinearStepSize given as INSTANCE_COUNT within the same bounds as a
+    percentage (at most 50 % for a canary, 10 to 50 % for linear steps) of `instance_count`,
+    the new configuration's production instances.
+
+    Raises:
+        ValidationException: naming the size, the count and the bounds.
+    """
+    policy = None if config is None else config.get("BlueGreenUpdatePolicy")
+    routing = policy.get("TrafficRoutingConfiguration") if isinstance(policy, dict) else None
+    if not isinstance(routing, dict):
+        return
+    size = _capacity_size(routing)
+    if size is None or size[0] != "INSTANCE_COUNT":
+        return
+    member, low, high = _SIZE_BOUNDS[str(routing.get("Type"))]
+    if not low * instance_count <= size[1] * 100 <= high * instance_count:
+        raise ValidationException(
+            f"{member} Value {size[1]} (INSTANCE_COUNT) must be between {low} and {high} "
+            f"percent of the new endpoint configuration's {instance_count} production "
+            "instance(s) for TrafficRoutingConfiguration Type "
+            f"{routing.get('Type')}."
         )
 
 

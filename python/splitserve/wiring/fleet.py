@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -82,6 +83,24 @@ class _Generation:
     copier: ShadowCopier | None = None
 
 
+#: Joins a variant's name and its generation into the name the new fleet's variant has in a
+#: stepped update's router when the old fleet has a variant of that name: `~` is outside
+#: config.NAME_PATTERN, so no TargetVariant can name it and no configuration can clash with it.
+_GREEN_NAME = "{variant}~g{generation}"
+
+
+@dataclass
+class _Shift:
+    """A stepped UpdateEndpoint in progress: both fleets routed by one router (`shift`)."""
+
+    blue: _Generation
+    green: _Generation
+    router: Router
+    # The router's variant name -> the variant's name; the green variants' shares of each.
+    names: dict[str, str]
+    live: LiveEndpoint
+
+
 class FleetDeployer:
     """Runs endpoints on local worker processes; implements the control plane's Deployer."""
 
@@ -114,6 +133,11 @@ class FleetDeployer:
         self._shadow_failures = FailureLog(
             settings.logs.failures_per_second, settings.logs.failure_message_chars
         )
+        # Endpoint -> its stepped update's combined router, while one is in progress; then
+        # the routers of shifts that ended, until the generation they routed to is retired
+        # (requests they handed out still count in flight while an instance drains).
+        self._shifts: dict[str, _Shift] = {}
+        self._ended_shifts: dict[str, list[Router]] = {}
 
     def attach(self, supervisor: Placement) -> None:
         """Give the deployer the placement (the local supervisor, or Ray's) that was built
@@ -247,6 +271,70 @@ class FleetDeployer:
         """Route the endpoint's requests to this generation from now on, in one step."""
         generation = self._generations[plan.endpoint_name, plan.generation]
         self._registry.publish(generation.live)
+        self._end_shift(plan.endpoint_name)
+        self._gauge(generation)
+        # The old generation is retired after this: the other replicas must have left it.
+        await self._sync(plan.endpoint_name)
+
+    async def shift(
+        self, endpoint_name: str, blue_generation: int, green_generation: int, green_share: float
+    ) -> None:
+        """Route `green_share` of the requests to generation `green_generation` and the rest to
+        `blue_generation`, in one router over both fleets (each fleet's share split by its own
+        variants' weights); 0 routes everything to blue again. Returns once every replica
+        routes so (docs/architecture.md, "Deployment guardrails")."""
+        blue = self._generations[endpoint_name, blue_generation]
+        green = self._generations[endpoint_name, green_generation]
+        if green_share <= 0:
+            self._registry.publish(blue.live)
+            self._end_shift(endpoint_name)
+            self._gauge(blue)
+            await self._sync(endpoint_name)
+            return
+        specs, names = _combined_table(blue, green, green_share)
+        shift = self._shifts.get(endpoint_name)
+        if shift is not None and shift.blue is blue and shift.green is green:
+            # A later step: the same table with new weights (in-flight counts and health kept).
+            with _router_errors():
+                shift.router.set_weights({spec.name: spec.weight for spec in specs})
+        else:
+            self._end_shift(endpoint_name)
+            with _router_errors():
+                router = Router(
+                    specs,
+                    salt=endpoint_name,
+                    seed=self._settings.router.seed,
+                    failover=self._failover.get(endpoint_name, blue.plan.failover),
+                )
+            pools = {**blue.pools, **green.pools}
+            for name in pools:
+                with contextlib.suppress(UnknownInstanceError):
+                    router.set_healthy(name, self._healthy.get(name, False))
+            live = dataclasses.replace(
+                blue.live,
+                router=router,
+                pools=pools,
+                recorders={**green.live.recorders, **blue.live.recorders},
+                variant_names=names,
+            )
+            shift = self._shifts[endpoint_name] = _Shift(blue, green, router, names, live)
+            self._registry.publish(live)
+        for spec in specs:
+            VARIANT_WEIGHT.labels(endpoint_name, names[spec.name]).set(
+                sum(s.weight for s in specs if names[s.name] == names[spec.name])
+            )
+        self._changed(endpoint_name)
+        await self._sync(endpoint_name)
+
+    def _end_shift(self, endpoint_name: str) -> None:
+        """The stepped update's router no longer routes (its last picks may still be in flight)."""
+        shift = self._shifts.pop(endpoint_name, None)
+        if shift is not None:
+            self._ended_shifts.setdefault(endpoint_name, []).append(shift.router)
+
+    def _gauge(self, generation: _Generation) -> None:
+        """The weight and instance gauges of the generation that now takes all the traffic."""
+        plan = generation.plan
         live_variants = {variant.variant_name for variant in plan.variants}
         # Variants the switch left behind are not routed to: no weight, no instances.
         for gone in self._gauged.get(plan.endpoint_name, set()) - live_variants:
@@ -258,8 +346,6 @@ class FleetDeployer:
             VARIANT_DESIRED_WEIGHT.labels(*labels).set(variant.weight)
             VARIANT_DESIRED_INSTANCES.labels(*labels).set(variant.instance_count)
             self._count_healthy(generation, variant.variant_name)
-        # The old generation is retired after this: the other replicas must have left it.
-        await self._sync(plan.endpoint_name)
 
     async def retire(self, endpoint_name: str, generation: int) -> None:
         """Drain and stop an old generation and close its connections."""
@@ -269,6 +355,9 @@ class FleetDeployer:
         if retired.copier is not None:
             retired.copier.close()
         await asyncio.gather(*(fleet.stop() for fleet in retired.fleets.values()))
+        if endpoint_name not in self._shifts:
+            # Its instances are drained: what a past shift's router handed them is done.
+            self._ended_shifts.pop(endpoint_name, None)
         for name, pool in retired.pools.items():
             self._owner.pop(name, None)
             self._healthy.pop(name, None)
@@ -308,6 +397,9 @@ class FleetDeployer:
         for (name, _), generation in self._generations.items():
             if name == endpoint_name:
                 generation.router.set_failover(failover)
+        shift = self._shifts.get(endpoint_name)
+        if shift is not None:
+            shift.router.set_failover(failover)
         self._changed(endpoint_name)
 
     async def scale(self, endpoint_name: str, variant_name: str, instance_count: int) -> None:
@@ -449,7 +541,15 @@ class FleetDeployer:
             if unroutable.failure_reason is None:
                 return RoutingDocument(endpoint_name, "pending")
             return RoutingDocument(endpoint_name, "failed", unroutable.failure_reason)
+        shift = self._shifts.get(endpoint_name)
+        if shift is not None and live is shift.live:
+            return self._shift_document(shift)
+        return self._document_of(generation)
+
+    def _document_of(self, generation: _Generation) -> RoutingDocument:
+        """The routing document of `generation` taking all the endpoint's traffic."""
         plan = generation.plan
+        endpoint_name = plan.endpoint_name
         weights = {**generation.router.weights(), **generation.shadow_weights}
         routed = [
             RoutedVariant(
@@ -477,6 +577,27 @@ class FleetDeployer:
             variants=tuple(v for v in routed if v.name not in generation.shadow_weights),
             shadows=tuple(v for v in routed if v.name in generation.shadow_weights),
         )
+
+    def _shift_document(self, shift: _Shift) -> RoutingDocument:
+        """The routing document of a stepped update: both fleets' variants in one table (the
+        green ones that share a name with a blue one under their router name, with
+        `public_name`), the blue generation's shadows."""
+        base = self._document_of(shift.blue)
+        pools = {**shift.blue.pools, **shift.green.pools}
+        variants = tuple(
+            RoutedVariant(
+                name=spec.name,
+                weight=spec.weight,
+                strategy=spec.routing_strategy,
+                instances=tuple(
+                    RoutedInstance(name, str(pools[name].address), self._healthy.get(name, False))
+                    for name in spec.instances
+                ),
+                public_name=None if shift.names[spec.name] == spec.name else shift.names[spec.name],
+            )
+            for spec in shift.router.variants()
+        )
+        return dataclasses.replace(base, variants=variants)
 
     def endpoint_names(self) -> list[str]:
         """Every endpoint the registry knows: live, being deployed or failed."""
@@ -508,10 +629,16 @@ class FleetDeployer:
         generation = self._owner.get(instance_name)
         if generation is None:
             return 0
-        try:
-            return generation.router.in_flight(instance_name)
-        except UnknownInstanceError:
-            return 0
+        endpoint_name = generation.plan.endpoint_name
+        routers = [generation.router, *self._ended_shifts.get(endpoint_name, ())]
+        shift = self._shifts.get(endpoint_name)
+        if shift is not None:
+            routers.append(shift.router)
+        count = 0
+        for router in routers:  # a stepped update's router hands out this instance too
+            with contextlib.suppress(UnknownInstanceError):
+                count += router.in_flight(instance_name)
+        return count
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -520,6 +647,10 @@ class FleetDeployer:
         generation = self._owner.get(name)
         if generation is not None:
             self._apply_health(generation, name)
+            shift = self._shifts.get(generation.plan.endpoint_name)
+            if shift is not None:
+                with contextlib.suppress(UnknownInstanceError):
+                    shift.router.set_healthy(name, healthy)
             self._retarget(generation)
             for variant, fleet in generation.fleets.items():
                 if any(info.name == name for info in fleet.instances()):
@@ -560,6 +691,13 @@ class FleetDeployer:
         self._retarget(generation)
         if self._registry.get(live.name) is live:
             self._registry.publish(generation.live)
+            self._changed(live.name)
+        shift = self._shifts.get(live.name)
+        if shift is not None and generation in (shift.blue, shift.green):
+            shift.live = dataclasses.replace(
+                shift.live, pools={**shift.blue.pools, **shift.green.pools}
+            )
+            self._registry.publish(shift.live)
             self._changed(live.name)
 
     def _retarget(self, generation: _Generation) -> None:
@@ -650,3 +788,28 @@ def _shared_cpus_message(shared: Sequence[int]) -> str:
         f"CPUs {_cpu_list(shared)} are shared with other instances: the host has fewer CPUs than "
         "the instances ask for, so their CPU sets overlap and they compete for them."
     )
+
+
+def _combined_table(
+    blue: _Generation, green: _Generation, green_share: float
+) -> tuple[list[VariantSpec], dict[str, str]]:
+    """The router table of one step of a stepped update, and each router name's variant name.
+
+    Blue's production variants keep their names and split `1 - green_share` of the requests by
+    their weights; green's split `green_share` by theirs, each under its own name unless blue has
+    a variant of that name (then `_GREEN_NAME`: TargetVariant keeps reaching the old fleet's
+    variant until the update ends). A fleet whose weights are all 0 takes no share.
+    """
+    specs: list[VariantSpec] = []
+    names: dict[str, str] = {}
+    for generation, share in ((blue, 1.0 - green_share), (green, green_share)):
+        table = generation.router.variants()
+        total = math.fsum(spec.weight for spec in table)
+        for spec in table:
+            name = spec.name
+            if generation is green and name in names:
+                name = _GREEN_NAME.format(variant=spec.name, generation=green.plan.generation)
+            names[name] = spec.name
+            weight = spec.weight / total * share if total > 0 else 0.0
+            specs.append(VariantSpec(name, weight, spec.instances, spec.routing_strategy))
+    return specs, names

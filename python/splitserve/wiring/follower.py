@@ -138,7 +138,14 @@ class RoutingFollower:
                 pool = self._parts.pool(address)
                 self._pools[instance_name] = pool
             pools[instance_name] = pool
-        variants = [v.name for v in (*document.variants, *document.shadows)]
+        # A stepped UpdateEndpoint's router names some variants apart: metrics, capture and the
+        # caller see each variant under its own name (`LiveEndpoint.variant_names`).
+        variant_names = {
+            v.name: v.public_name for v in document.variants if v.public_name is not None
+        }
+        variants = list(
+            dict.fromkeys(v.public_name or v.name for v in (*document.variants, *document.shadows))
+        )
         recorders = self._parts.recorders(name, variants)
         capture_sink = self._parts.capture_sink(name, variants, capture)
         copier = None
@@ -162,6 +169,11 @@ class RoutingFollower:
                 capture=capture_sink,
                 shadows=copier,
                 unreachable=functools.partial(self._unreachable, name, router),
+                variant_names=(
+                    {v.name: v.public_name or v.name for v in document.variants}
+                    if variant_names
+                    else None
+                ),
             )
         )
         # The previous table's copies still queued are dropped (counted): its instances may

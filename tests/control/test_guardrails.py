@@ -1,0 +1,478 @@
+"""Deployment guardrails (UpdateEndpoint's DeploymentConfig): validation, the step plan, and
+stepped updates with auto-rollback driven through the service over the recording deployer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from splitserve.config import Settings
+from splitserve.control.planning import TrafficStep, traffic_steps
+from splitserve.control.service import ControlService
+from splitserve.control.store import Store
+from splitserve.errors import ValidationException
+from tests.control.conftest import (
+    INSTANCE_VCPUS,
+    RecordingDeployer,
+    create_config,
+    create_model,
+    describe,
+    state_file,
+    two_variant_endpoint,
+    variant,
+)
+from tests.control.shapes import check_output
+
+
+class FakeAlarms:
+    """The alarm states a service's bakes read: `firing` are in ALARM; `polled` is set on
+    every read, and `gate`, when set, holds each read until it is released."""
+
+    def __init__(self) -> None:
+        self.firing: set[str] = set()
+        self.asked: list[list[str]] = []
+        self.polled = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+
+    async def in_alarm(self, alarm_names: Sequence[str]) -> list[str]:
+        """The names of `alarm_names` in `firing`."""
+        self.asked.append(list(alarm_names))
+        self.polled.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return [name for name in alarm_names if name in self.firing]
+
+
+@pytest.fixture
+def alarms() -> FakeAlarms:
+    """No alarm in ALARM."""
+    return FakeAlarms()
+
+
+@pytest.fixture
+async def guarded(
+    settings: Settings, deployer: RecordingDeployer, alarms: FakeAlarms
+) -> AsyncIterator[ControlService]:
+    """A started service whose bakes read `alarms`."""
+    service = ControlService(
+        settings,
+        Store.open(state_file(settings)),
+        deployer,
+        instance_vcpus=INSTANCE_VCPUS,
+        alarms=alarms,
+    )
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+def blue_green(
+    routing_type: str = "CANARY",
+    size: dict[str, object] | None = None,
+    wait: int = 0,
+    *,
+    termination_wait: int | None = None,
+    alarms: Sequence[str] = (),
+) -> dict[str, Any]:
+    """A DeploymentConfig with a BlueGreenUpdatePolicy."""
+    routing: dict[str, object] = {"Type": routing_type, "WaitIntervalInSeconds": wait}
+    if size is not None:
+        routing["CanarySize" if routing_type == "CANARY" else "LinearStepSize"] = size
+    policy: dict[str, object] = {"TrafficRoutingConfiguration": routing}
+    if termination_wait is not None:
+        policy["TerminationWaitInSeconds"] = termination_wait
+    config: dict[str, Any] = {"BlueGreenUpdatePolicy": policy}
+    if alarms:
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in alarms]}
+    return config
+
+
+PERCENT_50 = {"Type": "CAPACITY_PERCENT", "Value": 50}
+
+
+async def _green(service: ControlService, count: int = 2) -> None:
+    await create_model(service, "m3")
+    await create_config(
+        service, "green", [variant("A", "m3", weight=3, count=count), variant("C", "m3")]
+    )
+
+
+async def _update(service: ControlService, deployment_config: dict[str, Any]) -> None:
+    await service.dispatch(
+        "UpdateEndpoint",
+        {
+            "EndpointName": "ab",
+            "EndpointConfigName": "green",
+            "DeploymentConfig": deployment_config,
+        },
+    )
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("deployment_config", "message"),
+    [
+        (blue_green("CANARY"), "CanarySize must be specified when TrafficRoutingConfiguration"),
+        (blue_green("LINEAR"), "LinearStepSize must be specified when TrafficRoutingConfiguration"),
+        (
+            {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {
+                        "Type": "ALL_AT_ONCE",
+                        "WaitIntervalInSeconds": 0,
+                        "CanarySize": PERCENT_50,
+                    }
+                }
+            },
+            "CanarySize can only be specified when TrafficRoutingConfiguration Type is CANARY",
+        ),
+        (
+            blue_green("CANARY", {"Type": "CAPACITY_PERCENT", "Value": 51}),
+            "CanarySize Value 51 (CAPACITY_PERCENT) must be between 1 and 50 percent",
+        ),
+        (
+            blue_green("LINEAR", {"Type": "CAPACITY_PERCENT", "Value": 9}),
+            "LinearStepSize Value 9 (CAPACITY_PERCENT) must be between 10 and 50 percent",
+        ),
+        (
+            blue_green("LINEAR", {"Type": "CAPACITY_PERCENT", "Value": 60}),
+            "LinearStepSize Value 60 (CAPACITY_PERCENT) must be between 10 and 50 percent",
+        ),
+        # The new configuration has 3 production instances: 2 is over half of them.
+        (
+            blue_green("CANARY", {"Type": "INSTANCE_COUNT", "Value": 2}),
+            "CanarySize Value 2 (INSTANCE_COUNT) must be between 1 and 50 percent of the new "
+            "endpoint configuration's 3 production instance(s)",
+        ),
+        (
+            blue_green("CANARY", {"Type": "INSTANCE_COUNT", "Value": 0}),
+            "Member must have value greater than or equal to 1",
+        ),
+        (
+            blue_green("CANARY", {"Type": "INSTANCES", "Value": 1}),
+            "Member must satisfy enum value set: [INSTANCE_COUNT, CAPACITY_PERCENT]",
+        ),
+        (blue_green("ALL_AT_ONCE", wait=3601), "Member must have value less than or equal to 3600"),
+        (
+            blue_green("ALL_AT_ONCE", termination_wait=-1),
+            "Member must have value greater than or equal to 0",
+        ),
+        (
+            {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {
+                        "Type": "ALL_AT_ONCE",
+                        "WaitIntervalInSeconds": 0,
+                    },
+                    "MaximumExecutionTimeoutInSeconds": 599,
+                }
+            },
+            "Member must have value greater than or equal to 600",
+        ),
+        (
+            {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {
+                        "Type": "ALL_AT_ONCE",
+                        "WaitIntervalInSeconds": 0,
+                    },
+                    "MaximumExecutionTimeoutInSeconds": 28801,
+                }
+            },
+            "Member must have value less than or equal to 28800",
+        ),
+        (
+            {**blue_green("ALL_AT_ONCE"), "AutoRollbackConfiguration": {"Alarms": []}},
+            "Member must have length greater than or equal to 1",
+        ),
+        (
+            blue_green("ALL_AT_ONCE", alarms=[f"alarm-{index}" for index in range(11)]),
+            "Member must have length less than or equal to 10",
+        ),
+        (blue_green("ALL_AT_ONCE", alarms=["   "]), "Member must satisfy regular expression"),
+        (blue_green("ALL_AT_ONCE", alarms=["x" * 256]), "Member must have length less than"),
+        (
+            {
+                **blue_green("ALL_AT_ONCE"),
+                "RollingUpdatePolicy": {
+                    "MaximumBatchSize": PERCENT_50,
+                    "WaitIntervalInSeconds": 0,
+                },
+            },
+            "Only one update policy may be specified in DeploymentConfig",
+        ),
+        (
+            {"RollingUpdatePolicy": {"MaximumBatchSize": PERCENT_50, "WaitIntervalInSeconds": 0}},
+            "splitserve does not implement RollingUpdatePolicy",
+        ),
+        (
+            {"RollingUpdatePolicy": {"MaximumBatchSize": PERCENT_50}},
+            "'deploymentConfig.rollingUpdatePolicy.waitIntervalInSeconds'",
+        ),
+        (
+            {
+                "RollingUpdatePolicy": {
+                    "MaximumBatchSize": PERCENT_50,
+                    "WaitIntervalInSeconds": 0,
+                    "MaximumExecutionTimeoutInSeconds": 10,
+                }
+            },
+            "Member must have value greater than or equal to 600",
+        ),
+    ],
+)
+async def test_deployment_config_refusals(
+    service: ControlService,
+    settings: Settings,
+    deployer: RecordingDeployer,
+    deployment_config: dict[str, Any],
+    message: str,
+) -> None:
+    await two_variant_endpoint(service, settings)
+    await _green(service)
+    before = deployer.methods("ab")
+    with pytest.raises(ValidationException) as refused:
+        await _update(service, deployment_config)
+    assert message in refused.value.message
+    assert deployer.methods("ab") == before
+    assert (await describe(service, "ab"))["EndpointStatus"] == "InService"
+
+
+async def test_create_endpoint_checks_the_deployment_config_too(
+    service: ControlService, settings: Settings
+) -> None:
+    await two_variant_endpoint(service, settings)
+    with pytest.raises(ValidationException, match="CanarySize must be specified"):
+        await service.dispatch(
+            "CreateEndpoint",
+            {
+                "EndpointName": "other",
+                "EndpointConfigName": "ab-cfg",
+                "DeploymentConfig": blue_green("CANARY"),
+            },
+        )
+
+
+# --- the step plan --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("deployment_config", "instances", "expected"),
+    [
+        (None, 3, [(1.0, 3)]),
+        (blue_green("ALL_AT_ONCE"), 2, [(1.0, 2)]),
+        (blue_green("CANARY", {"Type": "INSTANCE_COUNT", "Value": 1}), 4, [(0.25, 1), (1.0, 4)]),
+        (blue_green("CANARY", PERCENT_50), 1, [(0.5, 1), (1.0, 1)]),
+        (
+            blue_green("LINEAR", {"Type": "CAPACITY_PERCENT", "Value": 30}),
+            10,
+            [(0.3, 3), (0.6, 6), (0.9, 9), (1.0, 10)],
+        ),
+        (
+            blue_green("LINEAR", {"Type": "INSTANCE_COUNT", "Value": 2}),
+            5,
+            [(0.4, 2), (0.8, 4), (1.0, 5)],
+        ),
+        (blue_green("LINEAR", PERCENT_50), 2, [(0.5, 1), (1.0, 2)]),
+    ],
+)
+def test_traffic_steps(
+    deployment_config: dict[str, Any] | None,
+    instances: int,
+    expected: list[tuple[float, int]],
+) -> None:
+    steps = traffic_steps(deployment_config, instances)
+    assert steps == tuple(TrafficStep(share, count) for share, count in expected)
+
+
+# --- stepped updates ------------------------------------------------------------------------------
+
+
+async def test_canary_update_shifts_in_two_steps_then_retires_blue(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    await _green(guarded)
+    deployment_config = blue_green(
+        "CANARY", {"Type": "INSTANCE_COUNT", "Value": 1}, alarms=["errors"]
+    )
+    deployer.hold("shift")
+    await _update(guarded, deployment_config)
+    await deployer.entered("shift")
+    activating = await describe(guarded, "ab")
+    check_output("DescribeEndpoint", activating)
+    assert activating["EndpointStatus"] == "Updating"
+    assert activating["EndpointConfigName"] == "ab-cfg"  # ProductionVariants: blue
+    pending = activating["PendingDeploymentSummary"]
+    assert pending["EndpointConfigName"] == "green"
+    (status,) = pending["ProductionVariants"][0]["VariantStatus"]
+    assert status["Status"] == "ActivatingTraffic"
+    assert status["StatusMessage"] == (
+        "Activating traffic on canary capacity of 1 instance(s) (33% of the requests)."
+    )
+    deployer.release("shift")
+    await guarded.settle()
+    # 1 of green's 3 production instances: a third of the requests, then all of them.
+    assert deployer.methods("ab")[2:] == [
+        ("deploy", 2),
+        ("shift", (1, 2, pytest.approx(1 / 3))),
+        ("activate", 2),
+        ("retire", 1),
+    ]
+    done = await describe(guarded, "ab")
+    assert done["EndpointStatus"] == "InService"
+    assert done["EndpointConfigName"] == "green"
+    assert "FailureReason" not in done
+    assert "PendingDeploymentSummary" not in done
+    assert done["LastDeploymentConfig"] == deployment_config
+
+
+async def test_a_bake_shows_baking_and_watches_the_alarms(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer, alarms: FakeAlarms
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    await _green(guarded)
+    alarms.gate = asyncio.Event()
+    await _update(guarded, blue_green("LINEAR", PERCENT_50, wait=0, alarms=["errors", "latency"]))
+    await asyncio.wait_for(alarms.polled.wait(), timeout=5)
+    baking = await describe(guarded, "ab")
+    check_output("DescribeEndpoint", baking)
+    (status,) = baking["PendingDeploymentSummary"]["ProductionVariants"][0]["VariantStatus"]
+    assert status["Status"] == "Baking"
+    assert status["StatusMessage"] == (
+        "Baking for 0 seconds (WaitIntervalInSeconds) with traffic enabled on canary capacity "
+        "of 2 instance(s)."
+    )
+    # Green's variant A (weight 3) takes its share of the half of the requests green has.
+    assert baking["PendingDeploymentSummary"]["ProductionVariants"][0]["CurrentWeight"] == 1.5
+    assert alarms.asked == [["errors", "latency"]]
+    alarms.gate.set()
+    await guarded.settle()
+    assert (await describe(guarded, "ab"))["EndpointConfigName"] == "green"
+
+
+async def test_an_alarm_during_a_bake_rolls_back_to_blue(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer, alarms: FakeAlarms
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    await _green(guarded)
+    alarms.firing = {"latency"}
+    deployment_config = blue_green("LINEAR", PERCENT_50, wait=60, alarms=["errors", "latency"])
+    deployer.hold("retire")
+    await _update(guarded, deployment_config)
+    await deployer.entered("retire")
+    rolling_back = await describe(guarded, "ab")
+    assert rolling_back["EndpointStatus"] == "RollingBack"
+    deployer.release("retire")
+    await guarded.settle()
+    # Half to green, then all back to blue at once (without waiting out the bake); green gone.
+    assert deployer.methods("ab")[2:] == [
+        ("deploy", 2),
+        ("shift", (1, 2, 0.5)),
+        ("shift", (1, 2, 0.0)),
+        ("retire", 2),
+    ]
+    described = await describe(guarded, "ab")
+    check_output("DescribeEndpoint", described)
+    assert described["EndpointStatus"] == "InService"
+    assert described["EndpointConfigName"] == "ab-cfg"
+    assert "PendingDeploymentSummary" not in described
+    assert described["LastDeploymentConfig"] == deployment_config
+    assert described["FailureReason"] == (
+        'Update rolled back: the alarm(s) "latency" of AutoRollbackConfiguration went into '
+        'ALARM state during the deployment of endpoint configuration "green"; all traffic was '
+        'shifted back and the endpoint serves endpoint configuration "ab-cfg" again.'
+    )
+    # The next update is accepted, and clears the reason.
+    alarms.firing = set()
+    await _update(guarded, blue_green("ALL_AT_ONCE"))
+    await guarded.settle()
+    after = await describe(guarded, "ab")
+    assert after["EndpointConfigName"] == "green"
+    assert "FailureReason" not in after
+
+
+async def test_an_alarm_during_the_termination_wait_brings_blue_back(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer, alarms: FakeAlarms
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    await _green(guarded)
+    alarms.gate = asyncio.Event()
+    await _update(guarded, blue_green("ALL_AT_ONCE", termination_wait=60, alarms=["errors"]))
+    await asyncio.wait_for(alarms.polled.wait(), timeout=5)
+    switched = await describe(guarded, "ab")
+    assert switched["EndpointConfigName"] == "green"  # green took the traffic; blue still runs
+    alarms.firing = {"errors"}
+    alarms.gate.set()
+    await guarded.settle()
+    assert deployer.methods("ab")[2:] == [
+        ("deploy", 2),
+        ("activate", 2),
+        ("shift", (1, 2, 0.0)),
+        ("retire", 2),
+    ]
+    described = await describe(guarded, "ab")
+    assert described["EndpointStatus"] == "InService"
+    assert described["EndpointConfigName"] == "ab-cfg"
+    assert {v["VariantName"] for v in described["ProductionVariants"]} == {"A", "B"}
+    history = await guarded.weight_history("ab")
+    changes = history["WeightChanges"]
+    assert isinstance(changes, list)
+    assert [change["Cause"] for change in changes][-2:] == ["UpdateEndpoint", "RollBack"]
+
+
+async def test_a_failing_alarm_store_neither_rolls_back_nor_fails_the_update(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer, alarms: FakeAlarms
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    await _green(guarded)
+
+    async def unreadable(alarm_names: Sequence[str]) -> list[str]:
+        raise OSError("the state database is gone")
+
+    alarms.in_alarm = unreadable  # type: ignore[method-assign]
+    await _update(guarded, blue_green("CANARY", PERCENT_50, alarms=["errors"]))
+    await guarded.settle()
+    described = await describe(guarded, "ab")
+    assert described["EndpointConfigName"] == "green"
+    assert "FailureReason" not in described
+
+
+async def test_a_refused_step_routes_back_to_blue_and_keeps_it(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer
+) -> None:
+    from splitserve.errors import DeploymentError
+
+    await two_variant_endpoint(guarded, settings)
+    await _green(guarded)
+    deployer.fail_next("activate", DeploymentError("The routing table was refused: boom"))
+    await _update(guarded, blue_green("CANARY", PERCENT_50))
+    await guarded.settle()
+    assert deployer.methods("ab")[2:] == [
+        ("deploy", 2),
+        ("shift", (1, 2, 0.5)),
+        ("activate", 2),
+        ("shift", (1, 2, 0.0)),
+        ("retire", 2),
+    ]
+    described = await describe(guarded, "ab")
+    assert described["EndpointStatus"] == "InService"
+    assert described["EndpointConfigName"] == "ab-cfg"
+    assert "The routing table was refused: boom" in described["FailureReason"]
+
+
+async def test_without_an_alarm_reader_alarms_never_fire(
+    service: ControlService, settings: Settings, deployer: RecordingDeployer
+) -> None:
+    await two_variant_endpoint(service, settings)
+    await _green(service)
+    await _update(service, blue_green("CANARY", PERCENT_50, alarms=["errors"]))
+    await service.settle()
+    assert (await describe(service, "ab"))["EndpointConfigName"] == "green"
