@@ -58,6 +58,8 @@ class PeekingResult:
         always_valid_error: its Monte Carlo standard error.
         fixed_horizon_rate: the same for the fixed-horizon z-test peeked at every batch.
         fixed_horizon_error: its Monte Carlo standard error.
+        fixed_final_rate: the z-test's rejection rate when looked at once, after the last batch
+            (its power, or its 5% under A/A: the reference the peeking is measured against).
         mean_batches_to_verdict: mean batches until the always-valid verdict, over the runs
             that reached one (None if none did).
         median_batches_to_verdict: their median.
@@ -71,6 +73,7 @@ class PeekingResult:
     always_valid_error: float
     fixed_horizon_rate: float
     fixed_horizon_error: float
+    fixed_final_rate: float
     mean_batches_to_verdict: float | None
     median_batches_to_verdict: float | None
 
@@ -112,6 +115,7 @@ def simulate_peeking(
     running_p = np.ones(simulations)
     always_valid_at = np.full(simulations, -1, dtype=np.int64)
     fixed_rejected = np.zeros(simulations, dtype=bool)
+    final_rejected = np.zeros(simulations, dtype=bool)
     for batch in range(1, batches + 1):
         correct[0] += rng.binomial(batch_labels, accuracies[0], simulations)
         correct[1] += rng.binomial(batch_labels, accuracies[1], simulations)
@@ -132,6 +136,7 @@ def simulate_peeking(
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(spread > 0, difference / spread, 0.0)
         fixed_rejected |= np.abs(z) > critical
+        final_rejected = np.abs(z) > critical
     decided = always_valid_at[always_valid_at > 0]
     always_valid_rate = float(decided.size) / simulations
     fixed_rate = float(np.count_nonzero(fixed_rejected)) / simulations
@@ -144,6 +149,7 @@ def simulate_peeking(
         always_valid_error=_binomial_error(always_valid_rate, simulations),
         fixed_horizon_rate=fixed_rate,
         fixed_horizon_error=_binomial_error(fixed_rate, simulations),
+        fixed_final_rate=float(np.count_nonzero(final_rejected)) / simulations,
         mean_batches_to_verdict=float(decided.mean()) if decided.size else None,
         median_batches_to_verdict=float(np.median(decided)) if decided.size else None,
     )
