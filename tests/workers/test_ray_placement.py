@@ -304,6 +304,28 @@ async def test_a_bring_your_own_image_runs_confined_on_its_node_on_cpus_of_its_o
     assert wait_for_named_actors(NAMESPACE, []) == []
 
 
+async def test_a_bring_your_own_server_that_cannot_run_on_its_node_fails_with_a_reason(
+    cluster: dict[str, Any], open_root: Path
+) -> None:
+    images = ImageRegistry.parse(
+        f'[images."{PLAIN_IMAGE}"]\ncommand = ["{open_root}/no-such-server", "{{host}}"]\n',
+        open_root / "images.toml",
+    )
+    byo = VariantDeployment("e1", "byo", 1, PLAIN_IMAGE, None, {}, "ml.m5.large", 1)
+    missing = ray_placement.RayPlacement(PLACEMENT, WORKERS, images, InstanceCatalog(), Listener())
+    with pytest.raises(DeploymentError, match="exited with status 127 before answering GET /ping"):
+        await missing.fleet(byo).start()
+    if os.geteuid() == 0:
+        # The worker user is looked up on the node the actor landed on.
+        nobody = replace(WORKERS, worker_user="no-such-user-x")
+        placed = ray_placement.RayPlacement(
+            PLACEMENT, nobody, images, InstanceCatalog(), Listener()
+        )
+        with pytest.raises(DeploymentError, match=r"on node .*'no-such-user-x' does not exist"):
+            await placed.fleet(byo).start()
+    assert wait_for_named_actors(NAMESPACE, []) == []
+
+
 async def test_a_killed_actor_is_replaced_and_scale_down_kills_the_highest(
     cluster: dict[str, Any], artifact: Path
 ) -> None:
