@@ -39,6 +39,15 @@ class ResourceInUse(SplitserveError):
     """The resource is used by another and cannot change now."""
 
 
+class ConflictException(SplitserveError):
+    """The resource's status does not allow the operation now (an inference experiment's)."""
+
+
+class InferenceExperimentNotFound(SplitserveError):
+    """No inference experiment has the name (wire code ResourceNotFound, SageMaker's modelled
+    error for the experiment operations)."""
+
+
 class UnknownOperationException(SplitserveError):
     """X-Amz-Target names no operation of the SageMaker API this gateway serves."""
 
@@ -170,6 +179,8 @@ ERROR_TABLE: dict[type[Exception], WireError] = {
     ValidationException: WireError("ValidationException", 400),
     ResourceLimitExceeded: WireError("ResourceLimitExceeded", 400),
     ResourceInUse: WireError("ResourceInUse", 400),
+    ConflictException: WireError("ConflictException", 400),
+    InferenceExperimentNotFound: WireError("ResourceNotFound", 400),
     UnknownOperationException: WireError("UnknownOperationException", 400),
     SerializationException: WireError("SerializationException", 400),
     MissingAuthenticationToken: WireError("MissingAuthenticationTokenException", 403),

@@ -559,6 +559,177 @@ DELETE_TAGS = StructureShape(
 )
 
 
+# --- inference experiments (shadow tests; control/experiments.py) --------------------------------
+
+_EXPERIMENT_NAME = StringShape(
+    "InferenceExperimentName",
+    min_length=1,
+    max_length=120,
+    pattern=r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,119}",
+)
+_MODEL_VARIANT_NAME = StringShape(
+    "ModelVariantName", max_length=63, pattern=r"[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?"
+)
+_EXPERIMENT_SCHEDULE = StructureShape(
+    "InferenceExperimentSchedule", {"StartTime": TIMESTAMP, "EndTime": TIMESTAMP}
+)
+_EXPERIMENT_DESCRIPTION = StringShape(
+    "InferenceExperimentDescription", max_length=1024, pattern=r".*"
+)
+_MODEL_VARIANT_CONFIG_LIST = ListShape(
+    "ModelVariantConfigList",
+    StructureShape(
+        "ModelVariantConfig",
+        {
+            "ModelName": StringShape(
+                "ModelName", max_length=63, pattern=r"[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?"
+            ),
+            "VariantName": _MODEL_VARIANT_NAME,
+            "InfrastructureConfig": StructureShape(
+                "ModelInfrastructureConfig",
+                {
+                    "InfrastructureType": StringShape(
+                        "ModelInfrastructureType", enum=("RealTimeInference",)
+                    ),
+                    "RealTimeInferenceConfig": StructureShape(
+                        "RealTimeInferenceConfig",
+                        {
+                            # As ProductionVariant.InstanceType: the workers' catalog is the enum.
+                            "InstanceType": StringShape(
+                                "ProductionVariantInstanceType", relaxed=frozenset({"enum"})
+                            ),
+                            # The model allows 0; a variant needs an instance to answer.
+                            "InstanceCount": IntegerShape(
+                                "TaskCount", minimum=1, relaxed=frozenset({"minimum"})
+                            ),
+                        },
+                        required=frozenset({"InstanceType", "InstanceCount"}),
+                    ),
+                },
+                required=frozenset({"InfrastructureType", "RealTimeInferenceConfig"}),
+            ),
+        },
+        required=frozenset({"ModelName", "VariantName", "InfrastructureConfig"}),
+    ),
+    min_length=1,
+    max_length=2,
+)
+_SHADOW_MODE_CONFIG = StructureShape(
+    "ShadowModeConfig",
+    {
+        "SourceModelVariantName": _MODEL_VARIANT_NAME,
+        "ShadowModelVariants": ListShape(
+            "ShadowModelVariantConfigList",
+            StructureShape(
+                "ShadowModelVariantConfig",
+                {
+                    "ShadowModelVariantName": _MODEL_VARIANT_NAME,
+                    # The model gives no minimum; a negative share means nothing.
+                    "SamplingPercentage": IntegerShape(
+                        "Percentage", minimum=0, maximum=100, relaxed=frozenset({"minimum"})
+                    ),
+                },
+                required=frozenset({"ShadowModelVariantName", "SamplingPercentage"}),
+            ),
+            min_length=1,
+            max_length=1,
+        ),
+    },
+    required=frozenset({"SourceModelVariantName", "ShadowModelVariants"}),
+)
+_EXPERIMENT_DATA_STORAGE_CONFIG = StructureShape(
+    "InferenceExperimentDataStorageConfig",
+    {
+        # Checked by `paths.LocalPathResolver`, as DataCaptureConfig.DestinationS3Uri.
+        "Destination": StringShape(
+            "DestinationS3Uri", max_length=512, relaxed=frozenset({"pattern"})
+        ),
+        "KmsKey": KMS_KEY_ID,
+        "ContentType": DATA_CAPTURE_CONFIG.members["CaptureContentTypeHeader"],
+    },
+    required=frozenset({"Destination"}),
+)
+_EXPERIMENT_TYPE = StringShape("InferenceExperimentType", enum=("ShadowMode",))
+EXPERIMENT_STATUSES = (
+    "Creating",
+    "Created",
+    "Updating",
+    "Running",
+    "Starting",
+    "Stopping",
+    "Completed",
+    "Cancelled",
+)
+
+CREATE_INFERENCE_EXPERIMENT = StructureShape(
+    "CreateInferenceExperimentRequest",
+    {
+        "Name": _EXPERIMENT_NAME,
+        "Type": _EXPERIMENT_TYPE,
+        "Schedule": _EXPERIMENT_SCHEDULE,
+        "Description": _EXPERIMENT_DESCRIPTION,
+        "RoleArn": ROLE_ARN,
+        "EndpointName": StringShape("EndpointName", max_length=63, pattern=_NAME_PATTERN),
+        "ModelVariants": _MODEL_VARIANT_CONFIG_LIST,
+        "DataStorageConfig": _EXPERIMENT_DATA_STORAGE_CONFIG,
+        "ShadowModeConfig": _SHADOW_MODE_CONFIG,
+        "KmsKey": KMS_KEY_ID,
+        "Tags": TAG_LIST,
+    },
+    required=frozenset(
+        {"Name", "Type", "RoleArn", "EndpointName", "ModelVariants", "ShadowModeConfig"}
+    ),
+)
+UPDATE_INFERENCE_EXPERIMENT = StructureShape(
+    "UpdateInferenceExperimentRequest",
+    {
+        "Name": _EXPERIMENT_NAME,
+        "Schedule": _EXPERIMENT_SCHEDULE,
+        "Description": _EXPERIMENT_DESCRIPTION,
+        "ModelVariants": _MODEL_VARIANT_CONFIG_LIST,
+        "DataStorageConfig": _EXPERIMENT_DATA_STORAGE_CONFIG,
+        "ShadowModeConfig": _SHADOW_MODE_CONFIG,
+    },
+    required=frozenset({"Name"}),
+)
+STOP_INFERENCE_EXPERIMENT = StructureShape(
+    "StopInferenceExperimentRequest",
+    {
+        "Name": _EXPERIMENT_NAME,
+        "ModelVariantActions": MapShape(
+            "ModelVariantActionMap",
+            _MODEL_VARIANT_NAME,
+            StringShape("ModelVariantAction", enum=("Retain", "Remove", "Promote")),
+            max_length=2,
+        ),
+        "DesiredModelVariants": _MODEL_VARIANT_CONFIG_LIST,
+        "DesiredState": StringShape(
+            "InferenceExperimentStopDesiredState", enum=("Completed", "Cancelled")
+        ),
+        "Reason": StringShape("InferenceExperimentStatusReason", max_length=1024, pattern=r".*"),
+    },
+    required=frozenset({"Name", "ModelVariantActions"}),
+)
+LIST_INFERENCE_EXPERIMENTS = StructureShape(
+    "ListInferenceExperimentsRequest",
+    {
+        "NameContains": StringShape("NameContains", max_length=63, pattern=r"[a-zA-Z0-9\-]+"),
+        "Type": _EXPERIMENT_TYPE,
+        "StatusEquals": StringShape("InferenceExperimentStatus", enum=EXPERIMENT_STATUSES),
+        "CreationTimeAfter": TIMESTAMP,
+        "CreationTimeBefore": TIMESTAMP,
+        "LastModifiedTimeAfter": TIMESTAMP,
+        "LastModifiedTimeBefore": TIMESTAMP,
+        "SortBy": StringShape(
+            "SortInferenceExperimentsBy", enum=("Name", "CreationTime", "Status")
+        ),
+        "SortOrder": StringShape("SortOrder", enum=("Ascending", "Descending")),
+        "NextToken": StringShape("NextToken", max_length=8192, pattern=r".*"),
+        "MaxResults": _MAX_RESULTS,
+    },
+)
+
+
 def _by_name(shape_name: str, member: str, member_shape: Shape) -> StructureShape:
     return StructureShape(shape_name, {member: member_shape}, required=frozenset({member}))
 
@@ -586,4 +757,17 @@ INPUT_SHAPES: Mapping[str, StructureShape] = {
     "AddTags": ADD_TAGS,
     "ListTags": LIST_TAGS,
     "DeleteTags": DELETE_TAGS,
+    "CreateInferenceExperiment": CREATE_INFERENCE_EXPERIMENT,
+    "DescribeInferenceExperiment": _by_name(
+        "DescribeInferenceExperimentRequest", "Name", _EXPERIMENT_NAME
+    ),
+    "ListInferenceExperiments": LIST_INFERENCE_EXPERIMENTS,
+    "UpdateInferenceExperiment": UPDATE_INFERENCE_EXPERIMENT,
+    "StartInferenceExperiment": _by_name(
+        "StartInferenceExperimentRequest", "Name", _EXPERIMENT_NAME
+    ),
+    "StopInferenceExperiment": STOP_INFERENCE_EXPERIMENT,
+    "DeleteInferenceExperiment": _by_name(
+        "DeleteInferenceExperimentRequest", "Name", _EXPERIMENT_NAME
+    ),
 }
