@@ -529,7 +529,7 @@ class LiveExperiment:
         if n:
             spread = max(0.0, counts.loss_squares - n * (counts.loss_sum / n) ** 2)
             # One pseudo-observation of the bounded variable's largest variance keeps the
-            # estimate off 0 while few labels are in (as Waudby-Smith & Ramdas 2023 do).
+            # estimate off 0 while few labels are in (as Waudby-Smith & Ramdas 2024 do).
             loss_variance = (bound * bound / 4 + spread) / (n + 1) / n
         return {
             "accuracy": _proportion(counts.true_positives + counts.true_negatives, n),

@@ -18,9 +18,9 @@ simulation is vectorised over the runs, so thousands of runs take well under a s
 two models of known quality, the Bayes rule (the true churn probability, the best any model can
 do) and a noisy copy of it, either by a fixed 50/50 split or by the Thompson bandit's weights
 (recomputed after every batch, as a gateway pushes weights every few seconds), with the reward
-"the prediction was right". Regret is the number of customers who would have been answered right
-by the better model and were not: the counterfactual is known because both models score every
-customer.
+"the prediction was right". Regret counts, over the customers routed to the worse model, those
+the better model would have answered right less those only the worse one answered right: the
+counterfactual is known because both models score every customer.
 """
 
 from __future__ import annotations
