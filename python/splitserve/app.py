@@ -5,9 +5,12 @@ the runtime's InvokeEndpoint (POST /endpoints/{name}/invocations), GET /metrics,
 table of `splitserve stats` (GET /splitserve/stats/{endpoint}), each endpoint's weight history
 (GET /splitserve/endpoints/{endpoint}/weights), GET /ping, and CloudWatch's API
 (its Smithy RPC v2 CBOR path, and its JSON 1.0 and query protocols on the POST / it shares with
-the control plane; splitserve.cloudwatch). With an access-key file (`serve --auth`), the control
-plane's handler and CloudWatch's, and with `--auth-data-plane` InvokeEndpoint's, check the
-request's SigV4 signature first (splitserve.wiring.auth); the GET routes stay open.
+the control plane; splitserve.cloudwatch), and feedback (POST /splitserve/feedback/{endpoint},
+signed like the control plane under `--auth`) with the live experiment view
+(GET /splitserve/experiments/{endpoint}; splitserve.online). With an access-key file
+(`serve --auth`), the control plane's handler, CloudWatch's and feedback's, and with
+`--auth-data-plane` InvokeEndpoint's, check the request's SigV4 signature first
+(splitserve.wiring.auth); the GET routes stay open.
 Nothing happens at import time; long-lived objects are built in cleanup contexts, in this order:
 the data-capture writer, the state store, the worker supervisor with its deployer, then the control
 service, which brings back the endpoints the store remembers, then CloudWatch's API (its tables in
@@ -44,6 +47,8 @@ from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.procstat import CpuSampler
 from splitserve.metrics.prometheus import FAMILY_MERGE, INSTANCES, show_created_series
 from splitserve.metrics.spool import MetricsSpool, prune_runs, run_directory
+from splitserve.online import routes as online_routes
+from splitserve.online.index import InferenceIndex
 from splitserve.runtime import routes as runtime_routes
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
@@ -54,6 +59,7 @@ from splitserve.wiring.fleet import FleetDeployer
 from splitserve.wiring.follower import RoutingFollower
 from splitserve.wiring.forwarder import ControllerForwarder
 from splitserve.wiring.live import LiveParts
+from splitserve.wiring.online import online_context
 from splitserve.wiring.replicas import ControllerSlot, ReplicaNode
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.images import ImageRegistry
@@ -94,13 +100,17 @@ def create_app(settings: Settings) -> web.Application:
     )
     show_created_series(settings.metrics_created)
     registry = EndpointRegistry()
-    invocations = InvocationService(settings, registry)
+    index = InferenceIndex(settings.feedback) if settings.feedback.index_enabled else None
+    if index is not None:
+        app[keys.FEEDBACK_INDEX] = index
+    invocations = InvocationService(settings, registry, index)
     app[keys.ENDPOINTS] = registry
     app[keys.INVOCATIONS] = invocations
     app.cleanup_ctx.append(_metrics_spool)  # first, so torn down last
     app.cleanup_ctx.append(_capture_writer)
     app.cleanup_ctx.append(_gateway)
     app.cleanup_ctx.append(_cloudwatch)
+    app.cleanup_ctx.append(online_context)  # feedback: its tables are in the state database
     verifier = None
     if settings.auth.keys_file is not None:
         verifier = SigV4Verifier.from_settings(settings.auth)
@@ -151,6 +161,16 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(
         at_controller(
             control.routes([web.get("/splitserve/endpoints/{endpoint}/weights", weights)])
+        )
+    )
+    # Feedback on any replica: the join is one transaction of the shared state database.
+    feedback_routes = online_routes.routes(lambda: app.get(keys.FEEDBACK), settings.feedback)
+    app.router.add_routes(
+        control.routes(
+            [
+                *signed_routes([r for r in feedback_routes if r.method == "POST"], verifier),
+                *(r for r in feedback_routes if r.method != "POST"),
+            ]
         )
     )
     app.router.add_route("*", "/{path:.*}", unrouted)  # last: it takes whatever is left
@@ -268,6 +288,7 @@ async def _controller(
         store,
         deployer,
         instance_vcpus={name: catalog.get(name).vcpus for name in catalog.names()},
+        alarms=_AlarmStates(app),
     )
     slot = app[keys.CONTROLLER]
     slot.control = control
@@ -288,7 +309,6 @@ async def _controller(
         await stop()
         raise
     return stop
-        alarms=_AlarmStates(app),
 
 
 async def _placement(
@@ -402,6 +422,21 @@ def _cloudwatch_verify(verifier: SigV4Verifier | None) -> cloudwatch_routes.Veri
     return verify
 
 
+class _AlarmStates:
+    """The control plane's `AlarmStates` over the running app's CloudWatch alarms (the control
+    plane does not import the CloudWatch part): what a stepped UpdateEndpoint's bakes watch."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    async def in_alarm(self, alarm_names: Sequence[str]) -> list[str]:
+        """`AlarmBook.in_alarm` of the running app; none before CloudWatch has started."""
+        cloudwatch = self._app.get(keys.CLOUDWATCH)
+        if cloudwatch is None:
+            return []
+        return await cloudwatch.alarms.in_alarm(alarm_names)
+
+
 class _StartedCloudWatch:
     """The CloudWatch service of a running app (built when the app starts, after the routes)."""
 
@@ -422,21 +457,6 @@ def signed_routes(
     `verifier` None the routes come back as they are and a request pays nothing for it.
     """
     if verifier is None:
-class _AlarmStates:
-    """The control plane's `AlarmStates` over the running app's CloudWatch alarms (the control
-    plane does not import the CloudWatch part): what a stepped UpdateEndpoint's bakes watch."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-
-    async def in_alarm(self, alarm_names: Sequence[str]) -> list[str]:
-        """`AlarmBook.in_alarm` of the running app; none before CloudWatch has started."""
-        cloudwatch = self._app.get(keys.CLOUDWATCH)
-        if cloudwatch is None:
-            return []
-        return await cloudwatch.alarms.in_alarm(alarm_names)
-
-
         return list(routes)
     return [
         web.RouteDef(route.method, route.path, _signature_checked(route, verifier), route.kwargs)

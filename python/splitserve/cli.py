@@ -10,6 +10,7 @@ splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--
                  [--log-level LEVEL] [--log-format text|json] [--access-log [FILE|-]]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
 splitserve weights ENDPOINT [--json] [--url URL]
+splitserve experiment ENDPOINT [--json] [--watch [SECONDS]] [--url URL]
 splitserve evaluate --capture DIR --ground-truth PATH [--endpoint E] [--threshold 0.5] [--json]
                     [--plot FILE.png] [--weights Variant1=1,Variant2=1 | --url URL]
 """
@@ -25,10 +26,12 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from splitserve.cli_experiment import fetch_experiment, render_experiment
 from splitserve.cli_stats import (
     StatsUnavailable,
     fetch_report,
@@ -61,9 +64,9 @@ DESCRIPTION = (
     "A SageMaker-compatible A/B inference gateway on one machine. `splitserve serve` answers "
     "SageMaker's control plane (CreateModel, CreateEndpointConfig, CreateEndpoint, "
     "UpdateEndpointWeightsAndCapacities, ...) and InvokeEndpoint on one port, so unmodified boto3 "
-    "and the SageMaker SDK work against it with endpoint_url; `stats` and `weights` read a running "
-    "gateway; `evaluate` compares the variants from data capture and ground truth; `replay` sends "
-    "captured requests to a candidate variant."
+    "and the SageMaker SDK work against it with endpoint_url; `stats`, `weights` and `experiment` "
+    "read a running gateway; `evaluate` compares the variants from data capture and ground truth; "
+    "`replay` sends captured requests to a candidate variant."
 )
 SERVE_DESCRIPTION = (
     "Run the gateway: SageMaker's control plane (POST /), InvokeEndpoint "
@@ -353,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_stats_command(commands)
     _add_weights_command(commands)
+    _add_experiment_command(commands)
     _add_evaluate_command(commands)
     _add_replay_command(commands)
     return parser
@@ -411,6 +415,36 @@ def _add_weights_command(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="the gateway (default %(default)s)",
     )
     weights.set_defaults(log_level="WARNING")
+
+
+def _add_experiment_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    experiment = commands.add_parser(
+        "experiment",
+        help="an endpoint's live experiment (labels sent as feedback), from a running gateway",
+        description="Each variant's accuracy, precision, recall, F1, AUC and log loss over the "
+        "labels joined so far, with always-valid intervals (valid however often you look), the "
+        "differences between variants, the winner once declared, and the live split check. "
+        "Labels come from POST /splitserve/feedback/ENDPOINT (README, 'Closing the loop').",
+    )
+    experiment.add_argument("endpoint", metavar="ENDPOINT", help="the endpoint's name")
+    experiment.add_argument("--json", action="store_true", help="print the gateway's JSON view")
+    experiment.add_argument(
+        "--watch",
+        nargs="?",
+        type=positive_seconds,
+        const=_DEFAULTS.feedback.watch_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default %(const)s) until interrupted",
+    )
+    experiment.add_argument(
+        "--url",
+        default=f"http://{_DEFAULTS.host}:{_DEFAULTS.port}",
+        help="the gateway (default %(default)s)",
+    )
+    experiment.set_defaults(log_level="WARNING")
 
 
 _DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
@@ -513,6 +547,31 @@ def weights(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(text)
     return 0
+
+
+def experiment(args: argparse.Namespace) -> int:
+    """Print the endpoint's live experiment (or its JSON) from the gateway at `args.url`; with
+    --watch, again every so many seconds until interrupted."""
+    timeout = _DEFAULTS.feedback.client_timeout_seconds
+    try:
+        while True:
+            try:
+                view = fetch_experiment(args.url, args.endpoint, timeout)
+                text = json.dumps(view, indent=2) + "\n" if args.json else render_experiment(view)
+            except StatsUnavailable as error:
+                print(f"splitserve: {error}", file=sys.stderr)
+                if args.watch is None:
+                    return 1
+                text = ""
+            if args.watch is not None and sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # clear the terminal: one view at a time
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            if args.watch is None:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _add_evaluate_command(
@@ -878,6 +937,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stats(args)
     if args.command == "weights":
         return weights(args)
+    if args.command == "experiment":
+        return experiment(args)
     if args.command == "evaluate":
         return evaluate(args)
     if args.command == "replay":

@@ -566,6 +566,10 @@ class PlacementSettings:
             `ray_address` within this.
         node_model_dir: where, on each node, the actors unpack the model artifacts shipped
             through Ray's object store; None is the node's temporary directory.
+        s3_endpoint_url: an S3-compatible endpoint (`http://HOST:PORT`) each node fetches a
+            model artifact from itself, with boto3 and the credentials boto3 finds on the
+            node, instead of the controller shipping its bytes through the object store; the
+            artifact's key is its path under the model store (`s3://bucket/key`). None ships.
     """
 
     backend: str = "local"
@@ -578,6 +582,7 @@ class PlacementSettings:
     actor_call_timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 10.0
     node_model_dir: Path | None = None
+    s3_endpoint_url: str | None = None
 
 
 @dataclass(frozen=True)

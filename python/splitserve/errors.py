@@ -158,6 +158,52 @@ class InvalidFormat(CloudWatchError):
     """SetAlarmState's StateReasonData is not JSON."""
 
 
+# --- feedback (README, "Closing the loop") --------------------------------------------------------
+
+
+class FeedbackRefused(SplitserveError):
+    """A label POST /splitserve/feedback/<endpoint> did not join. Each subclass is one outcome,
+    named by `outcome` (the `outcome` label of `splitserve_feedback_total`)."""
+
+    outcome = "malformed"
+
+
+class MalformedFeedback(FeedbackRefused):
+    """The body or a record is not SageMaker's ground-truth format, or is over a limit."""
+
+    outcome = "malformed"
+
+
+class UnknownInferenceId(FeedbackRefused):
+    """No answered invocation has the record's inference id (HTTP 404)."""
+
+    outcome = "unknown"
+
+
+class LateFeedback(FeedbackRefused):
+    """The record's invocation is older than the index keeps (HTTP 410)."""
+
+    outcome = "late"
+
+
+class DuplicateFeedback(FeedbackRefused):
+    """The record's invocation already has its label (HTTP 409)."""
+
+    outcome = "duplicate"
+
+
+class WrongEndpointFeedback(FeedbackRefused):
+    """The record's inference id belongs to another endpoint's invocation (HTTP 409)."""
+
+    outcome = "wrong_endpoint"
+
+
+class UnscorableFeedback(FeedbackRefused):
+    """The invocation's answer holds no scores the labels can be paired with (HTTP 422)."""
+
+    outcome = "unscorable"
+
+
 # --- workers and deployments ----------------------------------------------------------------------
 
 
@@ -196,6 +242,13 @@ ERROR_TABLE: dict[type[Exception], WireError] = {
     DatabaseUnavailable: WireError("ServiceUnavailable", 503),
     InternalFailure: WireError("InternalFailure", 500),
     DeploymentError: WireError("ValidationException", 400),
+    MalformedFeedback: WireError("ValidationError", 400),
+    UnknownInferenceId: WireError("UnknownInferenceId", 404),
+    LateFeedback: WireError("LateFeedback", 410),
+    DuplicateFeedback: WireError("DuplicateFeedback", 409),
+    WrongEndpointFeedback: WireError("WrongEndpointFeedback", 409),
+    UnscorableFeedback: WireError("UnscorableFeedback", 422),
+    FeedbackRefused: WireError("ValidationError", 400),
     InvalidParameterValue: WireError("InvalidParameterValue", 400),
     MissingParameter: WireError("MissingParameter", 400),
     InvalidParameterCombination: WireError("InvalidParameterCombination", 400),

@@ -66,6 +66,15 @@ class GatewayClient:
             f"/splitserve/endpoints/{urllib.parse.quote(endpoint, safe='')}/weights"
         )
 
+    def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Any:
+        """POST `body` with `headers` to `path` (already quoted) and return the decoded JSON
+        answer (`splitserve.feedback`).
+
+        Raises:
+            GatewayRequestError: no answer, an error answer, or an answer that is not JSON.
+        """
+        return self._call(self.url.rstrip("/") + path, "POST", body, headers)
+
     def sagemaker(self, operation: str, document: Mapping[str, object]) -> Any:
         """Call a SageMaker control-plane `operation` (e.g. "DescribeEndpoint") with `document`.
 

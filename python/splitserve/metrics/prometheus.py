@@ -325,6 +325,52 @@ PEER_SCRAPE_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+FEEDBACK = Counter(
+    "splitserve_feedback",
+    "Label records sent to POST /splitserve/feedback/<endpoint>, by outcome: joined, malformed, "
+    "unknown (no such inference id), late (past the index's retention), duplicate (already "
+    "labelled), wrong_endpoint (the id is another endpoint's), unscorable (the answer holds no "
+    "scores to pair the labels with).",
+    ("endpoint_name", "outcome"),
+    registry=REGISTRY,
+)
+FEEDBACK_INDEX_DROPPED = Counter(
+    "splitserve_feedback_index_dropped",
+    "Answered invocations not indexed for feedback (the index writer's queue was full, or the "
+    "state database refused the write): labels for them are refused as unknown.",
+    registry=REGISTRY,
+)
+EXPERIMENT_METRIC = Gauge(
+    "splitserve_experiment_metric",
+    "A variant's metric in the live experiment (joined labels), with its always-valid interval: "
+    "bound is value, low or high.",
+    (*_VARIANT, "metric", "bound"),
+    registry=REGISTRY,
+)
+EXPERIMENT_LABELS = Gauge(
+    "splitserve_experiment_labels",
+    "Labels joined to the variant's invocations (the live experiment's sample size).",
+    _VARIANT,
+    registry=REGISTRY,
+)
+EXPERIMENT_P_VALUE = Gauge(
+    "splitserve_experiment_p_value",
+    "The always-valid p-value of 'no difference' between two variants on a metric.",
+    ("endpoint_name", "variant_a", "variant_b", "metric"),
+    registry=REGISTRY,
+)
+EXPERIMENT_SRM_FAILED = Gauge(
+    "splitserve_experiment_srm_failed",
+    "1 when the live sample-ratio check failed (the split is not the weights'), else 0.",
+    ("endpoint_name",),
+    registry=REGISTRY,
+)
+EXPERIMENT_WINNER = Gauge(
+    "splitserve_experiment_winner",
+    "1 for the variant the live experiment declared better than every other on its metric.",
+    _VARIANT,
+    registry=REGISTRY,
+)
 #: How each family of a host's replicas merges into the host's /metrics
 #: (`exposition.merge_families`), for every family not merged by `exposition.default_rule`
 #: (counters, histograms and summaries summed; `_created` series the earliest). Every gauge is
@@ -335,6 +381,12 @@ FAMILY_MERGE: Mapping[str, Merge] = {
     "splitserve_variant_desired_weight": Merge.ANY,
     "splitserve_variant_instances": Merge.ANY,
     "splitserve_variant_desired_instances": Merge.ANY,
+    # Every replica computes the experiment from the same labels in the state database.
+    "splitserve_experiment_metric": Merge.ANY,
+    "splitserve_experiment_labels": Merge.ANY,
+    "splitserve_experiment_p_value": Merge.ANY,
+    "splitserve_experiment_srm_failed": Merge.ANY,
+    "splitserve_experiment_winner": Merge.ANY,
     # Only the controller runs (and restarts) the host's instances.
     "splitserve_instance_cpu_utilization_percent": Merge.CONTROLLER,
     "splitserve_instance_memory_bytes": Merge.CONTROLLER,

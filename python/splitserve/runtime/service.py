@@ -90,7 +90,7 @@ class InvocationResult(NamedTuple):
 
 class AnsweredInvocations(Protocol):
     """Where the service hands every answered invocation's id, variant and answer, for feedback
-    to join labels on later (`feedback.index.InferenceIndex` in the gateway)."""
+    to join labels on later (`online.index.InferenceIndex` in the gateway)."""
 
     def record(
         self,

@@ -10,6 +10,8 @@ from splitserve.cluster.view import ReplicaView
 from splitserve.config import Settings
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.spool import MetricsSpool
+from splitserve.online.index import InferenceIndex
+from splitserve.online.service import FeedbackService
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.runtime.service import InvocationService
 from splitserve.wiring.forwarder import ControllerForwarder
@@ -31,3 +33,8 @@ CLOUDWATCH = web.AppKey("cloudwatch", CloudWatchGateway)
 REPLICA = web.AppKey("replica", ReplicaView)
 #: Among replicas on one host: the host's record of each replica's counts (`metrics.spool`).
 METRICS_SPOOL = web.AppKey("metrics_spool", MetricsSpool)
+#: Every answered invocation on its way to the state database, for feedback (absent when the
+#: index is turned off).
+FEEDBACK_INDEX = web.AppKey("feedback_index", InferenceIndex)
+#: Feedback and the live experiments, once the state database is open (`wiring.online`).
+FEEDBACK = web.AppKey("feedback", FeedbackService)

@@ -1,0 +1,88 @@
+"""The face's wiring of feedback and the live experiment (`splitserve.online`).
+
+`create_app` builds the `InferenceIndex` (the runtime service hands it every answered invocation)
+and adds the routes; `online_context` is the cleanup context that, once the state database
+exists (after `_gateway`), opens feedback's tables, starts the index's writer and the experiment
+refresher, and stops them in reverse. `RegistryWeights` is what feedback reads of the endpoints:
+the data plane's registry, which every replica has (a follower's from the routing documents).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+from aiohttp import web
+
+from splitserve.database import open_database
+from splitserve.online.service import FeedbackService
+from splitserve.online.store import FeedbackStore
+from splitserve.runtime.registry import EndpointRegistry
+from splitserve.wiring import keys
+
+__all__ = ["RegistryWeights", "online_context"]
+
+log = logging.getLogger(__name__)
+
+
+class RegistryWeights:
+    """Feedback's `EndpointWeights` over the data plane's registry."""
+
+    def __init__(self, registry: EndpointRegistry) -> None:
+        self._registry = registry
+
+    def known(self, endpoint: str) -> bool:
+        """Whether the registry knows `endpoint` (routable, pending or failed)."""
+        return self._registry.get(endpoint) is not None or (
+            self._registry.unroutable(endpoint) is not None
+        )
+
+    def weights(self, endpoint: str) -> Mapping[str, float] | None:
+        """The weights `endpoint`'s router routes with now; None when it is not routable."""
+        live = self._registry.get(endpoint)
+        if live is None:
+            return None
+        return {spec.name: spec.weight for spec in live.router.variants()}
+
+    def names(self) -> list[str]:
+        """The routable endpoints' names."""
+        return self._registry.names()
+
+
+async def online_context(app: web.Application) -> AsyncIterator[None]:
+    """Open feedback's tables in the state database, start the index's writer and the
+    experiment refresher; on shutdown stop them and write what the index still holds."""
+    settings = app[keys.SETTINGS]
+    database = await asyncio.to_thread(open_database, settings.state_url, settings.database)
+    try:
+        store = await asyncio.to_thread(FeedbackStore.open, database, owned=True)
+    except BaseException:
+        database.close()
+        raise
+    service = FeedbackService(settings.feedback, store, RegistryWeights(app[keys.ENDPOINTS]))
+    app[keys.FEEDBACK] = service
+    index = app.get(keys.FEEDBACK_INDEX)
+    if index is not None:
+        index.start(store, app[keys.REPLICA].is_controller)
+    refresher = asyncio.create_task(_refresh(service, settings.feedback.refresh_seconds))
+    try:
+        yield
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        if index is not None:
+            await index.close()
+        await asyncio.to_thread(store.close)
+
+
+async def _refresh(service: FeedbackService, seconds: float) -> None:
+    """Keep the experiment gauges current: look at every experiment every `seconds`."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(service.refresh)
+        except Exception:
+            log.exception("live experiments: refresh failed; retrying next round")
