@@ -11,6 +11,7 @@ import pytest
 
 from splitserve.config import Settings
 from splitserve.control.planning import TrafficStep, traffic_steps
+from splitserve.control.ramp import ramp_shares, ramp_weights
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
 from splitserve.errors import ValidationException
@@ -476,3 +477,146 @@ async def test_without_an_alarm_reader_alarms_never_fire(
     await _update(service, blue_green("CANARY", PERCENT_50, alarms=["errors"]))
     await service.settle()
     assert (await describe(service, "ab"))["EndpointConfigName"] == "green"
+
+
+# --- the A/B ramp (splitserve:ramp) ---------------------------------------------------------------
+
+ARN = "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ab"
+
+
+async def _ramp(service: ControlService, value: str) -> None:
+    await service.dispatch(
+        "AddTags", {"ResourceArn": ARN, "Tags": [{"Key": "splitserve:ramp", "Value": value}]}
+    )
+
+
+def test_ramp_shares_and_weights() -> None:
+    assert ramp_shares(0.5, 100, 25) == (0.75, 1.0)
+    assert ramp_shares(0.5, 20, 25) == (0.25, 0.2)
+    assert ramp_shares(0.3, 30, 10) == ()
+    assert ramp_weights({"A": 1.0, "B": 3.0, "C": 0.0}, "C", 0.5) == {
+        "A": 0.5,
+        "B": 1.5,
+        "C": 2.0,
+    }
+    assert ramp_weights({"A": 0.0, "B": 0.0, "C": 2.0}, "C", 0.5) == {
+        "A": 0.5,
+        "B": 0.5,
+        "C": 1.0,
+    }
+
+
+async def test_a_ramp_moves_the_weights_in_steps(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer, alarms: FakeAlarms
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    alarms.gate = asyncio.Event()
+    await _ramp(guarded, "B 100 25 0 errors")
+    await asyncio.wait_for(alarms.polled.wait(), timeout=5)
+    ramping = await describe(guarded, "ab")
+    check_output("DescribeEndpoint", ramping)
+    assert ramping["EndpointStatus"] == "Updating"
+    b = {v["VariantName"]: v for v in ramping["ProductionVariants"]}["B"]
+    assert b["CurrentWeight"] == 1.5
+    assert b["VariantStatus"][0]["StatusMessage"] == (
+        "Ramping variant weight to 75% of the requests (step 1 of 2); baking for 0 seconds."
+    )
+    alarms.gate.set()
+    await guarded.settle()
+    assert [detail for method, detail in deployer.methods("ab") if method == "set_weights"] == [
+        {"A": 0.5, "B": 1.5},
+        {"A": 0.0, "B": 2.0},
+    ]
+    done = await describe(guarded, "ab")
+    assert done["EndpointStatus"] == "InService"
+    assert [v["CurrentWeight"] for v in done["ProductionVariants"]] == [0.0, 2.0]
+    changes = (await guarded.weight_history("ab"))["WeightChanges"]
+    assert isinstance(changes, list)
+    assert [change["Cause"] for change in changes][-2:] == ["Ramp", "Ramp"]
+    # The same value again starts nothing.
+    await _ramp(guarded, "B 100 25 0 errors")
+    assert (await describe(guarded, "ab"))["EndpointStatus"] == "InService"
+
+
+async def test_an_alarm_stops_a_ramp_and_restores_the_weights(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer, alarms: FakeAlarms
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    alarms.firing = {"errors"}
+    await _ramp(guarded, "B 100 25 60 latency errors")
+    await guarded.settle()
+    assert [detail for method, detail in deployer.methods("ab") if method == "set_weights"] == [
+        {"A": 0.5, "B": 1.5},
+        {"A": 1.0, "B": 1.0},
+    ]
+    described = await describe(guarded, "ab")
+    assert described["EndpointStatus"] == "InService"
+    assert [v["CurrentWeight"] for v in described["ProductionVariants"]] == [1.0, 1.0]
+    assert described["FailureReason"] == (
+        'The ramp of variant "B" (splitserve:ramp) was stopped at 75% of the requests: the '
+        'alarm(s) "errors" went into ALARM state; the weights from before the ramp were restored.'
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("B 100 25", "it has fewer than four parts"),
+        ("B all 25 0", "TargetPercent and StepPercent must be numbers"),
+        ("B 101 25 0", "TargetPercent must be between 0 and 100"),
+        ("B 100 0.5 0", "StepPercent must be between 1 and 100"),
+        ("B 100 25 3601", "WaitSeconds must be between 0 and 3600"),
+        ("B 100 25 0 " + " ".join(f"a{i}" for i in range(11)), "more than 10 alarms"),
+        ("Z 100 25 0", 'names variant "Z", which is not a production variant'),
+    ],
+)
+async def test_ramp_tag_refusals(
+    guarded: ControlService,
+    settings: Settings,
+    deployer: RecordingDeployer,
+    value: str,
+    message: str,
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    with pytest.raises(ValidationException) as refused:
+        await _ramp(guarded, value)
+    assert message in refused.value.message
+    assert [m for m, _ in deployer.methods("ab")] == ["deploy", "activate"]
+    tags = await guarded.dispatch("ListTags", {"ResourceArn": ARN})
+    assert tags["Tags"] == []
+
+
+async def test_a_ramp_needs_an_idle_endpoint_with_two_variants(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    await _green(guarded)
+    deployer.hold("deploy")
+    await _update(guarded, blue_green("ALL_AT_ONCE"))
+    await deployer.entered("deploy")
+    with pytest.raises(ValidationException, match="Cannot update in-progress endpoint"):
+        await _ramp(guarded, "A 10 5 0")
+    deployer.release("deploy")
+    await guarded.settle()
+    await create_config(guarded, "single", [variant("A", "m1")])
+    await guarded.dispatch(
+        "CreateEndpoint", {"EndpointName": "one", "EndpointConfigName": "single"}
+    )
+    await guarded.settle()
+    with pytest.raises(ValidationException, match="at least two production variants"):
+        await guarded.dispatch(
+            "AddTags",
+            {
+                "ResourceArn": ARN.replace("/ab", "/one"),
+                "Tags": [{"Key": "splitserve:ramp", "Value": "A 50 10 0"}],
+            },
+        )
+    with pytest.raises(ValidationException, match="fewer than four parts"):
+        await guarded.dispatch(
+            "CreateEndpoint",
+            {
+                "EndpointName": "two",
+                "EndpointConfigName": "single",
+                "Tags": [{"Key": "splitserve:ramp", "Value": "A"}],
+            },
+        )

@@ -34,6 +34,7 @@ from splitserve.control.models import (
     failover_enabled,
 )
 from splitserve.control.planning import Planner
+from splitserve.control.ramp import ramp_spec
 from splitserve.control.responses import describe_endpoint
 from splitserve.control.state import ControlState
 from splitserve.control.validation import (
@@ -79,6 +80,7 @@ class EndpointOperations:
         name = text(request, "EndpointName")
         arn = self._state.arn(ResourceKind.ENDPOINT, name)
         tags = endpoint_tags(request.get("Tags"))
+        ramp_spec(tags)  # checked here; only AddTags starts a ramp (control/ramp.py)
         async with self._state.lock:
             if await self._state.run(self._state.store.get_endpoint, name) is not None:
                 raise ValidationException(f'Cannot create already existing endpoint "{arn}".')

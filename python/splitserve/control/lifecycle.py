@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -43,6 +44,7 @@ from splitserve.config import MAX_FAILURE_REASON, ControlSettings
 from splitserve.control.deployer import AlarmStates, Deployer, DeploymentPlan
 from splitserve.control.documents import mappings, optional_int, optional_mapping, text
 from splitserve.control.models import (
+    RAMP_TAG,
     DeployedVariant,
     EndpointRecord,
     EndpointStatus,
@@ -50,6 +52,7 @@ from splitserve.control.models import (
     name_key,
 )
 from splitserve.control.planning import Planner, TrafficStep, check_model_data, traffic_steps
+from splitserve.control.ramp import RampSpec, ramp_shares, ramp_weights
 from splitserve.control.state import ControlState
 from splitserve.control.variants import launching, restored, settled
 from splitserve.errors import DeploymentError, SplitserveError, ValidationException
@@ -415,6 +418,67 @@ class EndpointLifecycle:
 
         await self._state.transition(endpoint_name, rolled_back)
 
+    async def ramp(self, endpoint_name: str, spec: RampSpec) -> None:
+        """The A/B ramp of a `splitserve:ramp` tag (`control/ramp.py`): the variant's share
+        moved step by step toward the target, each step published like a weight change and
+        baked while the tag's alarms are watched; one in ALARM restores the weights from before
+        the ramp. Updating meanwhile, then InService (with FailureReason when stopped)."""
+        record = await self._state.run(self._state.store.get_endpoint, endpoint_name)
+        if record is None:
+            return
+        before = record.variants
+        weights = {v.variant_name: v.desired_weight for v in before if not v.shadow}
+        total = math.fsum(weights.values())
+        start = weights[spec.variant] / total if total > 0 else 0.0
+        shares = ramp_shares(start, spec.target_percent, spec.step_percent)
+        reason: str | None = None
+        try:
+            for index, share in enumerate(shares):
+                ramped = ramp_weights(weights, spec.variant, share)
+                await self._deployer.set_weights(endpoint_name, ramped)
+                now = time.time()
+                await self._state.record_weights(endpoint_name, "Ramp", ramped, now)
+                await self._state.transition(
+                    endpoint_name,
+                    _ramp_step(spec, ramped, f"step {index + 1} of {len(shares)}", share, now),
+                )
+                fired = await self._bake(spec.wait_seconds, spec.alarms)
+                if fired:
+                    names = ", ".join(f'"{name}"' for name in fired)
+                    reason = (
+                        f'The ramp of variant "{spec.variant}" ({RAMP_TAG}) was stopped at '
+                        f"{share:.0%} of the requests: the alarm(s) {names} went into ALARM "
+                        "state; the weights from before the ramp were restored."
+                    )
+                    break
+        except DeploymentError as error:
+            reason = f'The ramp of variant "{spec.variant}" failed: {error.message}'
+        except Exception:
+            reason = f'The ramp of variant "{spec.variant}" failed: ' + internal_reason(
+                "ramping the weights"
+            )
+        if reason is not None:
+            try:
+                await self._deployer.set_weights(endpoint_name, weights)
+                await self._state.record_weights(
+                    endpoint_name, "RampRollBack", weights, time.time()
+                )
+            except Exception:
+                log.exception("restoring the weights of endpoint %s failed", endpoint_name)
+            log.warning("endpoint %s: %s", endpoint_name, reason)
+
+        def done(current: EndpointRecord) -> EndpointRecord:
+            variants = before if reason is not None else current.variants
+            return replace(
+                current,
+                status=EndpointStatus.IN_SERVICE,
+                last_modified_time=time.time(),
+                failure_reason=None if reason is None else reason[:MAX_FAILURE_REASON],
+                variants=tuple(replace(variant, status=None) for variant in variants),
+            )
+
+        await self._state.transition(endpoint_name, done)
+
     async def resize(
         self, endpoint_name: str, before: tuple[DeployedVariant, ...], weights_changed: bool
     ) -> None:
@@ -676,6 +740,38 @@ def _pending_status(
             for variant in pending.variants
         )
         return replace(record, last_modified_time=now, pending=replace(pending, variants=variants))
+
+    return change
+
+
+def _ramp_step(
+    spec: RampSpec, weights: Mapping[str, float], step: str, share: float, now: float
+) -> Callable[[EndpointRecord], EndpointRecord]:
+    """The stored endpoint after one ramp step: the new weights (Current = Desired) and the
+    ramped variant's VariantStatus."""
+    entry = VariantStatusEntry(
+        "Updating",
+        f"Ramping variant weight to {share:.0%} of the requests ({step}); baking for "
+        f"{spec.wait_seconds} seconds.",
+        now,
+    )
+
+    def change(record: EndpointRecord) -> EndpointRecord:
+        return replace(
+            record,
+            last_modified_time=now,
+            variants=tuple(
+                replace(
+                    variant,
+                    current_weight=weights[variant.variant_name],
+                    desired_weight=weights[variant.variant_name],
+                    status=entry if variant.variant_name == spec.variant else None,
+                )
+                if variant.variant_name in weights
+                else variant
+                for variant in record.variants
+            ),
+        )
 
     return change
 

@@ -35,6 +35,10 @@ class EndpointStatus(enum.StrEnum):
 #: failing with 503. AddTags and DeleteTags change it on the live router (`Deployer.set_failover`).
 FAILOVER_TAG = "splitserve:failover"
 
+#: The endpoint tag (AddTags) that ramps one production variant's share of the requests in steps
+#: toward a target, each baked while alarms are watched (`control/ramp.py` has its value's form).
+RAMP_TAG = "splitserve:ramp"
+
 #: An endpoint in one of these has a background task working on it: no update, no delete.
 IN_PROGRESS_STATUSES = frozenset(
     {

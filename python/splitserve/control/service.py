@@ -95,7 +95,7 @@ class ControlService:
         )
         definitions = DefinitionOperations(self._state, resolver, frozenset(instance_vcpus))
         endpoints = EndpointOperations(self._state, deployer, planner, self._lifecycle)
-        tags = TagOperations(self._state, deployer, settings.account)
+        tags = TagOperations(self._state, deployer, settings.account, self._lifecycle)
         self._experiment_runner = ExperimentRunner(
             self._state,
             ExperimentStore(store.database),

@@ -25,17 +25,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 
 from splitserve.config import AccountSettings
 from splitserve.control.deployer import Deployer
 from splitserve.control.documents import check_failover_tag, not_found, tag_pairs, text, texts
+from splitserve.control.lifecycle import EndpointLifecycle
 from splitserve.control.models import (
+    RAMP_TAG,
+    EndpointRecord,
     EndpointStatus,
     ResourceKind,
     Tags,
     failover_enabled,
 )
+from splitserve.control.ramp import RampSpec, check_ramp, ramp_spec
 from splitserve.control.shapes import MAX_TAGS
 from splitserve.control.state import ControlState
 from splitserve.control.validation import validate_request
@@ -82,12 +88,21 @@ class TagOperations:
         state: the store, its lock and the account the ARNs name.
         deployer: told when an endpoint's failover setting changes.
         account: the account and region this gateway's ARNs carry.
+        lifecycle: runs the ramp a new `splitserve:ramp` value asks for (None: the tag is
+            kept and checked, but ramps nothing).
     """
 
-    def __init__(self, state: ControlState, deployer: Deployer, account: AccountSettings) -> None:
+    def __init__(
+        self,
+        state: ControlState,
+        deployer: Deployer,
+        account: AccountSettings,
+        lifecycle: EndpointLifecycle | None = None,
+    ) -> None:
         self._state = state
         self._deployer = deployer
         self._account = account
+        self._lifecycle = lifecycle
 
     async def add_tags(self, body: Mapping[str, object]) -> dict[str, object]:
         """AddTags -> {Tags: the tags given}: add them, or overwrite the values of keys it has."""
@@ -106,6 +121,7 @@ class TagOperations:
                 )
             if kind is ResourceKind.ENDPOINT:
                 check_failover_tag(merged)
+                ramp_spec(merged)
             return merged
 
         await self._change(kind, name, arn, added)
@@ -164,10 +180,23 @@ class TagOperations:
             record = await self._state.run(self._state.store.get_endpoint, name)
             if record is None:
                 raise not_found(kind, arn)
+            ramp = self._new_ramp(record, change(record.tags))
             changed = await self._state.run(self._state.store.change_tags, kind, name, change)
             if changed is None:
                 raise not_found(kind, arn)
             before, after = changed
+            if ramp is not None and self._lifecycle is not None:
+                await self._state.run(
+                    self._state.store.put_endpoint,
+                    replace(
+                        record,
+                        tags=after,
+                        status=EndpointStatus.UPDATING,
+                        last_modified_time=time.time(),
+                        failure_reason=None,
+                    ),
+                )
+                self._lifecycle.spawn(record.name, self._lifecycle.ramp(record.name, ramp))
             failover = failover_enabled(after)
             # A Deleting endpoint is going away: its router is not told (and must not be
             # remembered for a later endpoint of the same name).
@@ -187,6 +216,27 @@ class TagOperations:
                 raise ValidationException(
                     f"The failover setting could not be applied: {reason}"
                 ) from error
+
+    def _new_ramp(self, record: EndpointRecord, tags: Tags) -> RampSpec | None:
+        """The ramp to start when `tags` give the endpoint a new `splitserve:ramp` value (a
+        value it had already starts nothing; removing the tag stops nothing).
+
+        Raises:
+            ValidationException: the endpoint is not InService (`Cannot update in-progress
+                endpoint`), or the tag names no production variant of it.
+        """
+        spec = ramp_spec(tags)
+        if spec is None or self._lifecycle is None or _tag_value(tags) == _tag_value(record.tags):
+            return None
+        if record.status is not EndpointStatus.IN_SERVICE or self._lifecycle.busy(record.name):
+            arn = self._state.arn(ResourceKind.ENDPOINT, record.name)
+            raise ValidationException(f'Cannot update in-progress endpoint "{arn}".')
+        check_ramp(spec, record.variants)
+        return spec
+
+
+def _tag_value(tags: Tags) -> str | None:
+    return next((value for key, value in tags if key == RAMP_TAG), None)
 
 
 def _refuse_reserved(keys: Iterable[str]) -> None:
