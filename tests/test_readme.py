@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from splitserve.cli import build_parser
+from splitserve.control.shapes import INPUT_SHAPES
 from splitserve.workers.images import ImageRegistry
 from tests.support.gateway import start_gateway
 
@@ -116,3 +117,20 @@ def test_the_images_format_block_is_a_registry_the_gateway_reads() -> None:
     shown = ImageRegistry.parse(block, example).resolve("example.com/numpy-logistic:1")
     worked = ImageRegistry.load(example).resolve("example.com/numpy-logistic:1")
     assert shown == worked
+
+
+
+def test_the_shadow_tests_block_calls_operations_the_gateway_serves() -> None:
+    """Every `sm.<method>(` of "Shadow tests" is a boto3 method of an operation the control
+    plane dispatches, and the block is valid Python."""
+    (block,) = fenced_blocks(section("Shadow tests"), "python")
+    compile(block, "README.md", "exec")
+    called = set(re.findall(r"\bsm\.([a-z_]+)\(", block))
+    served = {re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() for name in INPUT_SHAPES}
+    assert called - served == set()
+    assert {
+        "create_inference_experiment",
+        "start_inference_experiment",
+        "update_inference_experiment",
+        "stop_inference_experiment",
+    } <= called
