@@ -588,3 +588,45 @@ async def test_the_shadow_cannot_be_a_production_variant(
     )
     with pytest.raises(ValidationException, match='The shadow variant "B" is a production variant'):
         await service.dispatch("CreateInferenceExperiment", body)
+
+
+async def test_a_created_experiment_starts_at_its_start_time_and_takes_any_change(
+    service: ControlService, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await endpoint_with_one_variant(service, settings)
+    await service.dispatch("CreateInferenceExperiment", experiment())
+    # Before it starts, anything it was created with may change (and is checked again).
+    start = time.time() + 2 * HOUR
+    await service.dispatch(
+        "UpdateInferenceExperiment",
+        {
+            "Name": "shadow-test",
+            "Description": "later",
+            "Schedule": {"StartTime": start, "EndTime": start + HOUR},
+            "ModelVariants": [model_variant("S", "m3", count=2)],
+            "ShadowModeConfig": {
+                "SourceModelVariantName": "A",
+                "ShadowModelVariants": [{"ShadowModelVariantName": "S", "SamplingPercentage": 25}],
+            },
+        },
+    )
+    with pytest.raises(ValidationException, match="Could not find model"):
+        await service.dispatch(
+            "UpdateInferenceExperiment",
+            {"Name": "shadow-test", "ModelVariants": [model_variant("S", "gone")]},
+        )
+    described = await describe_experiment(service)
+    assert (described["Status"], described["Description"]) == ("Created", "later")
+    assert described["ModelVariants"][1]["ModelName"] == "m3"
+    # The runner's clock passes the start time: it starts by itself.
+    later = start + 1
+    monkeypatch.setattr(experiment_runner, "time", SimpleNamespace(time=lambda: later))
+    await service.settle_experiments()
+    assert (await describe_experiment(service))["Status"] == "Running"
+    endpoint = await describe(service, "ep")
+    (shadow,) = endpoint["ShadowProductionVariants"]
+    assert (shadow["VariantName"], shadow["CurrentWeight"], shadow["CurrentInstanceCount"]) == (
+        "S",
+        0.25,
+        2,
+    )
