@@ -4,6 +4,7 @@ real gateway, and its table of `serve` options lists every option the parser has
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from splitserve.cli import build_parser
+from splitserve.control.ramp import ramp_spec
 from splitserve.control.shapes import INPUT_SHAPES
+from splitserve.control.validation import check_deployment_config, validate_request
 from splitserve.workers.images import ImageRegistry
 from tests.support.gateway import start_gateway
 
@@ -134,3 +137,31 @@ def test_the_shadow_tests_block_calls_operations_the_gateway_serves() -> None:
         "update_inference_experiment",
         "stop_inference_experiment",
     } <= called
+
+
+def test_the_deployment_guardrails_blocks_call_what_the_gateway_serves() -> None:
+    """README, "Deployment guardrails": its blocks are valid Python, each `sm.<method>(` is an
+    operation the control plane dispatches, the DeploymentConfig passes its validation, and the
+    ramp tag's example value is one the gateway takes."""
+    guardrails, ramp = fenced_blocks(section("Deployment guardrails"), "python")
+    for block in (guardrails, ramp):
+        compile(block, "README.md", "exec")
+    called = set(re.findall(r"\bsm\.([a-z_]+)\(", guardrails + ramp))
+    served = {re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() for name in INPUT_SHAPES}
+    assert called - served == {"get_waiter"}  # boto3's own, polling DescribeEndpoint
+    assert {"update_endpoint", "describe_endpoint", "add_tags"} <= called
+    start = guardrails.index("DeploymentConfig=") + len("DeploymentConfig=")
+    deployment_config = ast.literal_eval(guardrails[start : guardrails.index(")\npending")])
+    check_deployment_config(deployment_config)
+    validate_request(
+        "UpdateEndpoint",
+        {
+            "EndpointName": "churn",
+            "EndpointConfigName": "v2",
+            "DeploymentConfig": deployment_config,
+        },
+    )
+    (value,) = re.findall(r'"Value": "([^"]+)"', ramp)
+    spec = ramp_spec((("splitserve:ramp", value),))
+    assert spec is not None
+    assert (spec.variant, spec.target_percent, spec.alarms) == ("Variant2", 50, ("churn-5xx",))

@@ -6,13 +6,21 @@ operations (`endpoints.py`) write the new desired state, then start the task tha
 - CreateEndpoint answers Creating; the task checks the model data exists, deploys, activates, and
   writes InService. A DeploymentError (or missing model data) gives Failed with FailureReason; any
   other exception gives Failed with a generic reason (the details go to the log).
-- UpdateEndpoint is blue/green, all at once: Updating with a PendingDeploymentSummary while the new
+- UpdateEndpoint is blue/green, all at once by default: Updating with a PendingDeploymentSummary while the new
   generation starts beside the live one; then one atomic switch (`Deployer.activate`), after which
   the new generation is what DescribeEndpoint shows as ProductionVariants (VariantStatus Baking
   during TerminationWaitInSeconds), then the old generation is retired and the endpoint is
   InService. If the new generation fails, the old one keeps serving: the endpoint goes back to
   InService and FailureReason says why the update failed (as AWS documents FailureReason: "or the
   status is InService but update operation fails"). The reason is cleared by the next update.
+  A DeploymentConfig of CANARY or LINEAR shifts the traffic in steps instead (`traffic_steps`):
+  both generations serve, split by the step's share (`Deployer.shift`), each step baked
+  WaitIntervalInSeconds while the AutoRollbackConfiguration alarms are read (`AlarmStates`), the
+  last step being the switch above. An alarm in ALARM during any bake (TerminationWaitInSeconds
+  included) is RollingBack: every request to blue at once, green retired, InService on blue with
+  FailureReason saying so (docs/architecture.md, "Deployment guardrails").
+- A new value of the endpoint tag `splitserve:ramp` (`tags.py`) ramps one variant's weight in
+  steps (`ramp`), Updating meanwhile; an alarm in ALARM restores the weights from before it.
 - UpdateEndpointWeightsAndCapacities changes the live generation in place: the new weights reach
   the router before the call answers (`apply_weights_now`); instance counts change in the
   background (`resize`), then Current = Desired and InService. If scaling fails the endpoint is
