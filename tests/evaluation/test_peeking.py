@@ -13,7 +13,11 @@ import pytest
 
 from splitserve.config import SequentialSettings
 from splitserve.evaluation.sequential import LiveExperiment, mixture_p_value, mixture_tuning
-from splitserve.evaluation.simulation import simulate_peeking, simulate_regret
+from splitserve.evaluation.simulation import (
+    simulate_live_peeking,
+    simulate_peeking,
+    simulate_regret,
+)
 
 ALPHA = 0.05
 
@@ -99,3 +103,12 @@ def test_simulate_regret_refuses_bad_arguments() -> None:
         simulate_regret(customers=0, batch=1, min_share=0.1, seed=0)
     with pytest.raises(ValueError, match="min_share"):
         simulate_regret(customers=10, batch=1, min_share=0.9, seed=0)
+
+
+def test_live_experiment_itself_keeps_every_metric_under_alpha() -> None:
+    """A/A through LiveExperiment: no metric's difference is declared, nor does the first
+    variant's interval miss its true value, in more than 5% (+ 3 standard errors) of runs."""
+    result = simulate_live_peeking(simulations=100, batches=15, batch_labels=50, seed=1)
+    for metric in result.declared:
+        assert result.declared[metric] <= ALPHA + 3 * result.error, metric
+        assert result.missed[metric] <= ALPHA + 3 * result.error, metric

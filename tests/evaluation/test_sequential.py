@@ -187,3 +187,17 @@ def test_snapshot_refuses_unknown_assignments() -> None:
         experiment.snapshot({"A": 1, "C": 2})
     with pytest.raises(ValueError, match=">= 0"):
         experiment.snapshot({"A": -1})
+
+
+def test_observe_one_by_one_counts_as_observe_many() -> None:
+    scores, labels = _scores(np.random.default_rng(6), 400, 0.4)
+    one, many = LiveExperiment(["A", "B"]), LiveExperiment(["A", "B"])
+    many.observe_many("A", scores, labels)
+    for score, label in zip(scores, labels, strict=True):
+        one.observe("A", float(score), float(label))
+    # Equal up to the order of the floating-point sums (numpy sums pairwise).
+    first, second = one.snapshot().metrics["A"], many.snapshot().metrics["A"]
+    for metric, interval in first.items():
+        other = second[metric]
+        for value, expected in ((interval.value, other.value), (interval.low, other.low)):
+            assert value == pytest.approx(expected, rel=1e-9), metric

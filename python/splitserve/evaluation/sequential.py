@@ -145,6 +145,29 @@ def mixture_p_value(
     return np.where(variance > _TINY_VARIANCE, p_value, 1.0).astype(np.float64)
 
 
+def _half_width(variance: float, horizon_variance: float, alpha: float, tuning: float) -> float:
+    """`mixture_half_width` for one value, in plain floats (a look computes dozens)."""
+    if not variance > _TINY_VARIANCE or not horizon_variance > 0:
+        return math.inf
+    information = 1.0 / variance
+    rho = 1.0 / (tuning * horizon_variance)
+    total = information + rho
+    width = math.sqrt(total * math.log(total / (rho * alpha * alpha))) / information
+    return width if math.isfinite(width) else math.inf
+
+
+def _p_value(estimate: float, variance: float, horizon_variance: float, tuning: float) -> float:
+    """`mixture_p_value` for one value, in plain floats."""
+    if not variance > _TINY_VARIANCE or not horizon_variance > 0:
+        return 1.0
+    information = 1.0 / variance
+    rho = 1.0 / (tuning * horizon_variance)
+    total = information + rho
+    statistic = estimate * information
+    log_lambda = 0.5 * math.log(rho / total) + statistic * statistic / (2 * total)
+    return math.exp(-max(log_lambda, 0.0))
+
+
 def srm_p_value(counts: Sequence[int], shares: Sequence[float], prior_strength: float) -> float:
     """1 / Bayes factor (capped at 1) of the Dirichlet-multinomial mixture test of the shares.
 
@@ -385,6 +408,7 @@ class LiveExperiment:
         self.pair_alpha = self.alpha / pairs
         self._tuning = mixture_tuning(self.alpha)
         self._pair_tuning = mixture_tuning(self.pair_alpha)
+        self._half_tuning = mixture_tuning(self.alpha / 2)
         self._counts = {name: _VariantCounts(settings.auc_bins) for name in names}
         self._loss_bound = -math.log(settings.log_loss_clip)
         # Kept across looks: the running minimum p-value and the sticky decisions per pair.
@@ -400,8 +424,24 @@ class LiveExperiment:
                 that is not 0 or 1.
         """
         counts = self._variant(variant)
-        score, positive = self._checked(score, label)
-        self._add(counts, np.array([score]), np.array([positive]))
+        number, positive = self._checked(score, label)
+        predicted = number >= self.threshold
+        counts.labels += 1
+        if predicted and positive:
+            counts.true_positives += 1
+        elif predicted:
+            counts.false_positives += 1
+        elif positive:
+            counts.false_negatives += 1
+        else:
+            counts.true_negatives += 1
+        clip = self._settings.log_loss_clip
+        clipped = min(max(number, clip), 1 - clip)
+        loss = -math.log(clipped) if positive else -math.log1p(-clipped)
+        counts.loss_sum += loss
+        counts.loss_squares += loss * loss
+        histogram = counts.positive_histogram if positive else counts.negative_histogram
+        histogram[min(int(number * counts.bins), counts.bins - 1)] += 1
 
     def observe_many(self, variant: str, scores: npt.ArrayLike, labels: npt.ArrayLike) -> None:
         """Count many joined labels of one variant at once (as `observe`, all or none).
@@ -561,13 +601,8 @@ class LiveExperiment:
         if auc.value is None or auc.variance is None:
             intervals["auc"] = MetricInterval(auc.value, None, None, "asymptotic")
         else:
-            half = float(
-                mixture_half_width(
-                    auc.variance,
-                    auc.variance * auc.labels / horizon,
-                    alpha,
-                    self._tuning,
-                )
+            half = _half_width(
+                auc.variance, auc.variance * auc.labels / horizon, alpha, self._tuning
             )
             intervals["auc"] = MetricInterval(
                 auc.value, max(0.0, auc.value - half), min(1.0, auc.value + half), "asymptotic"
@@ -578,8 +613,7 @@ class LiveExperiment:
         """F1 at the ends of precision's and recall's intervals, each at alpha/2."""
         if value is None:
             return MetricInterval(None, None, None, "nonasymptotic")
-        half_alpha = self.alpha / 2
-        tuning = mixture_tuning(half_alpha)
+        half_alpha, tuning = self.alpha / 2, self._half_tuning
         horizon = self._settings.horizon_labels
         predicted = counts.true_positives + counts.false_positives
         positives = counts.true_positives + counts.false_negatives
@@ -618,10 +652,8 @@ class LiveExperiment:
         horizon = self._settings.horizon_labels
         # The variance each estimate would have at the horizon, by its variance per label.
         horizon_variance = (a.variance * max(a.labels, 1) + b.variance * max(b.labels, 1)) / horizon
-        half = float(
-            mixture_half_width(variance, horizon_variance, self.pair_alpha, self._pair_tuning)
-        )
-        p_value = float(mixture_p_value(difference, variance, horizon_variance, self._pair_tuning))
+        half = _half_width(variance, horizon_variance, self.pair_alpha, self._pair_tuning)
+        p_value = _p_value(difference, variance, horizon_variance, self._pair_tuning)
         enough = (
             self._counts[first].labels >= min_labels and self._counts[second].labels >= min_labels
         )
@@ -714,7 +746,7 @@ def _bounded_interval(
     if value is None or count == 0:
         return MetricInterval(value, None, None, "nonasymptotic")
     proxy = bound * bound / 4  # Hoeffding's lemma: sub-Gaussian with variance (b - a)^2 / 4
-    half = float(mixture_half_width(proxy / count, proxy / horizon, alpha, tuning))
+    half = _half_width(proxy / count, proxy / horizon, alpha, tuning)
     return MetricInterval(value, max(0.0, value - half), min(bound, value + half), "nonasymptotic")
 
 
