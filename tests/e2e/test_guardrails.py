@@ -1,11 +1,14 @@
 """Deployment guardrails end to end with boto3: a CANARY UpdateEndpoint that completes with every
-replica routing each step, and a LINEAR one rolled back by an alarm set to ALARM with
-SetAlarmState; not one request fails in either, under a client loop invoking throughout."""
+replica routing each step, a LINEAR one rolled back by an alarm set to ALARM with SetAlarmState,
+and the splitserve:ramp tag's A/B ramp; not one request fails in any, under a client loop
+invoking throughout."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.e2e.helpers import FAST_WAIT, create_model, csv_rows
+from tests.e2e.helpers import FAST_WAIT, create_model, create_two_variant_endpoint, csv_rows
 from tests.e2e.test_replicas import client, replicas, wait_for
 from tests.support.gateway import Gateway, running_gateway
 
@@ -218,3 +221,57 @@ def test_linear_update_rolled_back_by_an_alarm_fails_no_request(
     )
     assert [v["VariantName"] for v in described["ProductionVariants"]] == ["AllTraffic"]
     assert answer_of(gateway.url, "linear") == blue_answer
+
+
+def test_a_ramp_moves_a_variant_to_its_target_without_a_failed_request(
+    gateway: Gateway, sagemaker: Any
+) -> None:
+    create_two_variant_endpoint(sagemaker, "ramped")
+    arn = sagemaker.describe_endpoint(EndpointName="ramped")["EndpointArn"]
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    variants: Counter[str] = Counter()
+
+    def send() -> None:
+        runtime = gateway.client("sagemaker-runtime")
+        while not stop.is_set():
+            try:
+                response = runtime.invoke_endpoint(
+                    EndpointName="ramped", Body=BODY, ContentType="text/csv"
+                )
+                response["Body"].read()
+            except Exception as error:
+                failures.append(error)
+            else:
+                variants[response["InvokedProductionVariant"]] += 1
+
+    threads = [threading.Thread(target=send) for _ in range(_CLIENT_THREADS)]
+    for thread in threads:
+        thread.start()
+    try:
+        sagemaker.add_tags(
+            ResourceArn=arn, Tags=[{"Key": "splitserve:ramp", "Value": "Variant2 100 25 1"}]
+        )
+        assert sagemaker.describe_endpoint(EndpointName="ramped")["EndpointStatus"] == "Updating"
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName="ramped", WaiterConfig=FAST_WAIT
+        )
+        variants.clear()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert failures == []
+    assert set(variants) == {"Variant2"}
+    described = sagemaker.describe_endpoint(EndpointName="ramped")
+    assert [v["CurrentWeight"] for v in described["ProductionVariants"]] == [0.0, 2.0]
+    history = gateway_weights(gateway, "ramped")
+    assert [change["Cause"] for change in history][-2:] == ["Ramp", "Ramp"]
+
+
+def gateway_weights(gateway: Gateway, endpoint: str) -> list[dict[str, Any]]:
+    """The endpoint's weight history (GET /splitserve/endpoints/<name>/weights)."""
+    with urllib.request.urlopen(f"{gateway.url}/splitserve/endpoints/{endpoint}/weights") as answer:
+        changes: list[dict[str, Any]] = json.load(answer)["WeightChanges"]
+    return changes
