@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import splitserve
 from tests.e2e.helpers import create_two_variant_endpoint, csv_rows
 from tests.support.gateway import Gateway
 from tests.support.http import free_port
@@ -118,6 +120,15 @@ def _dashboard_expressions() -> list[str]:
     return expressions
 
 
+def _indexed(gateway: Gateway) -> int:
+    """Answered invocations the feedback index holds (the state's SQLite file)."""
+    with sqlite3.connect(gateway.state_dir / "state.sqlite3") as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM feedback_index").fetchone()[0])
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+
+
 def test_prometheus_counts_what_was_sent_and_the_dashboard_queries_work(
     gateway: Gateway, sagemaker: Any, runtime: Any, prometheus: Prometheus
 ) -> None:
@@ -125,11 +136,23 @@ def test_prometheus_counts_what_was_sent_and_the_dashboard_queries_work(
     body = csv_rows(np.zeros((1, 13), dtype=np.float32))
     with pytest.raises(runtime.exceptions.ValidationError):  # a gateway error, for its panel
         runtime.invoke_endpoint(EndpointName="nope", Body=body, ContentType="text/csv")
+    answered: list[str] = []
     for variant, count in (("Variant1", 30), ("Variant2", 10)):
         for _ in range(count):
-            runtime.invoke_endpoint(
+            response = runtime.invoke_endpoint(
                 EndpointName="prom", Body=body, ContentType="text/csv", TargetVariant=variant
-            )["Body"].read()
+            )
+            response["Body"].read()
+            answered.append(
+                response["ResponseMetadata"]["HTTPHeaders"]["x-splitserve-inference-id"]
+            )
+    # Labels for the live experiment's panels, once the index has the invocations.
+    deadline = time.monotonic() + _SCRAPE_TIMEOUT_SECONDS
+    while _indexed(gateway) < len(answered) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    outcome = splitserve.feedback(gateway.url, "prom", [(i, n % 2) for n, i in enumerate(answered)])
+    assert outcome["Joined"] == len(answered), outcome
+    urllib.request.urlopen(f"{gateway.url}/splitserve/experiments/prom", timeout=10).close()
 
     expected = {"Variant1": 30.0, "Variant2": 10.0}
     counts: dict[str, float] = {}
