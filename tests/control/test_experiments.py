@@ -630,3 +630,30 @@ async def test_a_created_experiment_starts_at_its_start_time_and_takes_any_chang
         0.25,
         2,
     )
+
+
+async def test_a_stop_gives_the_endpoint_its_own_capture_back(
+    service: ControlService, settings: Settings, deployer: RecordingDeployer
+) -> None:
+    await endpoint_with_one_variant(service, settings)
+    await running(service, experiment(DataStorageConfig={"Destination": "s3://capture/exp"}))
+    live = deployer.live["ep"].data_capture
+    assert live is not None
+    assert live.destination_s3_uri == "s3://capture/exp"
+    # A schedule change that gives only EndTime keeps the rest.
+    before = await describe_experiment(service)
+    end = time.time() + 5 * HOUR
+    await service.dispatch(
+        "UpdateInferenceExperiment", {"Name": "shadow-test", "Schedule": {"EndTime": end}}
+    )
+    after = await describe_experiment(service)
+    assert after["Schedule"]["StartTime"] == before["Schedule"]["StartTime"]
+    assert after["Schedule"]["EndTime"].timestamp() == pytest.approx(end)
+    await service.dispatch(
+        "StopInferenceExperiment",
+        {"Name": "shadow-test", "ModelVariantActions": {"A": "Remove", "S": "Promote"}},
+    )
+    await service.settle_experiments()
+    assert (await describe_experiment(service))["Status"] == "Completed"
+    assert deployer.live["ep"].data_capture is None
+    assert "DataCaptureConfig" not in await describe(service, "ep")

@@ -195,7 +195,12 @@ def stop_configuration(
             )
         else:
             shadows.append(variant_entry(variant))
-    return _configuration(production, shadows, endpoint.data_capture)
+    capture = endpoint.data_capture
+    if record.data_storage_config is not None:
+        # The start made the endpoint capture into the experiment's destination: the endpoint
+        # goes back to its own capture.
+        capture = record.capture_before
+    return _configuration(production, shadows, capture)
 
 
 def _configuration(
@@ -328,6 +333,10 @@ class ExperimentRunner:
                 return replace(record, status=ExperimentStatus.STARTING, status_reason=None)
             return record
         if status is ExperimentStatus.STARTING:
+            if record.deploy_config is None:
+                endpoint = await self.state.run(self.state.store.get_endpoint, record.endpoint_name)
+                if endpoint is not None:
+                    record = replace(record, capture_before=endpoint.data_capture)
             outcome, detail = await self._converge(record, start_configuration, "start")
             if outcome == "done":
                 return replace(

@@ -79,6 +79,8 @@ class ExperimentRecord:
             before it is created so a restart halfway finds it again; None outside those steps.
         deploy_issued: the UpdateEndpoint to `deploy_config` was accepted.
         stop: what the stop asked for, while Stopping (and kept after).
+        capture_before: the endpoint's DataCaptureConfig before the start replaced it with the
+            DataStorageConfig's; a stop that redeploys restores it.
     """
 
     name: str
@@ -100,6 +102,7 @@ class ExperimentRecord:
     deploy_config: str | None = None
     deploy_issued: bool = False
     stop: StopRequest | None = None
+    capture_before: Mapping[str, object] | None = None
     experiment_type: str = "ShadowMode"
 
     @property

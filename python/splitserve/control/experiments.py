@@ -221,7 +221,7 @@ class ExperimentOperations:
                         "The StartTime of a running inference experiment cannot change; give "
                         "EndTime only."
                     )
-                start, end = _schedule(schedule, record if running else None, now)
+                start, end = _schedule(schedule, record, now, running=running)
                 updated = replace(updated, schedule_start=start, schedule_end=end)
             if "ModelVariants" in request:
                 variants = tuple(mappings(request.get("ModelVariants")))
@@ -495,22 +495,31 @@ def _variant_status(
 
 
 def _schedule(
-    schedule: Mapping[str, object] | None, running: ExperimentRecord | None, now: float
+    schedule: Mapping[str, object] | None,
+    current: ExperimentRecord | None,
+    now: float,
+    *,
+    running: bool = False,
 ) -> tuple[float, float]:
-    """The (start, end) a Schedule asks for: start defaults to now (or the running experiment's),
-    end to start + 7 days; end after start and in the future, at most 30 days after start."""
+    """The (start, end) a Schedule asks for. At Create, start defaults to now and end to start +
+    7 days; at Update, a member left out keeps the experiment's value (and a running experiment
+    keeps its start). The end must come after the start and after now, within 30 days of the
+    start."""
     schedule = schedule or {}
     raw_start = schedule.get("StartTime")
     raw_end = schedule.get("EndTime")
-    if running is not None:
-        start = running.schedule_start
+    if running and current is not None:
+        start = current.schedule_start
+    elif isinstance(raw_start, int | float):
+        start = float(raw_start)
     else:
-        start = float(raw_start) if isinstance(raw_start, int | float) else now
-    end = (
-        float(raw_end)
-        if isinstance(raw_end, int | float)
-        else start + EXPERIMENT_DEFAULT_DURATION_SECONDS
-    )
+        start = now if current is None else current.schedule_start
+    if isinstance(raw_end, int | float):
+        end = float(raw_end)
+    elif current is not None:
+        end = current.schedule_end
+    else:
+        end = start + EXPERIMENT_DEFAULT_DURATION_SECONDS
     if end <= start:
         raise ValidationException("The Schedule's EndTime must be after its StartTime.")
     if end <= now:
