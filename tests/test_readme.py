@@ -122,7 +122,6 @@ def test_the_images_format_block_is_a_registry_the_gateway_reads() -> None:
     assert shown == worked
 
 
-
 def test_the_shadow_tests_block_calls_operations_the_gateway_serves() -> None:
     """Every `sm.<method>(` of "Shadow tests" is a boto3 method of an operation the control
     plane dispatches, and the block is valid Python."""
@@ -165,3 +164,20 @@ def test_the_deployment_guardrails_blocks_call_what_the_gateway_serves() -> None
     spec = ramp_spec((("splitserve:ramp", value),))
     assert spec is not None
     assert (spec.variant, spec.target_percent, spec.alarms) == ("Variant2", 50, ("churn-5xx",))
+
+
+def test_closing_the_loop_names_what_exists() -> None:
+    closing = section("Closing the loop")
+    (python_block,) = fenced_blocks(closing, "python")
+    compile(python_block, "README.md", "exec")
+    parser = build_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    experiment: argparse.ArgumentParser = commands.choices["experiment"]
+    options = {option for action in experiment._actions for option in action.option_strings}
+    command = re.search(r"^splitserve experiment .*$", closing, flags=re.MULTILINE)
+    assert command is not None
+    assert set(re.findall(r"--[a-z-]+", command.group())) <= options
+    outcomes = set(re.findall(r"^\| `([a-z_]+)` \|", closing, flags=re.MULTILINE))
+    assert outcomes == {
+        "malformed", "unknown", "late", "duplicate", "wrong_endpoint", "unscorable",
+    }  # fmt: skip
