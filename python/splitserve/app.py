@@ -321,7 +321,12 @@ async def _placement(
 
         await ray_placement.join(settings.placement)
         return ray_placement.RayPlacement(
-            settings.placement, settings.workers, images, catalog, deployer
+            settings.placement,
+            settings.workers,
+            images,
+            catalog,
+            deployer,
+            model_store=settings.model_store,
         )
     return Supervisor(
         settings.workers,

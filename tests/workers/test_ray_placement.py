@@ -91,8 +91,9 @@ class Listener:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, Any]]:
-    """The module's cluster, with this process connected as the driver; node handles by name."""
+def cluster(s3_credentials: None) -> Iterator[dict[str, Any]]:
+    """The module's cluster, with this process connected as the driver; node handles by name.
+    Its nodes find S3 credentials in their environment."""
     nodes = {
         "small": NodeSpec(2, 16, {"general": 1}),
         "big": NodeSpec(4, 32, {"compute": 1}),
@@ -323,6 +324,42 @@ async def test_a_bring_your_own_server_that_cannot_run_on_its_node_fails_with_a_
         )
         with pytest.raises(DeploymentError, match=r"on node .*'no-such-user-x' does not exist"):
             await placed.fleet(byo).start()
+    assert wait_for_named_actors(NAMESPACE, []) == []
+
+
+async def test_with_an_s3_endpoint_each_node_fetches_the_artifact_itself(
+    cluster: dict[str, Any], artifact: Path, s3_endpoint: str, tmp_path: Path
+) -> None:
+    boto3 = pytest.importorskip("boto3")
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="ray-models")
+    body = await asyncio.to_thread(artifact.read_bytes)
+    client.put_object(Bucket="ray-models", Key="xgb/model.tar.gz", Body=body)
+    # The controller's model store does not hold the object: only the S3 store does.
+    store = tmp_path / "models"
+    fetching = ray_placement.RayPlacement(
+        replace(PLACEMENT, s3_endpoint_url=s3_endpoint),
+        WORKERS,
+        ImageRegistry(),
+        InstanceCatalog(),
+        Listener(),
+        model_store=store,
+    )
+    model = store / "ray-models" / "xgb" / "model.tar.gz"
+    fleet = fetching.fleet(deployment(model, "fetched", "ml.m5.large", 1))
+    try:
+        await fleet.start()
+        (info,) = fleet.instances()
+        assert (await invoke(info)).startswith(b"HTTP/1.1 200")
+    finally:
+        await fleet.stop()
+    missing = fetching.fleet(
+        deployment(store / "ray-models" / "gone.tar.gz", "gone", "ml.m5.large", 1)
+    )
+    with pytest.raises(
+        DeploymentError, match=r"s3://ray-models/gone\.tar\.gz could not be fetched"
+    ):
+        await missing.start()
     assert wait_for_named_actors(NAMESPACE, []) == []
 
 

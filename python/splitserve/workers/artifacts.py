@@ -89,6 +89,88 @@ class ArtifactLimits:
     max_files: int
 
 
+@dataclass(frozen=True)
+class S3Object:
+    """A model artifact in an S3-compatible store, fetched where it is unpacked.
+
+    Attributes:
+        endpoint_url: the store's endpoint, `http(s)://HOST[:PORT]`.
+        bucket: the bucket.
+        key: the object's key.
+    """
+
+    endpoint_url: str
+    bucket: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        """`s3://bucket/key`."""
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def s3_object_under(store: Path, artifact: Path, endpoint_url: str) -> S3Object | None:
+    """The object `artifact` stands for when it lies in the model store `store`, where
+    `s3://bucket/key` resolves to `store/bucket/key`; None when it lies elsewhere."""
+    try:
+        parts = artifact.relative_to(store).parts
+    except ValueError:
+        return None
+    if len(parts) < 2:
+        return None
+    return S3Object(endpoint_url, parts[0], "/".join(parts[1:]))
+
+
+def fetch_s3_object(source: S3Object, destination: Path, max_bytes: int) -> None:
+    """Download `source` to the new file `destination`, at most `max_bytes` bytes; with boto3
+    and the credentials it finds (environment, shared files, instance role). Blocking.
+
+    Raises:
+        ArtifactTooLargeError: the object is larger than `max_bytes`.
+        DeploymentError: boto3 is missing, or the object cannot be fetched (no such bucket or
+            key, access denied, no credentials, the endpoint does not answer): the message
+            names the URL, the endpoint and the store's reason.
+    """
+    try:
+        import boto3  # noqa: PLC0415 (only nodes that fetch from S3 need it)
+        from botocore.config import Config  # noqa: PLC0415
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+    except ImportError:
+        raise DeploymentError(
+            f"model artifact {source.url}: fetching it from {source.endpoint_url} needs boto3 "
+            "on the node (pip install 'splitserve[ray]')"
+        ) from None
+    where = f"model artifact {source.url} could not be fetched from {source.endpoint_url}"
+    try:
+        client = boto3.client(
+            "s3",
+            endpoint_url=source.endpoint_url,
+            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+        )
+        answer = client.get_object(Bucket=source.bucket, Key=source.key)
+        size = int(answer.get("ContentLength", 0))
+        if size > max_bytes:
+            raise ArtifactTooLargeError(
+                f"model artifact {source.url} is {size} bytes, over the {max_bytes}-byte limit"
+            )
+        body = answer["Body"]
+        written = 0
+        with open(destination, "xb") as file:
+            while chunk := body.read(_COPY_CHUNK_BYTES):
+                written += len(chunk)
+                if written > max_bytes:  # a store that sent more than it announced
+                    raise ArtifactTooLargeError(
+                        f"model artifact {source.url} is over the {max_bytes}-byte limit"
+                    )
+                file.write(chunk)
+    except ClientError as error:
+        details = error.response.get("Error", {})
+        reason = f"{details.get('Code', 'error')}: {details.get('Message', '')}".rstrip(": ")
+        raise DeploymentError(f"{where}: {reason}") from None
+    except BotoCoreError as error:
+        raise DeploymentError(f"{where}: {error}") from None
+
+
 def prepare_model_dir(source: Path | None, destination: Path, limits: ArtifactLimits) -> Path:
     """Build the read-only model directory `destination` from the artifact at `source`.
 

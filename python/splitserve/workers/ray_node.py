@@ -2,15 +2,16 @@
 
 `InstanceActor` is a detached, named Ray actor (see `ray_placement.py`, which makes and watches
 it from the controller). Its job is small: unpack the model artifact the controller shipped
-through Ray's object store with the same safe unpacking as local instances
-(`artifacts.prepare_model_dir`), reserve its CPUs in the host's book (`ray_cpus.py`), and start
-the server on its node listening on the node's address: the built-in XGBoost server, or a
-bring-your-own image's command with the node's address in `{host}` and its port in
-`SAGEMAKER_BIND_TO_PORT` (`fleet.builtin_server_command` and `fleet.custom_server_command`,
-the same commands and environment allow-list as locally). `workers/launch.py` confines it as
-it does locally: a new session, pinned to its CPUs, the worker user when the actor runs as
-root, no_new_privs, killed when the actor dies. It then tells the controller where the server
-listens. The requests never pass through Ray: the gateways' pools connect there directly.
+through Ray's object store (or fetch it from an S3-compatible store itself) with the same safe
+unpacking as local instances (`artifacts.prepare_model_dir`), reserve its CPUs in the host's
+book (`ray_cpus.py`), and start the server on its node, on the node's address: the built-in
+XGBoost server, or a bring-your-own image's command with the node's address in `{host}` and
+its port in `SAGEMAKER_BIND_TO_PORT` (`fleet.builtin_server_command` and
+`fleet.custom_server_command`: the same commands and environment allow-list as locally).
+`workers/launch.py` confines it as it does locally: a new session, pinned to its CPUs, the
+worker user when the actor runs as root, no_new_privs, killed when the actor dies. It then
+tells the controller where the server listens. The requests never pass through Ray: the
+gateways' pools connect there directly.
 
 This module imports `ray` and is imported only by `ray_placement.py`.
 """
@@ -31,7 +32,13 @@ import ray
 
 from splitserve.config import WorkerSettings
 from splitserve.errors import DeploymentError
-from splitserve.workers.artifacts import ArtifactLimits, prepare_model_dir, remove_model_dir
+from splitserve.workers.artifacts import (
+    ArtifactLimits,
+    S3Object,
+    fetch_s3_object,
+    prepare_model_dir,
+    remove_model_dir,
+)
 from splitserve.workers.fleet import (
     ServerContext,
     builtin_server_command,
@@ -59,8 +66,10 @@ class ActorSpec:
 
     Attributes:
         name: the instance name, `{endpoint}/{variant}/g{generation}/{index}`.
-        artifact_name: the artifact's file name (its bytes come through the object store), or
-            None when the model has none.
+        artifact_name: the artifact's file name (its bytes come through the object store or
+            from `s3_artifact`), or None when the model has none.
+        s3_artifact: where the node fetches the artifact itself (`fetch_s3_object`), or None
+            when its bytes come through the object store.
         environment: the model's Environment from CreateModel.
         workers: the worker settings (batching, pickle, artifact limits, log rate).
         node_dir: the node directory for model and private directories and the host's CPU
@@ -74,6 +83,7 @@ class ActorSpec:
 
     name: str
     artifact_name: str | None
+    s3_artifact: S3Object | None
     environment: dict[str, str]
     workers: WorkerSettings
     node_dir: Path | None
@@ -235,7 +245,10 @@ class InstanceActor:
         staging = Path(tempfile.mkdtemp(prefix="artifact-", dir=self._private_dir.parent))
         try:
             source = None
-            if artifact is not None and spec.artifact_name is not None:
+            if spec.artifact_name is not None and spec.s3_artifact is not None:
+                source = staging / spec.artifact_name
+                fetch_s3_object(spec.s3_artifact, source, spec.workers.max_artifact_bytes)
+            elif artifact is not None and spec.artifact_name is not None:
                 source = staging / spec.artifact_name
                 source.write_bytes(artifact)
             prepare_model_dir(

@@ -6,9 +6,11 @@ named `{endpoint}/{variant}/g{generation}/{index}`, reserving its instance type'
 `PlacementSettings.type_resources`, a little of that custom resource: Ray packs instances onto
 nodes as SageMaker packs them onto machines. The actor starts the server (the built-in XGBoost
 server or a bring-your-own image's command) on its node, on the node's address, pinned to CPUs
-of its reservation where the host has them free (`ray_cpus.py`); the controller pings that address as it pings a local instance
-(`instance.HealthProbe`) and tells the same `InstanceListener`, and the gateways forward requests
-there directly: Ray is never on the data path.
+of its reservation where the host has them free (`ray_cpus.py`); the controller pings that
+address as it pings a local instance (`instance.HealthProbe`) and tells the same
+`InstanceListener`, and the gateways forward requests there directly: Ray is never on the data
+path. The model artifact reaches the node through Ray's object store, or, with
+`PlacementSettings.s3_endpoint_url`, each node fetches it from that S3-compatible store.
 
 Faults: a server that fails its health checks, exits, or whose actor or node is lost is replaced
 by a new actor of the same name, with the same backoff as a local instance (Ray places it on a
@@ -33,15 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import socket
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from io import BytesIO
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import ray
@@ -50,6 +49,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from splitserve.config import PlacementSettings, WorkerSettings
 from splitserve.contract.upstream import UpstreamAddress
 from splitserve.errors import DeploymentError, SplitserveError
+from splitserve.workers.artifacts import S3Object, s3_object_under
 from splitserve.workers.catalog import InstanceCatalog, InstanceType, UnknownInstanceType
 from splitserve.workers.fleet import InstanceFleet, VariantDeployment
 from splitserve.workers.images import BuiltinXGBoostImage, CustomImage, ImageRegistry, ImageSpec
@@ -61,6 +61,7 @@ from splitserve.workers.instance import (
     ProcessExit,
     WorkerInstance,
 )
+from splitserve.workers.ray_cluster import connect, join
 from splitserve.workers.ray_node import ActorAddress, ActorSpec, InstanceActor
 from splitserve.workers.ray_resources import (
     describe_resources,
@@ -75,65 +76,6 @@ _T = TypeVar("_T")
 
 #: How often a freed actor name is checked before a replacement takes it.
 _NAME_POLL_SECONDS = 0.1
-
-
-def connect(settings: PlacementSettings) -> None:
-    """Join the Ray cluster as a driver in the configured namespace. Blocking.
-
-    Raises:
-        DeploymentError: the cluster cannot be reached.
-    """
-    if ray.is_initialized():
-        return
-    _check_reachable(settings)
-    try:
-        ray.init(
-            address=settings.ray_address,
-            namespace=settings.ray_namespace,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise DeploymentError(
-            f"could not join the Ray cluster at {settings.ray_address}: {error}"
-        ) from error
-
-
-def _check_reachable(settings: PlacementSettings) -> None:
-    """Refuse a HOST:PORT nothing answers on within the connect timeout (`ray.init` would wait
-    for it without end)."""
-    address = settings.ray_address
-    host, colon, port = address.rpartition(":")
-    if not colon or not port.isdigit() or "://" in address:
-        return  # "auto", or a client URL: ray.init reports those itself
-    try:
-        with socket.create_connection(
-            (host.strip("[]"), int(port)), timeout=settings.connect_timeout_seconds
-        ):
-            pass
-    except OSError as error:
-        raise DeploymentError(
-            f"could not join the Ray cluster at {address}: nothing answers there within "
-            f"{settings.connect_timeout_seconds:g} s ({error.strerror or error}); start its head "
-            "(ray start --head) or give --ray-address HOST:PORT of a running one"
-        ) from None
-
-
-async def join(settings: PlacementSettings) -> None:
-    """`connect` (from a thread), then give the gateway its own SIGTERM and SIGINT handling
-    back: Ray's core installs a handler that ends the process at once, which would skip the
-    gateway's drain and orderly stop.
-
-    Raises:
-        DeploymentError: the cluster cannot be reached.
-    """
-    signals = (signal.SIGTERM, signal.SIGINT)
-    saved = {number: signal.getsignal(number) for number in signals}
-    await asyncio.to_thread(connect, settings)
-    if threading.current_thread() is threading.main_thread():
-        for number, handler in saved.items():
-            if handler is not None:
-                signal.signal(number, handler)
 
 
 async def _call(ref: Any, limit_seconds: float | None) -> Any:
@@ -171,6 +113,9 @@ class RayPlacement:
             python path must exist at the same paths on every node).
         catalog: the instance types.
         listener: told of health changes, asked for in-flight counts.
+        model_store: where `s3://bucket/key` resolves on the controller: with
+            `settings.s3_endpoint_url`, an artifact under it is fetched by each node from that
+            store instead of shipped.
     """
 
     outlives_controller = True
@@ -182,12 +127,14 @@ class RayPlacement:
         images: ImageRegistry,
         catalog: InstanceCatalog,
         listener: InstanceListener,
+        model_store: Path | None = None,
     ) -> None:
         self.settings = settings
         self.workers = workers
         self.images = images
         self.catalog = catalog
         self.listener = listener
+        self.model_store = model_store
         self._fleets: dict[tuple[str, str, int], RayFleet] = {}
         self._closed = False
 
@@ -303,12 +250,14 @@ class RayFleet(InstanceFleet):
         self.resources = instance_resources(placement.settings, instance_type)
         self._artifact: list[ray.ObjectRef[bytes]] = []
         self._artifact_name: str | None = None
+        self._s3_artifact: S3Object | None = None
 
     def spec(self, name: str) -> ActorSpec:
         """What the actor of instance `name` is given."""
         return ActorSpec(
             name=name,
             artifact_name=self._artifact_name,
+            s3_artifact=self._s3_artifact,
             environment=dict(self.deployment.environment),
             workers=self.placement.workers,
             node_dir=self.placement.settings.node_model_dir,
@@ -359,10 +308,17 @@ class RayFleet(InstanceFleet):
     # --- internals -------------------------------------------------------------------------------
 
     async def _ship_artifact(self) -> None:
-        """Put the model artifact's bytes in the object store, once for every actor."""
+        """Put the model artifact's bytes in the object store, once for every actor; or, with
+        an S3 endpoint and an artifact in the model store, let each node fetch it."""
         source = self.deployment.model_data
         if source is None:
             return
+        store, endpoint = self.placement.model_store, self.placement.settings.s3_endpoint_url
+        if store is not None and endpoint is not None:
+            self._s3_artifact = s3_object_under(store, source, endpoint)
+            if self._s3_artifact is not None:
+                self._artifact_name = PurePosixPath(self._s3_artifact.key).name
+                return
         try:
             if source.is_dir():
                 payload, name = await asyncio.to_thread(_tar_directory, source), "model.tar.gz"
