@@ -17,7 +17,7 @@ import pytest
 from splitserve.cli import main
 from splitserve.config import EvaluationSettings, ReplaySettings
 from splitserve.evaluation.errors import EvaluationInputError
-from splitserve.evaluation.replay import ReplayRequest, replay_command, run_replay
+from splitserve.evaluation.replay import ProgressBar, ReplayRequest, replay_command, run_replay
 from tests.evaluation.records import capture_record, output_payload, write_capture
 from tests.support.http import free_port
 
@@ -40,6 +40,9 @@ class _StandIn(BaseHTTPRequestHandler):
             self._answer(200, {"ProductionVariants": [{"VariantName": "A"}, {"VariantName": "B"}]})
             return
         self.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        if body == b"drop\n":  # the connection closed with no answer at all
+            self.close_connection = True
+            return
         if body == b"fail\n":
             self._answer(424, {"ErrorCode": "ModelError", "Message": "Received server error (500)"})
         elif self.headers.get("X-Amzn-SageMaker-Target-Variant") == "B":
@@ -76,12 +79,14 @@ def stand_in() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         thread.join()
 
 
-def _capture(root: Path, *, fail: int = 0) -> Path:
+def _capture(root: Path, *, fail: int = 0, drop: int = 0) -> Path:
     records = [
         capture_record(output_payload([0.2]), inference_id=f"id-{index}") for index in range(4)
     ]
     for record in records[:fail]:
         record["captureData"]["endpointInput"]["data"] = "fail\n"
+    for record in records[fail : fail + drop]:
+        record["captureData"]["endpointInput"]["data"] = "drop\n"
     no_input = capture_record(output_payload([0.3]))
     del no_input["captureData"]["endpointInput"]
     write_capture(root, "ab", "A", [*records, no_input])
@@ -251,3 +256,31 @@ def test_cli_names_a_gateway_that_does_not_answer(
     )
     assert code == 2
     assert url.removeprefix("http://") in capsys.readouterr().err
+
+
+def test_a_request_with_no_answer_is_counted_and_the_next_one_reconnects(
+    tmp_path: Path, stand_in: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, seen = stand_in
+    result = run_replay(_request(_capture(tmp_path, drop=2), url), ReplaySettings())
+    assert result.failed == {"no answer": 2}
+    assert result.answered == 2
+    assert len(seen) == 4
+    assert "no answer from the gateway" in result.failure_examples[0]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_redraws_one_line_on_a_terminal() -> None:
+    stream = _Terminal()
+    bar = ProgressBar(stream, interval=0.0, width=10)
+    for done in range(1, 5):
+        bar(done, 4, done // 4)
+    text = stream.getvalue()
+    assert text.count("\r") == 4
+    assert "[##########] 4/4 " in text
+    assert text.rstrip("\n").endswith("1 failed")
+    assert text.count("\n") == 1  # the last draw ends the line

@@ -47,7 +47,7 @@ from splitserve.evaluation.errors import EvaluationInputError
 from splitserve.evaluation.shadow import compare_shadows, shadow_json, shadow_text
 from splitserve.gateway_client import GatewayClient, GatewayRequestError
 
-__all__ = ["ReplayRequest", "ReplayResult", "replay_command", "run_replay"]
+__all__ = ["ProgressBar", "ReplayRequest", "ReplayResult", "replay_command", "run_replay"]
 
 _TARGET_VARIANT = "X-Amzn-SageMaker-Target-Variant"
 _INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
