@@ -208,3 +208,47 @@ def test_a_shadow_test_started_resized_and_promoted(
         sagemaker.describe_inference_experiment(Name="cand-shadow")
     assert missing.value.response["Error"]["Code"] == "ResourceNotFound"
     assert sagemaker.describe_endpoint(EndpointName=ENDPOINT)["EndpointStatus"] == "InService"
+
+
+def test_a_running_shadow_test_survives_a_restart(
+    tmp_path: Path, model_store: Path, models: dict[str, TrainedModel]
+) -> None:
+    state = tmp_path / "state"
+    with running_gateway(state, model_store) as gateway:
+        sagemaker = gateway.client("sagemaker")
+        create_model(sagemaker, "exp-prod", "v1")
+        create_model(sagemaker, "exp-cand", "v2")
+        sagemaker.create_endpoint_config(
+            EndpointConfigName=f"{ENDPOINT}-cfg", ProductionVariants=[variant("Prod", "exp-prod")]
+        )
+        sagemaker.create_endpoint(EndpointName=ENDPOINT, EndpointConfigName=f"{ENDPOINT}-cfg")
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName=ENDPOINT, WaiterConfig=FAST_WAIT
+        )
+        sagemaker.create_inference_experiment(  # no Schedule: it starts at once
+            Name="survivor",
+            Type="ShadowMode",
+            RoleArn=ROLE,
+            EndpointName=ENDPOINT,
+            ModelVariants=[model_variant("Prod", "exp-prod"), model_variant("Cand", "exp-cand")],
+            ShadowModeConfig=sampling(100),
+        )
+        wait_for_status(sagemaker, "survivor", "Running")
+    with running_gateway(state, model_store) as gateway:
+        sagemaker = gateway.client("sagemaker")
+        runtime = gateway.client("sagemaker-runtime")
+        assert sagemaker.describe_inference_experiment(Name="survivor")["Status"] == "Running"
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName=ENDPOINT, WaiterConfig=FAST_WAIT
+        )
+        body = csv_rows(models["v1"].rows[:1])
+        labels = {"endpoint_name": ENDPOINT, "variant_name": "Cand"}
+        response = runtime.invoke_endpoint(EndpointName=ENDPOINT, Body=body, ContentType="text/csv")
+        response["Body"].read()
+        assert response["InvokedProductionVariant"] == "Prod"
+        assert metric(gateway, "splitserve_shadow_copies_total", **labels) == 1
+        sagemaker.stop_inference_experiment(
+            Name="survivor", ModelVariantActions={"Cand": "Remove"}, DesiredState="Cancelled"
+        )
+        wait_for_status(sagemaker, "survivor", "Cancelled")
+        assert "ShadowProductionVariants" not in sagemaker.describe_endpoint(EndpointName=ENDPOINT)
