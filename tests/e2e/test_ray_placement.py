@@ -120,6 +120,12 @@ def test_instances_outlive_a_killed_gateway_and_a_restarted_one_adopts_them(
             assert instance["VCpus"] == 2
             assert instance["State"] == "healthy"
             assert instance["Address"].split(":")[0] == instance["Node"]
+        # Each server is pinned to 2 CPUs no other holds, as far as this host (which every
+        # node shares) has them free; the others run unpinned and list none.
+        pinned = [instance["Cpus"] for instance in before.values() if instance["Cpus"]]
+        assert all(len(cpus) == 2 for cpus in pinned)
+        assert len({cpu for cpus in pinned for cpu in cpus}) == 2 * len(pinned)
+        assert len(pinned) == min(2, len(os.sched_getaffinity(0)) // 2)
         assert named_actors(NAMESPACE) == ["ray-ab/Variant1/g1/0", "ray-ab/Variant2/g1/0"]
     finally:
         first.stop(signal.SIGKILL)
@@ -133,8 +139,8 @@ def test_instances_outlive_a_killed_gateway_and_a_restarted_one_adopts_them(
             EndpointName="ray-ab", WaiterConfig=FAST_WAIT
         )
         after = _instances(second, "ray-ab")
-        assert {v: i["Address"] for v, i in after.items()} == {
-            v: i["Address"] for v, i in before.items()
+        assert {v: (i["Address"], i["Cpus"]) for v, i in after.items()} == {
+            v: (i["Address"], i["Cpus"]) for v, i in before.items()
         }
         assert "adopted its running actor" in second.log()
         assert named_actors(NAMESPACE) == ["ray-ab/Variant1/g1/0", "ray-ab/Variant2/g1/0"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,11 @@ def test_a_store_nothing_answers_at_is_named(s3_credentials: None, tmp_path: Pat
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     with pytest.raises(DeploymentError, match=f"could not be fetched from {closed}: .*connect"):
         fetch_s3_object(S3Object(closed, BUCKET, "k"), tmp_path / "c", 1000)
+
+
+def test_a_node_without_boto3_is_told_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 raises ImportError
+    with pytest.raises(DeploymentError, match=r"needs boto3 on the node .*splitserve\[ray\]"):
+        fetch_s3_object(S3Object("http://127.0.0.1:1", BUCKET, "k"), tmp_path / "d", 1000)

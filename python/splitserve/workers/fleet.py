@@ -9,6 +9,10 @@ Built-in XGBoost instances listen on a Unix socket under `run_dir/s/` (or loopba
 `WorkerSettings.use_tcp`); bring-your-own servers on the loopback port in `SAGEMAKER_BIND_TO_PORT`.
 Every instance gets a private directory under `run_dir/w/` as its HOME and TMPDIR. Fleets are made
 by `Supervisor.fleet`, which hands each the shared resources in a `FleetResources`.
+
+Start, scale, stop and detach are `InstanceFleet`'s, shared with the Ray placement's `RayFleet`;
+so are the server commands (`builtin_server_command`, `custom_server_command`), which a Ray actor
+builds on its node exactly as `VariantFleet` builds them here.
 """
 
 from __future__ import annotations

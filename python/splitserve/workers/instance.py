@@ -344,7 +344,6 @@ class WorkerInstance:
         self._state = "starting"
         self._restarts = 0
         self._address: UpstreamAddress | None = None
-        self._adopted = False
         #: Whether the listener was last told this instance is healthy.
         self._announced = False
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -356,11 +355,6 @@ class WorkerInstance:
         """Done once the first process passed its first /ping; failed with DeploymentError if
         it never did; cancelled if the instance was stopped first."""
         return self._ready
-
-    @property
-    def adopted(self) -> bool:
-        """True when a running process was taken over rather than started here."""
-        return self._adopted
 
     def info(self) -> InstanceInfo:
         """A snapshot for the listener and the fleet's `instances`."""
@@ -397,7 +391,7 @@ class WorkerInstance:
             if address is None:
                 await self._launch()
             else:
-                self._address, self._adopted = address, True
+                self._address = address
             self._ready.set_result(None)
             self._become_healthy()
             await self._supervise()
