@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from splitserve.cli import build_parser
+from splitserve.config import FeedbackSettings
 from splitserve.control.ramp import ramp_spec
 from splitserve.control.shapes import INPUT_SHAPES
 from splitserve.control.validation import check_deployment_config, validate_request
+from splitserve.wiring.actions import action_spec
 from splitserve.workers.images import ImageRegistry
 from tests.support.gateway import start_gateway
 
@@ -168,8 +170,15 @@ def test_the_deployment_guardrails_blocks_call_what_the_gateway_serves() -> None
 
 def test_closing_the_loop_names_what_exists() -> None:
     closing = section("Closing the loop")
-    (python_block,) = fenced_blocks(closing, "python")
-    compile(python_block, "README.md", "exec")
+    blocks = fenced_blocks(closing, "python")
+    assert len(blocks) == 2
+    for block in blocks:
+        compile(block, "README.md", "exec")
+    # Every splitserve:experiment value shown is one the actions take.
+    values = re.findall(r'"Key": "splitserve:experiment", "Value": "([^"]+)"', closing)
+    assert len(values) == 2
+    for value in values:
+        action_spec(value, FeedbackSettings())
     parser = build_parser()
     (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     experiment: argparse.ArgumentParser = commands.choices["experiment"]

@@ -652,6 +652,14 @@ class FeedbackSettings:
             METRICS).
         client_timeout_seconds: how long `splitserve experiment` and `splitserve.feedback` wait.
         watch_seconds: how often `splitserve experiment --watch` redraws.
+        action_interval_seconds: how often the controller runs the automatic actions of the
+            endpoints tagged `splitserve:experiment` (so a bandit pushes new weights at most
+            this often).
+        promote_step_percent, promote_wait_seconds: the steps of a promotion (`promote`
+            without its own): the winner's share moves this many points a step, each step
+            baked this long (the `splitserve:ramp` tag's StepPercent and WaitSeconds).
+        bandit_min_share: each variant's least share under `bandit` without its own, so the
+            evaluation of none starves.
     """
 
     index_enabled: bool = True
@@ -670,6 +678,10 @@ class FeedbackSettings:
     metric: str = "accuracy"
     client_timeout_seconds: float = 10.0
     watch_seconds: float = 2.0
+    action_interval_seconds: float = 5.0
+    promote_step_percent: float = 25.0
+    promote_wait_seconds: int = 10
+    bandit_min_share: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ endpoint: each replica keeps one `evaluation.sequential.LiveExperiment` per endp
 the labels every replica joined, read forward from the state database by their `seq`, so the
 view is the same on every replica and is rebuilt from the stored labels after a restart.
 
-The live split check (SRM) compares the invocations the index holds per variant (within its
-retention, TargetVariant ones left out) with the endpoint's current weights; it is skipped while
-labels name a variant the endpoint no longer routes to. A change of the variants or of their
-weights starts the experiment's statistics over from the stored labels (the always-valid tests
-assume one split throughout).
+The live split check (SRM) compares the invocations the index holds per variant since the
+current weights began (as this replica saw them; TargetVariant ones left out) with those weights;
+it is skipped while labels name a variant the endpoint no longer routes to. A change of the
+variants or of their weights starts the experiment over from the stored labels (the split check
+assumes one split throughout; the labels themselves are all kept).
 """
 
 from __future__ import annotations
@@ -115,8 +115,10 @@ class _Experiment:
     variants: tuple[str, ...]
     shares: tuple[float, ...] | None
     statistics: LiveExperiment | None
+    started: float = 0.0
     seq: int = 0
     labels: dict[str, int] = field(default_factory=dict)
+    rewards: dict[str, list[int]] = field(default_factory=dict)  # variant: [hits, misses]
     gauges: set[_Series] = field(default_factory=set)
 
 
@@ -136,6 +138,7 @@ class FeedbackService:
         self._endpoints = endpoints
         self._clock = clock
         self._experiments: dict[str, _Experiment] = {}
+        self._actions: dict[str, dict[str, object]] = {}
         self._lock = threading.Lock()  # looks run in worker threads: one at a time
 
     # --- feedback -------------------------------------------------------------------------------
@@ -268,7 +271,18 @@ class FeedbackService:
             "joined": sum(experiment.labels.values()),
             "refused": dict(sorted(refusals.items())),
         }
+        action = self._actions.get(endpoint)
+        if action is not None:
+            document["action"] = dict(action)
         return document
+
+    def report_action(self, endpoint: str, status: Mapping[str, object] | None) -> None:
+        """What the automatic action of `endpoint` did last (the view shows it as `action`);
+        None forgets it (the endpoint has none)."""
+        if status is None:
+            self._actions.pop(endpoint, None)
+        else:
+            self._actions[endpoint] = dict(status)
 
     def refresh(self) -> None:
         """Look at every experiment here and at every routable endpoint with labels (blocks):
@@ -302,7 +316,8 @@ class FeedbackService:
             return experiment, None
         assignments = None
         if weights is not None and set(experiment.variants) <= set(weights):
-            assignments = self._store.assignments(endpoint)
+            # Counted from when this split began here: the weights before it expected others.
+            assignments = self._store.assignments(endpoint, since=experiment.started)
             assignments = {name: count for name, count in assignments.items() if name in weights}
         snapshot = statistics.snapshot(assignments)
         self._set_gauges(endpoint, experiment, snapshot)
@@ -328,17 +343,30 @@ class FeedbackService:
                 metric=self._settings.metric,
                 expected_shares=expected,
             )
-        experiment = _Experiment(names, shares, statistics)
+        experiment = _Experiment(names, shares, statistics, started=self._clock())
         self._experiments[endpoint] = experiment
         return experiment
 
-    @staticmethod
-    def _observe(experiment: _Experiment, labels: Sequence[StoredLabel]) -> None:
+    def rewards(self, endpoint: str) -> dict[str, tuple[int, int]]:
+        """Per variant of `endpoint`'s experiment here, its rows predicted right and wrong (a
+        score at or above the threshold for a positive label): the bandit's binary reward. As
+        of the last look."""
+        with self._lock:
+            experiment = self._experiments.get(endpoint)
+            if experiment is None:
+                return {}
+            return {name: (counts[0], counts[1]) for name, counts in experiment.rewards.items()}
+
+    def _observe(self, experiment: _Experiment, labels: Sequence[StoredLabel]) -> None:
+        threshold = self._settings.threshold
         by_variant: dict[str, tuple[list[float], list[int]]] = {}
         for label in labels:
             scores, truths = by_variant.setdefault(label.variant, ([], []))
             scores.extend(label.scores)
             truths.extend(label.labels)
+            counts = experiment.rewards.setdefault(label.variant, [0, 0])
+            for score, truth in zip(label.scores, label.labels, strict=True):
+                counts[(score >= threshold) != bool(truth)] += 1
             experiment.labels[label.variant] = experiment.labels.get(label.variant, 0) + 1
             experiment.seq = max(experiment.seq, label.seq)
         if experiment.statistics is not None:

@@ -167,13 +167,13 @@ class FeedbackStore:
                 )
         return deleted
 
-    def assignments(self, endpoint: str) -> dict[str, int]:
-        """Invocations per variant in the index that the weights routed (TargetVariant ones
-        left out): the live split check's counts."""
+    def assignments(self, endpoint: str, since: float = 0.0) -> dict[str, int]:
+        """Invocations per variant in the index since `since` (epoch seconds) that the weights
+        routed (TargetVariant ones left out): the live split check's counts."""
         rows = self.database.query(
             "SELECT variant, COUNT(*) FROM feedback_index WHERE endpoint = ? AND targeted = 0 "
-            "GROUP BY variant",
-            (endpoint,),
+            "AND time >= ? GROUP BY variant",
+            (endpoint, since),
         )
         return {str(variant): int(_float(count)) for variant, count in rows}
 

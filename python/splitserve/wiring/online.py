@@ -2,8 +2,9 @@
 
 `create_app` builds the `InferenceIndex` (the runtime service hands it every answered invocation)
 and adds the routes; `online_context` is the cleanup context that, once the state database
-exists (after `_gateway`), opens feedback's tables, starts the index's writer and the experiment
-refresher, and stops them in reverse. `RegistryWeights` is what feedback reads of the endpoints:
+exists (after `_gateway`), opens feedback's tables, starts the index's writer, the experiment
+refresher and, on the controller, the automatic actions (`wiring.actions`), and stops them in
+reverse. `RegistryWeights` is what feedback reads of the endpoints:
 the data plane's registry, which every replica has (a follower's from the routing documents).
 """
 
@@ -21,6 +22,7 @@ from splitserve.online.service import FeedbackService
 from splitserve.online.store import FeedbackStore
 from splitserve.runtime.registry import EndpointRegistry
 from splitserve.wiring import keys
+from splitserve.wiring.actions import ExperimentActions
 
 __all__ = ["RegistryWeights", "online_context"]
 
@@ -67,12 +69,18 @@ async def online_context(app: web.Application) -> AsyncIterator[None]:
     if index is not None:
         index.start(store, app[keys.REPLICA].is_controller)
     refresher = asyncio.create_task(_refresh(service, settings.feedback.refresh_seconds))
+    slot = app[keys.CONTROLLER]
+    actions = ExperimentActions(
+        settings.feedback, service, lambda: slot.control, app[keys.ENDPOINTS].names
+    )
+    acting = asyncio.create_task(actions.run(), name="experiment-actions")
     try:
         yield
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in (acting, refresher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if index is not None:
             await index.close()
         await asyncio.to_thread(store.close)
