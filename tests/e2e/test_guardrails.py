@@ -152,6 +152,7 @@ def test_canary_update_completes_and_every_replica_routes_the_canary_step(
         sagemaker.get_waiter("endpoint_in_service").wait(
             EndpointName="canary", WaiterConfig=FAST_WAIT
         )
+        print(f"canary: {sum(answers.values())} answered during the update, {len(failures)} failed")
         answers.clear()
         time.sleep(0.5)
     assert failures == []
@@ -208,6 +209,7 @@ def test_linear_update_rolled_back_by_an_alarm_fails_no_request(
         sagemaker.get_waiter("endpoint_in_service").wait(
             EndpointName="linear", WaiterConfig=FAST_WAIT
         )
+        print(f"linear: {sum(answers.values())} answered during the update, {len(failures)} failed")
         answers.clear()
         time.sleep(0.5)
     assert failures == []
@@ -256,6 +258,7 @@ def test_a_ramp_moves_a_variant_to_its_target_without_a_failed_request(
         sagemaker.get_waiter("endpoint_in_service").wait(
             EndpointName="ramped", WaiterConfig=FAST_WAIT
         )
+        print(f"ramp: {sum(variants.values())} answered during the ramp, {len(failures)} failed")
         variants.clear()
         time.sleep(0.5)
     finally:

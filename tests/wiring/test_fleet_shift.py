@@ -5,6 +5,7 @@ build the same table from, and the end of the shift (activate, or all back to bl
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from splitserve._router import UnknownVariantError
 from splitserve.cluster.routing import decode, encode
 from splitserve.config import Settings
+from splitserve.contract.upstream import UpstreamPool
 from splitserve.control.deployer import DeploymentPlan
 from splitserve.metrics.prometheus import remove_variant_series
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
@@ -131,6 +133,7 @@ async def test_replicas_build_the_same_table_from_the_routing_document(
     await fleet.deploy(blue)
     await fleet.activate(blue)
     await fleet.deploy(green)
+    all_healthy(fleet)
     await fleet.shift("fo", 1, 2, 0.25)
     document = fleet.routing_document("fo")
     assert document is not None
@@ -161,5 +164,23 @@ async def test_replicas_build_the_same_table_from_the_routing_document(
     await follower.apply({"fo": later}, set())
     assert replica_registry.get("fo") is followed
     assert followed.router.weights()["A"] == pytest.approx(0.5)
+
+    # The shift ends while a request the follower's router handed to blue is in flight: blue's
+    # pool there stays open until that request is done.
+    in_flight = followed.router.route("A")
+    blue_pool = followed.pools["fo/A/g1/0"]
+    await fleet.activate(green)
+    ended = fleet.routing_document("fo")
+    assert ended is not None
+    await follower.apply({"fo": ended}, set())
+    assert replica_registry.get("fo") is not followed
+    assert not blue_pool._closed
+    followed.router.release(in_flight.instance)
+    await asyncio.wait_for(_closed(blue_pool), timeout=10)
     await follower.close()
     await fleet.close()
+
+
+async def _closed(pool: UpstreamPool) -> None:
+    while not pool._closed:  # noqa: ASYNC110 (the pool has no event)
+        await asyncio.sleep(0.01)

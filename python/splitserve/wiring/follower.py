@@ -53,6 +53,10 @@ class RoutingFollower:
         self._shadow_failures = FailureLog(
             settings.logs.failures_per_second, settings.logs.failure_message_chars
         )
+        # Routers a new document replaced while requests they handed out may still be in
+        # flight, and the closing of pools that waits for those requests (`_close_unused_pools`).
+        self._draining: list[Router] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def apply(self, documents: dict[str, RoutingDocument], damaged: set[str]) -> None:
         """Route by `documents` from now on; endpoints in `damaged` keep their routing."""
@@ -60,7 +64,7 @@ class RoutingFollower:
             # Deleted: it leaves the metrics and the minutes, as on the controller.
             self._registry.withdraw(name)
             self._documents.pop(name)
-            self._routers.pop(name, None)
+            self._retire_router(name)
             self._close_copier(name)
             for variant in self._counted.pop(name, set()):
                 remove_variant_series(name, variant)
@@ -87,7 +91,7 @@ class RoutingFollower:
             # only without a live generation): neither does this replica. Its metrics and minutes
             # stay, as the controller's do, until the endpoint is deleted or redeployed.
             self._registry.withdraw(name)
-            self._routers.pop(name, None)
+            self._retire_router(name)
             self._close_copier(name)
             if document.state == "pending":
                 self._registry.pending(name)
@@ -181,6 +185,7 @@ class RoutingFollower:
         self._close_copier(name)
         if copier is not None:
             self._copiers[name] = copier
+        self._retire_router(name)
         self._routers[name] = router
         # A variant no generation here serves any more leaves the metrics (its minutes stay a
         # while), as on the controller.
@@ -207,10 +212,39 @@ class RoutingFollower:
             for variant in (*document.variants, *document.shadows)
             for instance in variant.instances
         }
-        unused = [self._pools.pop(name) for name in list(self._pools) if name not in used]
-        # A request in flight on a closed pool fails: only pools of instances gone from every
-        # document are closed, which no router here returns any more.
-        await asyncio.gather(*(pool.close() for pool in unused))
+        unused = {name: self._pools.pop(name) for name in list(self._pools) if name not in used}
+        # Only pools of instances gone from every document are closed, which no router here
+        # returns any more; but a request a replaced router handed out before may still be in
+        # flight on one (a blue/green switch, the end of a stepped update's shift), and a
+        # closed pool would fail it: such pools close once those requests are done.
+        self._draining = [router for router in self._draining if _busy(router)]
+        busy = {name for name in unused if any(_in_flight(r, name) for r in self._draining)}
+        await asyncio.gather(*(pool.close() for name, pool in unused.items() if name not in busy))
+        if busy:
+            task = asyncio.create_task(
+                self._close_when_idle({name: unused[name] for name in busy}, list(self._draining))
+            )
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _retire_router(self, endpoint_name: str) -> None:
+        """The endpoint's router is replaced or dropped: keep it while it has requests in flight."""
+        router = self._routers.pop(endpoint_name, None)
+        if router is not None:
+            self._draining.append(router)
+
+    async def _close_when_idle(self, pools: dict[str, UpstreamPool], routers: list[Router]) -> None:
+        """Close `pools` once no router of `routers` has a request in flight on their instances,
+        or after the invocation timeout (a forward cannot last longer)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.workers.invocation_timeout_seconds
+        try:
+            while loop.time() < deadline and any(  # noqa: ASYNC110 (the router has no event)
+                _in_flight(router, name) for router in routers for name in pools
+            ):
+                await asyncio.sleep(self._settings.database.change_poll_seconds)
+        finally:  # also when `close` cancels the wait: the pools close then
+            await asyncio.gather(*(pool.close() for pool in pools.values()))
 
     def _unreachable(self, endpoint_name: str, router: Router, instance: str) -> None:
         """A forward could not connect to `instance`: this replica routes nothing to it for
@@ -259,6 +293,10 @@ class RoutingFollower:
 
     async def close(self) -> None:
         """Close every pool (the replica stops, or becomes the controller)."""
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        self._draining.clear()
         pools, self._pools = list(self._pools.values()), {}
         self._documents.clear()
         self._routers.clear()
@@ -266,6 +304,21 @@ class RoutingFollower:
         for name in list(self._copiers):
             self._close_copier(name)
         await asyncio.gather(*(pool.close() for pool in pools))
+
+
+def _in_flight(router: Router, instance: str) -> int:
+    """Requests `router` handed to `instance` and not yet released (0 if it never had it)."""
+    try:
+        return router.in_flight(instance)
+    except UnknownInstanceError:
+        return 0
+
+
+def _busy(router: Router) -> bool:
+    """Whether `router` has any request in flight."""
+    return any(
+        _in_flight(router, instance) for spec in router.variants() for instance in spec.instances
+    )
 
 
 def _shadow_targets(
