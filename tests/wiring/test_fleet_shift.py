@@ -169,6 +169,7 @@ async def test_replicas_build_the_same_table_from_the_routing_document(
     # pool there stays open until that request is done.
     in_flight = followed.router.route("A")
     blue_pool = followed.pools["fo/A/g1/0"]
+    assert isinstance(blue_pool, UpstreamPool)
     await fleet.activate(green)
     ended = fleet.routing_document("fo")
     assert ended is not None
