@@ -348,8 +348,8 @@ async def test_a_bake_shows_baking_and_watches_the_alarms(
     (status,) = baking["PendingDeploymentSummary"]["ProductionVariants"][0]["VariantStatus"]
     assert status["Status"] == "Baking"
     assert status["StatusMessage"] == (
-        "Baking for 0 seconds (WaitIntervalInSeconds) with traffic enabled on canary capacity "
-        "of 2 instance(s)."
+        "Baking for 0 seconds (WaitIntervalInSeconds) with traffic enabled on capacity of 2 "
+        "instance(s)."
     )
     # Green's variant A (weight 3) takes its share of the half of the requests green has.
     assert baking["PendingDeploymentSummary"]["ProductionVariants"][0]["CurrentWeight"] == 1.5

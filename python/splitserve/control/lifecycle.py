@@ -6,10 +6,10 @@ operations (`endpoints.py`) write the new desired state, then start the task tha
 - CreateEndpoint answers Creating; the task checks the model data exists, deploys, activates, and
   writes InService. A DeploymentError (or missing model data) gives Failed with FailureReason; any
   other exception gives Failed with a generic reason (the details go to the log).
-- UpdateEndpoint is blue/green, all at once by default: Updating with a PendingDeploymentSummary while the new
-  generation starts beside the live one; then one atomic switch (`Deployer.activate`), after which
-  the new generation is what DescribeEndpoint shows as ProductionVariants (VariantStatus Baking
-  during TerminationWaitInSeconds), then the old generation is retired and the endpoint is
+- UpdateEndpoint is blue/green, all at once by default: Updating with a PendingDeploymentSummary
+  while the new generation starts beside the live one; then one atomic switch (`Deployer.activate`),
+  after which the new generation is what DescribeEndpoint shows as ProductionVariants (VariantStatus
+  Baking during TerminationWaitInSeconds), then the old generation is retired and the endpoint is
   InService. If the new generation fails, the old one keeps serving: the endpoint goes back to
   InService and FailureReason says why the update failed (as AWS documents FailureReason: "or the
   status is InService but update operation fails"). The reason is cleared by the next update.
@@ -224,6 +224,7 @@ class EndpointLifecycle:
         if blue is None or blue.pending is None:
             return
         green_variants = blue.pending.variants
+        canary = routing.get("Type") == "CANARY"
         steps = traffic_steps(
             deployment_config,
             sum(v.desired_instance_count for v in green_variants if not v.shadow),
@@ -239,14 +240,20 @@ class EndpointLifecycle:
                 try:
                     for index, step in enumerate(steps[:-1]):
                         await self._state.transition(
-                            endpoint_name, _pending_status(step, "ActivatingTraffic", index)
+                            endpoint_name,
+                            _pending_status(
+                                step, "ActivatingTraffic", canary=index == 0 and canary
+                            ),
                         )
                         shifted = True
                         await self._deployer.shift(
                             endpoint_name, blue_generation, plan.generation, step.share
                         )
                         await self._state.transition(
-                            endpoint_name, _pending_status(step, "Baking", index, interval)
+                            endpoint_name,
+                            _pending_status(
+                                step, "Baking", canary=index == 0 and canary, interval=interval
+                            ),
                         )
                         fired = await self._bake(interval, alarms)
                         if fired:
@@ -707,13 +714,13 @@ def alarm_names(deployment_config: Mapping[str, object] | None) -> list[str]:
 
 
 def _pending_status(
-    step: TrafficStep, status: str, index: int, interval: int = 0
+    step: TrafficStep, status: str, *, canary: bool, interval: int = 0
 ) -> Callable[[EndpointRecord], EndpointRecord]:
     """The change of the stored endpoint when a traffic step starts (ActivatingTraffic) or
     bakes (Baking): the green variants' VariantStatus and CurrentWeight (their share of the
     requests), in PendingDeploymentSummary; the blue variants stay as they are."""
     now = time.time()
-    capacity = "canary capacity" if index == 0 and step.share < 1 else "capacity"
+    capacity = "canary capacity" if canary else "capacity"
     if status == "ActivatingTraffic":
         message = (
             f"Activating traffic on {capacity} of {step.instances} instance(s) "
