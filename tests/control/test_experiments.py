@@ -657,3 +657,13 @@ async def test_a_stop_gives_the_endpoint_its_own_capture_back(
     assert (await describe_experiment(service))["Status"] == "Completed"
     assert deployer.live["ep"].data_capture is None
     assert "DataCaptureConfig" not in await describe(service, "ep")
+
+
+async def test_tags_of_an_experiment_arn_are_refused_by_name(
+    service: ControlService, settings: Settings
+) -> None:
+    await endpoint_with_one_variant(service, settings)
+    await service.dispatch("CreateInferenceExperiment", experiment())
+    with pytest.raises(ValidationException) as raised:
+        await service.dispatch("ListTags", {"ResourceArn": f"{EXPERIMENT_ARN}/shadow-test"})
+    assert "inference-experiment" in str(raised.value)

@@ -41,7 +41,12 @@ from splitserve.control.experiment_store import (
     ExperimentStore,
     StopRequest,
 )
-from splitserve.control.models import IN_PROGRESS_STATUSES, DeployedVariant, EndpointRecord
+from splitserve.control.models import (
+    IN_PROGRESS_STATUSES,
+    DeployedVariant,
+    EndpointRecord,
+    EndpointStatus,
+)
 from splitserve.control.state import ControlState
 from splitserve.errors import ResourceLimitExceeded, ValidationException
 
@@ -288,8 +293,11 @@ class ExperimentRunner:
                 raise
             except Exception:
                 log.exception("the inference experiments' check failed; it runs again")
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can turn a cancellation that
+            # lands as its timeout expires into TimeoutError, and the loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._check_seconds)
+                async with asyncio.timeout(self._check_seconds):
+                    await self._wake.wait()
 
     async def reconcile_all(self) -> bool:
         """One step of every experiment that is not over; whether any record changed."""
@@ -395,7 +403,7 @@ class ExperimentRunner:
         if endpoint.endpoint_config_name.lower() == target.lower():
             if busy:
                 return "wait", target
-            if endpoint.status.value == "InService":
+            if endpoint.status is EndpointStatus.IN_SERVICE:
                 return "done", ""
             return "failed", _endpoint_failure(endpoint)
         if record.deploy_issued:
