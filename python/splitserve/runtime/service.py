@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from time import perf_counter, time_ns
+from time import perf_counter, time
 from typing import NamedTuple, Protocol
 
 from splitserve._router import (
@@ -105,25 +105,30 @@ class AnsweredInvocations(Protocol):
         ...
 
 
-def inference_ids(clock_ns: Callable[[], int] = time_ns) -> Callable[[], str]:
+def inference_ids(clock: Callable[[], float] = time) -> Callable[[], str]:
     """A drawer of inference ids for invocations that came without one: UUIDs of version 7
-    (RFC 9562), the draw's Unix time in milliseconds first, then bits drawn once per process
-    and a counter, so ids are unique across replicas and restarts, cost a clock read, a counter
-    step and one format each (a uuid4 per request reads the OS's random source every time), and
-    say when they were drawn (feedback tells a label past the index's retention from an unknown
-    one by it). Data capture records them as eventIds, which are UUIDs in SageMaker's records."""
+    (RFC 9562) that say when they were drawn (feedback tells a label past the index's retention
+    from an unknown one by it) and are unique across replicas and restarts.
+
+    The time part is the draw's whole second (in milliseconds, as the layout has it), rebuilt
+    once a second; bits drawn once per process follow, then a counter started at a random point
+    (always twelve hex digits). A draw is a clock read, a counter step, hex() and one
+    concatenation: a uuid4 per request reads the OS's random source and formats 128 bits. Data
+    capture records the ids as eventIds, which are UUIDs in SageMaker's records."""
     bits = os.urandom(4).hex()
-    variant = "89ab"[int(bits[3], 16) % 4]
-    middle = f"-7{bits[:3]}-{variant}{bits[4:7]}-"
-    counter = itertools.count(1)
-    mask = (1 << 48) - 1
+    middle = f"-7{bits[:3]}-{'89ab'[int(bits[3], 16) % 4]}{bits[4:7]}-"
+    counter = itertools.count((1 << 44) + int.from_bytes(os.urandom(6)) % (1 << 46))
+    second = -1
+    prefix = ""
 
     def draw() -> str:
-        milliseconds = clock_ns() // 1_000_000
-        return (
-            f"{milliseconds >> 16:08x}-{milliseconds & 0xFFFF:04x}{middle}"
-            f"{next(counter) & mask:012x}"
-        )
+        nonlocal second, prefix
+        now = int(clock())
+        if now != second:
+            second = now
+            milliseconds = now * 1000
+            prefix = f"{milliseconds >> 16:08x}-{milliseconds & 0xFFFF:04x}{middle}"
+        return prefix + hex(next(counter))[2:]
 
     return draw
 
