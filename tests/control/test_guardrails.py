@@ -620,3 +620,32 @@ async def test_a_ramp_needs_an_idle_endpoint_with_two_variants(
                 "Tags": [{"Key": "splitserve:ramp", "Value": "A"}],
             },
         )
+
+
+async def test_a_stepped_update_past_its_timeout_goes_back_to_blue(
+    guarded: ControlService,
+    settings: Settings,
+    deployer: RecordingDeployer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await two_variant_endpoint(guarded, settings)
+    await _green(guarded)
+    real_timeout = asyncio.timeout
+    # 600 s is the least MaximumExecutionTimeoutInSeconds; the test's clock runs 10^4 times faster.
+    monkeypatch.setattr(
+        asyncio, "timeout", lambda delay: real_timeout(None if delay is None else delay / 10_000)
+    )
+    deployment_config = blue_green("LINEAR", PERCENT_50, wait=3600)
+    deployment_config["BlueGreenUpdatePolicy"]["MaximumExecutionTimeoutInSeconds"] = 600
+    await _update(guarded, deployment_config)
+    await guarded.settle()
+    assert deployer.methods("ab")[2:] == [
+        ("deploy", 2),
+        ("shift", (1, 2, 0.5)),
+        ("shift", (1, 2, 0.0)),
+        ("retire", 2),
+    ]
+    described = await describe(guarded, "ab")
+    assert described["EndpointStatus"] == "InService"
+    assert described["EndpointConfigName"] == "ab-cfg"
+    assert "MaximumExecutionTimeoutInSeconds (600 s)" in described["FailureReason"]
