@@ -537,6 +537,11 @@ async def test_status_conflicts_and_stop_refusals(
         await service.dispatch(
             "UpdateInferenceExperiment", {"Name": "shadow-test", "Description": "x"}
         )
+    with pytest.raises(ConflictException, match="Cannot stop inference experiment"):
+        await service.dispatch(
+            "StopInferenceExperiment",
+            {"Name": "shadow-test", "ModelVariantActions": {"S": "Remove"}},
+        )
 
 
 async def test_a_deleted_endpoint_cancels_the_experiment(

@@ -202,7 +202,10 @@ def test_a_shadow_test_started_resized_and_promoted(
     assert wait_until(lambda: captured(gateway, ENDPOINT, "Cand"))
     assert wait_until(lambda: captured(gateway, ENDPOINT, "Prod"))
 
-    # Over, it can be deleted; the endpoint stays.
+    # Over, it cannot start again (ConflictException), but it can be deleted; the endpoint stays.
+    with pytest.raises(ClientError) as conflict:
+        sagemaker.start_inference_experiment(Name="cand-shadow")
+    assert conflict.value.response["Error"]["Code"] == "ConflictException"
     sagemaker.delete_inference_experiment(Name="cand-shadow")
     with pytest.raises(ClientError) as missing:
         sagemaker.describe_inference_experiment(Name="cand-shadow")
