@@ -96,7 +96,7 @@ class _Shift:
     blue: _Generation
     green: _Generation
     router: Router
-    # The router's variant name -> the variant's name; the green variants' shares of each.
+    # The router's variant name -> the variant's name (`LiveEndpoint.variant_names`).
     names: dict[str, str]
     live: LiveEndpoint
 
