@@ -107,7 +107,7 @@ WORKER_USER ?= $(shell if [ "$$(id -u)" = 0 ] && ! runuser -u nobody -- $(abspat
 run: setup ## set up, then start the gateway (127.0.0.1:8080, state in ./.splitserve; HOST, PORT, STATE_DIR override)
 	$(BIN)/splitserve serve --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR) --model-store $(STATE_DIR)/models --worker-user $(WORKER_USER)
 
-demo: setup ## the A/B walkthrough against a gateway it starts, over 2 minutes; files in ./demo-output/ (DEMO_OUTPUT)
+demo: setup ## the A/B walkthrough against a gateway it starts (2 minutes), then the loop closed (labels fed back, winner promoted, about 1 more); files in ./demo-output/ (DEMO_OUTPUT)
 	$(BIN)/python examples/walkthrough.py --start --worker-user $(WORKER_USER) --output $(DEMO_OUTPUT)
 
 lint: setup ## ruff (lint + format check), import contracts, mypy, stubtest, cargo fmt --check, cargo clippy -D warnings

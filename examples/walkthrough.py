@@ -27,6 +27,12 @@ What it does, as the walkthrough does, with unmodified boto3:
    `splitserve evaluate`: per-variant metrics with intervals, the comparison and its verdict.
 5. Shifts the weights to 25/75 with UpdateEndpointWeightsAndCapacities, sends more traffic, and
    prints the per-minute invocations table (`splitserve stats`).
+6. Closes the loop (README, "Closing the loop"): a second endpoint at 50/50 between Variant2 and
+   an eager retrain of it that flags far more churners (scale_pos_weight 50, so its accuracy is
+   lower), tagged `splitserve:experiment` = `promote 25 2`; fresh customers are sent to it and
+   each batch's labels fed back with `splitserve.feedback` as they come; the live experiment is
+   printed after every batch until the always-valid test declares the winner and the gateway
+   promotes it by itself, in 25-point steps, then `splitserve experiment` prints the view.
 
 Everything a run leaves goes to a directory per run under --output (default ./demo-output/):
 ground truth, the evaluation's plot and, with --start, the gateway's log and model store,
@@ -72,6 +78,7 @@ from botocore.config import Config
 from splitserve.cli import main as splitserve
 from splitserve.evaluation.churn import ChurnData, generate_churn, train_test_split
 from splitserve.evaluation.stats import delong_auc
+from splitserve.online.client import feedback
 
 IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -95,6 +102,17 @@ CAPTURE_TIMEOUT_SECONDS = 30.0
 # Two minutes of traffic: at least one whole minute before the shift and one after it.
 DEFAULT_DURATION_SECONDS = 120.0
 PROGRESS_BAR_WIDTH = 30
+# Step 6: the eager retrain weighs every churner 50 times (scale_pos_weight), so it flags many
+# customers who stay: about 7 points less accurate, which the always-valid test tells apart after
+# two to three thousand labels (a minute of traffic here).
+EAGER_PARAMS = {**VARIANT2_PARAMS, "scale_pos_weight": 50}
+LOOP_CUSTOMERS = 5000
+LOOP_BATCH = 100
+LOOP_TAG = "promote 25 2"
+# How long after a batch its labels are sent: past the gateway's index flush (1 s).
+LOOP_INDEX_SECONDS = 1.5
+# How long step 6 waits for the promotion once every customer was sent.
+LOOP_SETTLE_SECONDS = 60.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--endpoint", default="churn-ab", help="the endpoint's name")
     parser.add_argument(
+        "--loop-customers",
+        type=int,
+        default=LOOP_CUSTOMERS,
+        help="fresh customers at most for step 6, closing the loop (0 skips it)",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=Path("demo-output"),
@@ -142,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with _gateway(args) as (url, model_store):
         capture, ground_truth = _walkthrough(args, url, model_store)
+        if args.loop_customers > 0:
+            _closing_the_loop(args, url, model_store)
     print(
         f"\nDone in {time.perf_counter() - started:.0f} s. Everything is under {args.run_output}."
     )
@@ -291,6 +317,141 @@ def _walkthrough(args: argparse.Namespace, url: str, model_store: Path) -> tuple
     return capture, ground_truth
 
 
+def _closing_the_loop(args: argparse.Namespace, url: str, model_store: Path) -> None:
+    """Step 6: labels fed back as they come, the live experiment watched, the winner promoted by
+    the gateway itself."""
+    _step(6, "closing the loop: labels fed back, the experiment watched, the winner promoted")
+    started = time.perf_counter()
+    sagemaker = _client("sagemaker", url)
+    runtime = _client("sagemaker-runtime", url)
+    endpoint = f"{args.endpoint}-live"
+    customers = generate_churn(args.customers, seed=SEED)
+    train, _ = train_test_split(customers, args.test_fraction, seed=SEED)
+    eager = xgb.train(
+        EAGER_PARAMS, xgb.DMatrix(train.features, label=train.labels), ROUNDS["Variant2"]
+    )
+    _write_model(eager, model_store / BUCKET / "eager" / "model.tar.gz")
+    print("Eager: Variant2's parameters with scale_pos_weight 50 (flags many more churners)")
+    _delete_leftovers(sagemaker, endpoint)
+    sources = {"Eager": "eager", "Variant2": "variant2"}
+    for variant, key in sources.items():
+        sagemaker.create_model(
+            ModelName=f"{endpoint}-{variant.lower()}",
+            ExecutionRoleArn=ROLE,
+            PrimaryContainer={"Image": IMAGE, "ModelDataUrl": f"s3://{BUCKET}/{key}/model.tar.gz"},
+        )
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=f"{endpoint}-config",
+        ProductionVariants=[
+            {
+                "VariantName": variant,
+                "ModelName": f"{endpoint}-{variant.lower()}",
+                "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.xlarge",
+                "InitialVariantWeight": 1,
+            }
+            for variant in sources
+        ],
+    )
+    arn = sagemaker.create_endpoint(
+        EndpointName=endpoint,
+        EndpointConfigName=f"{endpoint}-config",
+        Tags=[{"Key": "splitserve:experiment", "Value": LOOP_TAG}],
+    )["EndpointArn"]
+    _wait_in_service(sagemaker, endpoint)
+    print(f"tagged splitserve:experiment = {LOOP_TAG!r} ({arn})")
+    fresh = generate_churn(args.loop_customers, seed=SEED + 2)
+    sent = 0
+    settle_by: float | None = None
+    waiting: list[tuple[str, int]] = []  # the previous batch's labels
+    waiting_since = time.monotonic()
+    while True:
+        if sent < len(fresh):
+            batch = range(sent, min(sent + LOOP_BATCH, len(fresh)))
+            labels: list[tuple[str, int]] = []
+            for index in batch:
+                body = ",".join(f"{value:g}" for value in fresh.features[index]) + "\n"
+                answer = runtime.invoke_endpoint(
+                    EndpointName=endpoint, Body=body.encode(), ContentType="text/csv"
+                )
+                answer["Body"].read()
+                inference_id = answer["ResponseMetadata"]["HTTPHeaders"][
+                    "x-splitserve-inference-id"
+                ]
+                labels.append((inference_id, int(fresh.labels[index])))
+            sent = batch.stop
+            # Each batch's labels come back once the next batch is served and the gateway has
+            # indexed the answers (it writes its index every second: a label sent the same
+            # instant would find none yet, and be refused as unknown).
+            time.sleep(max(0.0, waiting_since + LOOP_INDEX_SECONDS - time.monotonic()))
+            _feed_back(url, endpoint, waiting)
+            waiting, waiting_since = labels, time.monotonic()
+        elif settle_by is None:
+            time.sleep(max(0.0, waiting_since + LOOP_INDEX_SECONDS - time.monotonic()))
+            _feed_back(url, endpoint, waiting)
+            settle_by = time.monotonic() + LOOP_SETTLE_SECONDS
+        else:
+            time.sleep(1.0)
+        view = _experiment_view(url, endpoint)
+        weights = {
+            v["VariantName"]: v["CurrentWeight"]
+            for v in sagemaker.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]
+        }
+        print(f"  {sent:>5} sent  " + _loop_line(view, weights), flush=True)
+        if weights.get("Variant2") and not weights.get("Eager"):
+            print(
+                f"Promoted by the gateway: Variant2 takes every request "
+                f"({time.perf_counter() - started:.0f} s into step 6)."
+            )
+            break
+        if settle_by is not None and time.monotonic() > settle_by:
+            print("No promotion: the test has not declared a winner on these customers.")
+            break
+    print(f"\n$ splitserve experiment {endpoint} --url {url}\n")
+    if splitserve(["experiment", endpoint, "--url", url]) != 0:
+        raise SystemExit("splitserve experiment failed")
+
+
+def _feed_back(url: str, endpoint: str, labels: list[tuple[str, int]]) -> None:
+    """Send `labels` (`splitserve.feedback`), again for those the index had not written yet (it
+    writes every second)."""
+    for _ in range(30):
+        if not labels:
+            return
+        answer = feedback(url, endpoint, labels)
+        labels = [
+            pair
+            for pair, record in zip(labels, answer["Records"], strict=True)
+            if record["Outcome"] == "unknown"
+        ]
+        if not labels:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"{len(labels)} labels found no invocation to join")
+
+
+def _experiment_view(url: str, endpoint: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/splitserve/experiments/{endpoint}", timeout=10) as answer:
+        view: dict[str, Any] = json.load(answer)
+    return view
+
+
+def _loop_line(view: dict[str, Any], weights: dict[str, float]) -> str:
+    """One line of the live experiment: labels and accuracy per variant, the p-value, the
+    winner, the weights."""
+    cells = []
+    for variant, figures in view["variants"].items():
+        accuracy = figures["metrics"]["accuracy"]["value"]
+        shown = "-" if accuracy is None else f"{accuracy:.3f}"
+        cells.append(f"{variant} {figures['n']} labels, accuracy {shown}")
+    p_values = [c["p_value"] for c in view["comparisons"] if c["metric"] == "accuracy"]
+    p_text = "-" if not p_values or p_values[0] is None else f"{p_values[0]:.3g}"
+    total = sum(weights.values()) or 1.0
+    split = "/".join(f"{weights[name] / total:.0%}" for name in weights)
+    winner = view.get("winner") or "none yet"
+    return f"{'; '.join(cells)}; p {p_text}; winner {winner}; split {split}"
+
+
 @dataclass(frozen=True)
 class _Pace:
     """Seconds between requests before and after the weight shift."""
@@ -338,6 +499,7 @@ def _delete_leftovers(sagemaker: Any, endpoint: str) -> None:
         ("delete_endpoint_config", {"EndpointConfigName": f"{endpoint}-config"}),
         ("delete_model", {"ModelName": f"{endpoint}-variant1"}),
         ("delete_model", {"ModelName": f"{endpoint}-variant2"}),
+        ("delete_model", {"ModelName": f"{endpoint}-eager"}),
     ]
     for operation, arguments in calls:
         try:

@@ -1,5 +1,6 @@
 """`make demo`'s walkthrough, shortened (fewer rows, a few seconds of pacing instead of two
-minutes), with a gateway it starts itself as `make demo` does."""
+minutes; its step 6, closing the loop, as it is), with a gateway it starts itself as `make demo`
+does."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_walkthrough_runs_end_to_end_and_prints_commands_that_work_after(tmp_pat
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )  # fmt: skip
     printed = finished.stdout
@@ -57,6 +58,12 @@ def test_walkthrough_runs_end_to_end_and_prints_commands_that_work_after(tmp_pat
     assert "churn-ab InService" in printed.split("== 5.")[1]
     assert "after UpdateEndpointWeightsAndCapacities to 25/75" in printed
     assert "time (UTC)" in printed
+    # 6: closing the loop: labels fed back, the experiment watched, the winner promoted.
+    loop = printed.split("== 6.")[1]
+    assert "tagged splitserve:experiment = 'promote 25 2'" in loop
+    assert "Promoted by the gateway: Variant2 takes every request" in loop
+    assert "Endpoint churn-ab-live: " in loop
+    assert "winner: Variant2" in loop
     assert "Done in" in printed
     # The capture and ground truth stay under the output directory after the gateway stopped,
     # and the printed evaluate command runs as printed.
