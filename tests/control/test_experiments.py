@@ -27,6 +27,7 @@ from tests.control.conftest import (
     create_model,
     describe,
     open_service,
+    two_variant_endpoint,
     variant,
     write_artifact,
 )
@@ -672,3 +673,34 @@ async def test_tags_of_an_experiment_arn_are_refused_by_name(
     with pytest.raises(ValidationException) as raised:
         await service.dispatch("ListTags", {"ResourceArn": f"{EXPERIMENT_ARN}/shadow-test"})
     assert "inference-experiment" in str(raised.value)
+
+
+async def test_beside_other_production_variants(
+    service: ControlService, settings: Settings, deployer: RecordingDeployer
+) -> None:
+    await two_variant_endpoint(service, settings, endpoint="ep", weights=(1.0, 3.0))
+    await create_model(service, "m3")
+    body = experiment(ModelVariants=[model_variant("A", "m1"), model_variant("S", "m3")])
+    await running(service, body)
+    # 50 % of all the endpoint's requests: half the production weights' sum.
+    assert shadows(await describe(service, "ep")) == [("S", 2.0)]
+    assert [(v.variant_name, v.model_name) for v in deployer.live["ep"].variants] == [
+        ("A", "m1"),
+        ("B", "m2"),
+        ("S", "m3"),
+    ]
+    await service.dispatch(
+        "StopInferenceExperiment",
+        {"Name": "shadow-test", "ModelVariantActions": {"S": "Promote"}},
+    )
+    await service.settle_experiments()
+    assert (await describe_experiment(service))["Status"] == "Completed"
+    endpoint = await describe(service, "ep")
+    assert [(v["VariantName"], v["CurrentWeight"]) for v in endpoint["ProductionVariants"]] == [
+        ("A", 1.0),
+        ("B", 3.0),
+    ]
+    assert [(v.variant_name, v.model_name) for v in deployer.live["ep"].variants] == [
+        ("A", "m3"),
+        ("B", "m2"),
+    ]
