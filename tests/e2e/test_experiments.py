@@ -2,10 +2,13 @@
 waits for its scheduled start; started, the endpoint copies every request to the shadow while
 callers only ever get production's answers; resized to 0 %, the copies stop; stopped with
 Promote, the production variant answers with the former shadow's model. Requests sent all along
-never fail."""
+never fail. A running test survives a restart of the gateway, and the kill -9 of the controller
+replica under `serve --processes 2`."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +19,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.helpers import FAST_WAIT, create_model, csv_rows
+from tests.e2e.helpers import FAST_WAIT, create_model, create_two_variant_endpoint, csv_rows
+from tests.e2e.test_replicas import client as replica_client
+from tests.e2e.test_replicas import replicas, wait_for
 from tests.e2e.test_shadow import captured, metric, variant, wait_until
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.models import ROLE, TrainedModel
@@ -255,3 +260,58 @@ def test_a_running_shadow_test_survives_a_restart(
         )
         wait_for_status(sagemaker, "survivor", "Cancelled")
         assert "ShadowProductionVariants" not in sagemaker.describe_endpoint(EndpointName=ENDPOINT)
+
+
+def test_a_shadow_test_carries_on_under_a_new_controller(tmp_path: Path, model_store: Path) -> None:
+    """`serve --processes 2`: the controller replica is killed while the test runs; the other
+    replica takes control, and the test goes on there (Running, resized, stopped)."""
+    with running_gateway(tmp_path / "state", model_store, "--processes", "2") as gateway:
+        wait_for(lambda: len(replicas(gateway)) == 2, 30, "two replicas listed")
+        create_two_variant_endpoint(gateway.client("sagemaker"), "ab")
+        sagemaker = gateway.client("sagemaker")
+        sagemaker.create_inference_experiment(
+            Name="handed-over",
+            Type="ShadowMode",
+            RoleArn=ROLE,
+            EndpointName="ab",
+            ModelVariants=[model_variant("Variant1", "ab-m1"), model_variant("Cand", "ab-m2")],
+            ShadowModeConfig={
+                "SourceModelVariantName": "Variant1",
+                "ShadowModelVariants": [
+                    {"ShadowModelVariantName": "Cand", "SamplingPercentage": 100}
+                ],
+            },
+        )
+        wait_for_status(sagemaker, "handed-over", "Running")
+        controller = next(r for r in replicas(gateway) if r.controller)
+        survivor = next(r for r in replicas(gateway) if not r.controller)
+        os.kill(controller.pid, signal.SIGKILL)
+        wait_for(
+            lambda: any(r.controller and r.pid != controller.pid for r in replicas(gateway)),
+            30,
+            "another replica controlling",
+        )
+        sagemaker = replica_client("sagemaker", survivor.url)
+        assert sagemaker.describe_inference_experiment(Name="handed-over")["Status"] == "Running"
+        sagemaker.update_inference_experiment(
+            Name="handed-over",
+            ShadowModeConfig={
+                "SourceModelVariantName": "Variant1",
+                "ShadowModelVariants": [
+                    {"ShadowModelVariantName": "Cand", "SamplingPercentage": 0}
+                ],
+            },
+        )
+        wait_for_status(sagemaker, "handed-over", "Running")
+        (shadow,) = sagemaker.describe_endpoint(EndpointName="ab")["ShadowProductionVariants"]
+        assert shadow["DesiredWeight"] == 0.0
+        sagemaker.stop_inference_experiment(
+            Name="handed-over", ModelVariantActions={"Cand": "Remove"}
+        )
+        wait_for_status(sagemaker, "handed-over", "Completed")
+        endpoint = sagemaker.describe_endpoint(EndpointName="ab")
+        assert "ShadowProductionVariants" not in endpoint
+        assert [v["VariantName"] for v in endpoint["ProductionVariants"]] == [
+            "Variant1",
+            "Variant2",
+        ]
