@@ -59,7 +59,7 @@ from splitserve.wiring.fleet import FleetDeployer
 from splitserve.wiring.follower import RoutingFollower
 from splitserve.wiring.forwarder import ControllerForwarder
 from splitserve.wiring.live import LiveParts
-from splitserve.wiring.online import online_context
+from splitserve.wiring.online import forget_feedback, online_context
 from splitserve.wiring.replicas import ControllerSlot, ReplicaNode
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.images import ImageRegistry
@@ -272,6 +272,7 @@ async def _controller(
     store = await asyncio.to_thread(Store.open, settings.state_url, settings.database)
     registry = app[keys.ENDPOINTS]
     deployer = FleetDeployer(settings, registry, app[keys.CAPTURE], app[keys.MINUTES])
+    deployer.when_removed(functools.partial(forget_feedback, app))
     if node is not None:
         deployer.publish_to(node)
         node.publish_from(deployer.routing_document)

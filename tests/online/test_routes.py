@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import splitserve
+from splitserve import cli
 from splitserve.app import signed_routes
 from splitserve.cli_experiment import fetch_experiment, render_experiment
 from splitserve.cli_stats import StatsUnavailable
@@ -137,3 +138,27 @@ def _post_signed(url: str, body: bytes) -> object:
         url + path, body, {"Content-Type": "application/json"}, KEY, "us-east-1"
     )
     return GatewayClient(url, 5.0).post(path, body, headers)
+
+
+async def test_the_experiment_command_prints_json_and_watches(
+    gateway: tuple[str, FeedbackStore],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, _ = gateway
+    assert await asyncio.to_thread(cli.main, ["experiment", "ab", "--json", "--url", url]) == 0
+    assert json.loads(capsys.readouterr().out)["EndpointName"] == "ab"
+    slept: list[float] = []
+
+    def interrupt(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("splitserve.cli.time.sleep", interrupt)
+    watched = await asyncio.to_thread(cli.main, ["experiment", "ab", "--watch", "--url", url])
+    assert watched == 0
+    assert slept == [2.0, 2.0]
+    assert capsys.readouterr().out.count("Endpoint ab: 0 labels joined") == 2
+    assert await asyncio.to_thread(cli.main, ["experiment", "nope", "--url", url]) == 1
+    assert "Endpoint nope not found" in capsys.readouterr().err

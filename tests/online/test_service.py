@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 from splitserve.config import DatabaseSettings, FeedbackSettings
 from splitserve.database import Database, open_database
 from splitserve.errors import (
+    DatabaseUnavailable,
     DuplicateFeedback,
     LateFeedback,
     MalformedFeedback,
@@ -25,7 +26,7 @@ from splitserve.errors import (
 from splitserve.metrics.prometheus import REGISTRY
 from splitserve.online.index import InferenceIndex
 from splitserve.online.service import FeedbackService, uuid7_seconds
-from splitserve.online.store import FeedbackStore
+from splitserve.online.store import FeedbackStore, IndexRow
 
 _QUICK = DatabaseSettings(connect_timeout_seconds=1.0, statement_timeout_seconds=2.0)
 NOW = 1_750_000_000.0
@@ -279,3 +280,36 @@ async def test_the_index_writes_off_the_request_path_and_drops_when_full(
         ("w0", b"0.1"),
         ("w1", b"0.1"),
     ]
+
+
+def test_forgetting_a_deleted_endpoint(database: Database) -> None:
+    service = _service(database)
+    store = FeedbackStore(database)
+    _index(store, "f1")
+    _index(store, "f2")
+    service.submit("ab", json.dumps(_record("f1")).encode())
+    assert service.look("ab")["labels"] == {"joined": 1, "refused": {}}
+    service.forget("ab")
+    assert service.look("ab")["labels"] == {"joined": 0, "refused": {}}
+    with pytest.raises(UnknownInferenceId):
+        service.submit("ab", json.dumps(_record("f2")).encode())
+
+
+class _Unreachable(FeedbackStore):
+    """A store whose database cannot be reached for writes."""
+
+    def __init__(self) -> None:
+        pass
+
+    def write_index(self, rows: Sequence[IndexRow]) -> None:
+        raise DatabaseUnavailable("The state database cannot be reached.")
+
+
+async def test_an_index_write_that_fails_drops_and_counts_its_entries() -> None:
+    index = InferenceIndex(FeedbackSettings(index_batch_rows=2))
+    index.start(_Unreachable(), lambda: False)
+    dropped = REGISTRY.get_sample_value("splitserve_feedback_index_dropped_total") or 0.0
+    for number in range(3):
+        index.record("ab", "A", f"u{number}", False, None, b"0.5")
+    await index.close()  # writes what waits: two batches, both refused
+    assert REGISTRY.get_sample_value("splitserve_feedback_index_dropped_total") == dropped + 3

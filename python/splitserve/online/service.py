@@ -276,6 +276,13 @@ class FeedbackService:
             document["action"] = dict(action)
         return document
 
+    def forget(self, endpoint: str) -> None:
+        """Forget everything of `endpoint`, stored and here (it was deleted; blocks)."""
+        with self._lock:
+            self._forget(endpoint)
+            self._actions.pop(endpoint, None)
+            self._store.clear(endpoint)
+
     def report_action(self, endpoint: str, status: Mapping[str, object] | None) -> None:
         """What the automatic action of `endpoint` did last (the view shows it as `action`);
         None forgets it (the endpoint has none)."""

@@ -299,8 +299,10 @@ class FeedbackStore:
         return {str(outcome): int(_float(count)) for outcome, count in rows}
 
     def clear(self, endpoint: str) -> None:
-        """Forget `endpoint`'s labels and refusal counts (its experiment starts over)."""
+        """Forget `endpoint`'s index, labels and refusal counts (it was deleted: an endpoint
+        created again under its name starts afresh)."""
         with self.database.transaction(write=True) as transaction:
+            transaction.execute("DELETE FROM feedback_index WHERE endpoint = ?", (endpoint,))
             transaction.execute("DELETE FROM feedback_labels WHERE endpoint = ?", (endpoint,))
             transaction.execute("DELETE FROM feedback_refusals WHERE endpoint = ?", (endpoint,))
 

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -99,6 +99,7 @@ class _Shift:
     # The router's variant name -> the variant's name (`LiveEndpoint.variant_names`).
     names: dict[str, str]
     live: LiveEndpoint
+    share: float = 0.0  # green's share of the requests at the last step
 
 
 class FleetDeployer:
@@ -138,6 +139,12 @@ class FleetDeployer:
         # (requests they handed out still count in flight while an instance drains).
         self._shifts: dict[str, _Shift] = {}
         self._ended_shifts: dict[str, list[Router]] = {}
+        # Told the name of each endpoint `remove` removed (feedback forgets its labels).
+        self._removed: Callable[[str], Awaitable[None]] | None = None
+
+    def when_removed(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        """Await `callback(endpoint_name)` after each endpoint `remove` removed."""
+        self._removed = callback
 
     def attach(self, supervisor: Placement) -> None:
         """Give the deployer the placement (the local supervisor, or Ray's) that was built
@@ -319,6 +326,7 @@ class FleetDeployer:
             )
             shift = self._shifts[endpoint_name] = _Shift(blue, green, router, names, live)
             self._registry.publish(live)
+        shift.share = green_share
         for spec in specs:
             VARIANT_WEIGHT.labels(endpoint_name, names[spec.name]).set(
                 sum(s.weight for s in specs if names[s.name] == names[spec.name])
@@ -405,8 +413,50 @@ class FleetDeployer:
     async def scale(self, endpoint_name: str, variant_name: str, instance_count: int) -> None:
         """Grow or shrink one variant of the live generation to `instance_count` instances."""
         generation = self._live_generation(endpoint_name)
-        fleet = generation.fleets[variant_name]
         VARIANT_DESIRED_INSTANCES.labels(endpoint_name, variant_name).set(instance_count)
+        await self._scale(generation, variant_name, instance_count)
+
+    async def scale_generation(
+        self, endpoint_name: str, generation: int, variant_name: str, instance_count: int
+    ) -> None:
+        """Grow or shrink one variant of a deployed generation, live or not (a rolling update
+        grows the new fleet and shrinks the old one batch by batch); a stepped update's router
+        routes to what the two fleets then have, and every replica routes so on return."""
+        deployed = self._generations.get((endpoint_name, generation))
+        if deployed is None:
+            raise DeploymentError(
+                f"Endpoint {endpoint_name} runs no generation {generation} to scale."
+            )
+        await self._scale(deployed, variant_name, instance_count)
+        shift = self._shifts.get(endpoint_name)
+        if shift is None or deployed not in (shift.blue, shift.green):
+            await self._sync(endpoint_name)
+            return
+        specs, _ = _combined_table(shift.blue, shift.green, shift.share)
+        with _router_errors():
+            shift.router.replace(specs)
+        pools = {**shift.blue.pools, **shift.green.pools}
+        for name in pools:  # new instances start healthy in a router: only checked ones are
+            with contextlib.suppress(UnknownInstanceError):
+                shift.router.set_healthy(name, self._healthy.get(name, False))
+        shift.live = dataclasses.replace(shift.live, pools=pools)
+        self._registry.publish(shift.live)
+        self._changed(endpoint_name)
+        await self._sync(endpoint_name)
+
+    async def _scale(self, generation: _Generation, variant_name: str, instance_count: int) -> None:
+        """Grow or shrink one variant of `generation` (its fleet, router, pools and plan)."""
+        endpoint_name = generation.plan.endpoint_name
+        fleet = generation.fleets[variant_name]
+        generation.plan = dataclasses.replace(
+            generation.plan,
+            variants=tuple(
+                dataclasses.replace(v, instance_count=instance_count)
+                if v.variant_name == variant_name
+                else v
+                for v in generation.plan.variants
+            ),
+        )
         before = {info.name for info in fleet.instances()}
         await fleet.scale(instance_count)
         after = {info.name: info for info in fleet.instances()}
@@ -454,6 +504,8 @@ class FleetDeployer:
             remove_variant_gauges(endpoint_name, variant)
         self._minutes.forget(endpoint_name)
         self._failover.pop(endpoint_name, None)
+        if self._removed is not None:
+            await self._removed(endpoint_name)
 
     def instance_details(self, endpoint_name: str) -> dict[str, list[dict[str, object]]]:
         """Per variant of the live generation: each instance's name, CPUs and state."""

@@ -24,7 +24,7 @@ from splitserve.runtime.registry import EndpointRegistry
 from splitserve.wiring import keys
 from splitserve.wiring.actions import ExperimentActions
 
-__all__ = ["RegistryWeights", "online_context"]
+__all__ = ["RegistryWeights", "forget_feedback", "online_context"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,19 @@ async def online_context(app: web.Application) -> AsyncIterator[None]:
         if index is not None:
             await index.close()
         await asyncio.to_thread(store.close)
+
+
+async def forget_feedback(app: web.Application, endpoint: str) -> None:
+    """Forget a deleted endpoint's index, labels and experiment (the fleet deployer calls this
+    after DeleteEndpoint removed it), so an endpoint created again under its name starts
+    afresh. A failure is logged: the deletion itself has happened."""
+    service = app.get(keys.FEEDBACK)
+    if service is None:
+        return
+    try:
+        await asyncio.to_thread(service.forget, endpoint)
+    except Exception:
+        log.exception("endpoint %s: its feedback was not forgotten", endpoint)
 
 
 async def _refresh(service: FeedbackService, seconds: float) -> None:
