@@ -704,3 +704,23 @@ async def test_beside_other_production_variants(
         ("A", "m3"),
         ("B", "m2"),
     ]
+
+
+async def test_a_created_experiment_can_rename_its_shadow(
+    service: ControlService, settings: Settings
+) -> None:
+    await endpoint_with_one_variant(service, settings)
+    await service.dispatch("CreateInferenceExperiment", experiment())
+    await service.dispatch(
+        "UpdateInferenceExperiment",
+        {
+            "Name": "shadow-test",
+            "ModelVariants": [model_variant("A", "m1"), model_variant("T", "m3")],
+            "ShadowModeConfig": {
+                "SourceModelVariantName": "A",
+                "ShadowModelVariants": [{"ShadowModelVariantName": "T", "SamplingPercentage": 5}],
+            },
+        },
+    )
+    described = await describe_experiment(service)
+    assert [v["VariantName"] for v in described["ModelVariants"]] == ["A", "T"]

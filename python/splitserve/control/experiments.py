@@ -30,7 +30,7 @@ from splitserve.control.experiment_store import (
     StopRequest,
 )
 from splitserve.control.listing import Listed, paginate
-from splitserve.control.models import EndpointRecord, ResourceKind
+from splitserve.control.models import EndpointRecord, EndpointStatus, ResourceKind
 from splitserve.control.paths import LocalPathResolver
 from splitserve.control.state import ControlState
 from splitserve.control.validation import (
@@ -223,16 +223,22 @@ class ExperimentOperations:
                     )
                 start, end = _schedule(schedule, record, now, running=running)
                 updated = replace(updated, schedule_start=start, schedule_end=end)
-            if "ModelVariants" in request:
-                variants = tuple(mappings(request.get("ModelVariants")))
-                if running:
-                    _check_running_variants(record, variants)
-                updated = replace(updated, model_variants=_merged(record.model_variants, variants))
             if "ShadowModeConfig" in request:
                 config = dict(_mapping(request, "ShadowModeConfig"))
                 if running:
                     _check_same_names(record, config)
                 updated = replace(updated, shadow_mode_config=config)
+            if "ModelVariants" in request:
+                variants = tuple(mappings(request.get("ModelVariants")))
+                if running:
+                    _check_running_variants(record, variants)
+                names = {str(variant.get("VariantName")) for variant in variants}
+                if names == {updated.source_variant, updated.shadow_variant}:
+                    # Both variants given (a Created experiment's variants may be renamed).
+                    updated = replace(updated, model_variants=variants)
+                else:
+                    merged = _merged(record.model_variants, variants)
+                    updated = replace(updated, model_variants=merged)
             if "DataStorageConfig" in request:
                 if running:
                     raise ValidationException(
@@ -489,7 +495,7 @@ def _variant_status(
         return "Deleted" if finished else "Creating"
     if record.status is ExperimentStatus.STARTING:
         return "Creating" if variant_name == record.shadow_variant else "Updating"
-    if endpoint is not None and endpoint.status.value == "Updating":
+    if endpoint is not None and endpoint.status is EndpointStatus.UPDATING:
         return "Updating"
     return "InService"
 
