@@ -149,3 +149,36 @@ def test_a_label_joins_on_another_replica_than_the_one_that_served(
         again = splitserve.feedback(serving, "ab", [(answered[0][0], 1)])
         assert again["Records"][0]["Outcome"] == "duplicate"
         assert view(serving)["labels"]["joined"] == 10
+
+
+def test_the_bandit_moves_the_weights_toward_the_variant_that_is_right(
+    tmp_path: Path, model_store: Path
+) -> None:
+    with running_gateway(tmp_path / "state", model_store) as gateway:
+        sagemaker = gateway.client("sagemaker")
+        create_two_variant_endpoint(sagemaker, "ab")
+        runtime = gateway.client("sagemaker-runtime")
+        answered = []
+        for _ in range(60):
+            response = runtime.invoke_endpoint(EndpointName="ab", Body=BODY, ContentType="text/csv")
+            score = float(response["Body"].read())
+            inference_id = response["ResponseMetadata"]["HTTPHeaders"]["x-splitserve-inference-id"]
+            answered.append((inference_id, response["InvokedProductionVariant"], score >= 0.5))
+        wait_for(lambda: indexed(gateway) == 60, 30, "60 invocations indexed")
+        # Variant1's predictions all come true, Variant2's never.
+        labels = [(i, int(positive == (v == "Variant1"))) for i, v, positive in answered]
+        assert splitserve.feedback(gateway.url, "ab", labels)["Joined"] == 60
+        arn = sagemaker.describe_endpoint(EndpointName="ab")["EndpointArn"]
+        sagemaker.add_tags(
+            ResourceArn=arn, Tags=[{"Key": "splitserve:experiment", "Value": "bandit 0.1"}]
+        )
+
+        def weights() -> dict[str, float]:
+            described = sagemaker.describe_endpoint(EndpointName="ab")
+            return {v["VariantName"]: v["CurrentWeight"] for v in described["ProductionVariants"]}
+
+        moved = wait_for(lambda: (w := weights())["Variant1"] > w["Variant2"] and w, 60, "bandit")
+        assert moved["Variant2"] >= 0.1 * sum(moved.values()) - 1e-6
+        action = view(gateway.url)["action"]
+        assert action["mode"] == "bandit"
+        assert action["status"].startswith("weights pushed: Variant1")
