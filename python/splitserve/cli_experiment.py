@@ -115,6 +115,9 @@ def _render(view: dict[str, Any]) -> str:
     winner = view.get("winner")
     lines.append(f"winner: {winner if winner else 'none yet'}")
     lines.append(f"split check: {srm_text}")
+    action = view.get("action")
+    if isinstance(action, dict):
+        lines.append(f"action ({action.get('mode')}): {action.get('status')}")
     return "\n".join(lines) + "\n"
 
 

@@ -93,6 +93,9 @@ async def test_signed_feedback_joins_and_the_view_shows_it(
     assert text.startswith("Endpoint ab: 3 labels joined, 1 refused (unknown 1)")
     assert "accuracy *" in text
     assert "winner: none yet" in text
+    assert "action" not in text
+    shown = render_experiment({**view, "action": {"mode": "promote", "status": "waiting"}})
+    assert shown.endswith("action (promote): waiting\n")
 
 
 async def test_refusals_over_http(gateway: tuple[str, FeedbackStore]) -> None:

@@ -313,3 +313,19 @@ async def test_an_index_write_that_fails_drops_and_counts_its_entries() -> None:
         index.record("ab", "A", f"u{number}", False, None, b"0.5")
     await index.close()  # writes what waits: two batches, both refused
     assert REGISTRY.get_sample_value("splitserve_feedback_index_dropped_total") == dropped + 3
+
+
+def test_labels_of_variants_no_longer_routed_stay_in_the_experiment(database: Database) -> None:
+    endpoints = Endpoints()
+    service = FeedbackService(FeedbackSettings(), FeedbackStore.open(database), endpoints, Clock())
+    store = FeedbackStore(database)
+    for number, variant in enumerate(("A", "B", "Old", "Older")):
+        _index(store, f"v{number}", variant)
+    service.submit("ab", _body(_record("v0"), _record("v1"), _record("v2")))
+    assert list(service.look("ab")["variants"]) == ["A", "B", "Old"]  # type: ignore[call-overload]
+    service.submit("ab", _body(_record("v3")))
+    assert list(service.look("ab")["variants"]) == ["A", "B", "Old", "Older"]  # type: ignore[call-overload]
+    endpoints.routed["ab"] = {"A": 1.0, "B": 3.0}  # new weights: the experiment starts over
+    view = service.look("ab")
+    assert list(view["variants"]) == ["A", "B", "Old", "Older"]  # type: ignore[call-overload]
+    assert view["labels"] == {"joined": 4, "refused": {}}

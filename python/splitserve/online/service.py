@@ -315,7 +315,10 @@ class FeedbackService:
         new = self._store.labels_after(endpoint, experiment.seq)
         unknown = [label.variant for label in new if label.variant not in experiment.variants]
         if unknown:
-            experiment = self._start(endpoint, (*routed, *dict.fromkeys(unknown)), shares)
+            # Labels of variants no longer routed (an UpdateEndpoint removed them) stay in the
+            # experiment, after the routed ones.
+            variants = dict.fromkeys((*routed, *experiment.variants, *unknown))
+            experiment = self._start(endpoint, tuple(variants), shares)
             new = self._store.labels_after(endpoint, 0)
         self._observe(experiment, new)
         statistics = experiment.statistics
