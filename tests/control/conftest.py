@@ -122,6 +122,14 @@ class RecordingDeployer:
         """Record one step of a stepped update as (blue, green, share)."""
         await self._enter("shift", endpoint_name, (blue_generation, green_generation, green_share))
 
+    async def scale_generation(
+        self, endpoint_name: str, generation: int, variant_name: str, instance_count: int
+    ) -> None:
+        """Record a rolling update's batch as (generation, variant, count)."""
+        await self._enter(
+            "scale_generation", endpoint_name, (generation, variant_name, instance_count)
+        )
+
     async def set_weights(self, endpoint_name: str, weights: Mapping[str, float]) -> None:
         """Record the new weights."""
         await self._enter("set_weights", endpoint_name, dict(weights))

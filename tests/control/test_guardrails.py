@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from splitserve.config import Settings
-from splitserve.control.planning import TrafficStep, traffic_steps
+from splitserve.control.planning import RollingBatch, TrafficStep, rolling_batches, traffic_steps
 from splitserve.control.ramp import ramp_shares, ramp_weights
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
@@ -24,6 +24,7 @@ from tests.control.conftest import (
     state_file,
     two_variant_endpoint,
     variant,
+    write_artifact,
 )
 from tests.control.shapes import check_output
 
@@ -211,7 +212,37 @@ async def _update(service: ControlService, deployment_config: dict[str, Any]) ->
         ),
         (
             {"RollingUpdatePolicy": {"MaximumBatchSize": PERCENT_50, "WaitIntervalInSeconds": 0}},
-            "splitserve does not implement RollingUpdatePolicy",
+            "the new endpoint configuration's production variants (A, C) must be the "
+            "endpoint's (A, B)",
+        ),
+        (
+            {
+                "RollingUpdatePolicy": {
+                    "MaximumBatchSize": {"Type": "CAPACITY_PERCENT", "Value": 4},
+                    "WaitIntervalInSeconds": 0,
+                }
+            },
+            "MaximumBatchSize Value 4 (CAPACITY_PERCENT) must be between 5 and 50 percent",
+        ),
+        (
+            {
+                "RollingUpdatePolicy": {
+                    "MaximumBatchSize": {"Type": "INSTANCE_COUNT", "Value": 2},
+                    "WaitIntervalInSeconds": 0,
+                }
+            },
+            "MaximumBatchSize Value 2 (INSTANCE_COUNT) must be between 5 and 50 percent of the "
+            "new endpoint configuration's 3 production instance(s)",
+        ),
+        (
+            {
+                "RollingUpdatePolicy": {
+                    "MaximumBatchSize": PERCENT_50,
+                    "WaitIntervalInSeconds": 0,
+                    "RollbackMaximumBatchSize": {"Type": "CAPACITY_PERCENT", "Value": 101},
+                }
+            },
+            "RollbackMaximumBatchSize Value 101 (CAPACITY_PERCENT) must be at most 100 percent",
         ),
         (
             {"RollingUpdatePolicy": {"MaximumBatchSize": PERCENT_50}},
@@ -649,3 +680,117 @@ async def test_a_stepped_update_past_its_timeout_goes_back_to_blue(
     assert described["EndpointStatus"] == "InService"
     assert described["EndpointConfigName"] == "ab-cfg"
     assert "MaximumExecutionTimeoutInSeconds (600 s)" in described["FailureReason"]
+
+
+# --- rolling updates ------------------------------------------------------------------------------
+
+
+async def _two_by_two(service: ControlService, settings: Settings) -> None:
+    """Endpoint `ab` on A and B with 2 instances each, and configuration `rolled`: the same
+    variants on model m3."""
+    write_artifact(settings)
+    for model in ("m1", "m3"):
+        await create_model(service, model)
+    await create_config(
+        service, "ab-cfg", [variant("A", "m1", count=2), variant("B", "m1", count=2)]
+    )
+    await service.dispatch("CreateEndpoint", {"EndpointName": "ab", "EndpointConfigName": "ab-cfg"})
+    await service.settle()
+    await create_config(
+        service, "rolled", [variant("A", "m3", count=2), variant("B", "m3", count=2)]
+    )
+
+
+def rolling(alarms: Sequence[str] = (), wait: int = 0) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "RollingUpdatePolicy": {"MaximumBatchSize": PERCENT_50, "WaitIntervalInSeconds": wait}
+    }
+    if alarms:
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in alarms]}
+    return config
+
+
+def test_rolling_batches() -> None:
+    policy = rolling()
+    assert rolling_batches(policy, {"A": 2}, {"A": 2}) == (
+        RollingBatch({"A": 1}, {"A": 1}, 0.5),
+        RollingBatch({"A": 2}, {"A": 0}, 1.0),
+    )
+    by_one = {
+        "RollingUpdatePolicy": {
+            "MaximumBatchSize": {"Type": "INSTANCE_COUNT", "Value": 1},
+            "WaitIntervalInSeconds": 0,
+        }
+    }
+    assert rolling_batches(by_one, {"A": 3, "B": 1}, {"A": 3, "B": 1}) == (
+        RollingBatch({"A": 1, "B": 1}, {"A": 2, "B": 1}, 0.4),
+        RollingBatch({"A": 2, "B": 1}, {"A": 1, "B": 1}, 0.6),
+        RollingBatch({"A": 3, "B": 1}, {"A": 0, "B": 0}, 1.0),
+    )
+    assert rolling_batches(policy, {"A": 1}, {"A": 1}) == (RollingBatch({"A": 1}, {"A": 0}, 1.0),)
+
+
+async def test_a_rolling_update_replaces_capacity_batch_by_batch(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer, alarms: FakeAlarms
+) -> None:
+    await _two_by_two(guarded, settings)
+    alarms.gate = asyncio.Event()
+    await guarded.dispatch(
+        "UpdateEndpoint",
+        {"EndpointName": "ab", "EndpointConfigName": "rolled", "DeploymentConfig": rolling(["e"])},
+    )
+    await asyncio.wait_for(alarms.polled.wait(), timeout=5)
+    baking = await describe(guarded, "ab")
+    check_output("DescribeEndpoint", baking)
+    assert [v["CurrentInstanceCount"] for v in baking["ProductionVariants"]] == [1, 1]
+    green = baking["PendingDeploymentSummary"]["ProductionVariants"]
+    assert [v["CurrentInstanceCount"] for v in green] == [1, 1]
+    assert green[0]["VariantStatus"][0]["Status"] == "Baking"
+    assert deployer.plans[-1].variants[0].instance_count == 1  # one batch started
+    alarms.gate.set()
+    await guarded.settle()
+    assert deployer.methods("ab")[2:] == [
+        ("deploy", 2),
+        ("shift", (1, 2, 0.5)),
+        ("scale_generation", (1, "A", 1)),
+        ("scale_generation", (1, "B", 1)),
+        ("scale_generation", (2, "A", 2)),
+        ("scale_generation", (2, "B", 2)),
+        ("activate", 2),
+        ("retire", 1),
+    ]
+    done = await describe(guarded, "ab")
+    assert done["EndpointStatus"] == "InService"
+    assert done["EndpointConfigName"] == "rolled"
+    assert [v["CurrentInstanceCount"] for v in done["ProductionVariants"]] == [2, 2]
+
+
+async def test_an_alarm_rolls_a_rolling_update_back_with_the_old_capacity(
+    guarded: ControlService, settings: Settings, deployer: RecordingDeployer, alarms: FakeAlarms
+) -> None:
+    await _two_by_two(guarded, settings)
+    alarms.firing = {"e"}
+    await guarded.dispatch(
+        "UpdateEndpoint",
+        {
+            "EndpointName": "ab",
+            "EndpointConfigName": "rolled",
+            "DeploymentConfig": rolling(["e"], wait=60),
+        },
+    )
+    await guarded.settle()
+    assert deployer.methods("ab")[2:] == [
+        ("deploy", 2),
+        ("shift", (1, 2, 0.5)),
+        ("scale_generation", (1, "A", 1)),
+        ("scale_generation", (1, "B", 1)),
+        ("scale_generation", (1, "A", 2)),
+        ("scale_generation", (1, "B", 2)),
+        ("shift", (1, 2, 0.0)),
+        ("retire", 2),
+    ]
+    described = await describe(guarded, "ab")
+    assert described["EndpointStatus"] == "InService"
+    assert described["EndpointConfigName"] == "ab-cfg"
+    assert [v["CurrentInstanceCount"] for v in described["ProductionVariants"]] == [2, 2]
+    assert described["FailureReason"].startswith('Update rolled back: the alarm(s) "e"')

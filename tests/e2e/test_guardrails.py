@@ -28,28 +28,28 @@ BODY = csv_rows(np.zeros((1, 13), dtype=np.float32))
 _CLIENT_THREADS = 3
 
 
-def one_variant_config(sagemaker: Any, name: str, model: str) -> None:
-    """A configuration with one variant, AllTraffic, of `model` on one instance."""
+def one_variant_config(sagemaker: Any, name: str, model: str, count: int = 1) -> None:
+    """A configuration with one variant, AllTraffic, of `model` on `count` instances."""
     sagemaker.create_endpoint_config(
         EndpointConfigName=name,
         ProductionVariants=[
             {
                 "VariantName": "AllTraffic",
                 "ModelName": model,
-                "InitialInstanceCount": 1,
+                "InitialInstanceCount": count,
                 "InstanceType": "ml.t2.medium",
             }
         ],
     )
 
 
-def blue_endpoint(sagemaker: Any, endpoint: str) -> None:
-    """Models `<endpoint>-blue` (v1) and `<endpoint>-green` (v2), their configurations, and the
-    endpoint InService on the blue one."""
+def blue_endpoint(sagemaker: Any, endpoint: str, count: int = 1) -> None:
+    """Models `<endpoint>-blue` (v1) and `<endpoint>-green` (v2), their configurations (with
+    `count` instances), and the endpoint InService on the blue one."""
     create_model(sagemaker, f"{endpoint}-blue", "v1")
     create_model(sagemaker, f"{endpoint}-green", "v2")
-    one_variant_config(sagemaker, f"{endpoint}-blue", f"{endpoint}-blue")
-    one_variant_config(sagemaker, f"{endpoint}-green", f"{endpoint}-green")
+    one_variant_config(sagemaker, f"{endpoint}-blue", f"{endpoint}-blue", count)
+    one_variant_config(sagemaker, f"{endpoint}-green", f"{endpoint}-green", count)
     sagemaker.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-blue")
     sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=FAST_WAIT)
 
@@ -278,3 +278,46 @@ def gateway_weights(gateway: Gateway, endpoint: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"{gateway.url}/splitserve/endpoints/{endpoint}/weights") as answer:
         changes: list[dict[str, Any]] = json.load(answer)["WeightChanges"]
     return changes
+
+
+def test_a_rolling_update_replaces_the_fleet_batch_by_batch_without_a_failed_request(
+    gateway: Gateway, sagemaker: Any
+) -> None:
+    blue_endpoint(sagemaker, "rolling", count=2)
+    blue_answer = answer_of(gateway.url, "rolling")
+    deployment_config = {
+        "RollingUpdatePolicy": {
+            "MaximumBatchSize": {"Type": "CAPACITY_PERCENT", "Value": 50},
+            "WaitIntervalInSeconds": 5,
+        }
+    }
+    with invoking(gateway, "rolling") as (failures, answers):
+        sagemaker.update_endpoint(
+            EndpointName="rolling",
+            EndpointConfigName="rolling-green",
+            DeploymentConfig=deployment_config,
+        )
+        wait_for(lambda: pending_status(sagemaker, "rolling") == "Baking", 60, "the first batch")
+        baking = sagemaker.describe_endpoint(EndpointName="rolling")
+        # One new instance took half the requests; one old instance was terminated.
+        assert baking["ProductionVariants"][0]["CurrentInstanceCount"] == 1
+        pending = baking["PendingDeploymentSummary"]["ProductionVariants"][0]
+        assert pending["CurrentInstanceCount"] == 1
+        assert pending["CurrentWeight"] == 0.5
+        wait_for(lambda: len(answers) == 2, 30, "both fleets answering")
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName="rolling", WaiterConfig=FAST_WAIT
+        )
+        print(
+            f"rolling: {sum(answers.values())} answered during the update, {len(failures)} failed"
+        )
+        answers.clear()
+        time.sleep(0.5)
+    assert failures == []
+    assert answers
+    assert blue_answer not in answers
+    described = sagemaker.describe_endpoint(EndpointName="rolling")
+    assert described["EndpointConfigName"] == "rolling-green"
+    assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 2
+    assert "FailureReason" not in described
+    assert described["LastDeploymentConfig"] == deployment_config

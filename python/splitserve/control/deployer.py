@@ -155,6 +155,18 @@ class Deployer(Protocol):
         """Grow or shrink one variant of the live generation to `instance_count` instances."""
         ...
 
+    async def scale_generation(
+        self, endpoint_name: str, generation: int, variant_name: str, instance_count: int
+    ) -> None:
+        """Grow or shrink one variant of a deployed generation, live or not, to
+        `instance_count` (at least 1) instances: a rolling update's batches. During a shift the
+        combined routing follows; returns once every replica routes by what runs.
+
+        Raises:
+            DeploymentError: the generation does not run, or a new instance did not come up.
+        """
+        ...
+
     async def remove(self, endpoint_name: str) -> None:
         """Stop routing to the endpoint, drain and stop all its workers (no-op if it runs none)."""
         ...

@@ -175,6 +175,8 @@ class EndpointOperations:
                 deployment_config,
                 sum(v.desired_instance_count for v in variants if not v.shadow),
             )
+            if optional_mapping((deployment_config or {}).get("RollingUpdatePolicy")):
+                _check_rolling_variants(current, variants)
             generation = current.generation + 1
             plan = await self._planner.plan(
                 current.name,
@@ -336,3 +338,20 @@ class EndpointOperations:
                 f'Cannot update endpoint "{arn}" in status {record.status.value}: DeleteEndpoint '
                 "is the only operation it allows."
             )
+
+
+def _check_rolling_variants(current: EndpointRecord, variants: tuple[DeployedVariant, ...]) -> None:
+    """A rolling update replaces each production variant's capacity batch by batch: the new
+    configuration must have the live production variants, by name (splitserve's rule).
+
+    Raises:
+        ValidationException: naming both lists of variants.
+    """
+    live = [v.variant_name for v in current.variants if not v.shadow]
+    new = [v.variant_name for v in variants if not v.shadow]
+    if sorted(live) != sorted(new):
+        raise ValidationException(
+            "RollingUpdatePolicy replaces each production variant's instances batch by batch: "
+            f"the new endpoint configuration's production variants ({', '.join(new)}) must be "
+            f"the endpoint's ({', '.join(live)}). Use BlueGreenUpdatePolicy to change them."
+        )

@@ -19,6 +19,9 @@ operations (`endpoints.py`) write the new desired state, then start the task tha
   last step being the switch above. An alarm in ALARM during any bake (TerminationWaitInSeconds
   included) is RollingBack: every request to blue at once, green retired, InService on blue with
   FailureReason saying so (docs/architecture.md, "Deployment guardrails").
+- A RollingUpdatePolicy replaces the fleet batch by batch (`_rolling_update`): green grows and
+  blue shrinks (`Deployer.scale_generation`) while each batch takes its share and bakes; a
+  rollback restores blue's counts at once, then all the traffic.
 - A new value of the endpoint tag `splitserve:ramp` (`tags.py`) ramps one variant's weight in
   steps (`ramp`), Updating meanwhile; an alarm in ALARM restores the weights from before it.
 - UpdateEndpointWeightsAndCapacities changes the live generation in place: the new weights reach
@@ -59,7 +62,14 @@ from splitserve.control.models import (
     VariantStatusEntry,
     name_key,
 )
-from splitserve.control.planning import Planner, TrafficStep, check_model_data, traffic_steps
+from splitserve.control.planning import (
+    Planner,
+    RollingBatch,
+    TrafficStep,
+    check_model_data,
+    rolling_batches,
+    traffic_steps,
+)
 from splitserve.control.ramp import RampSpec, ramp_shares, ramp_weights
 from splitserve.control.state import ControlState
 from splitserve.control.variants import launching, restored, settled
@@ -213,7 +223,11 @@ class EndpointLifecycle:
         """Blue/green: deploy green beside blue, shift the traffic in the configuration's steps
         (one for ALL_AT_ONCE; each CANARY or LINEAR step baked WaitIntervalInSeconds while the
         AutoRollbackConfiguration alarms are watched), bake TerminationWaitInSeconds, retire
-        blue, InService. An alarm in ALARM during a bake rolls everything back to blue."""
+        blue, InService. An alarm in ALARM during a bake rolls everything back to blue.
+        A RollingUpdatePolicy goes batch by batch instead (`_rolling_update`)."""
+        if optional_mapping((deployment_config or {}).get("RollingUpdatePolicy")) is not None:
+            await self._rolling_update(endpoint_name, blue_generation, plan, deployment_config)
+            return
         policy = optional_mapping((deployment_config or {}).get("BlueGreenUpdatePolicy")) or {}
         routing = optional_mapping(policy.get("TrafficRoutingConfiguration")) or {}
         bake = optional_int(policy.get("TerminationWaitInSeconds")) or 0
@@ -349,6 +363,175 @@ class EndpointLifecycle:
 
         await self._state.transition(endpoint_name, in_service)
 
+    async def _rolling_update(
+        self,
+        endpoint_name: str,
+        blue_generation: int,
+        plan: DeploymentPlan,
+        deployment_config: Mapping[str, object] | None,
+    ) -> None:
+        """RollingUpdatePolicy: the new fleet starts with one batch per variant; each batch
+        takes its share of the requests (`Deployer.shift`), as much old capacity is terminated
+        (`Deployer.scale_generation`), and the batch bakes WaitIntervalInSeconds while the
+        alarms are watched; the last batch switches to the new fleet (`activate`), bakes, and
+        the old fleet is retired. An alarm in ALARM, an error or the timeout brings the old
+        fleet back to its counts at once, routes everything to it and retires the new one."""
+        policy = optional_mapping((deployment_config or {}).get("RollingUpdatePolicy")) or {}
+        interval = optional_int(policy.get("WaitIntervalInSeconds")) or 0
+        limit = optional_int(policy.get("MaximumExecutionTimeoutInSeconds"))
+        alarms = alarm_names(deployment_config)
+        blue = await self._state.run(self._state.store.get_endpoint, endpoint_name)
+        if blue is None or blue.pending is None:
+            return
+        blue_counts = {
+            v.variant_name: v.current_instance_count for v in blue.variants if not v.shadow
+        }
+        targets = {v.variant_name: v.instance_count for v in plan.variants if not v.shadow}
+        batches = rolling_batches(deployment_config, blue_counts, targets)
+        first = batches[0].green
+        reason: str | None = None
+        fired: list[str] = []
+        shifted = False
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                await check_model_data(blue.pending.variants, plan)
+                await self._deployer.deploy(
+                    replace(
+                        plan,
+                        variants=tuple(
+                            replace(v, instance_count=first[v.variant_name])
+                            if v.variant_name in first
+                            else v
+                            for v in plan.variants
+                        ),
+                    )
+                )
+                try:
+                    for index, batch in enumerate(batches):
+                        if index > 0:
+                            for name, count in batch.green.items():
+                                if count != batches[index - 1].green[name]:
+                                    await self._deployer.scale_generation(
+                                        endpoint_name, plan.generation, name, count
+                                    )
+                        if batch.share >= 1:
+                            break
+                        await self._state.transition(
+                            endpoint_name, _rolling_status(batch, "ActivatingTraffic", index)
+                        )
+                        shifted = True
+                        await self._deployer.shift(
+                            endpoint_name, blue_generation, plan.generation, batch.share
+                        )
+                        for name, count in batch.blue.items():
+                            before = blue_counts if index == 0 else batches[index - 1].blue
+                            if count < before[name]:
+                                await self._deployer.scale_generation(
+                                    endpoint_name, blue_generation, name, count
+                                )
+                        await self._state.transition(
+                            endpoint_name, _rolling_status(batch, "Baking", index, interval)
+                        )
+                        fired = await self._bake(interval, alarms)
+                        if fired:
+                            break
+                    if not fired:
+                        await self._deployer.activate(plan)
+                except Exception:
+                    await self._back_to_blue(
+                        endpoint_name, blue_generation, plan, shifted, blue_counts
+                    )
+                    raise
+        except TimeoutError:
+            await self._back_to_blue(endpoint_name, blue_generation, plan, shifted, blue_counts)
+            reason = (
+                f"The update did not finish within MaximumExecutionTimeoutInSeconds ({limit} s)."
+                if deadline.expired()
+                else internal_reason("deploying the new endpoint configuration")
+            )
+        except DeploymentError as error:
+            reason = error.message
+        except Exception:
+            reason = internal_reason("deploying the new endpoint configuration")
+        if fired:
+            await self._roll_back_update(
+                endpoint_name, blue, blue_generation, plan, fired, blue_counts=blue_counts
+            )
+            return
+        if reason is not None:
+            failure = (
+                "Failed to update endpoint to endpoint configuration "
+                f'"{plan.endpoint_config_name}"; the endpoint still serves its previous '
+                f"configuration. {reason}"
+            )
+
+            def back_on_blue(record: EndpointRecord) -> EndpointRecord:
+                return replace(
+                    record,
+                    status=EndpointStatus.IN_SERVICE,
+                    last_modified_time=time.time(),
+                    failure_reason=failure[:MAX_FAILURE_REASON],
+                    variants=tuple(replace(v, status=None) for v in blue.variants),
+                    pending=None,
+                )
+
+            await self._state.transition(endpoint_name, back_on_blue)
+            return
+        switched = time.time()
+        baking = VariantStatusEntry(
+            "Baking",
+            f"Baking for {interval} seconds (WaitIntervalInSeconds) with traffic enabled on full "
+            "capacity.",
+            switched,
+        )
+
+        def green_is_live(record: EndpointRecord) -> EndpointRecord:
+            pending = record.pending
+            if pending is None:
+                return record
+            return replace(
+                record,
+                endpoint_config_name=pending.endpoint_config_name,
+                generation=pending.generation,
+                variants=tuple(
+                    replace(settled(variant, deployed_time=switched), status=baking)
+                    for variant in pending.variants
+                ),
+                data_capture=pending.data_capture,
+                pending=None,
+                last_modified_time=switched,
+            )
+
+        await self._state.record_weights(
+            endpoint_name, "UpdateEndpoint", _split(blue.pending.variants), switched
+        )
+        await self._state.transition(endpoint_name, green_is_live)
+        # The last batch bakes too: the old fleet (one instance a variant) can still take over.
+        fired = await self._bake(interval, alarms)
+        if fired:
+            await self._roll_back_update(
+                endpoint_name,
+                blue,
+                blue_generation,
+                plan,
+                fired,
+                switched=True,
+                blue_counts=blue_counts,
+            )
+            return
+        await self._retire_quietly(endpoint_name, blue_generation)
+
+        def in_service(record: EndpointRecord) -> EndpointRecord:
+            return replace(
+                record,
+                status=EndpointStatus.IN_SERVICE,
+                last_modified_time=time.time(),
+                variants=tuple(replace(variant, status=None) for variant in record.variants),
+            )
+
+        await self._state.transition(endpoint_name, in_service)
+
     async def _bake(self, seconds: int, alarms: Sequence[str]) -> list[str]:
         """Wait `seconds` while watching `alarms`; the names found in ALARM (then at once), or
         none once the time is up. Without alarms (or a way to read them) it only waits."""
@@ -373,9 +556,23 @@ class EndpointLifecycle:
             await asyncio.sleep(min(left, self._alarm_poll_seconds))
 
     async def _back_to_blue(
-        self, endpoint_name: str, blue_generation: int, plan: DeploymentPlan, shifted: bool
+        self,
+        endpoint_name: str,
+        blue_generation: int,
+        plan: DeploymentPlan,
+        shifted: bool,
+        blue_counts: Mapping[str, int] | None = None,
     ) -> None:
-        """All the traffic to blue again (if some went to green), then green retired."""
+        """All the traffic to blue again (if some went to green), then green retired.
+        `blue_counts`: a rolling update's old fleet is first brought back to these counts
+        (all at once: RollbackMaximumBatchSize's default, the whole old capacity)."""
+        for variant_name, count in (blue_counts or {}).items():
+            try:
+                await self._deployer.scale_generation(
+                    endpoint_name, blue_generation, variant_name, count
+                )
+            except Exception:
+                log.exception("bringing back the old fleet of endpoint %s failed", endpoint_name)
         if shifted:
             try:
                 await self._deployer.shift(endpoint_name, blue_generation, plan.generation, 0.0)
@@ -392,9 +589,11 @@ class EndpointLifecycle:
         fired: list[str],
         *,
         switched: bool = False,
+        blue_counts: Mapping[str, int] | None = None,
     ) -> None:
         """An AutoRollbackConfiguration alarm fired: RollingBack, every request to blue at once,
-        green torn down, then InService on blue with FailureReason saying so."""
+        green torn down, then InService on blue with FailureReason saying so (a rolling
+        update's old fleet first grows back to `blue_counts`)."""
 
         def rolling_back(record: EndpointRecord) -> EndpointRecord:
             return replace(
@@ -402,7 +601,9 @@ class EndpointLifecycle:
             )
 
         await self._state.transition(endpoint_name, rolling_back)
-        await self._back_to_blue(endpoint_name, blue_generation, plan, shifted=True)
+        await self._back_to_blue(
+            endpoint_name, blue_generation, plan, shifted=True, blue_counts=blue_counts
+        )
         if switched:  # the weight history had green's weights: blue's hold again
             await self._state.record_weights(
                 endpoint_name, "RollBack", _split(blue.variants, current=True), time.time()
@@ -755,6 +956,56 @@ def _pending_status(
             for variant in pending.variants
         )
         return replace(record, last_modified_time=now, pending=replace(pending, variants=variants))
+
+    return change
+
+
+def _rolling_status(
+    batch: RollingBatch, status: str, index: int, interval: int = 0
+) -> Callable[[EndpointRecord], EndpointRecord]:
+    """The stored endpoint during a rolling batch: each fleet's instance counts (blue's in
+    ProductionVariants, green's in PendingDeploymentSummary), green's share as its variants'
+    CurrentWeight, and their VariantStatus."""
+    now = time.time()
+    new = sum(batch.green.values())
+    if status == "ActivatingTraffic":
+        message = (
+            f"Activating traffic on batch {index + 1}: {new} new instance(s) take "
+            f"{batch.share:.0%} of the requests; old capacity is terminated to "
+            f"{sum(batch.blue.values())} instance(s)."
+        )
+    else:
+        message = (
+            f"Baking for {interval} seconds (WaitIntervalInSeconds) with traffic enabled on "
+            f"{new} new instance(s)."
+        )
+    entry = VariantStatusEntry(status, message, now)
+
+    def change(record: EndpointRecord) -> EndpointRecord:
+        pending = record.pending
+        if pending is None:
+            return record
+        green = tuple(
+            replace(
+                variant,
+                current_weight=variant.desired_weight * batch.share,
+                current_instance_count=batch.green[variant.variant_name],
+                deployed_time=variant.deployed_time or now,
+                status=entry,
+            )
+            if variant.variant_name in batch.green
+            else replace(variant, deployed_time=variant.deployed_time or now, status=None)
+            for variant in pending.variants
+        )
+        blue = tuple(
+            replace(variant, current_instance_count=batch.blue[variant.variant_name])
+            if variant.variant_name in batch.blue and status == "Baking"
+            else variant
+            for variant in record.variants
+        )
+        return replace(
+            record, last_modified_time=now, variants=blue, pending=replace(pending, variants=green)
+        )
 
     return change
 

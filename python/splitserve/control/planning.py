@@ -282,3 +282,52 @@ def traffic_steps(
     return tuple(
         TrafficStep(part / total, max(1, math.ceil(part / total * whole - 1e-9))) for part in taken
     )
+
+
+@dataclass(frozen=True)
+class RollingBatch:
+    """One batch of a rolling update (RollingUpdatePolicy), by production variant name.
+
+    Attributes:
+        green: the new fleet's instance count of each variant once the batch is provisioned.
+        blue: the old fleet's instance count of each variant once the batch's old capacity is
+            terminated (at least 1 until the last batch, which retires the old fleet whole).
+        share: the new fleet's share of the requests during the batch (1 for the last).
+    """
+
+    green: Mapping[str, int]
+    blue: Mapping[str, int]
+    share: float
+
+
+def rolling_batches(
+    deployment_config: Mapping[str, object] | None,
+    blue_counts: Mapping[str, int],
+    green_counts: Mapping[str, int],
+) -> tuple[RollingBatch, ...]:
+    """The batches a validated RollingUpdatePolicy asks for, from the old fleet's production
+    instance counts to the new one's (the variants by name; the last batch has share 1).
+
+    Each variant's batch is MaximumBatchSize: that many instances (INSTANCE_COUNT, at most the
+    variant's count) or that percentage of the new variant's count, rounded up (at least 1).
+    Each batch provisions a batch of new capacity, turns traffic on it in proportion to the
+    capacity each fleet then has, and terminates as much old capacity.
+    """
+    policy = optional_mapping((deployment_config or {}).get("RollingUpdatePolicy")) or {}
+    size = optional_mapping(policy.get("MaximumBatchSize")) or {}
+    value = optional_int(size.get("Value")) or 1
+    percent = size.get("Type") == "CAPACITY_PERCENT"
+    step = {
+        name: max(1, math.ceil(value * count / 100 - 1e-9)) if percent else min(value, count)
+        for name, count in green_counts.items()
+    }
+    green = {name: min(step[name], count) for name, count in green_counts.items()}
+    batches: list[RollingBatch] = []
+    while True:
+        if green == dict(green_counts):
+            batches.append(RollingBatch(dict(green), dict.fromkeys(blue_counts, 0), 1.0))
+            return tuple(batches)
+        blue = {name: max(1, count - green.get(name, 0)) for name, count in blue_counts.items()}
+        new, old = sum(green.values()), sum(blue.values())
+        batches.append(RollingBatch(dict(green), blue, new / (new + old)))
+        green = {name: min(count, green[name] + step[name]) for name, count in green_counts.items()}

@@ -413,9 +413,9 @@ def check_metrics_config(config: Mapping[str, object] | None) -> None:
 def check_deployment_config(config: Mapping[str, object] | None) -> None:
     """The rules of DeploymentConfig beyond its members' own bounds (docs/sagemaker-api.md,
     "Deployment guardrails"): one update policy; CanarySize with CANARY only and LinearStepSize
-    with LINEAR only; a CAPACITY_PERCENT canary of at most 50 and linear steps of 10 to 50.
-    RollingUpdatePolicy is refused by name (updates here are blue/green). Sizes given as
-    INSTANCE_COUNT are checked against the new fleet by `check_capacity_sizes`.
+    with LINEAR only; a CAPACITY_PERCENT canary of at most 50, linear steps of 10 to 50, rolling
+    batches of 5 to 50 and rollback batches of at most 100. Sizes given as INSTANCE_COUNT are
+    checked against the new fleet by `check_capacity_sizes`.
 
     Raises:
         ValidationException: naming the member and the rule.
@@ -428,13 +428,20 @@ def check_deployment_config(config: Mapping[str, object] | None) -> None:
             "Only one update policy may be specified in DeploymentConfig: give "
             "BlueGreenUpdatePolicy or RollingUpdatePolicy, not both."
         )
-    if isinstance(config.get("RollingUpdatePolicy"), dict):
-        raise ValidationException(
-            "splitserve does not implement RollingUpdatePolicy (at "
-            "'deploymentConfig.rollingUpdatePolicy'): updates start the new fleet beside the old "
-            "one. Give BlueGreenUpdatePolicy (ALL_AT_ONCE, CANARY or LINEAR) instead; its "
-            "AutoRollbackConfiguration works the same."
-        )
+    rolling = config.get("RollingUpdatePolicy")
+    if isinstance(rolling, dict):
+        batch = _size_of(rolling.get("MaximumBatchSize"))
+        if batch is not None and batch[0] == "CAPACITY_PERCENT" and not 5 <= batch[1] <= 50:
+            raise ValidationException(
+                f"MaximumBatchSize Value {batch[1]} (CAPACITY_PERCENT) must be between 5 and 50 "
+                "percent of the variant's capacity."
+            )
+        rollback = _size_of(rolling.get("RollbackMaximumBatchSize"))
+        if rollback is not None and rollback[0] == "CAPACITY_PERCENT" and rollback[1] > 100:
+            raise ValidationException(
+                f"RollbackMaximumBatchSize Value {rollback[1]} (CAPACITY_PERCENT) must be at "
+                "most 100 percent of the variant's capacity."
+            )
     if not isinstance(blue_green, dict):
         return
     routing = blue_green.get("TrafficRoutingConfiguration")
@@ -472,10 +479,17 @@ _SIZE_BOUNDS = {"CANARY": ("CanarySize", 1, 50), "LINEAR": ("LinearStepSize", 10
 def _capacity_size(routing: Mapping[str, object]) -> tuple[str, int] | None:
     """(Type, Value) of the CanarySize or LinearStepSize a validated routing gives, if any."""
     for member in ("CanarySize", "LinearStepSize"):
-        size = routing.get(member)
-        if isinstance(size, dict):
-            return str(size.get("Type")), int(str(size.get("Value")))
+        size = _size_of(routing.get(member))
+        if size is not None:
+            return size
     return None
+
+
+def _size_of(size: object) -> tuple[str, int] | None:
+    """(Type, Value) of a validated CapacitySize, None when absent."""
+    if not isinstance(size, dict):
+        return None
+    return str(size.get("Type")), int(str(size.get("Value")))
 
 
 def check_capacity_sizes(config: Mapping[str, object] | None, instance_count: int) -> None:
@@ -486,6 +500,18 @@ def check_capacity_sizes(config: Mapping[str, object] | None, instance_count: in
     Raises:
         ValidationException: naming the size, the count and the bounds.
     """
+    rolling = None if config is None else config.get("RollingUpdatePolicy")
+    batch = _size_of(rolling.get("MaximumBatchSize")) if isinstance(rolling, dict) else None
+    if (
+        batch is not None
+        and batch[0] == "INSTANCE_COUNT"
+        and not 5 * instance_count <= batch[1] * 100 <= 50 * instance_count
+    ):
+        raise ValidationException(
+            f"MaximumBatchSize Value {batch[1]} (INSTANCE_COUNT) must be between 5 and 50 "
+            f"percent of the new endpoint configuration's {instance_count} production "
+            "instance(s)."
+        )
     policy = None if config is None else config.get("BlueGreenUpdatePolicy")
     routing = policy.get("TrafficRoutingConfiguration") if isinstance(policy, dict) else None
     if not isinstance(routing, dict):
