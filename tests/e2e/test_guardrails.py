@@ -321,3 +321,65 @@ def test_a_rolling_update_replaces_the_fleet_batch_by_batch_without_a_failed_req
     assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 2
     assert "FailureReason" not in described
     assert described["LastDeploymentConfig"] == deployment_config
+
+
+def test_a_rolling_update_rolled_back_by_an_alarm_brings_the_old_fleet_back_whole(
+    gateway: Gateway, sagemaker: Any
+) -> None:
+    blue_endpoint(sagemaker, "unrolled", count=2)
+    blue_answer = answer_of(gateway.url, "unrolled")
+    cloudwatch = gateway.client("cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="unrolled-latency", Namespace="AWS/SageMaker", MetricName="ModelLatency",
+        Dimensions=[
+            {"Name": "EndpointName", "Value": "unrolled"},
+            {"Name": "VariantName", "Value": "AllTraffic"},
+        ],
+        Statistic="Average", Period=60, EvaluationPeriods=1, Threshold=10_000_000.0,
+        ComparisonOperator="GreaterThanThreshold",
+    )  # fmt: skip
+    with invoking(gateway, "unrolled") as (failures, answers):
+        sagemaker.update_endpoint(
+            EndpointName="unrolled",
+            EndpointConfigName="unrolled-green",
+            DeploymentConfig={
+                "RollingUpdatePolicy": {
+                    "MaximumBatchSize": {"Type": "INSTANCE_COUNT", "Value": 1},
+                    "WaitIntervalInSeconds": 600,
+                },
+                "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "unrolled-latency"}]},
+            },
+        )
+        wait_for(lambda: pending_status(sagemaker, "unrolled") == "Baking", 60, "the first batch")
+        wait_for(lambda: len(answers) == 2, 30, "both fleets answering")
+        cloudwatch.set_alarm_state(
+            AlarmName="unrolled-latency", StateValue="ALARM", StateReason="the test says so"
+        )
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName="unrolled", WaiterConfig=FAST_WAIT
+        )
+        print(f"unrolled: {sum(answers.values())} answered, {len(failures)} failed")
+        answers.clear()
+        time.sleep(0.5)
+    assert failures == []
+    assert set(answers) == {blue_answer}
+    described = sagemaker.describe_endpoint(EndpointName="unrolled")
+    assert described["EndpointConfigName"] == "unrolled-blue"
+    assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 2
+    assert described["FailureReason"].startswith(
+        'Update rolled back: the alarm(s) "unrolled-latency"'
+    )
+    # boto3 drops splitserve's Instances listing: DescribeEndpoint as the wire has it.
+    request = urllib.request.Request(
+        gateway.url,
+        data=json.dumps({"EndpointName": "unrolled"}).encode(),
+        headers={
+            "X-Amz-Target": "SageMaker.DescribeEndpoint",
+            "Content-Type": "application/x-amz-json-1.1",
+        },
+    )
+    with urllib.request.urlopen(request) as answer:
+        raw = json.load(answer)
+    (variant,) = raw["ProductionVariants"]
+    assert len(variant["Instances"]) == 2
+    assert all("/g1/" in instance["InstanceName"] for instance in variant["Instances"])
