@@ -525,14 +525,23 @@ def test_create_app_checks_only_the_planes_asked_for(tmp_path: Path) -> None:
         "/endpoints/{name}/invocations-response-stream",
     ]
     unchecked = dict.fromkeys(refused, "refuse")
+    # Feedback is signed whenever the control plane is (README, "Closing the loop").
+    feedback = "/splitserve/feedback/{endpoint}"
     off = handlers(Settings(state_dir=tmp_path))
-    assert off == {"/": "sagemaker_api", invocations: "invoke_endpoint", **cloudwatch, **unchecked}
+    assert off == {
+        "/": "sagemaker_api",
+        invocations: "invoke_endpoint",
+        **cloudwatch,
+        **unchecked,
+        feedback: "post_feedback",
+    }
     control_only = handlers(Settings(state_dir=tmp_path, auth=AuthSettings(keys_file=keys_file)))
     assert control_only == {
         "/": "checked",
         invocations: "invoke_endpoint",
         **cloudwatch,
         **unchecked,
+        feedback: "checked",
     }
     both = handlers(
         Settings(state_dir=tmp_path, auth=AuthSettings(keys_file=keys_file, data_plane=True))
@@ -542,6 +551,7 @@ def test_create_app_checks_only_the_planes_asked_for(tmp_path: Path) -> None:
         invocations: "checked",
         **cloudwatch,
         **dict.fromkeys(refused, "checked"),
+        feedback: "checked",
     }
 
 
