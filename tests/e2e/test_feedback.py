@@ -181,4 +181,5 @@ def test_the_bandit_moves_the_weights_toward_the_variant_that_is_right(
         assert moved["Variant2"] >= 0.1 * sum(moved.values()) - 1e-6
         action = view(gateway.url)["action"]
         assert action["mode"] == "bandit"
-        assert action["status"].startswith("weights pushed: Variant1")
+        # "pushed" after a push, "kept" at a later round whose weights are the same.
+        assert action["status"].startswith(("weights pushed: Variant1", "weights kept: Variant1"))

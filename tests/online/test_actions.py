@@ -34,8 +34,9 @@ class Endpoints:
 class Control:
     """The control plane's dispatch for endpoint `ab`, keeping its tags and the calls."""
 
-    def __init__(self, tags: dict[str, str]) -> None:
+    def __init__(self, tags: dict[str, str], weights: Mapping[str, float] | None = None) -> None:
         self.tags = tags
+        self.weights = dict(weights or {"A": 1.0, "B": 1.0})
         self.calls: list[tuple[str, dict[str, object]]] = []
 
     async def dispatch(self, operation: str, body: dict[str, object]) -> dict[str, object]:
@@ -44,6 +45,10 @@ class Control:
             return {
                 "EndpointArn": "arn:aws:sagemaker:r:1:endpoint/ab",
                 "EndpointStatus": "InService",
+                "ProductionVariants": [
+                    {"VariantName": name, "CurrentWeight": weight}
+                    for name, weight in self.weights.items()
+                ],
             }
         if operation == "ListTags":
             return {"Tags": [{"Key": k, "Value": v} for k, v in self.tags.items()]}
@@ -114,6 +119,14 @@ async def test_promote_waits_for_a_winner_then_ramps_it_once(tmp_path: Path) -> 
         )
     ]
     assert "promoting B" in str(clear.look("ab")["action"])
+    # Once the ramp has moved every request to it: nothing more to do.
+    done = Control({EXPERIMENT_TAG: "promote 50 0"}, {"A": 0.0, "B": 2.0})
+    await _actions(clear, done).tick()
+    assert done.changes() == []
+    assert clear.look("ab")["action"] == {
+        "mode": "promote",
+        "status": "promoted B: it takes every request",
+    }
 
 
 async def test_the_bandit_pushes_floored_weights(tmp_path: Path) -> None:
@@ -129,6 +142,11 @@ async def test_the_bandit_pushes_floored_weights(tmp_path: Path) -> None:
     assert set(weights) == {"A", "B"}
     assert weights["B"] > weights["A"] >= 0.1 - 1e-9
     assert service.rewards("ab") == {"A": (75, 75), "B": (135, 15)}
+    # Weights that would move no share by 2 points or more are not pushed again.
+    again = Control({EXPERIMENT_TAG: "bandit 0.1"}, weights)
+    await _actions(service, again).tick()
+    assert again.changes() == []
+    assert "weights kept" in str(service.look("ab")["action"])
 
 
 async def test_no_tag_report_or_a_bad_tag_changes_nothing(tmp_path: Path) -> None:

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: The endpoint tag naming the live experiment's automatic action.
 EXPERIMENT_TAG = "splitserve:experiment"
+# Shares closer than this are the same: a bandit's weights that would move none by more are not
+# pushed, and a winner with this close to every request is promoted.
+_SAME_SHARE = 0.02
 
 
 class Control(Protocol):
@@ -162,10 +165,11 @@ class ExperimentActions:
         if isinstance(srm, dict) and srm.get("failed"):
             self._report(endpoint, spec.mode, "blocked: the split check failed")
             return
+        shares = _shares(described)
         if spec.mode == "promote":
-            await self._promote(control, endpoint, arn, spec, view, tags)
+            await self._promote(control, endpoint, arn, spec, view, tags, shares)
         else:
-            await self._bandit(control, endpoint, spec, view)
+            await self._bandit(control, endpoint, spec, view, shares)
 
     async def _promote(
         self,
@@ -175,10 +179,14 @@ class ExperimentActions:
         spec: ActionSpec,
         view: Mapping[str, Any],
         tags: Mapping[str, str],
+        shares: Mapping[str, float],
     ) -> None:
         winner = view.get("winner")
         if not isinstance(winner, str):
             self._report(endpoint, "promote", "waiting for a winner")
+            return
+        if shares.get(winner, 0.0) >= 1.0 - _SAME_SHARE:
+            self._report(endpoint, "promote", f"promoted {winner}: it takes every request")
             return
         ramp = f"{winner} 100 {spec.step_percent:g} {spec.wait_seconds}"
         if tags.get(RAMP_TAG) != ramp:
@@ -191,7 +199,12 @@ class ExperimentActions:
         self._report(endpoint, "promote", f"promoting {winner}: {RAMP_TAG} = {ramp}")
 
     async def _bandit(
-        self, control: Control, endpoint: str, spec: ActionSpec, view: Mapping[str, Any]
+        self,
+        control: Control,
+        endpoint: str,
+        spec: ActionSpec,
+        view: Mapping[str, Any],
+        shares: Mapping[str, float],
     ) -> None:
         from splitserve.evaluation.bandit import ThompsonBandit  # noqa: PLC0415 (numpy)
 
@@ -205,6 +218,14 @@ class ExperimentActions:
             if variant in variants:
                 bandit.update_many(variant, hits, misses)
         weights = bandit.weights()
+        shown = ", ".join(f"{name} {weight:.0%}" for name, weight in weights.items())
+        if all(
+            abs(shares.get(name, 0.0) - weight) < _SAME_SHARE for name, weight in weights.items()
+        ):
+            # No push for a change nobody would see: each push is a weight change every replica
+            # waits for, a line of the weight history, and a new split for the split check.
+            self._report(endpoint, "bandit", f"weights kept: {shown}")
+            return
         await control.dispatch(
             "UpdateEndpointWeightsAndCapacities",
             {
@@ -215,11 +236,21 @@ class ExperimentActions:
                 ],
             },
         )
-        shown = ", ".join(f"{name} {weight:.0%}" for name, weight in weights.items())
         self._report(endpoint, "bandit", f"weights pushed: {shown}")
 
     def _report(self, endpoint: str, mode: str | None, status: str) -> None:
         self._feedback.report_action(endpoint, {"mode": mode, "status": status})
+
+
+def _shares(described: Mapping[str, object]) -> dict[str, float]:
+    """Each production variant's share of the weights now, from a DescribeEndpoint answer."""
+    variants = described.get("ProductionVariants")
+    weights = {
+        str(variant["VariantName"]): float(variant.get("CurrentWeight", 0.0))
+        for variant in (variants if isinstance(variants, list) else [])
+    }
+    total = sum(weights.values())
+    return {name: weight / total for name, weight in weights.items()} if total > 0 else weights
 
 
 async def _tags(control: Control, arn: str) -> dict[str, str]:
