@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -329,3 +331,24 @@ def test_labels_of_variants_no_longer_routed_stay_in_the_experiment(database: Da
     view = service.look("ab")
     assert list(view["variants"]) == ["A", "B", "Old", "Older"]  # type: ignore[call-overload]
     assert view["labels"] == {"joined": 4, "refused": {}}
+
+
+def test_the_same_label_sent_at_once_by_many_joins_once(database: Database) -> None:
+    # Services over one database stand for replicas: each has its own FeedbackService.
+    services = [_service(database) for _ in range(4)]
+    store = FeedbackStore(database)
+    for number in range(5):
+        _index(store, f"c{number}")
+    body = _body(*(_record(f"c{number}") for number in range(5)))
+    barrier = threading.Barrier(len(services))
+
+    def send(service: FeedbackService) -> list[str]:
+        barrier.wait()
+        return [outcome for _, outcome, _ in service.submit("ab", body).outcomes]
+
+    with ThreadPoolExecutor(len(services)) as pool:
+        answers = list(pool.map(send, services))
+    joined = [outcome for answer in answers for outcome in answer if outcome == "joined"]
+    assert len(joined) == 5
+    assert sorted(o for answer in answers for o in answer).count("duplicate") == 15
+    assert len(store.labels_after("ab", 0)) == 5
