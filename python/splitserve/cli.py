@@ -7,6 +7,7 @@ splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--
                  [--allow-artifact-path DIR]... [--max-artifact-bytes N] [--max-artifact-files N]
                  [--max-instances-per-variant N] [--max-vcpu-overcommit X]
                  [--metrics-retention DAYS] [--metrics-created] [--state URL]
+                 [--experiment-metric accuracy|precision|recall|f1|auc|log_loss]
                  [--log-level LEVEL] [--log-format text|json] [--access-log [FILE|-]]
 splitserve stats ENDPOINT [--since 15m] [--per 1m] [--errors] [--latency] [--json] [--url URL]
 splitserve weights ENDPOINT [--json] [--url URL]
@@ -55,6 +56,7 @@ from splitserve.database.url import DatabaseUrlError, parse_database_url
 from splitserve.errors import DeploymentError
 from splitserve.evaluation.command import EvaluateRequest, evaluate_command
 from splitserve.evaluation.replay import ReplayRequest, replay_command
+from splitserve.evaluation.sequential import METRICS as EXPERIMENT_METRICS
 
 _DEFAULTS = Settings()
 
@@ -273,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DAYS",
         help="how many days of per-minute figures CloudWatch's API keeps in the state directory "
         "(default %(default)s, as CloudWatch keeps one-minute data)",
+    )
+    serve.add_argument(
+        "--experiment-metric",
+        choices=EXPERIMENT_METRICS,
+        default=_DEFAULTS.feedback.metric,
+        help="the metric the live experiments declare winners on, from the labels sent to "
+        "POST /splitserve/feedback/ENDPOINT (default %(default)s; README, 'Closing the loop')",
     )
     serve.add_argument(
         "--metrics-created",
@@ -768,6 +777,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
         cloudwatch=replace(_DEFAULTS.cloudwatch, retention_days=args.metrics_retention),
         metrics_created=args.metrics_created,
+        feedback=replace(_DEFAULTS.feedback, metric=args.experiment_metric),
         placement=replace(
             _DEFAULTS.placement,
             backend=args.placement,

@@ -165,3 +165,13 @@ async def test_the_experiment_command_prints_json_and_watches(
     assert capsys.readouterr().out.count("Endpoint ab: 0 labels joined") == 2
     assert await asyncio.to_thread(cli.main, ["experiment", "nope", "--url", url]) == 1
     assert "Endpoint nope not found" in capsys.readouterr().err
+
+
+def test_serve_takes_the_experiment_metric(tmp_path: Path) -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["serve", "--state-dir", str(tmp_path), "--experiment-metric", "auc"])
+    assert cli.settings_from_args(args).feedback.metric == "auc"
+    default = parser.parse_args(["serve", "--state-dir", str(tmp_path)])
+    assert cli.settings_from_args(default).feedback.metric == "accuracy"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--experiment-metric", "speed"])
