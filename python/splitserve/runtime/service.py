@@ -261,12 +261,10 @@ class InvocationService:
                 targeted,
                 event_id,
             )
+        # Positional, in the field order (tests/runtime/test_routes.py checks it): ~300 ns a
+        # request less than keywords on CPython 3.11 (docs/benchmarks.md, 'Request-path cost').
         return InvocationResult(
-            variant=variant,
-            body=response.body,
-            content_type=content_type,
-            custom_attributes=custom_attributes,
-            inference_id=inference_id,
+            variant, response.body, content_type, custom_attributes, inference_id
         )
 
     def _not_routable(self, endpoint_name: str) -> Exception:

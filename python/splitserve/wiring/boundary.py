@@ -114,14 +114,15 @@ class ErrorBoundary:
     def wrap(self, handler: Handler) -> Handler:
         """`handler`, its errors answered by this boundary and its answers given a request id."""
         answer = self.answer
-
         set_request_id = REQUEST_ID.set
+        numbers = _request_numbers
 
         @functools.wraps(handler)
         async def bounded(request: web.Request) -> web.StreamResponse:
             # Drawn before the handler runs, so every log line about the request carries it
             # (wiring/logs.py); aiohttp runs each request in its own task, so it ends with it.
-            request_id = next_request_id()
+            # next_request_id() inline: one Python call fewer per request.
+            request_id = f"{_REQUEST_ID_PREFIX}{next(numbers):012x}"
             set_request_id(request_id)
             try:
                 response = await handler(request)
