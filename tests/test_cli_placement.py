@@ -61,3 +61,27 @@ def test_placement_ray_without_ray_installed_says_how_to_install_it(
     assert "--placement ray needs Ray, which is not installed" in error
     assert "pip install 'splitserve[ray]'" in error
     assert not (tmp_path / "state").exists()  # refused before anything was touched
+
+
+def test_an_s3_endpoint_reaches_the_placement_settings(tmp_path: Path) -> None:
+    args = cli.build_parser().parse_args(
+        _args(tmp_path, "--placement", "ray", "--s3-endpoint-url", "http://127.0.0.1:9000")
+    )
+    assert cli.settings_from_args(args).placement.s3_endpoint_url == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:9000", "s3://bucket", "http://", "ftp://host"])
+def test_an_s3_endpoint_that_is_not_an_http_url_is_refused(
+    tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(_args(tmp_path, "--s3-endpoint-url", value))
+    assert exited.value.code == 2
+    assert "is not an http:// or https:// URL" in capsys.readouterr().err
+
+
+def test_an_s3_endpoint_without_ray_placement_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(_args(tmp_path, "--s3-endpoint-url", "http://127.0.0.1:9000")) == 2
+    assert "--s3-endpoint-url is for --placement ray" in capsys.readouterr().err

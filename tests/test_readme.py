@@ -46,7 +46,7 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def test_the_options_table_lists_every_serve_option() -> None:
-    listed = set(re.findall(r"^\| `(--[a-z-]+)", section("Serving options"), flags=re.MULTILINE))
+    listed = set(re.findall(r"^\| `(--[a-z0-9-]+)", section("Serving options"), flags=re.MULTILINE))
     options = {
         action.option_strings[-1]
         for action in _serve_parser()._actions

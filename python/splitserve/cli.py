@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -336,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --placement ray: instances of the types matching PATTERN (e.g. 'ml.c5.*') "
         "also ask for a little of the custom resource RESOURCE, so they run only on nodes "
         "declaring it (repeatable; the first match wins)",
+    )
+    serve.add_argument(
+        "--s3-endpoint-url",
+        default=_DEFAULTS.placement.s3_endpoint_url,
+        type=_http_url,
+        metavar="URL",
+        help="with --placement ray: each node fetches s3://bucket/key model data from this "
+        "S3-compatible store itself, with boto3 and the credentials boto3 finds there, instead "
+        "of the gateway shipping it from --model-store (README, Running on a cluster)",
     )
     # Set by `serve --processes N` on the replicas it starts, never by hand.
     serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
@@ -725,6 +735,14 @@ def _state_url(url: str) -> str:
     return url
 
 
+def _http_url(value: str) -> str:
+    """`--s3-endpoint-url`, checked (argparse answers a bad one with exit code 2)."""
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
 def _type_resource(value: str) -> tuple[str, str]:
     """`--ray-type-resource PATTERN=RESOURCE`, checked (argparse answers a bad one with 2)."""
     pattern, equals, resource = value.partition("=")
@@ -784,6 +802,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             ray_address=args.ray_address,
             ray_namespace=args.ray_namespace,
             type_resources=tuple(args.ray_type_resource),
+            s3_endpoint_url=args.s3_endpoint_url,
         ),
         replicas=replace(
             _DEFAULTS.replicas,
@@ -857,6 +876,13 @@ def serve(settings: Settings, *, insecure: bool, argv: Sequence[str] = ()) -> in
         print(
             "splitserve: --placement ray needs Ray, which is not installed: "
             "pip install 'splitserve[ray]' (or pip install ray)",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.placement.s3_endpoint_url is not None and settings.placement.backend != "ray":
+        print(
+            "splitserve: --s3-endpoint-url is for --placement ray (its nodes fetch model data "
+            "themselves); local instances read s3:// URLs under --model-store",
             file=sys.stderr,
         )
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -18,6 +19,7 @@ from tests.control.conftest import (
     create_config,
     create_model,
     describe,
+    open_service,
     two_variant_endpoint,
     variant,
     variants_by_name,
@@ -188,6 +190,33 @@ async def test_missing_artifact_fails_the_endpoint_naming_it(
         "the URL."
     )
     assert deployer.methods() == []
+
+
+async def test_nodes_that_fetch_from_s3_deploy_an_object_the_model_store_lacks(
+    settings: Settings, deployer: RecordingDeployer
+) -> None:
+    # `--s3-endpoint-url`: the placement's nodes fetch s3:// model data themselves (a missing
+    # object fails there, with the store's reason); a file:// URL is still checked here.
+    fetching = replace(settings, placement=replace(settings.placement, s3_endpoint_url="http://s3"))
+    service = await open_service(fetching, deployer)
+    try:
+        await create_model(service, "m1", "s3://bucket/only-in-s3/model.tar.gz")
+        await create_config(service, "cfg", [variant("A", "m1")])
+        await service.dispatch("CreateEndpoint", {"EndpointName": "e", "EndpointConfigName": "cfg"})
+        await service.settle()
+        assert (await describe(service, "e"))["EndpointStatus"] == "InService"
+        local = settings.model_store / "local" / "absent.tar.gz"
+        await create_model(service, "m2", f"file://{local}")
+        await create_config(service, "cfg2", [variant("A", "m2")])
+        await service.dispatch(
+            "CreateEndpoint", {"EndpointName": "e2", "EndpointConfigName": "cfg2"}
+        )
+        await service.settle()
+        described = await describe(service, "e2")
+        assert described["EndpointStatus"] == "Failed"
+        assert described["FailureReason"].startswith('Failed to find model data for variant "A"')
+    finally:
+        await service.close()
 
 
 async def test_deployment_error_fails_the_endpoint_with_its_reason(

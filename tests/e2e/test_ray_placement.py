@@ -36,6 +36,7 @@ from tests.support.ray_cluster import (
     ray_cluster,
     wait_for_named_actors,
 )
+from tests.support.s3 import s3_credentials, s3_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -47,7 +48,8 @@ BODY = csv_rows(np.full((1, NUM_FEATURES), 0.5))
 def cluster() -> Iterator[dict[str, Any]]:
     """The module's cluster (its address and node handles by name), this process a driver."""
     names = ("n1", "n2", "n3")
-    with ray_cluster([NodeSpec(2, 8, {}) for _ in names]) as (running, handles):
+    # The nodes' processes inherit the credentials, for the test whose nodes fetch from S3.
+    with s3_credentials(), ray_cluster([NodeSpec(2, 8, {}) for _ in names]) as (running, handles):
         ray.init(address=running.address, namespace=NAMESPACE, log_to_driver=False)
         yield {"cluster": running, **dict(zip(names, handles, strict=True))}
 
@@ -300,6 +302,72 @@ def test_a_type_no_node_can_hold_fails_create_endpoint_with_a_reason(
     # SIGTERM still stops the gateway in order (Ray's own handler would end it at once).
     assert status == 0, gateway.log()
     assert "SIGTERM received" not in gateway.log()
+
+
+def test_with_s3_endpoint_url_nodes_fetch_model_data_the_gateway_does_not_have(
+    tmp_path: Path, model_store: Path, cluster: dict[str, Any]
+) -> None:
+    boto3 = pytest.importorskip("boto3")
+    state = tmp_path / "state"
+    empty_store = tmp_path / "empty-store"  # the gateway's model store holds nothing
+    empty_store.mkdir()
+    with s3_server() as endpoint_url:
+        s3 = boto3.client("s3", endpoint_url=endpoint_url)
+        s3.create_bucket(Bucket="remote")
+        s3.put_object(
+            Bucket="remote",
+            Key="v1/model.tar.gz",
+            Body=(model_store / "models" / "v1" / "model.tar.gz").read_bytes(),
+        )
+        gateway = start_gateway(
+            state,
+            empty_store,
+            *_serve_ray(state, empty_store, cluster),
+            "--s3-endpoint-url",
+            endpoint_url,
+        )
+        try:
+            sagemaker = gateway.client("sagemaker")
+            for name, url in (("fetched", "s3://remote/v1/model.tar.gz"),
+                              ("absent", "s3://remote/nothing.tar.gz")):  # fmt: skip
+                sagemaker.create_model(
+                    ModelName=name,
+                    ExecutionRoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
+                    PrimaryContainer={
+                        "Image": "683313688378.dkr.ecr.us-east-1.amazonaws.com/"
+                        "sagemaker-xgboost:1.7-1",
+                        "ModelDataUrl": url,
+                    },
+                )
+                sagemaker.create_endpoint_config(
+                    EndpointConfigName=name,
+                    ProductionVariants=[
+                        {
+                            "VariantName": "Only",
+                            "ModelName": name,
+                            "InitialInstanceCount": 1,
+                            "InstanceType": "ml.t2.medium",
+                        }
+                    ],
+                )
+                sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+            sagemaker.get_waiter("endpoint_in_service").wait(
+                EndpointName="fetched", WaiterConfig=FAST_WAIT
+            )
+            answer = gateway.client("sagemaker-runtime").invoke_endpoint(
+                EndpointName="fetched", ContentType="text/csv", Body=BODY
+            )
+            assert answer["InvokedProductionVariant"] == "Only"
+            with pytest.raises(Exception, match="Failed"):
+                sagemaker.get_waiter("endpoint_in_service").wait(
+                    EndpointName="absent", WaiterConfig=FAST_WAIT
+                )
+            reason = sagemaker.describe_endpoint(EndpointName="absent")["FailureReason"]
+            assert "s3://remote/nothing.tar.gz could not be fetched" in reason
+            _delete_and_check_no_actor_is_left(gateway, "fetched")
+            sagemaker.delete_endpoint(EndpointName="absent")
+        finally:
+            assert gateway.stop() == 0, gateway.log()
 
 
 def test_a_cluster_nothing_answers_at_stops_serve_with_status_2(tmp_path: Path) -> None:

@@ -66,7 +66,6 @@ from splitserve.control.planning import (
     Planner,
     RollingBatch,
     TrafficStep,
-    check_model_data,
     rolling_batches,
     traffic_steps,
 )
@@ -187,7 +186,7 @@ class EndpointLifecycle:
         if not keep_routing:
             self._deployer.pending(record.name)
         try:
-            await check_model_data(record.variants, plan)
+            await self._planner.check_model_data(record.variants, plan)
             await self._deployer.deploy(plan)
             try:
                 await self._deployer.activate(plan)
@@ -249,7 +248,7 @@ class EndpointLifecycle:
         deadline = asyncio.timeout(limit)
         try:
             async with deadline:
-                await check_model_data(green_variants, plan)
+                await self._planner.check_model_data(green_variants, plan)
                 await self._deployer.deploy(plan)
                 try:
                     for index, step in enumerate(steps[:-1]):
@@ -395,7 +394,7 @@ class EndpointLifecycle:
         deadline = asyncio.timeout(limit)
         try:
             async with deadline:
-                await check_model_data(blue.pending.variants, plan)
+                await self._planner.check_model_data(blue.pending.variants, plan)
                 await self._deployer.deploy(
                     replace(
                         plan,

@@ -43,6 +43,9 @@ class Planner:
         resolver: resolves model data and capture locations to local paths.
         limits: the instance limits every new set of variants must keep.
         default_routing_strategy: a variant's routing strategy when its config names none.
+        nodes_fetch_s3: the placement's nodes fetch `s3://` model data from an S3-compatible
+            store themselves (`PlacementSettings.s3_endpoint_url`), so it need not be in the
+            local model store; a missing object then fails on the node, with the store's reason.
     """
 
     def __init__(
@@ -51,16 +54,49 @@ class Planner:
         resolver: LocalPathResolver,
         limits: InstanceLimits,
         default_routing_strategy: str,
+        *,
+        nodes_fetch_s3: bool = False,
     ) -> None:
         self._state = state
         self._resolver = resolver
         self._limits = limits
         self._default_routing_strategy = default_routing_strategy
+        self._nodes_fetch_s3 = nodes_fetch_s3
 
     @property
     def instance_types(self) -> frozenset[str]:
         """The instance types this gateway runs."""
         return frozenset(self._limits.instance_vcpus)
+
+    async def check_model_data(
+        self, variants: tuple[DeployedVariant, ...], plan: DeploymentPlan
+    ) -> None:
+        """SageMaker checks the model data when it deploys: a missing one fails the deployment.
+
+        Raises:
+            DeploymentError: naming the variant, the model and the URL whose data is missing.
+        """
+        urls = {variant.variant_name: variant for variant in variants}
+        for variant_plan in plan.variants:
+            path = variant_plan.model_data
+            variant = urls.get(variant_plan.variant_name)
+            url = (variant.model_data_url if variant is not None else None) or str(path)
+            if path is None or (self._nodes_fetch_s3 and url.startswith("s3://")):
+                continue
+            if await asyncio.to_thread(path.exists):
+                continue
+            log.warning(
+                "endpoint %s, variant %s: model data %s (%s) does not exist",
+                plan.endpoint_name,
+                variant_plan.variant_name,
+                url,
+                path,
+            )
+            raise DeploymentError(
+                f'Failed to find model data for variant "{variant_plan.variant_name}" (model '
+                f'"{variant_plan.model_name}") at URL "{url}". Please ensure that there is an '
+                "object located at the URL."
+            )
 
     async def variants_for(
         self,
@@ -208,33 +244,6 @@ class Planner:
             capture_output=bool(modes & {"Output", "InputAndOutput"}),
             csv_content_types=texts(header.get("CsvContentTypes")),
             json_content_types=texts(header.get("JsonContentTypes")),
-        )
-
-
-async def check_model_data(variants: tuple[DeployedVariant, ...], plan: DeploymentPlan) -> None:
-    """SageMaker checks the model data when it deploys: a missing one fails the deployment.
-
-    Raises:
-        DeploymentError: naming the variant, the model and the URL whose data is missing.
-    """
-    urls = {variant.variant_name: variant for variant in variants}
-    for variant_plan in plan.variants:
-        path = variant_plan.model_data
-        if path is None or await asyncio.to_thread(path.exists):
-            continue
-        variant = urls.get(variant_plan.variant_name)
-        url = variant.model_data_url if variant is not None else str(path)
-        log.warning(
-            "endpoint %s, variant %s: model data %s (%s) does not exist",
-            plan.endpoint_name,
-            variant_plan.variant_name,
-            url,
-            path,
-        )
-        raise DeploymentError(
-            f'Failed to find model data for variant "{variant_plan.variant_name}" (model '
-            f'"{variant_plan.model_name}") at URL "{url}". Please ensure that there is an '
-            "object located at the URL."
         )
 
 

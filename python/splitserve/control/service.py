@@ -85,7 +85,13 @@ class ControlService:
                 else settings.control.max_vcpu_overcommit
             ),
         )
-        planner = Planner(self._state, resolver, limits, settings.router.default_routing_strategy)
+        planner = Planner(
+            self._state,
+            resolver,
+            limits,
+            settings.router.default_routing_strategy,
+            nodes_fetch_s3=settings.placement.s3_endpoint_url is not None,
+        )
         self._lifecycle = EndpointLifecycle(
             self._state,
             deployer,
