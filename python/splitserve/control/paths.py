@@ -99,8 +99,8 @@ class LocalPathResolver:
         """
         path = self.resolve(url, field=field)
         try:
-            real = path.resolve()
-            roots = [root.resolve() for root in (self._root, *self._allowed)]
+            real = _resolved(path)
+            roots = [_resolved(root) for root in (self._root, *self._allowed)]
         except (OSError, RuntimeError, ValueError):  # a symlink loop, an unencodable name
             raise _refused(url, field, "the location cannot be resolved") from None
         if real in roots:
@@ -129,8 +129,8 @@ class LocalPathResolver:
         if any(segment in (".", "..") for segment in segments):
             raise _refused(url, field, "s3:// locations may not contain '.' or '..' segments")
         try:
-            root = self._root.resolve()
-            path = self._root.joinpath(*segments).resolve()
+            root = _resolved(self._root)
+            path = _resolved(self._root.joinpath(*segments))
         except (OSError, RuntimeError, ValueError):  # a symlink loop, an unencodable name
             raise _refused(url, field, "the location cannot be resolved") from None
         if not path.is_relative_to(root):
@@ -140,6 +140,20 @@ class LocalPathResolver:
                 "s3:// locations must stay inside the model store (a symbolic link leads outside)",
             )
         return path
+
+
+def _resolved(path: Path) -> Path:
+    """`path` with its symbolic links resolved, as `Path.resolve()` (a missing part is kept).
+
+    Raises:
+        RuntimeError, OSError: a symbolic link loop. Python 3.11 and 3.12 raise RuntimeError for
+            one; from 3.13 resolve() stops at the loop and returns a path still holding the link,
+            which is refused here the same way.
+    """
+    real = path.resolve()
+    if any(part.is_symlink() for part in (real, *real.parents)):
+        raise OSError(f"a symbolic link loop in {path}")
+    return real
 
 
 def _refused(url: str, field: str, constraint: str) -> ValidationException:
