@@ -1,5 +1,9 @@
 """The `splitserve` command: the only place that reads argv. (Users read `DESCRIPTION` in --help.)
 
+This module is the parser and the dispatch; each command runs in a module of the face beside it:
+`cli_serve` (serve), `cli_stats` (stats, weights), `cli_experiment` (experiment), `cli_evaluate`
+(evaluate, replay), with the options' argument types in `cli_args`.
+
 splitserve serve [--host H] [--port N] [--state-dir DIR] [--model-store DIR] [--images FILE]
                  [--max-batch-rows N] [--auth FILE [--auth-data-plane]] [--invocation-timeout S]
                  [--health-check-interval S] [--body-read-timeout S] [--header-read-timeout S]
@@ -20,44 +24,44 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
-import ipaddress
-import json
 import logging
-import os
-import re
 import sys
-import time
-import urllib.parse
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
-from splitserve.cli_experiment import fetch_experiment, render_experiment
-from splitserve.cli_stats import (
-    StatsUnavailable,
-    fetch_report,
-    fetch_weights,
-    format_duration,
-    render_table,
-    render_weights,
+from splitserve.cli_args import (
+    http_url,
+    log_level,
+    parse_duration,
+    positive_count,
+    positive_factor,
+    positive_seconds,
+    process_count,
+    retention_days,
+    state_url,
+    type_resource,
 )
-from splitserve.config import (
-    LOG_FORMATS,
-    LOOPBACK_ADDRESS,
-    MAX_REPLICA_PROCESSES,
-    PLACEMENTS,
-    STATE_DIRECTORY_MODE,
-    EvaluationSettings,
-    ReplaySettings,
-    Settings,
-    WorkerSettings,
-)
-from splitserve.database.url import DatabaseUrlError, parse_database_url
-from splitserve.errors import DeploymentError
-from splitserve.evaluation.command import EvaluateRequest, evaluate_command
-from splitserve.evaluation.replay import ReplayRequest, replay_command
+from splitserve.cli_evaluate import run_evaluate, run_replay
+from splitserve.cli_experiment import run_experiment
+from splitserve.cli_serve import serve, settings_from_args
+from splitserve.cli_stats import format_duration, run_stats, run_weights
+from splitserve.config import LOG_FORMATS, PLACEMENTS, EvaluationSettings, ReplaySettings, Settings
 from splitserve.evaluation.sequential import METRICS as EXPERIMENT_METRICS
+
+# Names other modules and the tests import from `cli`: the parser, its argument types and the
+# serve command live beside it (cli_args, cli_serve) since issue 12's split.
+__all__ = [
+    "DESCRIPTION",
+    "build_parser",
+    "main",
+    "parse_duration",
+    "positive_count",
+    "positive_factor",
+    "positive_seconds",
+    "process_count",
+    "serve",
+    "settings_from_args",
+]
 
 _DEFAULTS = Settings()
 
@@ -124,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--state",
-        type=_state_url,
+        type=state_url,
         default=None,
         metavar="URL",
         help=(
@@ -332,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-type-resource",
         action="append",
         default=[],
-        type=_type_resource,
+        type=type_resource,
         metavar="PATTERN=RESOURCE",
         help="with --placement ray: instances of the types matching PATTERN (e.g. 'ml.c5.*') "
         "also ask for a little of the custom resource RESOURCE, so they run only on nodes "
@@ -341,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--s3-endpoint-url",
         default=_DEFAULTS.placement.s3_endpoint_url,
-        type=_http_url,
+        type=http_url,
         metavar="URL",
         help="with --placement ray: each node fetches s3://bucket/key model data from this "
         "S3-compatible store itself, with boto3 and the credentials boto3 finds there, instead "
@@ -466,133 +470,6 @@ def _add_experiment_command(
     experiment.set_defaults(log_level="WARNING")
 
 
-_DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """`15m`, `90s`, `2h`, `1d` (or bare seconds) as a number of seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 15m, 2h or 1d)")
-    return int(match[1]) * _UNIT_SECONDS[match[2]]
-
-
-def positive_seconds(text: str) -> float:
-    """A number of seconds above 0 (fractions allowed), for the timeout options."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
-
-
-def positive_factor(text: str) -> float:
-    """A number above 0 (fractions allowed), for the multiple options."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
-
-
-def positive_count(text: str) -> int:
-    """A whole number of at least 1, for the count options."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
-    return int(text)
-
-
-def process_count(text: str) -> int:
-    """`--processes`: a whole number from 1 to MAX_REPLICA_PROCESSES, or `auto`: the CPUs this
-    process may run on, less half of them (left to the instances), at least 1."""
-    if text.strip().lower() == "auto":
-        return max(1, len(os.sched_getaffinity(0)) - len(os.sched_getaffinity(0)) // 2)
-    count = positive_count(text)
-    if count > MAX_REPLICA_PROCESSES:
-        raise argparse.ArgumentTypeError(
-            f"at most {MAX_REPLICA_PROCESSES} replica processes on one host: {text!r}"
-        )
-    return count
-
-
-def log_level(text: str) -> str:
-    """A logging level's name (any case), upper-cased."""
-    name = text.strip().upper()
-    if not isinstance(logging.getLevelNamesMapping().get(name), int):
-        raise argparse.ArgumentTypeError(
-            f"not a log level: {text!r} (DEBUG, INFO, WARNING or ERROR)"
-        )
-    return name
-
-
-def retention_days(text: str) -> int:
-    """A whole number of days from 1 to the largest retention config.py allows."""
-    limit = _DEFAULTS.cloudwatch.max_retention_days
-    if not text.strip().isdigit() or not 1 <= int(text) <= limit:
-        raise argparse.ArgumentTypeError(
-            f"must be a whole number of days from 1 to {limit}: {text!r}"
-        )
-    return int(text)
-
-
-def stats(args: argparse.Namespace) -> int:
-    """Print the endpoint's per-period table (or JSON) from the gateway at `args.url`."""
-    try:
-        report = fetch_report(
-            args.url, args.endpoint, args.since, args.per, _DEFAULTS.stats.client_timeout_seconds
-        )
-    except StatsUnavailable as error:
-        print(f"splitserve: {error}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        sys.stdout.write(render_table(report, errors=args.errors, latency=args.latency))
-    return 0
-
-
-def weights(args: argparse.Namespace) -> int:
-    """Print the endpoint's weight history (or its JSON) from the gateway at `args.url`."""
-    try:
-        document = fetch_weights(args.url, args.endpoint, _DEFAULTS.stats.client_timeout_seconds)
-        text = json.dumps(document, indent=2) + "\n" if args.json else render_weights(document)
-    except StatsUnavailable as error:
-        print(f"splitserve: {error}", file=sys.stderr)
-        return 1
-    sys.stdout.write(text)
-    return 0
-
-
-def experiment(args: argparse.Namespace) -> int:
-    """Print the endpoint's live experiment (or its JSON) from the gateway at `args.url`; with
-    --watch, again every so many seconds until interrupted."""
-    timeout = _DEFAULTS.feedback.client_timeout_seconds
-    try:
-        while True:
-            try:
-                view = fetch_experiment(args.url, args.endpoint, timeout)
-                text = json.dumps(view, indent=2) + "\n" if args.json else render_experiment(view)
-            except StatsUnavailable as error:
-                print(f"splitserve: {error}", file=sys.stderr)
-                if args.watch is None:
-                    return 1
-                text = ""
-            if args.watch is not None and sys.stdout.isatty():
-                sys.stdout.write("\x1b[H\x1b[2J")  # clear the terminal: one view at a time
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            if args.watch is None:
-                return 0
-            time.sleep(args.watch)
-    except KeyboardInterrupt:
-        return 0
-
-
 def _add_evaluate_command(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
@@ -648,21 +525,6 @@ def _add_evaluate_command(
     evaluate.set_defaults(log_level="WARNING")
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    """Print the per-variant evaluation; 2 when the inputs cannot be used."""
-    request = EvaluateRequest(
-        capture=args.capture,
-        ground_truth=args.ground_truth,
-        endpoint=args.endpoint,
-        weights=args.weights,
-        url=args.url,
-        as_json=args.json,
-        plot=args.plot,
-        shadow=args.shadow,
-    )
-    return evaluate_command(request, replace(EvaluationSettings(), threshold=args.threshold))
-
-
 def _add_replay_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     defaults = ReplaySettings()
     replay = commands.add_parser(
@@ -710,256 +572,6 @@ def _add_replay_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     replay.set_defaults(log_level="WARNING")
 
 
-def replay(args: argparse.Namespace) -> int:
-    """Replay captured requests to a candidate and print the comparison; 2 on unusable inputs."""
-    request = ReplayRequest(
-        capture=args.capture,
-        endpoint=args.endpoint,
-        variant=args.variant,
-        url=args.url,
-        rate=args.rate,
-        as_json=args.json,
-        limit=args.limit,
-    )
-    return replay_command(
-        request, ReplaySettings(), replace(EvaluationSettings(), threshold=args.threshold)
-    )
-
-
-def _state_url(url: str) -> str:
-    """`--state`'s value, checked (argparse answers a bad one with exit code 2)."""
-    try:
-        parse_database_url(url)
-    except DatabaseUrlError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
-    return url
-
-
-def _http_url(value: str) -> str:
-    """`--s3-endpoint-url`, checked (argparse answers a bad one with exit code 2)."""
-    parsed = urllib.parse.urlsplit(value)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
-    return value
-
-
-def _type_resource(value: str) -> tuple[str, str]:
-    """`--ray-type-resource PATTERN=RESOURCE`, checked (argparse answers a bad one with 2)."""
-    pattern, equals, resource = value.partition("=")
-    if not equals or not pattern.strip() or not resource.strip():
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not PATTERN=RESOURCE (e.g. 'ml.c5.*=compute')"
-        )
-    return pattern.strip(), resource.strip()
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The `Settings` for `splitserve serve` with the given arguments."""
-    located = replace(
-        _DEFAULTS.with_state_dir(args.state_dir, args.model_store),
-        state_database_url=args.state,
-    )
-    # Over a PostgreSQL state, replicas on other hosts forward to the instances directly.
-    across_hosts = located.state_on_server
-    workers: WorkerSettings = replace(
-        located.workers,
-        allow_pickle=args.allow_pickle,
-        use_tcp=args.worker_tcp or across_hosts,
-        listen_host=args.advertise_address if across_hosts else LOOPBACK_ADDRESS,
-        max_batch_rows=args.max_batch_rows,
-        invocation_timeout_seconds=args.invocation_timeout,
-        health_interval_seconds=args.health_check_interval,
-        worker_user=args.worker_user,
-        max_artifact_bytes=args.max_artifact_bytes,
-        max_artifact_files=args.max_artifact_files,
-    )
-    return replace(
-        located,
-        host=args.host,
-        port=args.port,
-        images_file=args.images,
-        allowed_artifact_paths=tuple(args.allow_artifact_path),
-        body_read_timeout_seconds=args.body_read_timeout,
-        workers=workers,
-        edge=replace(
-            _DEFAULTS.edge,
-            header_read_timeout_seconds=args.header_read_timeout,
-            max_connections=args.max_connections,
-            max_inflight_body_bytes=args.max_inflight_body_bytes,
-        ),
-        control=replace(
-            _DEFAULTS.control,
-            max_instances_per_variant=args.max_instances_per_variant,
-            max_vcpu_overcommit=args.max_vcpu_overcommit,
-        ),
-        auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
-        cloudwatch=replace(_DEFAULTS.cloudwatch, retention_days=args.metrics_retention),
-        metrics_created=args.metrics_created,
-        feedback=replace(_DEFAULTS.feedback, metric=args.experiment_metric),
-        placement=replace(
-            _DEFAULTS.placement,
-            backend=args.placement,
-            ray_address=args.ray_address,
-            ray_namespace=args.ray_namespace,
-            type_resources=tuple(args.ray_type_resource),
-            s3_endpoint_url=args.s3_endpoint_url,
-        ),
-        replicas=replace(
-            _DEFAULTS.replicas,
-            processes=args.processes,
-            advertise_address=args.advertise_address,
-            supervisor_pid=args.supervisor_pid,
-            replica_index=args.replica_index,
-        ),
-        logs=replace(
-            _DEFAULTS.logs,
-            level=args.log_level,
-            format=args.log_format,
-            access_log=args.access_log,
-        ),
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def serve(settings: Settings, *, insecure: bool, argv: Sequence[str] = ()) -> int:
-    """Run the gateway until SIGINT or SIGTERM; return the exit code.
-
-    With `--processes N` (N > 1) this process supervises N replicas, each started with the
-    serve command `argv` (wiring.processes); a replica it started runs the gateway itself.
-    """
-    authenticated = settings.auth.keys_file is not None
-    if settings.auth.data_plane and not authenticated:
-        print("splitserve: --auth-data-plane needs --auth FILE", file=sys.stderr)
-        return 2
-    if not _is_loopback(settings.host) and not insecure and not authenticated:
-        print(
-            f"splitserve: refusing to listen on {settings.host}: anyone who can reach it could "
-            "change endpoints and traffic weights. Listen on 127.0.0.1, require signatures "
-            "with --auth FILE, or pass --insecure.",
-            file=sys.stderr,
-        )
-        return 2
-    if not _is_loopback(settings.host) and authenticated and not settings.auth.data_plane:
-        logging.getLogger(__name__).warning(
-            "listening on %s with an unsigned data plane: anyone who can reach it can invoke "
-            "endpoints (--auth-data-plane requires signatures there too)",
-            settings.host,
-        )
-    # The gateway's modules are imported here, not at the top: they load the Rust router and the
-    # planes, and `splitserve evaluate` and `stats` must run without either (where the extension
-    # was never built: tests/test_architecture.py).
-    from splitserve.app import create_app  # noqa: PLC0415
-    from splitserve.control.store import StateFileError  # noqa: PLC0415
-    from splitserve.database import DatabaseError, DatabaseUnavailable  # noqa: PLC0415
-    from splitserve.wiring import edge, logs  # noqa: PLC0415
-    from splitserve.wiring.auth import AuthFileError  # noqa: PLC0415
-    from splitserve.wiring.lock import StateDirInUse, StateDirLock  # noqa: PLC0415
-    from splitserve.wiring.processes import (  # noqa: PLC0415
-        ReplicaSupervisor,
-        SupervisorGone,
-        die_with_supervisor,
-        prepare_state,
-        reserve_port,
-    )
-    from splitserve.workers.images import ImageRegistryError  # noqa: PLC0415
-    from splitserve.workers.process import WorkerUserError  # noqa: PLC0415
-
-    if settings.placement.backend == "ray" and importlib.util.find_spec("ray") is None:
-        print(
-            "splitserve: --placement ray needs Ray, which is not installed: "
-            "pip install 'splitserve[ray]' (or pip install ray)",
-            file=sys.stderr,
-        )
-        return 2
-    if settings.placement.s3_endpoint_url is not None and settings.placement.backend != "ray":
-        print(
-            "splitserve: --s3-endpoint-url is for --placement ray (its nodes fetch model data "
-            "themselves); local instances read s3:// URLs under --model-store",
-            file=sys.stderr,
-        )
-        return 2
-    logs.configure(settings.logs)
-    replicas = settings.replicas
-    if replicas.supervisor_pid is not None:
-        # A replica of `--processes N`: its supervisor holds the state directory's lock.
-        try:
-            die_with_supervisor(replicas.supervisor_pid)
-        except SupervisorGone as error:
-            print(f"splitserve: {error}", file=sys.stderr)
-            return 2
-        lock = None
-    else:
-        try:
-            # The state directory first, with its own mode (the model store is usually inside
-            # it), then its lock: nothing else may touch the directory while a gateway owns it.
-            settings.state_dir.mkdir(mode=STATE_DIRECTORY_MODE, parents=True, exist_ok=True)
-            lock = StateDirLock.acquire(settings.lock_file)
-        except (StateDirInUse, OSError) as error:
-            print(f"splitserve: {_one_line(error)}", file=sys.stderr)
-            return 2
-    if replicas.processes > 1:
-        try:
-            prepare_state(settings)
-            reserved = reserve_port(settings.host, settings.port)
-        except (StateFileError, OSError) as error:
-            where = (
-                "" if isinstance(error, StateFileError) else f"{settings.host}:{settings.port}: "
-            )
-            print(f"splitserve: {where}{_one_line(error)}", file=sys.stderr)
-            if lock is not None:
-                lock.release()
-            return 2
-        try:
-            print(
-                f"======== {replicas.processes} replicas on http://{settings.host}:"
-                f"{settings.port} ========",
-                flush=True,
-            )
-            return ReplicaSupervisor(settings, argv).run()
-        finally:
-            reserved.close()
-            if lock is not None:
-                lock.release()
-    try:
-        settings.model_store.mkdir(parents=True, exist_ok=True)
-        edge.run(create_app(settings), settings, lambda message: print(message, flush=True))
-    except (DatabaseUnavailable, DatabaseError) as error:
-        detail = f" ({error.detail})" if isinstance(error, DatabaseUnavailable) else ""
-        print(f"splitserve: {error}{detail}", file=sys.stderr)
-        return 2
-    except (
-        StateFileError,
-        ImageRegistryError,
-        AuthFileError,
-        edge.EdgeLimitError,
-        edge.ListenError,
-        logs.LogSetupError,
-        WorkerUserError,
-        DeploymentError,
-    ) as error:
-        print(f"splitserve: {error}", file=sys.stderr)
-        return 2
-    finally:
-        if lock is not None:
-            lock.release()
-    return 0
-
-
-def _one_line(error: Exception) -> str:
-    """`error` as one line: an OSError by its reason and file, anything else by its message."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-    return str(error)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `splitserve` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -970,15 +582,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(settings_from_args(args), insecure=args.insecure, argv=argv)
     if args.command == "stats":
-        return stats(args)
+        return run_stats(args)
     if args.command == "weights":
-        return weights(args)
+        return run_weights(args)
     if args.command == "experiment":
-        return experiment(args)
+        return run_experiment(args)
     if args.command == "evaluate":
-        return evaluate(args)
+        return run_evaluate(args)
     if args.command == "replay":
-        return replay(args)
+        return run_replay(args)
     return 2  # argparse refuses unknown commands before this
 
 

@@ -1,5 +1,6 @@
 """The client side of `splitserve experiment`: fetch an endpoint's live experiment from a gateway
-(GET /splitserve/experiments/<endpoint>) and print it as a table a person reads.
+(GET /splitserve/experiments/<endpoint>) and print it as a table a person reads, once or every
+so many seconds (`run_experiment`: what `cli` dispatches to).
 
 Part of the face, beside `cli_stats`: the view is the gateway's
 (`online.service.FeedbackService.look`, `evaluation.sequential.ExperimentSnapshot.to_dict`), the
@@ -8,13 +9,20 @@ call goes through the command line's one gateway client, and this module only re
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+import time
 import urllib.parse
 from typing import Any
 
 from splitserve.cli_stats import StatsUnavailable
+from splitserve.config import Settings
 from splitserve.gateway_client import GatewayClient, GatewayRequestError
 
-__all__ = ["fetch_experiment", "render_experiment"]
+__all__ = ["fetch_experiment", "render_experiment", "run_experiment"]
+
+_DEFAULTS = Settings()
 
 # The metrics in the order the table shows them (the view's own names).
 _METRIC_ORDER = ("accuracy", "precision", "recall", "f1", "auc", "log_loss")
@@ -137,3 +145,28 @@ def _number(value: Any) -> str:
     if number != 0 and abs(number) < 0.001:
         return f"{number:.1e}"
     return f"{number:.3f}"
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    """Print the endpoint's live experiment (or its JSON) from the gateway at `args.url`; with
+    --watch, again every so many seconds until interrupted."""
+    timeout = _DEFAULTS.feedback.client_timeout_seconds
+    try:
+        while True:
+            try:
+                view = fetch_experiment(args.url, args.endpoint, timeout)
+                text = json.dumps(view, indent=2) + "\n" if args.json else render_experiment(view)
+            except StatsUnavailable as error:
+                print(f"splitserve: {error}", file=sys.stderr)
+                if args.watch is None:
+                    return 1
+                text = ""
+            if args.watch is not None and sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # clear the terminal: one view at a time
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            if args.watch is None:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0

@@ -1,5 +1,5 @@
 """The client side of `splitserve stats` and `splitserve weights`: fetch an endpoint's report or
-weight history from a gateway, print it.
+weight history from a gateway, print it (`run_stats`, `run_weights`: what `cli` dispatches to).
 
 Part of the face, beside `cli`: the report model is the gateway's (`metrics.report`), the call goes
 through the command line's one gateway client (`gateway_client`), and this module only turns the
@@ -8,12 +8,18 @@ answers into the tables a person reads.
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
+from splitserve.config import Settings
 from splitserve.gateway_client import GatewayClient, GatewayRequestError
 from splitserve.metrics.report import StatsReport
+
+_DEFAULTS = Settings()
 
 
 class StatsUnavailable(Exception):
@@ -191,3 +197,31 @@ def render_table(report: StatsReport, *, errors: bool = False, latency: bool = F
         title += " (no variants)"
     lines = [title] + ["   ".join(parts).rstrip() for parts in header_lines + body_lines]
     return "\n".join(lines) + "\n"
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Print the endpoint's per-period table (or JSON) from the gateway at `args.url`."""
+    try:
+        report = fetch_report(
+            args.url, args.endpoint, args.since, args.per, _DEFAULTS.stats.client_timeout_seconds
+        )
+    except StatsUnavailable as error:
+        print(f"splitserve: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        sys.stdout.write(render_table(report, errors=args.errors, latency=args.latency))
+    return 0
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    """Print the endpoint's weight history (or its JSON) from the gateway at `args.url`."""
+    try:
+        document = fetch_weights(args.url, args.endpoint, _DEFAULTS.stats.client_timeout_seconds)
+        text = json.dumps(document, indent=2) + "\n" if args.json else render_weights(document)
+    except StatsUnavailable as error:
+        print(f"splitserve: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0

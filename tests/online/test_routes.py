@@ -158,7 +158,7 @@ async def test_the_experiment_command_prints_json_and_watches(
         if len(slept) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("splitserve.cli.time.sleep", interrupt)
+    monkeypatch.setattr("splitserve.cli_experiment.time.sleep", interrupt)
     watched = await asyncio.to_thread(cli.main, ["experiment", "ab", "--watch", "--url", url])
     assert watched == 0
     assert slept == [2.0, 2.0]
