@@ -40,7 +40,7 @@ from splitserve.config import CONTROLLER_LOCK_FILE_NAME, METRICS_SPOOL_DIR_NAME,
 from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
-from splitserve.database import open_database
+from splitserve.database import Database, open_database, parse_database_url
 from splitserve.errors import SplitserveError, ValidationException
 from splitserve.metrics.host import OWN_PATH, host_exposition, own_exposition, record_own
 from splitserve.metrics.minutes import MinuteStore
@@ -108,6 +108,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.INVOCATIONS] = invocations
     app.cleanup_ctx.append(_metrics_spool)  # first, so torn down last
     app.cleanup_ctx.append(_capture_writer)
+    app.cleanup_ctx.append(_state_database)
     app.cleanup_ctx.append(_gateway)
     app.cleanup_ctx.append(_cloudwatch)
     app.cleanup_ctx.append(online_context)  # feedback: its tables are in the state database
@@ -188,6 +189,26 @@ async def _capture_writer(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(writer.close)
 
 
+async def _state_database(app: web.Application) -> AsyncIterator[None]:
+    """Over PostgreSQL, open the one pool this process's parts share (`keys.SHARED_DATABASE`)."""
+    settings = app[keys.SETTINGS]
+    if parse_database_url(settings.state_url).kind != "postgresql":
+        yield
+        return
+    database = await asyncio.to_thread(open_database, settings.state_url, settings.database)
+    app[keys.SHARED_DATABASE] = database
+    try:
+        yield
+    finally:
+        database.close()
+
+
+def _state_of(app: web.Application) -> Database | str:
+    """What a part opens its tables in: the shared pool, else the state URL (SQLite)."""
+    shared = app.get(keys.SHARED_DATABASE)
+    return app[keys.SETTINGS].state_url if shared is None else shared
+
+
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
     """Start controlling the endpoints (one process), or join the replicas, which start
     controlling in this process once it holds the controller lease; undo it in reverse."""
@@ -207,7 +228,12 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
     # Heartbeats and routing documents are rewritten every second: no fsync per commit for them
     # (SQLite; `DatabaseSettings.sqlite_synchronous`), so they never queue behind the disk.
     cluster_database = replace(settings.database, sqlite_synchronous="NORMAL")
-    database = await asyncio.to_thread(open_database, settings.state_url, cluster_database)
+    shared = app.get(keys.SHARED_DATABASE)
+    database = (
+        shared
+        if shared is not None
+        else await asyncio.to_thread(open_database, settings.state_url, cluster_database)
+    )
     cluster = await asyncio.to_thread(ClusterState.open, database)
     lease: ControllerLease = (
         FileLease(settings.state_dir / CONTROLLER_LOCK_FILE_NAME)
@@ -258,7 +284,8 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         for stop in stops:
             await stop()
         await forwarder.close()
-        database.close()
+        if shared is None:
+            database.close()
 
 
 async def _controller(
@@ -269,7 +296,7 @@ async def _controller(
     return what undoes it in reverse."""
     settings = app[keys.SETTINGS]
     # Opening reads and checks the whole file (and may create its directory): off the loop.
-    store = await asyncio.to_thread(Store.open, settings.state_url, settings.database)
+    store = await asyncio.to_thread(Store.open, _state_of(app), settings.database)
     registry = app[keys.ENDPOINTS]
     deployer = FleetDeployer(settings, registry, app[keys.CAPTURE], app[keys.MINUTES])
     deployer.when_removed(functools.partial(forget_feedback, app))
@@ -345,6 +372,7 @@ async def _cloudwatch(app: web.Application) -> AsyncIterator[None]:
         app[keys.SETTINGS],
         app[keys.MINUTES],
         app[keys.CONTROLLER],
+        state=_state_of(app),
         source=replica.replica_id,
         is_controller=replica.is_controller,
     )

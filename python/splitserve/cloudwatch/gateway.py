@@ -26,6 +26,7 @@ from splitserve.cloudwatch.queries import MetricQueries
 from splitserve.cloudwatch.service import CloudWatchService
 from splitserve.cloudwatch.store import CloudWatchStore
 from splitserve.config import Settings
+from splitserve.database import Database
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.procstat import CpuSampler
 from splitserve.metrics.prometheus import InstanceSource
@@ -74,16 +75,18 @@ class CloudWatchGateway:
         minutes: MinuteStore,
         instances: InstanceSource | None,
         *,
+        state: Database | str,
         source: str,
         is_controller: Callable[[], bool],
     ) -> CloudWatchGateway:
-        """Open CloudWatch's tables in the state database (off the loop), load the alarms and
-        start the periodic job (`source` and `is_controller` as for the constructor).
+        """Open CloudWatch's tables in the state database (`state`: an open `Database`, left
+        open, or the state URL), load the alarms and start the periodic job (`source` and
+        `is_controller` as for the constructor).
 
         Raises:
             DatabaseError, DatabaseUnavailable: the state database cannot be opened or written.
         """
-        store = await asyncio.to_thread(CloudWatchStore.open, settings.state_url, settings.database)
+        store = await asyncio.to_thread(CloudWatchStore.open, state, settings.database)
         gateway = cls(
             settings, store, minutes, instances, source=source, is_controller=is_controller
         )

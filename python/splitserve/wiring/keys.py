@@ -8,6 +8,7 @@ from splitserve.capture.writer import CaptureWriter
 from splitserve.cloudwatch.gateway import CloudWatchGateway
 from splitserve.cluster.view import ReplicaView
 from splitserve.config import Settings
+from splitserve.database import Database
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.spool import MetricsSpool
 from splitserve.online.index import InferenceIndex
@@ -36,5 +37,9 @@ METRICS_SPOOL = web.AppKey("metrics_spool", MetricsSpool)
 #: Every answered invocation on its way to the state database, for feedback (absent when the
 #: index is turned off).
 FEEDBACK_INDEX = web.AppKey("feedback_index", InferenceIndex)
+#: Over PostgreSQL: the one connection pool every part of this process shares, so
+#: `DatabaseSettings.pool_max_size` bounds the process (absent over SQLite, where each part keeps
+#: a connection of its own: their `synchronous` settings differ).
+SHARED_DATABASE = web.AppKey("shared_database", Database)
 #: Feedback and the live experiments, once the state database is open (`wiring.online`).
 FEEDBACK = web.AppKey("feedback", FeedbackService)

@@ -57,11 +57,17 @@ async def online_context(app: web.Application) -> AsyncIterator[None]:
     """Open feedback's tables in the state database, start the index's writer and the
     experiment refresher; on shutdown stop them and write what the index still holds."""
     settings = app[keys.SETTINGS]
-    database = await asyncio.to_thread(open_database, settings.state_url, settings.database)
+    shared = app.get(keys.SHARED_DATABASE)
+    database = (
+        shared
+        if shared is not None
+        else await asyncio.to_thread(open_database, settings.state_url, settings.database)
+    )
     try:
-        store = await asyncio.to_thread(FeedbackStore.open, database, owned=True)
+        store = await asyncio.to_thread(FeedbackStore.open, database, owned=shared is None)
     except BaseException:
-        database.close()
+        if shared is None:
+            database.close()
         raise
     service = FeedbackService(settings.feedback, store, RegistryWeights(app[keys.ENDPOINTS]))
     app[keys.FEEDBACK] = service
