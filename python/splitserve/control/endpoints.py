@@ -143,7 +143,7 @@ class EndpointOperations:
     async def update_endpoint(self, body: Mapping[str, object]) -> dict[str, object]:
         """UpdateEndpoint -> {EndpointArn}: a blue/green deployment of another configuration,
         its traffic shifted all at once or in DeploymentConfig's CANARY or LINEAR steps, rolled
-        back when an AutoRollbackConfiguration alarm fires (`lifecycle.EndpointLifecycle.update`).
+        back when an AutoRollbackConfiguration alarm fires (`guardrails.GuardedUpdate`).
 
         RetainAllVariantProperties keeps the live DesiredWeight and DesiredInstanceCount of every
         variant that is in both configurations, except the properties that

@@ -6,24 +6,14 @@ operations (`endpoints.py`) write the new desired state, then start the task tha
 - CreateEndpoint answers Creating; the task checks the model data exists, deploys, activates, and
   writes InService. A DeploymentError (or missing model data) gives Failed with FailureReason; any
   other exception gives Failed with a generic reason (the details go to the log).
-- UpdateEndpoint is blue/green, all at once by default: Updating with a PendingDeploymentSummary
-  while the new generation starts beside the live one; then one atomic switch (`Deployer.activate`),
-  after which the new generation is what DescribeEndpoint shows as ProductionVariants (VariantStatus
-  Baking during TerminationWaitInSeconds), then the old generation is retired and the endpoint is
-  InService. If the new generation fails, the old one keeps serving: the endpoint goes back to
-  InService and FailureReason says why the update failed (as AWS documents FailureReason: "or the
-  status is InService but update operation fails"). The reason is cleared by the next update.
-  A DeploymentConfig of CANARY or LINEAR shifts the traffic in steps instead (`traffic_steps`):
-  both generations serve, split by the step's share (`Deployer.shift`), each step baked
-  WaitIntervalInSeconds while the AutoRollbackConfiguration alarms are read (`AlarmStates`), the
-  last step being the switch above. An alarm in ALARM during any bake (TerminationWaitInSeconds
-  included) is RollingBack: every request to blue at once, green retired, InService on blue with
-  FailureReason saying so (docs/architecture.md, "Deployment guardrails").
-- A RollingUpdatePolicy replaces the fleet batch by batch (`_rolling_update`): green grows and
-  blue shrinks (`Deployer.scale_generation`) while each batch takes its share and bakes; a
-  rollback restores blue's counts at once, then all the traffic.
+- UpdateEndpoint is blue/green (`guardrails.GuardedUpdate`): Updating with a
+  PendingDeploymentSummary while the new generation starts beside the live one, the traffic moved
+  to it at once, in CANARY or LINEAR steps or in rolling batches, each bake watching the
+  AutoRollbackConfiguration alarms; InService on the new generation, or on the old one with
+  FailureReason when it failed or was rolled back.
 - A new value of the endpoint tag `splitserve:ramp` (`tags.py`) ramps one variant's weight in
-  steps (`ramp`), Updating meanwhile; an alarm in ALARM restores the weights from before it.
+  steps (`ramp.RampRunner`), Updating meanwhile; an alarm in ALARM restores the weights from
+  before it.
 - UpdateEndpointWeightsAndCapacities changes the live generation in place: the new weights reach
   the router before the call answers (`apply_weights_now`); instance counts change in the
   background (`resize`), then Current = Desired and InService. If scaling fails the endpoint is
@@ -44,34 +34,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
 from splitserve.config import MAX_FAILURE_REASON, ControlSettings
+from splitserve.control.background import internal_reason, retire_quietly
+from splitserve.control.bakes import AlarmWatch
 from splitserve.control.deployer import AlarmStates, Deployer, DeploymentPlan
-from splitserve.control.documents import mappings, optional_int, optional_mapping, text
+from splitserve.control.guardrails import GuardedUpdate
 from splitserve.control.models import (
-    RAMP_TAG,
     DeployedVariant,
     EndpointRecord,
     EndpointStatus,
-    VariantStatusEntry,
     name_key,
 )
-from splitserve.control.planning import (
-    Planner,
-    RollingBatch,
-    TrafficStep,
-    rolling_batches,
-    traffic_steps,
-)
-from splitserve.control.ramp import RampSpec, ramp_shares, ramp_weights
+from splitserve.control.planning import Planner
+from splitserve.control.ramp import RampRunner, RampSpec
 from splitserve.control.state import ControlState
-from splitserve.control.variants import launching, restored, settled
+from splitserve.control.variants import launching, restored, settled, weight_split
 from splitserve.errors import DeploymentError, SplitserveError, ValidationException
 
 log = logging.getLogger(__name__)
@@ -109,8 +91,9 @@ class EndpointLifecycle:
         self._state = state
         self._deployer = deployer
         self._planner = planner
-        self._alarms = alarms
-        self._alarm_poll_seconds = alarm_poll_seconds
+        watch = AlarmWatch(alarms, alarm_poll_seconds)
+        self._updates = GuardedUpdate(state, deployer, planner, watch)
+        self._ramps = RampRunner(state, deployer, watch)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Endpoints a takeover recovers without leaving InService (`busy`).
         self._kept_in_service: set[str] = set()
@@ -191,7 +174,7 @@ class EndpointLifecycle:
             try:
                 await self._deployer.activate(plan)
             except Exception:
-                await self._retire_quietly(plan.endpoint_name, plan.generation)
+                await retire_quietly(self._deployer, plan.endpoint_name, plan.generation)
                 raise
         except DeploymentError as error:
             await self._fail(record.name, error.message)
@@ -200,7 +183,7 @@ class EndpointLifecycle:
             await self._fail(record.name, internal_reason("deploying the endpoint"))
             return
         now = time.time()
-        await self._state.record_weights(record.name, cause, _split(record.variants), now)
+        await self._state.record_weights(record.name, cause, weight_split(record.variants), now)
 
         def in_service(current: EndpointRecord) -> EndpointRecord:
             return replace(
@@ -219,480 +202,13 @@ class EndpointLifecycle:
         plan: DeploymentPlan,
         deployment_config: Mapping[str, object] | None,
     ) -> None:
-        """Blue/green: deploy green beside blue, shift the traffic in the configuration's steps
-        (one for ALL_AT_ONCE; each CANARY or LINEAR step baked WaitIntervalInSeconds while the
-        AutoRollbackConfiguration alarms are watched), bake TerminationWaitInSeconds, retire
-        blue, InService. An alarm in ALARM during a bake rolls everything back to blue.
-        A RollingUpdatePolicy goes batch by batch instead (`_rolling_update`)."""
-        if optional_mapping((deployment_config or {}).get("RollingUpdatePolicy")) is not None:
-            await self._rolling_update(endpoint_name, blue_generation, plan, deployment_config)
-            return
-        policy = optional_mapping((deployment_config or {}).get("BlueGreenUpdatePolicy")) or {}
-        routing = optional_mapping(policy.get("TrafficRoutingConfiguration")) or {}
-        bake = optional_int(policy.get("TerminationWaitInSeconds")) or 0
-        interval = optional_int(routing.get("WaitIntervalInSeconds")) or 0
-        limit = optional_int(policy.get("MaximumExecutionTimeoutInSeconds"))
-        alarms = alarm_names(deployment_config)
-        blue = await self._state.run(self._state.store.get_endpoint, endpoint_name)
-        if blue is None or blue.pending is None:
-            return
-        green_variants = blue.pending.variants
-        canary = routing.get("Type") == "CANARY"
-        steps = traffic_steps(
-            deployment_config,
-            sum(v.desired_instance_count for v in green_variants if not v.shadow),
-        )
-        reason: str | None = None
-        fired: list[str] = []
-        shifted = False
-        deadline = asyncio.timeout(limit)
-        try:
-            async with deadline:
-                await self._planner.check_model_data(green_variants, plan)
-                await self._deployer.deploy(plan)
-                try:
-                    for index, step in enumerate(steps[:-1]):
-                        await self._state.transition(
-                            endpoint_name,
-                            _pending_status(
-                                step, "ActivatingTraffic", canary=index == 0 and canary
-                            ),
-                        )
-                        shifted = True
-                        await self._deployer.shift(
-                            endpoint_name, blue_generation, plan.generation, step.share
-                        )
-                        await self._state.transition(
-                            endpoint_name,
-                            _pending_status(
-                                step, "Baking", canary=index == 0 and canary, interval=interval
-                            ),
-                        )
-                        fired = await self._bake(interval, alarms)
-                        if fired:
-                            break
-                    if not fired:
-                        await self._deployer.activate(plan)
-                except Exception:
-                    await self._back_to_blue(endpoint_name, blue_generation, plan, shifted)
-                    raise
-        except TimeoutError:
-            await self._back_to_blue(endpoint_name, blue_generation, plan, shifted)
-            if deadline.expired():
-                reason = (
-                    "The update did not finish within MaximumExecutionTimeoutInSeconds "
-                    f"({limit} s)."
-                )
-            else:
-                reason = internal_reason("deploying the new endpoint configuration")
-        except DeploymentError as error:
-            reason = error.message
-        except Exception:
-            reason = internal_reason("deploying the new endpoint configuration")
-        if fired:
-            await self._roll_back_update(endpoint_name, blue, blue_generation, plan, fired)
-            return
-        if reason is not None:
-            failure = (
-                "Failed to update endpoint to endpoint configuration "
-                f'"{plan.endpoint_config_name}"; the endpoint still serves its previous '
-                f"configuration. {reason}"
-            )
-
-            def back_on_blue(record: EndpointRecord) -> EndpointRecord:
-                return replace(
-                    record,
-                    status=EndpointStatus.IN_SERVICE,
-                    last_modified_time=time.time(),
-                    failure_reason=failure[:MAX_FAILURE_REASON],
-                    pending=None,
-                )
-
-            await self._state.transition(endpoint_name, back_on_blue)
-            return
-        switched = time.time()
-        baking = (
-            VariantStatusEntry(
-                "Baking",
-                f"Baking for {bake} seconds (TerminationWaitInSeconds) with traffic enabled on "
-                "full capacity.",
-                switched,
-            )
-            if bake
-            else None
-        )
-
-        def green_is_live(record: EndpointRecord) -> EndpointRecord:
-            pending = record.pending
-            if pending is None:
-                return record
-            return replace(
-                record,
-                endpoint_config_name=pending.endpoint_config_name,
-                generation=pending.generation,
-                variants=tuple(
-                    replace(settled(variant, deployed_time=switched), status=baking)
-                    for variant in pending.variants
-                ),
-                data_capture=pending.data_capture,
-                pending=None,
-                last_modified_time=switched,
-            )
-
-        await self._state.record_weights(
-            endpoint_name, "UpdateEndpoint", _split(green_variants), switched
-        )
-        await self._state.transition(endpoint_name, green_is_live)
-        # The last bake is watched too: blue still runs, so an alarm can still send it back.
-        fired = await self._bake(bake, alarms)
-        if fired:
-            await self._roll_back_update(
-                endpoint_name, blue, blue_generation, plan, fired, switched=True
-            )
-            return
-        await self._retire_quietly(endpoint_name, blue_generation)
-
-        def in_service(record: EndpointRecord) -> EndpointRecord:
-            return replace(
-                record,
-                status=EndpointStatus.IN_SERVICE,
-                last_modified_time=time.time(),
-                variants=tuple(replace(variant, status=None) for variant in record.variants),
-            )
-
-        await self._state.transition(endpoint_name, in_service)
-
-    async def _rolling_update(
-        self,
-        endpoint_name: str,
-        blue_generation: int,
-        plan: DeploymentPlan,
-        deployment_config: Mapping[str, object] | None,
-    ) -> None:
-        """RollingUpdatePolicy: the new fleet starts with one batch per variant; each batch
-        takes its share of the requests (`Deployer.shift`), as much old capacity is terminated
-        (`Deployer.scale_generation`), and the batch bakes WaitIntervalInSeconds while the
-        alarms are watched; the last batch switches to the new fleet (`activate`), bakes, and
-        the old fleet is retired. An alarm in ALARM, an error or the timeout brings the old
-        fleet back to its counts at once, routes everything to it and retires the new one."""
-        policy = optional_mapping((deployment_config or {}).get("RollingUpdatePolicy")) or {}
-        interval = optional_int(policy.get("WaitIntervalInSeconds")) or 0
-        limit = optional_int(policy.get("MaximumExecutionTimeoutInSeconds"))
-        alarms = alarm_names(deployment_config)
-        blue = await self._state.run(self._state.store.get_endpoint, endpoint_name)
-        if blue is None or blue.pending is None:
-            return
-        blue_counts = {
-            v.variant_name: v.current_instance_count for v in blue.variants if not v.shadow
-        }
-        targets = {v.variant_name: v.instance_count for v in plan.variants if not v.shadow}
-        batches = rolling_batches(deployment_config, blue_counts, targets)
-        first = batches[0].green
-        reason: str | None = None
-        fired: list[str] = []
-        shifted = False
-        deadline = asyncio.timeout(limit)
-        try:
-            async with deadline:
-                await self._planner.check_model_data(blue.pending.variants, plan)
-                await self._deployer.deploy(
-                    replace(
-                        plan,
-                        variants=tuple(
-                            replace(v, instance_count=first[v.variant_name])
-                            if v.variant_name in first
-                            else v
-                            for v in plan.variants
-                        ),
-                    )
-                )
-                try:
-                    for index, batch in enumerate(batches):
-                        if index > 0:
-                            for name, count in batch.green.items():
-                                if count != batches[index - 1].green[name]:
-                                    await self._deployer.scale_generation(
-                                        endpoint_name, plan.generation, name, count
-                                    )
-                        if batch.share >= 1:
-                            break
-                        await self._state.transition(
-                            endpoint_name, _rolling_status(batch, "ActivatingTraffic", index)
-                        )
-                        shifted = True
-                        await self._deployer.shift(
-                            endpoint_name, blue_generation, plan.generation, batch.share
-                        )
-                        for name, count in batch.blue.items():
-                            before = blue_counts if index == 0 else batches[index - 1].blue
-                            if count < before[name]:
-                                await self._deployer.scale_generation(
-                                    endpoint_name, blue_generation, name, count
-                                )
-                        await self._state.transition(
-                            endpoint_name, _rolling_status(batch, "Baking", index, interval)
-                        )
-                        fired = await self._bake(interval, alarms)
-                        if fired:
-                            break
-                    if not fired:
-                        await self._deployer.activate(plan)
-                except Exception:
-                    await self._back_to_blue(
-                        endpoint_name, blue_generation, plan, shifted, blue_counts
-                    )
-                    raise
-        except TimeoutError:
-            await self._back_to_blue(endpoint_name, blue_generation, plan, shifted, blue_counts)
-            reason = (
-                f"The update did not finish within MaximumExecutionTimeoutInSeconds ({limit} s)."
-                if deadline.expired()
-                else internal_reason("deploying the new endpoint configuration")
-            )
-        except DeploymentError as error:
-            reason = error.message
-        except Exception:
-            reason = internal_reason("deploying the new endpoint configuration")
-        if fired:
-            await self._roll_back_update(
-                endpoint_name, blue, blue_generation, plan, fired, blue_counts=blue_counts
-            )
-            return
-        if reason is not None:
-            failure = (
-                "Failed to update endpoint to endpoint configuration "
-                f'"{plan.endpoint_config_name}"; the endpoint still serves its previous '
-                f"configuration. {reason}"
-            )
-
-            def back_on_blue(record: EndpointRecord) -> EndpointRecord:
-                return replace(
-                    record,
-                    status=EndpointStatus.IN_SERVICE,
-                    last_modified_time=time.time(),
-                    failure_reason=failure[:MAX_FAILURE_REASON],
-                    variants=tuple(replace(v, status=None) for v in blue.variants),
-                    pending=None,
-                )
-
-            await self._state.transition(endpoint_name, back_on_blue)
-            return
-        switched = time.time()
-        baking = VariantStatusEntry(
-            "Baking",
-            f"Baking for {interval} seconds (WaitIntervalInSeconds) with traffic enabled on full "
-            "capacity.",
-            switched,
-        )
-
-        def green_is_live(record: EndpointRecord) -> EndpointRecord:
-            pending = record.pending
-            if pending is None:
-                return record
-            return replace(
-                record,
-                endpoint_config_name=pending.endpoint_config_name,
-                generation=pending.generation,
-                variants=tuple(
-                    replace(settled(variant, deployed_time=switched), status=baking)
-                    for variant in pending.variants
-                ),
-                data_capture=pending.data_capture,
-                pending=None,
-                last_modified_time=switched,
-            )
-
-        await self._state.record_weights(
-            endpoint_name, "UpdateEndpoint", _split(blue.pending.variants), switched
-        )
-        await self._state.transition(endpoint_name, green_is_live)
-        # The last batch bakes too: the old fleet (one instance a variant) can still take over.
-        fired = await self._bake(interval, alarms)
-        if fired:
-            await self._roll_back_update(
-                endpoint_name,
-                blue,
-                blue_generation,
-                plan,
-                fired,
-                switched=True,
-                blue_counts=blue_counts,
-            )
-            return
-        await self._retire_quietly(endpoint_name, blue_generation)
-
-        def in_service(record: EndpointRecord) -> EndpointRecord:
-            return replace(
-                record,
-                status=EndpointStatus.IN_SERVICE,
-                last_modified_time=time.time(),
-                variants=tuple(replace(variant, status=None) for variant in record.variants),
-            )
-
-        await self._state.transition(endpoint_name, in_service)
-
-    async def _bake(self, seconds: int, alarms: Sequence[str]) -> list[str]:
-        """Wait `seconds` while watching `alarms`; the names found in ALARM (then at once), or
-        none once the time is up. Without alarms (or a way to read them) it only waits."""
-        if not alarms or self._alarms is None:
-            if seconds:
-                await asyncio.sleep(seconds)
-            return []
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while True:
-            try:
-                fired = await self._alarms.in_alarm(alarms)
-            except Exception:
-                # An unreadable alarm store must not roll back (nor fail) a healthy update.
-                log.exception("reading the states of alarms %s failed", ", ".join(alarms))
-                fired = []
-            if fired:
-                return fired
-            left = end - loop.time()
-            if left <= 0:
-                return []
-            await asyncio.sleep(min(left, self._alarm_poll_seconds))
-
-    async def _back_to_blue(
-        self,
-        endpoint_name: str,
-        blue_generation: int,
-        plan: DeploymentPlan,
-        shifted: bool,
-        blue_counts: Mapping[str, int] | None = None,
-    ) -> None:
-        """All the traffic to blue again (if some went to green), then green retired.
-        `blue_counts`: a rolling update's old fleet is first brought back to these counts
-        (all at once: RollbackMaximumBatchSize's default, the whole old capacity)."""
-        for variant_name, count in (blue_counts or {}).items():
-            try:
-                await self._deployer.scale_generation(
-                    endpoint_name, blue_generation, variant_name, count
-                )
-            except Exception:
-                log.exception("bringing back the old fleet of endpoint %s failed", endpoint_name)
-        if shifted:
-            try:
-                await self._deployer.shift(endpoint_name, blue_generation, plan.generation, 0.0)
-            except Exception:
-                log.exception("routing endpoint %s back to its old fleet failed", endpoint_name)
-        await self._retire_quietly(endpoint_name, plan.generation)
-
-    async def _roll_back_update(
-        self,
-        endpoint_name: str,
-        blue: EndpointRecord,
-        blue_generation: int,
-        plan: DeploymentPlan,
-        fired: list[str],
-        *,
-        switched: bool = False,
-        blue_counts: Mapping[str, int] | None = None,
-    ) -> None:
-        """An AutoRollbackConfiguration alarm fired: RollingBack, every request to blue at once,
-        green torn down, then InService on blue with FailureReason saying so (a rolling
-        update's old fleet first grows back to `blue_counts`)."""
-
-        def rolling_back(record: EndpointRecord) -> EndpointRecord:
-            return replace(
-                record, status=EndpointStatus.ROLLING_BACK, last_modified_time=time.time()
-            )
-
-        await self._state.transition(endpoint_name, rolling_back)
-        await self._back_to_blue(
-            endpoint_name, blue_generation, plan, shifted=True, blue_counts=blue_counts
-        )
-        if switched:  # the weight history had green's weights: blue's hold again
-            await self._state.record_weights(
-                endpoint_name, "RollBack", _split(blue.variants, current=True), time.time()
-            )
-        names = ", ".join(f'"{name}"' for name in fired)
-        failure = (
-            f"Update rolled back: the alarm(s) {names} of AutoRollbackConfiguration went into "
-            f'ALARM state during the deployment of endpoint configuration "'
-            f'{plan.endpoint_config_name}"; all traffic was shifted back and the endpoint '
-            f'serves endpoint configuration "{blue.endpoint_config_name}" again.'
-        )
-        log.warning("endpoint %s: %s", endpoint_name, failure)
-
-        def rolled_back(record: EndpointRecord) -> EndpointRecord:
-            # The record as it was before the update (green may have become what it showed),
-            # keeping what changed meanwhile that is not the deployment's (tags).
-            return replace(
-                record,
-                status=EndpointStatus.IN_SERVICE,
-                endpoint_config_name=blue.endpoint_config_name,
-                generation=blue.generation,
-                variants=tuple(replace(variant, status=None) for variant in blue.variants),
-                data_capture=blue.data_capture,
-                last_modified_time=time.time(),
-                failure_reason=failure[:MAX_FAILURE_REASON],
-                pending=None,
-            )
-
-        await self._state.transition(endpoint_name, rolled_back)
+        """Blue/green: deploy green beside blue and move the traffic to it as the
+        DeploymentConfig says, baking and rolling back on alarms (`guardrails.GuardedUpdate`)."""
+        await self._updates.run(endpoint_name, blue_generation, plan, deployment_config)
 
     async def ramp(self, endpoint_name: str, spec: RampSpec) -> None:
-        """The A/B ramp of a `splitserve:ramp` tag (`control/ramp.py`): the variant's share
-        moved step by step toward the target, each step published like a weight change and
-        baked while the tag's alarms are watched; one in ALARM restores the weights from before
-        the ramp. Updating meanwhile, then InService (with FailureReason when stopped)."""
-        record = await self._state.run(self._state.store.get_endpoint, endpoint_name)
-        if record is None:
-            return
-        before = record.variants
-        weights = {v.variant_name: v.desired_weight for v in before if not v.shadow}
-        total = math.fsum(weights.values())
-        start = weights[spec.variant] / total if total > 0 else 0.0
-        shares = ramp_shares(start, spec.target_percent, spec.step_percent)
-        reason: str | None = None
-        try:
-            for index, share in enumerate(shares):
-                ramped = ramp_weights(weights, spec.variant, share)
-                await self._deployer.set_weights(endpoint_name, ramped)
-                now = time.time()
-                await self._state.record_weights(endpoint_name, "Ramp", ramped, now)
-                await self._state.transition(
-                    endpoint_name,
-                    _ramp_step(spec, ramped, f"step {index + 1} of {len(shares)}", share, now),
-                )
-                fired = await self._bake(spec.wait_seconds, spec.alarms)
-                if fired:
-                    names = ", ".join(f'"{name}"' for name in fired)
-                    reason = (
-                        f'The ramp of variant "{spec.variant}" ({RAMP_TAG}) was stopped at '
-                        f"{share:.0%} of the requests: the alarm(s) {names} went into ALARM "
-                        "state; the weights from before the ramp were restored."
-                    )
-                    break
-        except DeploymentError as error:
-            reason = f'The ramp of variant "{spec.variant}" failed: {error.message}'
-        except Exception:
-            reason = f'The ramp of variant "{spec.variant}" failed: ' + internal_reason(
-                "ramping the weights"
-            )
-        if reason is not None:
-            try:
-                await self._deployer.set_weights(endpoint_name, weights)
-                await self._state.record_weights(
-                    endpoint_name, "RampRollBack", weights, time.time()
-                )
-            except Exception:
-                log.exception("restoring the weights of endpoint %s failed", endpoint_name)
-            log.warning("endpoint %s: %s", endpoint_name, reason)
-
-        def done(current: EndpointRecord) -> EndpointRecord:
-            variants = before if reason is not None else current.variants
-            return replace(
-                current,
-                status=EndpointStatus.IN_SERVICE,
-                last_modified_time=time.time(),
-                failure_reason=None if reason is None else reason[:MAX_FAILURE_REASON],
-                variants=tuple(replace(variant, status=None) for variant in variants),
-            )
-
-        await self._state.transition(endpoint_name, done)
+        """The A/B ramp of a `splitserve:ramp` tag (`ramp.RampRunner`)."""
+        await self._ramps.run(endpoint_name, spec)
 
     async def resize(
         self, endpoint_name: str, before: tuple[DeployedVariant, ...], weights_changed: bool
@@ -754,7 +270,7 @@ class EndpointLifecycle:
                 previous = {v.variant_name: v.current_weight for v in before}
                 await self._deployer.set_weights(endpoint_name, previous)
                 await self._state.record_weights(
-                    endpoint_name, "RollBack", _split(before, current=True), time.time()
+                    endpoint_name, "RollBack", weight_split(before, current=True), time.time()
                 )
             counts = {variant.variant_name: variant.current_instance_count for variant in before}
             for variant in scaled:
@@ -881,12 +397,6 @@ class EndpointLifecycle:
         except Exception:
             log.exception("background work on endpoint %s failed", endpoint_name)
 
-    async def _retire_quietly(self, endpoint_name: str, generation: int) -> None:
-        try:
-            await self._deployer.retire(endpoint_name, generation)
-        except Exception:
-            log.exception("retiring generation %d of endpoint %s failed", generation, endpoint_name)
-
     async def apply_weights_now(
         self, before: EndpointRecord, updated: tuple[DeployedVariant, ...]
     ) -> None:
@@ -903,163 +413,11 @@ class EndpointLifecycle:
                 "The new weights could not be applied: " + internal_reason("changing the weights")
             ) from error
         await self._state.record_weights(
-            before.name, "UpdateEndpointWeightsAndCapacities", _split(updated), time.time()
+            before.name, "UpdateEndpointWeightsAndCapacities", weight_split(updated), time.time()
         )
-
-
-def alarm_names(deployment_config: Mapping[str, object] | None) -> list[str]:
-    """The AlarmNames of a validated DeploymentConfig's AutoRollbackConfiguration, in order."""
-    rollback = optional_mapping((deployment_config or {}).get("AutoRollbackConfiguration")) or {}
-    return [text(alarm, "AlarmName") for alarm in mappings(rollback.get("Alarms"))]
-
-
-def _pending_status(
-    step: TrafficStep, status: str, *, canary: bool, interval: int = 0
-) -> Callable[[EndpointRecord], EndpointRecord]:
-    """The change of the stored endpoint when a traffic step starts (ActivatingTraffic) or
-    bakes (Baking): the green variants' VariantStatus and CurrentWeight (their share of the
-    requests), in PendingDeploymentSummary; the blue variants stay as they are."""
-    now = time.time()
-    capacity = "canary capacity" if canary else "capacity"
-    if status == "ActivatingTraffic":
-        message = (
-            f"Activating traffic on {capacity} of {step.instances} instance(s) "
-            f"({step.share:.0%} of the requests)."
-        )
-    else:
-        message = (
-            f"Baking for {interval} seconds (WaitIntervalInSeconds) with traffic enabled on "
-            f"{capacity} of {step.instances} instance(s)."
-        )
-    entry = VariantStatusEntry(status, message, now)
-
-    def change(record: EndpointRecord) -> EndpointRecord:
-        pending = record.pending
-        if pending is None:
-            return record
-        variants = tuple(
-            replace(
-                variant,
-                current_weight=variant.desired_weight * step.share,
-                current_instance_count=variant.desired_instance_count,
-                deployed_time=variant.deployed_time or now,
-                status=entry,
-            )
-            if not variant.shadow
-            else replace(
-                variant,
-                current_instance_count=variant.desired_instance_count,
-                deployed_time=variant.deployed_time or now,
-                status=None,
-            )
-            for variant in pending.variants
-        )
-        return replace(record, last_modified_time=now, pending=replace(pending, variants=variants))
-
-    return change
-
-
-def _rolling_status(
-    batch: RollingBatch, status: str, index: int, interval: int = 0
-) -> Callable[[EndpointRecord], EndpointRecord]:
-    """The stored endpoint during a rolling batch: each fleet's instance counts (blue's in
-    ProductionVariants, green's in PendingDeploymentSummary), green's share as its variants'
-    CurrentWeight, and their VariantStatus."""
-    now = time.time()
-    new = sum(batch.green.values())
-    if status == "ActivatingTraffic":
-        message = (
-            f"Activating traffic on batch {index + 1}: {new} new instance(s) take "
-            f"{batch.share:.0%} of the requests; old capacity is terminated to "
-            f"{sum(batch.blue.values())} instance(s)."
-        )
-    else:
-        message = (
-            f"Baking for {interval} seconds (WaitIntervalInSeconds) with traffic enabled on "
-            f"{new} new instance(s)."
-        )
-    entry = VariantStatusEntry(status, message, now)
-
-    def change(record: EndpointRecord) -> EndpointRecord:
-        pending = record.pending
-        if pending is None:
-            return record
-        green = tuple(
-            replace(
-                variant,
-                current_weight=variant.desired_weight * batch.share,
-                current_instance_count=batch.green[variant.variant_name],
-                deployed_time=variant.deployed_time or now,
-                status=entry,
-            )
-            if variant.variant_name in batch.green
-            else replace(variant, deployed_time=variant.deployed_time or now, status=None)
-            for variant in pending.variants
-        )
-        blue = tuple(
-            replace(variant, current_instance_count=batch.blue[variant.variant_name])
-            if variant.variant_name in batch.blue and status == "Baking"
-            else variant
-            for variant in record.variants
-        )
-        return replace(
-            record, last_modified_time=now, variants=blue, pending=replace(pending, variants=green)
-        )
-
-    return change
-
-
-def _ramp_step(
-    spec: RampSpec, weights: Mapping[str, float], step: str, share: float, now: float
-) -> Callable[[EndpointRecord], EndpointRecord]:
-    """The stored endpoint after one ramp step: the new weights (Current = Desired) and the
-    ramped variant's VariantStatus."""
-    entry = VariantStatusEntry(
-        "Updating",
-        f"Ramping variant weight to {share:.0%} of the requests ({step}); baking for "
-        f"{spec.wait_seconds} seconds.",
-        now,
-    )
-
-    def change(record: EndpointRecord) -> EndpointRecord:
-        return replace(
-            record,
-            last_modified_time=now,
-            variants=tuple(
-                replace(
-                    variant,
-                    current_weight=weights[variant.variant_name],
-                    desired_weight=weights[variant.variant_name],
-                    status=entry if variant.variant_name == spec.variant else None,
-                )
-                if variant.variant_name in weights
-                else variant
-                for variant in record.variants
-            ),
-        )
-
-    return change
 
 
 def _weights(variants: tuple[DeployedVariant, ...]) -> dict[str, float]:
     """What the router is given for `variants`: each one's DesiredWeight (a shadow's sets the
     share of requests copied to it)."""
     return {variant.variant_name: variant.desired_weight for variant in variants}
-
-
-def _split(variants: tuple[DeployedVariant, ...], *, current: bool = False) -> dict[str, float]:
-    """The weight history's entry for `variants`: the production variants' Desired (or Current)
-    weights. Shadows take no share of the callers' traffic, so the split `splitserve evaluate`
-    checks leaves them out."""
-    return {
-        variant.variant_name: variant.current_weight if current else variant.desired_weight
-        for variant in variants
-        if not variant.shadow
-    }
-
-
-def internal_reason(doing: str) -> str:
-    """A FailureReason for an unexpected exception (logged here with the same incident id)."""
-    incident = uuid.uuid4()
-    log.exception("internal error while %s (incident %s)", doing, incident)
-    return f"An internal error occurred while {doing} (incident {incident}); see the gateway log."

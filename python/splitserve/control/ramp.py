@@ -6,18 +6,35 @@ guardrails"; docs/architecture.md, "Deployment guardrails").
 The tag's value is `<VariantName> <TargetPercent> <StepPercent> <WaitSeconds> [AlarmName ...]`,
 separated by spaces (the characters a tag value may hold): e.g. `Variant2 50 10 300 errors-5xx`
 moves Variant2 from its share now to 50 % of the requests, 10 points a step, baking 300 s after
-each. The other production variants keep their weights' ratios among themselves. Pure functions
-here; `lifecycle.EndpointLifecycle.ramp` runs it.
+each. The other production variants keep their weights' ratios among themselves. The parsing and
+the shares are pure functions; `RampRunner` runs the steps (as the endpoint's background task,
+started through `lifecycle.EndpointLifecycle.ramp`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
-from splitserve.control.models import RAMP_TAG, DeployedVariant, Tags
-from splitserve.errors import ValidationException
+from splitserve.config import MAX_FAILURE_REASON
+from splitserve.control.background import internal_reason
+from splitserve.control.bakes import AlarmWatch
+from splitserve.control.deployer import Deployer
+from splitserve.control.models import (
+    RAMP_TAG,
+    DeployedVariant,
+    EndpointRecord,
+    EndpointStatus,
+    Tags,
+    VariantStatusEntry,
+)
+from splitserve.control.state import ControlState
+from splitserve.errors import DeploymentError, ValidationException
+
+log = logging.getLogger(__name__)
 
 #: The longest bake a ramp step may ask for: WaitIntervalInSeconds' bound (one hour).
 MAX_RAMP_WAIT_SECONDS = 3600
@@ -129,3 +146,111 @@ def ramp_weights(weights: Mapping[str, float], variant: str, share: float) -> di
         ratio = weight / others_total if others_total > 0 else 1 / len(others)
         ramped[name] = (1 - share) * total * ratio
     return {name: ramped[name] for name in weights}
+
+
+class RampRunner:
+    """Runs the ramps of `splitserve:ramp` tags.
+
+    Args:
+        state: the store, its lock and the record changes.
+        deployer: what runs the endpoints (each step is a change of the live weights).
+        watch: the bakes, which read the tag's alarms.
+    """
+
+    def __init__(self, state: ControlState, deployer: Deployer, watch: AlarmWatch) -> None:
+        self._state = state
+        self._deployer = deployer
+        self._watch = watch
+
+    async def run(self, endpoint_name: str, spec: RampSpec) -> None:
+        """The A/B ramp of a `splitserve:ramp` tag (this module): the variant's share
+        moved step by step toward the target, each step published like a weight change and
+        baked while the tag's alarms are watched; one in ALARM restores the weights from before
+        the ramp. Updating meanwhile, then InService (with FailureReason when stopped)."""
+        record = await self._state.run(self._state.store.get_endpoint, endpoint_name)
+        if record is None:
+            return
+        before = record.variants
+        weights = {v.variant_name: v.desired_weight for v in before if not v.shadow}
+        total = math.fsum(weights.values())
+        start = weights[spec.variant] / total if total > 0 else 0.0
+        shares = ramp_shares(start, spec.target_percent, spec.step_percent)
+        reason: str | None = None
+        try:
+            for index, share in enumerate(shares):
+                ramped = ramp_weights(weights, spec.variant, share)
+                await self._deployer.set_weights(endpoint_name, ramped)
+                now = time.time()
+                await self._state.record_weights(endpoint_name, "Ramp", ramped, now)
+                await self._state.transition(
+                    endpoint_name,
+                    _ramp_step(spec, ramped, f"step {index + 1} of {len(shares)}", share, now),
+                )
+                fired = await self._watch.bake(spec.wait_seconds, spec.alarms)
+                if fired:
+                    names = ", ".join(f'"{name}"' for name in fired)
+                    reason = (
+                        f'The ramp of variant "{spec.variant}" ({RAMP_TAG}) was stopped at '
+                        f"{share:.0%} of the requests: the alarm(s) {names} went into ALARM "
+                        "state; the weights from before the ramp were restored."
+                    )
+                    break
+        except DeploymentError as error:
+            reason = f'The ramp of variant "{spec.variant}" failed: {error.message}'
+        except Exception:
+            reason = f'The ramp of variant "{spec.variant}" failed: ' + internal_reason(
+                "ramping the weights"
+            )
+        if reason is not None:
+            try:
+                await self._deployer.set_weights(endpoint_name, weights)
+                await self._state.record_weights(
+                    endpoint_name, "RampRollBack", weights, time.time()
+                )
+            except Exception:
+                log.exception("restoring the weights of endpoint %s failed", endpoint_name)
+            log.warning("endpoint %s: %s", endpoint_name, reason)
+
+        def done(current: EndpointRecord) -> EndpointRecord:
+            variants = before if reason is not None else current.variants
+            return replace(
+                current,
+                status=EndpointStatus.IN_SERVICE,
+                last_modified_time=time.time(),
+                failure_reason=None if reason is None else reason[:MAX_FAILURE_REASON],
+                variants=tuple(replace(variant, status=None) for variant in variants),
+            )
+
+        await self._state.transition(endpoint_name, done)
+
+
+def _ramp_step(
+    spec: RampSpec, weights: Mapping[str, float], step: str, share: float, now: float
+) -> Callable[[EndpointRecord], EndpointRecord]:
+    """The stored endpoint after one ramp step: the new weights (Current = Desired) and the
+    ramped variant's VariantStatus."""
+    entry = VariantStatusEntry(
+        "Updating",
+        f"Ramping variant weight to {share:.0%} of the requests ({step}); baking for "
+        f"{spec.wait_seconds} seconds.",
+        now,
+    )
+
+    def change(record: EndpointRecord) -> EndpointRecord:
+        return replace(
+            record,
+            last_modified_time=now,
+            variants=tuple(
+                replace(
+                    variant,
+                    current_weight=weights[variant.variant_name],
+                    desired_weight=weights[variant.variant_name],
+                    status=entry if variant.variant_name == spec.variant else None,
+                )
+                if variant.variant_name in weights
+                else variant
+                for variant in record.variants
+            ),
+        )
+
+    return change

@@ -10,12 +10,14 @@ The work is split by what it is about:
 - `definitions.py`: models and endpoint configurations (Create, Describe, Delete, List);
 - `endpoints.py`: the endpoint operations, which write desired state and start the work;
 - `lifecycle.py`: the endpoint state machine, the background work that converges endpoints (and
-  brings them back after a restart);
+  brings them back after a restart), with `guardrails.py` (UpdateEndpoint's guarded blue/green:
+  steps, rolling batches, bakes and rollback) and `bakes.py` (the alarm-watching waits);
 - `planning.py`: configurations to variants and deployment plans; `limits.py`: instance limits;
 - `listing.py`: the List operations' filters and pages; `documents.py`: reading requests;
 - `experiments.py`: the inference experiments (shadow tests), which `experiment_runner.py`
   carries out on their endpoints and `experiment_store.py` keeps;
-- `tags.py`: AddTags, ListTags and DeleteTags (and the live `splitserve:failover` tag);
+- `tags.py`: AddTags, ListTags and DeleteTags (and the live `splitserve:failover` tag; the
+  `splitserve:ramp` tag's ramp is `ramp.py`'s);
 - `state.py`: the store on its own thread, the lock and the record changes;
 - `validation.py` (with `shapes.py` and `schema.py`): request validation.
 

@@ -70,3 +70,16 @@ def desired(
         desired_instance_count=desired_count,
         status=VariantStatusEntry("Updating", message, now),
     )
+
+
+def weight_split(
+    variants: tuple[DeployedVariant, ...], *, current: bool = False
+) -> dict[str, float]:
+    """The weight history's entry for `variants`: the production variants' Desired (or Current)
+    weights. Shadows take no share of the callers' traffic, so the split `splitserve evaluate`
+    checks leaves them out."""
+    return {
+        variant.variant_name: variant.current_weight if current else variant.desired_weight
+        for variant in variants
+        if not variant.shadow
+    }
