@@ -21,8 +21,9 @@ from splitserve.errors import DeploymentError
 from splitserve.workers import launch, process
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.fleet import VariantFleet
+from splitserve.workers.health import HealthProbe, PingResult
 from splitserve.workers.images import ImageRegistry
-from splitserve.workers.instance import HealthProbe, Launch, LocalProcess, PingResult
+from splitserve.workers.local_placement import Launch, LocalProcess
 from splitserve.workers.process import (
     SpawnLimits,
     WorkerUser,

@@ -35,15 +35,13 @@ from splitserve.errors import DeploymentError
 from splitserve.workers.artifacts import ArtifactLimits, prepare_model_dir, remove_model_dir
 from splitserve.workers.catalog import CpuAllocator, InstanceType
 from splitserve.workers.images import BuiltinXGBoostImage, CustomImage, ImageSpec
-from splitserve.workers.instance import (
+from splitserve.workers.instance import InstanceInfo, InstanceListener, WorkerInstance
+from splitserve.workers.local_placement import (
     LOOPBACK,
-    InstanceInfo,
-    InstanceListener,
     InstanceSetup,
     Launch,
     LocalProcess,
     LoopbackPorts,
-    WorkerInstance,
 )
 from splitserve.workers.process import (
     SpawnLimits,

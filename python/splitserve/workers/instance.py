@@ -18,37 +18,26 @@ nothing about the instance: it is logged and counts neither as a failure nor as 
 gateway short of descriptors never replaces healthy instances (which would make things worse).
 
 This life is the same wherever an instance runs: `WorkerInstance` lives it, and a small
-`InstanceBackend` per placement says how a process is started, watched and stopped: `LocalProcess`
-(a child process here, whose command its owner `VariantFleet` decides through the `LaunchPlanner`
-it is given) or `ray_placement.ActorProcess` (a Ray actor on a cluster node, which may also adopt
-a process a previous controller left running). The instance does not know its fleet.
+`InstanceBackend` per placement says how a process is started, watched and stopped:
+`local_placement.LocalProcess` (a child process here, whose command its owner `VariantFleet`
+decides through the `LaunchPlanner` it is given) or `ray_placement.ActorProcess` (a Ray actor on a
+cluster node, which may also adopt a process a previous controller left running). The instance
+does not know its fleet. Its health checks go through `health.HealthProbe`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import errno
 import logging
-import os
-import shutil
-import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from splitserve.config import WorkerSettings
-from splitserve.contract.upstream import UpstreamAddress, UpstreamError, UpstreamPool
+from splitserve.contract.upstream import UpstreamAddress
 from splitserve.errors import DeploymentError
-from splitserve.workers.process import (
-    OutputFile,
-    SpawnLimits,
-    WorkerProcess,
-    WorkerUser,
-    spawn_worker,
-)
+from splitserve.workers.health import HealthProbe, PingResult
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +49,6 @@ _STARTUP_POLL_SECONDS = 0.05
 
 #: How often a drain checks the listener's in-flight count.
 _DRAIN_POLL_SECONDS = 0.02
-
-#: A /ping answer is a status line and a few bytes; a larger one is not an answer.
-_PING_MAX_RESPONSE_BYTES = 64 * 1024
-
-#: The errors of a gateway out of file descriptors (its own, or the system's).
-_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
-
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -113,121 +94,6 @@ class InstanceListener(Protocol):
 
 
 @dataclass(frozen=True)
-class Launch:
-    """How to start one process of an instance.
-
-    Attributes:
-        argv: the server's program and arguments.
-        environment: its complete environment.
-        cwd: its working directory.
-        address: where it will listen.
-    """
-
-    argv: list[str]
-    environment: dict[str, str]
-    cwd: Path
-    address: UpstreamAddress
-
-
-class LaunchPlanner(Protocol):
-    """What an instance asks its owner before each start of a process."""
-
-    def plan(self, instance: LocalProcess) -> Launch:
-        """The command, environment and address of `instance`'s next process.
-
-        Raises:
-            DeploymentError: no address could be found for it.
-        """
-
-
-class LoopbackPorts:
-    """TCP ports of `host` (loopback by default) handed out to instances, so no two instances
-    get the same one."""
-
-    def __init__(self, host: str = LOOPBACK) -> None:
-        self.host = host
-        self._ports: dict[str, int] = {}
-
-    def take(self, owner: str) -> int:
-        """A free loopback port for `owner` (replacing the one it had).
-
-        Raises:
-            DeploymentError: no free port was found.
-        """
-        self.release(owner)
-        taken = set(self._ports.values())
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.bind((self.host, 0))
-                port: int = probe.getsockname()[1]
-            if port not in taken:
-                self._ports[owner] = port
-                return port
-        raise DeploymentError("could not find a free loopback port")
-
-    def release(self, owner: str) -> None:
-        """Give `owner`'s port back (nothing if it has none)."""
-        self._ports.pop(owner, None)
-
-
-class PingResult(enum.Enum):
-    """What one health check found."""
-
-    #: /ping answered 200 in time.
-    OK = "ok"
-    #: No answer, another status, or too late.
-    FAILED = "failed"
-    #: The gateway is out of file descriptors: the instance was not checked at all.
-    NOT_CHECKED = "not checked"
-
-
-def _out_of_descriptors(error: BaseException) -> bool:
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno in _OUT_OF_DESCRIPTORS:
-            return True
-        cause = cause.__cause__
-    return False
-
-
-class HealthProbe:
-    """GET /ping against one address, through the forwarding client (a fresh connection each
-    time: this is not the hot path, and a hung connection must not outlive its check)."""
-
-    def __init__(self, address: UpstreamAddress, timeout_seconds: float) -> None:
-        """Probe `address`, giving each ping `timeout_seconds` (connecting included)."""
-        self._address = address
-        self._timeout = timeout_seconds
-        self._pool = UpstreamPool(
-            address,
-            max_idle=0,
-            max_connections=1,
-            connect_timeout=timeout_seconds,
-            max_response_bytes=_PING_MAX_RESPONSE_BYTES,
-        )
-
-    async def ping(self) -> PingResult:
-        """Check once; see `PingResult`."""
-        try:
-            response = await self._pool.request(b"GET", b"/ping", (), b"", self._timeout)
-        except (UpstreamError, OSError) as error:
-            if _out_of_descriptors(error):
-                logger.warning(
-                    "could not check %s: the gateway is out of file descriptors (%s); not"
-                    " counted as a failed health check",
-                    self._address,
-                    error,
-                )
-                return PingResult.NOT_CHECKED
-            return PingResult.FAILED
-        return PingResult.OK if response.status == 200 else PingResult.FAILED
-
-    async def close(self) -> None:
-        """Close the probe's connection, if one is open."""
-        await self._pool.close()
-
-
-@dataclass(frozen=True)
 class ProcessExit:
     """How the process of an instance ended.
 
@@ -268,8 +134,9 @@ class ProcessDetails:
 
 class InstanceBackend(Protocol):
     """How one placement starts, watches and stops the process of one instance: a child
-    process here (`LocalProcess`) or a Ray actor on a node (`ray_placement.ActorProcess`).
-    `WorkerInstance` drives it through the life every instance shares."""
+    process here (`local_placement.LocalProcess`) or a Ray actor on a node
+    (`ray_placement.ActorProcess`). `WorkerInstance` drives it through the life every instance
+    shares."""
 
     def placeholder_address(self) -> UpstreamAddress:
         """The address to show before the first process told its own."""
@@ -560,165 +427,6 @@ class WorkerInstance:
                 return
             await asyncio.sleep(_DRAIN_POLL_SECONDS)
         logger.warning("%s still had requests in flight after %.1f s", self.name, limit_seconds)
-
-
-@dataclass(frozen=True)
-class InstanceSetup:
-    """Everything a local instance is given by its fleet.
-
-    Attributes:
-        name: its process-wide unique name.
-        variant_name: the variant it serves.
-        cpus: the CPUs it is pinned to.
-        socket_path: the Unix socket it keeps across restarts, or None (it listens on TCP).
-        private_dir: its HOME and TMPDIR, created before each start (mode 0700, owned by the
-            worker user) and removed when it stops.
-        limits: how its processes are confined.
-        startup_timeout_seconds: how long a new process has to pass its first /ping.
-        log_file: where every line its processes print is kept (rotated; kept after it stops,
-            for the ModelError's LogStreamArn), or None for no file.
-    """
-
-    name: str
-    variant_name: str
-    cpus: tuple[int, ...]
-    socket_path: Path | None
-    private_dir: Path
-    limits: SpawnLimits
-    startup_timeout_seconds: float
-    log_file: Path | None = None
-
-
-class LocalProcess:
-    """The `InstanceBackend` of a local instance: a child process of the gateway, spawned
-    through the confining shim, pinned to its CPUs, restarted under the same name, private
-    directory and socket path.
-
-    Args:
-        setup: what it is and how it runs.
-        settings: the worker settings (listen host, log file rotation).
-        planner: decides each process's command, environment and address.
-        ports: where its TCP port, if any, is given back.
-    """
-
-    def __init__(
-        self,
-        setup: InstanceSetup,
-        settings: WorkerSettings,
-        planner: LaunchPlanner,
-        ports: LoopbackPorts,
-    ) -> None:
-        self.setup = setup
-        self.name = setup.name
-        self._settings = settings
-        self._planner = planner
-        self._ports = ports
-        self._worker: WorkerProcess | None = None
-        self._log_file: OutputFile | None = None
-
-    def placeholder_address(self) -> UpstreamAddress:
-        """Its socket path, or the listen host until it has a port."""
-        socket_path = self.setup.socket_path
-        if socket_path is not None:
-            return UpstreamAddress.unix(str(socket_path))
-        return UpstreamAddress.tcp(self._settings.listen_host, 0)
-
-    def details(self) -> ProcessDetails:
-        """Its CPU set, and the pid of its process while one runs."""
-        worker = self._worker
-        pid = worker.pid if worker is not None and worker.returncode is None else None
-        return ProcessDetails(cpus=self.setup.cpus, pid=pid)
-
-    async def adopt(self) -> UpstreamAddress | None:
-        """None: local processes die with the gateway that started them."""
-        return None
-
-    async def launch(self) -> UpstreamAddress:
-        """Prepare the private directory and log file, plan the command and spawn it."""
-        setup = self.setup
-        try:
-            await asyncio.to_thread(make_private_dir, setup.private_dir, setup.limits.user)
-            if setup.log_file is not None and self._log_file is None:
-                self._log_file = await asyncio.to_thread(
-                    OutputFile,
-                    setup.log_file,
-                    self._settings.log_file_bytes,
-                    self._settings.log_file_backups,
-                )
-            launch = self._planner.plan(self)
-        except OSError as error:
-            # E.g. the gateway out of descriptors or disk: a failed start, retried with backoff.
-            raise DeploymentError(
-                f"instance {self.name}: could not prepare its start: {error.strerror or error}"
-            ) from error
-        try:
-            self._worker = await spawn_worker(
-                launch.argv,
-                name=self.name,
-                environment=launch.environment,
-                cwd=launch.cwd,
-                limits=setup.limits,
-                log_file=self._log_file,
-            )
-        except OSError as error:
-            raise DeploymentError(
-                f"instance {self.name}: could not start the model server"
-                f" {launch.argv[0]!r}: {error.strerror or error}"
-            ) from error
-        return launch.address
-
-    async def wait_exit(self) -> ProcessExit:
-        """The exit status of the current process, once it exits."""
-        worker = self._worker
-        if worker is None:
-            return ProcessExit(status=-1)
-        return ProcessExit(status=await worker.wait())
-
-    async def output_tail(self, max_chars: int) -> str:
-        """The last lines the current process printed (all of them, once it exited)."""
-        worker = self._worker
-        if worker is None:
-            return ""
-        if worker.returncode is not None:
-            await worker.kill()  # collects the output still in the pipe
-        return worker.output.tail(max_chars)
-
-    async def retire(self) -> None:
-        """SIGKILL the process group (a hung server's whole group), give its port back."""
-        worker = self._worker
-        if worker is not None:
-            await worker.kill()
-            self._ports.release(self.name)
-
-    async def stop(self, grace_seconds: float) -> None:
-        """Stop the process, close its log file, remove its socket and private directory."""
-        worker = self._worker
-        if worker is not None:
-            status = await worker.stop(grace_seconds)
-            logger.info("%s stopped (status %s)", self.name, describe_status(status))
-        if self._log_file is not None:
-            self._log_file.close()
-        self._ports.release(self.name)
-        await asyncio.to_thread(
-            _remove_instance_files, self.setup.socket_path, self.setup.private_dir
-        )
-
-
-def make_private_dir(path: Path, user: WorkerUser | None) -> None:
-    """Create an instance's private directory (kept across restarts): 0700, the worker's own
-    (here, or on a Ray node). Blocking."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if user is not None:
-        os.chown(path, user.uid, user.gid)
-    os.chmod(path, 0o700)
-
-
-def _remove_instance_files(socket_path: Path | None, private_dir: Path) -> None:
-    """Remove a stopped instance's socket and private directory. Blocking."""
-    if socket_path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
-    shutil.rmtree(private_dir, ignore_errors=True)
 
 
 def describe_status(status: int | None) -> str:

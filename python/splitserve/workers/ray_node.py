@@ -45,7 +45,7 @@ from splitserve.workers.fleet import (
     custom_server_command,
 )
 from splitserve.workers.images import CustomImage
-from splitserve.workers.instance import make_private_dir
+from splitserve.workers.local_placement import make_private_dir
 from splitserve.workers.process import (
     SpawnLimits,
     WorkerProcess,

@@ -7,7 +7,7 @@ named `{endpoint}/{variant}/g{generation}/{index}`, reserving its instance type'
 nodes as SageMaker packs them onto machines. The actor starts the server (the built-in XGBoost
 server or a bring-your-own image's command) on its node, on the node's address, pinned to CPUs
 of its reservation where the host has them free (`ray_cpus.py`); the controller pings that
-address as it pings a local instance (`instance.HealthProbe`) and tells the same
+address as it pings a local instance (`health.HealthProbe`) and tells the same
 `InstanceListener`, and the gateways forward requests there directly: Ray is never on the data
 path. The model artifact reaches the node through Ray's object store, or, with
 `PlacementSettings.s3_endpoint_url`, each node fetches it from that S3-compatible store.
@@ -52,11 +52,10 @@ from splitserve.errors import DeploymentError, SplitserveError
 from splitserve.workers.artifacts import S3Object, s3_object_under
 from splitserve.workers.catalog import InstanceCatalog, InstanceType, UnknownInstanceType
 from splitserve.workers.fleet import InstanceFleet, VariantDeployment
+from splitserve.workers.health import HealthProbe, PingResult
 from splitserve.workers.images import BuiltinXGBoostImage, CustomImage, ImageRegistry, ImageSpec
 from splitserve.workers.instance import (
-    HealthProbe,
     InstanceListener,
-    PingResult,
     ProcessDetails,
     ProcessExit,
     WorkerInstance,

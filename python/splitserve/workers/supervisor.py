@@ -38,7 +38,8 @@ from splitserve.workers.fleet import (
     socket_path_in,
 )
 from splitserve.workers.images import BuiltinXGBoostImage, ImageRegistry
-from splitserve.workers.instance import InstanceInfo, InstanceListener, LoopbackPorts
+from splitserve.workers.instance import InstanceInfo, InstanceListener
+from splitserve.workers.local_placement import LoopbackPorts
 from splitserve.workers.process import WorkerUser
 
 __all__ = [
