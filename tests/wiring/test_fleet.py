@@ -11,7 +11,8 @@ from splitserve._router import Router, VariantSpec
 from splitserve.config import Settings
 from splitserve.errors import DeploymentError
 from splitserve.runtime.registry import EndpointRegistry, Unroutable
-from splitserve.wiring.fleet import FleetDeployer, _router_errors
+from splitserve.wiring.fleet import FleetDeployer
+from splitserve.wiring.generations import router_errors
 
 
 def test_pending_and_failed_endpoints_reach_the_registry(
@@ -36,7 +37,7 @@ def test_pending_and_failed_endpoints_reach_the_registry(
 def test_a_refused_routing_table_is_a_deployment_error_naming_the_problem() -> None:
     with (
         pytest.raises(DeploymentError, match="production variant 'A' has weight -1") as raised,
-        _router_errors(),
+        router_errors(),
     ):
         Router([VariantSpec("A", -1.0, ["a-0"], "RANDOM")], salt="e", seed=1, failover=False)
     assert raised.value.message.startswith("The routing table was refused: ")

@@ -7,6 +7,10 @@ generation publishes it in the `EndpointRegistry` in one assignment, which is th
 
 It is also the supervisor's `InstanceListener`: health changes go straight to the router that owns
 the instance, and the supervisor drains an instance by asking this object for its in-flight count.
+
+What routes to the generations is built in `generations.py` (the routing documents the other
+replicas get, a stepped update's router over two fleets); what DescribeEndpoint lists of their
+instances, in `instances.py`.
 """
 
 from __future__ import annotations
@@ -15,16 +19,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
 
-from splitserve._router import Router, RouterError, UnknownInstanceError, VariantSpec
+from splitserve._router import Router, UnknownInstanceError
 from splitserve.capture.writer import CaptureWriter
-from splitserve.cluster.routing import RoutedInstance, RoutedVariant, RoutingDocument
+from splitserve.cluster.routing import RoutingDocument
 from splitserve.config import Settings
-from splitserve.contract.upstream import UpstreamPool
 from splitserve.control.deployer import DeploymentPlan
 from splitserve.errors import DeploymentError
 from splitserve.metrics.minutes import MinuteStore
@@ -38,68 +38,25 @@ from splitserve.metrics.prometheus import (
 )
 from splitserve.runtime.failures import FailureLog
 from splitserve.runtime.registry import EndpointRegistry, LiveEndpoint
-from splitserve.runtime.shadow import ShadowCopier, ShadowInstance, ShadowTarget, shadow_fraction
-from splitserve.wiring.live import LiveParts, capture_document
+from splitserve.runtime.shadow import ShadowCopier
+from splitserve.wiring.generations import (
+    Generation,
+    RoutingPublisher,
+    ShiftRouters,
+    generation_document,
+    plan_table,
+    router_errors,
+    router_table,
+    shadow_targets,
+    shift_document,
+)
+from splitserve.wiring.instances import instance_listing, shared_cpus_warning
+from splitserve.wiring.live import LiveParts
 from splitserve.workers.fleet import VariantDeployment
 from splitserve.workers.instance import InstanceInfo
-from splitserve.workers.placement import PlacedFleet, Placement
+from splitserve.workers.placement import Placement
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _router_errors() -> Iterator[None]:
-    """Turn the router's refusal of a table (or of a change of weights) into a DeploymentError,
-    whose message the control plane reports (the router's messages name what is wrong)."""
-    try:
-        yield
-    except RouterError as error:
-        raise DeploymentError(f"The routing table was refused: {error}") from error
-
-
-class RoutingPublisher(Protocol):
-    """Where the controller's routing goes for the other replicas (`wiring.replicas`)."""
-
-    def changed(self, endpoint_name: str) -> None:
-        """The endpoint's routing changed: publish its document soon."""
-
-    async def sync(self, endpoint_name: str) -> None:
-        """Publish the endpoint's document now and return once every live replica routes
-        with it (or the propagation timeout passed)."""
-
-
-@dataclass
-class _Generation:
-    """One deployed fleet of an endpoint and what routes to it."""
-
-    plan: DeploymentPlan
-    fleets: dict[str, PlacedFleet]
-    router: Router
-    pools: dict[str, UpstreamPool]
-    live: LiveEndpoint
-    strategies: dict[str, str] = field(default_factory=dict)
-    # The shadow variants' weights (the router holds the production variants'), and their copier.
-    shadow_weights: dict[str, float] = field(default_factory=dict)
-    copier: ShadowCopier | None = None
-
-
-#: Joins a variant's name and its generation into the name the new fleet's variant has in a
-#: stepped update's router when the old fleet has a variant of that name: `~` is outside
-#: config.NAME_PATTERN, so no TargetVariant can name it and no configuration can clash with it.
-_GREEN_NAME = "{variant}~g{generation}"
-
-
-@dataclass
-class _Shift:
-    """A stepped UpdateEndpoint in progress: both fleets routed by one router (`shift`)."""
-
-    blue: _Generation
-    green: _Generation
-    router: Router
-    # The router's variant name -> the variant's name (`LiveEndpoint.variant_names`).
-    names: dict[str, str]
-    live: LiveEndpoint
-    share: float = 0.0  # green's share of the requests at the last step
 
 
 class FleetDeployer:
@@ -123,8 +80,8 @@ class FleetDeployer:
         self._minutes = self._parts.minutes
         self._publisher: RoutingPublisher | None = None
         self._supervisor: Placement | None = None
-        self._generations: dict[tuple[str, int], _Generation] = {}
-        self._owner: dict[str, _Generation] = {}
+        self._generations: dict[tuple[str, int], Generation] = {}
+        self._owner: dict[str, Generation] = {}
         self._healthy: dict[str, bool] = {}
         self._closing: set[asyncio.Future[None]] = set()
         # Endpoint -> the variants whose weight and instance gauges are set (the live ones).
@@ -134,11 +91,8 @@ class FleetDeployer:
         self._shadow_failures = FailureLog(
             settings.logs.failures_per_second, settings.logs.failure_message_chars
         )
-        # Endpoint -> its stepped update's combined router, while one is in progress; then
-        # the routers of shifts that ended, until the generation they routed to is retired
-        # (requests they handed out still count in flight while an instance drains).
-        self._shifts: dict[str, _Shift] = {}
-        self._ended_shifts: dict[str, list[Router]] = {}
+        # Each endpoint's stepped update's combined router (and the ended ones still draining).
+        self._shifts = ShiftRouters(registry, settings.router.seed)
         # Told the name of each endpoint `remove` removed (feedback forgets its labels).
         self._removed: Callable[[str], Awaitable[None]] | None = None
 
@@ -218,19 +172,9 @@ class FleetDeployer:
             plan.endpoint_name, [info for fleet in fleets.values() for info in fleet.instances()]
         )
         strategies = {v.variant_name: v.routing_strategy for v in plan.variants}
-        # Shadow variants run but are not in the router: it never picks them for a caller.
-        specs = [
-            VariantSpec(
-                v.variant_name,
-                v.weight,
-                [i.name for i in fleets[v.variant_name].instances()],
-                v.routing_strategy,
-            )
-            for v in plan.variants
-            if not v.shadow
-        ]
+        specs = plan_table(plan, fleets)
         try:
-            with _router_errors():
+            with router_errors():
                 router = Router(
                     specs,
                     salt=plan.endpoint_name,
@@ -258,11 +202,11 @@ class FleetDeployer:
             capture=capture,
         )
         shadow_weights = {v.variant_name: v.weight for v in plan.variants if v.shadow}
-        generation = _Generation(plan, fleets, router, pools, live, strategies, shadow_weights)
+        generation = Generation(plan, fleets, router, pools, live, strategies, shadow_weights)
         if shadow_weights:
             generation.copier = ShadowCopier(
                 plan.endpoint_name,
-                self._shadow_targets(generation),
+                shadow_targets(generation, self._healthy),
                 recorders,
                 capture,
                 self._settings.shadow,
@@ -278,7 +222,7 @@ class FleetDeployer:
         """Route the endpoint's requests to this generation from now on, in one step."""
         generation = self._generations[plan.endpoint_name, plan.generation]
         self._registry.publish(generation.live)
-        self._end_shift(plan.endpoint_name)
+        self._shifts.end(plan.endpoint_name)
         self._gauge(generation)
         # The old generation is retired after this: the other replicas must have left it.
         await self._sync(plan.endpoint_name)
@@ -294,53 +238,23 @@ class FleetDeployer:
         green = self._generations[endpoint_name, green_generation]
         if green_share <= 0:
             self._registry.publish(blue.live)
-            self._end_shift(endpoint_name)
+            self._shifts.end(endpoint_name)
             self._gauge(blue)
             await self._sync(endpoint_name)
             return
-        specs, names = _combined_table(blue, green, green_share)
-        shift = self._shifts.get(endpoint_name)
-        if shift is not None and shift.blue is blue and shift.green is green:
-            # A later step: the same table with new weights (in-flight counts and health kept).
-            with _router_errors():
-                shift.router.set_weights({spec.name: spec.weight for spec in specs})
-        else:
-            self._end_shift(endpoint_name)
-            with _router_errors():
-                router = Router(
-                    specs,
-                    salt=endpoint_name,
-                    seed=self._settings.router.seed,
-                    failover=self._failover.get(endpoint_name, blue.plan.failover),
-                )
-            pools = {**blue.pools, **green.pools}
-            for name in pools:
-                with contextlib.suppress(UnknownInstanceError):
-                    router.set_healthy(name, self._healthy.get(name, False))
-            live = dataclasses.replace(
-                blue.live,
-                router=router,
-                pools=pools,
-                recorders={**green.live.recorders, **blue.live.recorders},
-                variant_names=names,
-            )
-            shift = self._shifts[endpoint_name] = _Shift(blue, green, router, names, live)
-            self._registry.publish(live)
-        shift.share = green_share
-        for spec in specs:
-            VARIANT_WEIGHT.labels(endpoint_name, names[spec.name]).set(
-                sum(s.weight for s in specs if names[s.name] == names[spec.name])
-            )
+        weights = self._shifts.step(
+            blue,
+            green,
+            green_share,
+            failover=self._failover.get(endpoint_name, blue.plan.failover),
+            healthy=self._healthy,
+        )
+        for variant, weight in weights.items():
+            VARIANT_WEIGHT.labels(endpoint_name, variant).set(weight)
         self._changed(endpoint_name)
         await self._sync(endpoint_name)
 
-    def _end_shift(self, endpoint_name: str) -> None:
-        """The stepped update's router no longer routes (its last picks may still be in flight)."""
-        shift = self._shifts.pop(endpoint_name, None)
-        if shift is not None:
-            self._ended_shifts.setdefault(endpoint_name, []).append(shift.router)
-
-    def _gauge(self, generation: _Generation) -> None:
+    def _gauge(self, generation: Generation) -> None:
         """The weight and instance gauges of the generation that now takes all the traffic."""
         plan = generation.plan
         live_variants = {variant.variant_name for variant in plan.variants}
@@ -363,9 +277,8 @@ class FleetDeployer:
         if retired.copier is not None:
             retired.copier.close()
         await asyncio.gather(*(fleet.stop() for fleet in retired.fleets.values()))
-        if endpoint_name not in self._shifts:
-            # Its instances are drained: what a past shift's router handed them is done.
-            self._ended_shifts.pop(endpoint_name, None)
+        # Its instances are drained: what a past shift's router handed them is done.
+        self._shifts.forget_ended(endpoint_name)
         for name, pool in retired.pools.items():
             self._owner.pop(name, None)
             self._healthy.pop(name, None)
@@ -386,7 +299,7 @@ class FleetDeployer:
         """Change the live generation's weights atomically in its router."""
         generation = self._live_generation(endpoint_name)
         routed = {k: v for k, v in weights.items() if k not in generation.shadow_weights}
-        with _router_errors():
+        with router_errors():
             generation.router.set_weights(routed)
         for variant, weight in weights.items():
             if variant in generation.shadow_weights:
@@ -405,9 +318,7 @@ class FleetDeployer:
         for (name, _), generation in self._generations.items():
             if name == endpoint_name:
                 generation.router.set_failover(failover)
-        shift = self._shifts.get(endpoint_name)
-        if shift is not None:
-            shift.router.set_failover(failover)
+        self._shifts.set_failover(endpoint_name, failover)
         self._changed(endpoint_name)
 
     async def scale(self, endpoint_name: str, variant_name: str, instance_count: int) -> None:
@@ -428,23 +339,15 @@ class FleetDeployer:
                 f"Endpoint {endpoint_name} runs no generation {generation} to scale."
             )
         await self._scale(deployed, variant_name, instance_count)
-        shift = self._shifts.get(endpoint_name)
+        shift = self._shifts.current(endpoint_name)
         if shift is None or deployed not in (shift.blue, shift.green):
             await self._sync(endpoint_name)
             return
-        specs, _ = _combined_table(shift.blue, shift.green, shift.share)
-        with _router_errors():
-            shift.router.replace(specs)
-        pools = {**shift.blue.pools, **shift.green.pools}
-        for name in pools:  # new instances start healthy in a router: only checked ones are
-            with contextlib.suppress(UnknownInstanceError):
-                shift.router.set_healthy(name, self._healthy.get(name, False))
-        shift.live = dataclasses.replace(shift.live, pools=pools)
-        self._registry.publish(shift.live)
+        self._shifts.rebuild(shift, self._healthy)
         self._changed(endpoint_name)
         await self._sync(endpoint_name)
 
-    async def _scale(self, generation: _Generation, variant_name: str, instance_count: int) -> None:
+    async def _scale(self, generation: Generation, variant_name: str, instance_count: int) -> None:
         """Grow or shrink one variant of `generation` (its fleet, router, pools and plan)."""
         endpoint_name = generation.plan.endpoint_name
         fleet = generation.fleets[variant_name]
@@ -465,19 +368,8 @@ class FleetDeployer:
             generation.pools[name] = self._parts.pool(after[name].address)
             self._owner[name] = generation
         self._republish(generation)
-        weights = generation.router.weights()
-        specs = [
-            VariantSpec(
-                variant,
-                weights[variant],
-                [i.name for i in variant_fleet.instances()],
-                generation.strategies[variant],
-            )
-            for variant, variant_fleet in generation.fleets.items()
-            if variant not in generation.shadow_weights
-        ]
-        with _router_errors():
-            generation.router.replace(specs)
+        with router_errors():
+            generation.router.replace(router_table(generation))
         self._retarget(generation)
         for name in after.keys() - before:
             self._apply_health(generation, name)
@@ -509,34 +401,10 @@ class FleetDeployer:
 
     def instance_details(self, endpoint_name: str) -> dict[str, list[dict[str, object]]]:
         """Per variant of the live generation: each instance's name, CPUs and state."""
-        live = self._registry.get(endpoint_name)
-        if live is None:
-            return {}
-        generation = self._generations.get((endpoint_name, live.generation))
+        generation = self._routed_generation(endpoint_name)
         if generation is None:
             return {}
-        usage = self._cpu_usage()
-        details: dict[str, list[dict[str, object]]] = {}
-        for variant, fleet in generation.fleets.items():
-            listed = details[variant] = []
-            for info in fleet.instances():
-                shared = [cpu for cpu in info.cpus if usage.get(cpu, 0) > 1]
-                entry: dict[str, object] = {
-                    "InstanceName": info.name,
-                    "Cpus": list(info.cpus),
-                    "SharedCpus": shared,
-                    "State": info.state,
-                }
-                if shared:
-                    entry["Message"] = _shared_cpus_message(shared)
-                if info.node is not None:
-                    # Placed on a cluster: where it runs and what it reserves there.
-                    entry["Node"] = info.node
-                    entry["NodeId"] = info.node_id
-                    entry["VCpus"] = info.vcpus
-                    entry["Address"] = str(info.address)
-                listed.append(entry)
-        return details
+        return instance_listing(generation, self._cpu_usage())
 
     def pending(self, endpoint_name: str) -> None:
         """The endpoint is being deployed: its requests get a retryable 503 until it is live."""
@@ -554,10 +422,7 @@ class FleetDeployer:
         """Every instance of each endpoint's live generation, by (endpoint, variant name)."""
         listing: dict[tuple[str, str], list[InstanceInfo]] = {}
         for endpoint_name in self._registry.names():
-            live = self._registry.get(endpoint_name)
-            generation = (
-                None if live is None else self._generations.get((endpoint_name, live.generation))
-            )
+            generation = self._routed_generation(endpoint_name)
             if generation is None:
                 continue
             for variant, fleet in generation.fleets.items():
@@ -593,63 +458,16 @@ class FleetDeployer:
             if unroutable.failure_reason is None:
                 return RoutingDocument(endpoint_name, "pending")
             return RoutingDocument(endpoint_name, "failed", unroutable.failure_reason)
-        shift = self._shifts.get(endpoint_name)
+        shift = self._shifts.current(endpoint_name)
         if shift is not None and live is shift.live:
-            return self._shift_document(shift)
+            return shift_document(shift, self._document_of(shift.blue), self._healthy)
         return self._document_of(generation)
 
-    def _document_of(self, generation: _Generation) -> RoutingDocument:
+    def _document_of(self, generation: Generation) -> RoutingDocument:
         """The routing document of `generation` taking all the endpoint's traffic."""
         plan = generation.plan
-        endpoint_name = plan.endpoint_name
-        weights = {**generation.router.weights(), **generation.shadow_weights}
-        routed = [
-            RoutedVariant(
-                name=variant,
-                weight=weights[variant],
-                strategy=generation.strategies[variant],
-                instances=tuple(
-                    RoutedInstance(
-                        info.name,
-                        str(generation.pools[info.name].address),
-                        self._healthy.get(info.name, False),
-                    )
-                    for info in fleet.instances()
-                    if info.name in generation.pools
-                ),
-            )
-            for variant, fleet in generation.fleets.items()
-        ]
-        return RoutingDocument(
-            endpoint=endpoint_name,
-            state="live",
-            generation=plan.generation,
-            failover=self._failover.get(endpoint_name, plan.failover),
-            capture=None if plan.data_capture is None else capture_document(plan.data_capture),
-            variants=tuple(v for v in routed if v.name not in generation.shadow_weights),
-            shadows=tuple(v for v in routed if v.name in generation.shadow_weights),
-        )
-
-    def _shift_document(self, shift: _Shift) -> RoutingDocument:
-        """The routing document of a stepped update: both fleets' variants in one table (the
-        green ones that share a name with a blue one under their router name, with
-        `public_name`), the blue generation's shadows."""
-        base = self._document_of(shift.blue)
-        pools = {**shift.blue.pools, **shift.green.pools}
-        variants = tuple(
-            RoutedVariant(
-                name=spec.name,
-                weight=spec.weight,
-                strategy=spec.routing_strategy,
-                instances=tuple(
-                    RoutedInstance(name, str(pools[name].address), self._healthy.get(name, False))
-                    for name in spec.instances
-                ),
-                public_name=None if shift.names[spec.name] == spec.name else shift.names[spec.name],
-            )
-            for spec in shift.router.variants()
-        )
-        return dataclasses.replace(base, variants=variants)
+        failover = self._failover.get(plan.endpoint_name, plan.failover)
+        return generation_document(generation, self._healthy, failover)
 
     def endpoint_names(self) -> list[str]:
         """Every endpoint the registry knows: live, being deployed or failed."""
@@ -682,10 +500,7 @@ class FleetDeployer:
         if generation is None:
             return 0
         endpoint_name = generation.plan.endpoint_name
-        routers = [generation.router, *self._ended_shifts.get(endpoint_name, ())]
-        shift = self._shifts.get(endpoint_name)
-        if shift is not None:
-            routers.append(shift.router)
+        routers = [generation.router, *self._shifts.routers(endpoint_name)]
         count = 0
         for router in routers:  # a stepped update's router hands out this instance too
             with contextlib.suppress(UnknownInstanceError):
@@ -699,24 +514,21 @@ class FleetDeployer:
         generation = self._owner.get(name)
         if generation is not None:
             self._apply_health(generation, name)
-            shift = self._shifts.get(generation.plan.endpoint_name)
-            if shift is not None:
-                with contextlib.suppress(UnknownInstanceError):
-                    shift.router.set_healthy(name, healthy)
+            self._shifts.set_healthy(generation.plan.endpoint_name, name, healthy)
             self._retarget(generation)
             for variant, fleet in generation.fleets.items():
                 if any(info.name == name for info in fleet.instances()):
                     self._count_healthy(generation, variant)
             self._changed(generation.plan.endpoint_name)
 
-    def _apply_health(self, generation: _Generation, name: str) -> None:
+    def _apply_health(self, generation: Generation, name: str) -> None:
         """Tell the router what the supervisor last said of `name` (healthy until told otherwise
         is not safe: an instance is healthy only once it answered a ping)."""
         # Not in this router's table yet: applied when the table is replaced.
         with contextlib.suppress(UnknownInstanceError):
             generation.router.set_healthy(name, self._healthy.get(name, False))
 
-    def _count_healthy(self, generation: _Generation, variant: str) -> None:
+    def _count_healthy(self, generation: Generation, variant: str) -> None:
         if self._registry.get(generation.plan.endpoint_name) is not generation.live:
             return  # Only the live generation's instances are the variant's instances.
         if variant in generation.shadow_weights:
@@ -728,65 +540,29 @@ class FleetDeployer:
             count = len(generation.router.healthy_instances(variant))
         VARIANT_INSTANCES.labels(generation.plan.endpoint_name, variant).set(count)
 
-    def _republish(self, generation: _Generation) -> None:
+    def _republish(self, generation: Generation) -> None:
         live = generation.live
-        generation.live = LiveEndpoint(
-            name=live.name,
-            generation=live.generation,
-            router=live.router,
-            pools=dict(generation.pools),
-            recorders=live.recorders,
-            log_stream_arn=live.log_stream_arn,
-            capture=live.capture,
-            shadows=live.shadows,
-        )
+        generation.live = generation.repooled()
         self._retarget(generation)
         if self._registry.get(live.name) is live:
             self._registry.publish(generation.live)
             self._changed(live.name)
-        shift = self._shifts.get(live.name)
-        if shift is not None and generation in (shift.blue, shift.green):
-            shift.live = dataclasses.replace(
-                shift.live, pools={**shift.blue.pools, **shift.green.pools}
-            )
-            self._registry.publish(shift.live)
+        if self._shifts.repool(generation):
             self._changed(live.name)
 
-    def _retarget(self, generation: _Generation) -> None:
+    def _retarget(self, generation: Generation) -> None:
         """Give the generation's copier its shadows' fractions, instances and health as they
         are now (after a weight, instance or health change)."""
         if generation.copier is not None:
-            generation.copier.retarget(self._shadow_targets(generation))
+            generation.copier.retarget(shadow_targets(generation, self._healthy))
 
-    def _shadow_targets(self, generation: _Generation) -> list[ShadowTarget]:
-        """The generation's shadow variants: each one's share of copies, instances and health."""
-        production = [
-            weight
-            for variant, weight in generation.router.weights().items()
-            if variant not in generation.shadow_weights
-        ]
-        return [
-            ShadowTarget(
-                variant,
-                shadow_fraction(weight, production),
-                tuple(
-                    ShadowInstance(
-                        info.name,
-                        generation.pools[info.name],
-                        self._healthy.get(info.name, False),
-                    )
-                    for info in generation.fleets[variant].instances()
-                    if info.name in generation.pools
-                ),
-            )
-            for variant, weight in generation.shadow_weights.items()
-        ]
-
-    def _live_generation(self, endpoint_name: str) -> _Generation:
+    def _routed_generation(self, endpoint_name: str) -> Generation | None:
+        """The generation the registry routes the endpoint to (None: none, or not running)."""
         live = self._registry.get(endpoint_name)
-        generation = (
-            None if live is None else self._generations.get((endpoint_name, live.generation))
-        )
+        return None if live is None else self._generations.get((endpoint_name, live.generation))
+
+    def _live_generation(self, endpoint_name: str) -> Generation:
+        generation = self._routed_generation(endpoint_name)
         if generation is None:
             raise DeploymentError(f"Endpoint {endpoint_name} has no running fleet.")
         return generation
@@ -806,62 +582,12 @@ class FleetDeployer:
         return self._supervisor.cpu_usage()
 
     def _warn_of_shared_cpus(self, endpoint_name: str, started: list[InstanceInfo]) -> None:
-        """Warn once per deployment or scale-out when instances it started share CPUs with other
-        instances: the host has fewer CPUs than the instances ask for (DescribeEndpoint's
-        instance listing says so too, per instance)."""
-        usage = self._cpu_usage()
-        sharing = [info for info in started if any(usage.get(cpu, 0) > 1 for cpu in info.cpus)]
-        if not sharing:
-            return
-        log.warning(
-            "endpoint %s: %d of the %d instances just started share CPUs with other instances "
-            "(their CPU sets overlap: %s); the host has %d CPUs for instances and they ask for "
-            "more, so they compete for them",
-            endpoint_name,
-            len(sharing),
-            len(started),
-            ", ".join(f"{info.name} on {_cpu_list(info.cpus)}" for info in sharing),
-            len(usage),
-        )
+        """Warn once per deployment or scale-out when instances it started share CPUs."""
+        warning = shared_cpus_warning(endpoint_name, started, self._cpu_usage())
+        if warning is not None:
+            log.warning("%s", warning)
 
     def _require_supervisor(self) -> Placement:
         if self._supervisor is None:
             raise RuntimeError("FleetDeployer.attach(supervisor) was not called")
         return self._supervisor
-
-
-def _cpu_list(cpus: Sequence[int]) -> str:
-    return ",".join(str(cpu) for cpu in cpus)
-
-
-def _shared_cpus_message(shared: Sequence[int]) -> str:
-    """What DescribeEndpoint's instance listing says of an instance whose CPUs overlap."""
-    return (
-        f"CPUs {_cpu_list(shared)} are shared with other instances: the host has fewer CPUs than "
-        "the instances ask for, so their CPU sets overlap and they compete for them."
-    )
-
-
-def _combined_table(
-    blue: _Generation, green: _Generation, green_share: float
-) -> tuple[list[VariantSpec], dict[str, str]]:
-    """The router table of one step of a stepped update, and each router name's variant name.
-
-    Blue's production variants keep their names and split `1 - green_share` of the requests by
-    their weights; green's split `green_share` by theirs, each under its own name unless blue has
-    a variant of that name (then `_GREEN_NAME`: TargetVariant keeps reaching the old fleet's
-    variant until the update ends). A fleet whose weights are all 0 takes no share.
-    """
-    specs: list[VariantSpec] = []
-    names: dict[str, str] = {}
-    for generation, share in ((blue, 1.0 - green_share), (green, green_share)):
-        table = generation.router.variants()
-        total = math.fsum(spec.weight for spec in table)
-        for spec in table:
-            name = spec.name
-            if generation is green and name in names:
-                name = _GREEN_NAME.format(variant=spec.name, generation=green.plan.generation)
-            names[name] = spec.name
-            weight = spec.weight / total * share if total > 0 else 0.0
-            specs.append(VariantSpec(name, weight, spec.instances, spec.routing_strategy))
-    return specs, names
