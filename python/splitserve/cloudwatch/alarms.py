@@ -8,23 +8,11 @@ with their states. The store is the truth: every operation and every evaluation 
 alarms again (`AlarmBook.refresh`, one query), so a gateway replica sees the alarms another
 replica put, deleted or moved (only the controller replica evaluates; see `gateway`).
 
-How an alarm is evaluated (docs/sagemaker-api.md, section 7):
-
-- the datapoints are the last EvaluationPeriods whole periods (aligned on the epoch) before now,
-  each the alarm's statistic of the metric over the period, or missing when it had no sample;
-- a datapoint breaches when it compares with the threshold as ComparisonOperator says; missing
-  ones count as TreatMissingData says (`missing`: left out; `notBreaching`, `breaching`;
-  `ignore`: the state stays as it is when every datapoint is missing);
-- ALARM when at least DatapointsToAlarm (default EvaluationPeriods) datapoints breach, else OK;
-  INSUFFICIENT_DATA when no datapoint is left to judge;
-- with ExtendedStatistic and EvaluateLowSampleCountPercentile `ignore`, a period with too few
-  samples for the percentile (`_significant_samples`) leaves the state as it is;
-- a state change writes a StateUpdate history item (and, when actions are enabled and the new
-  state has actions, an Action item: the actions are recorded, not executed: there is no SNS
-  here), logs a line and counts in splitserve_cloudwatch_alarm_transitions_total.
-
-Reasons follow CloudWatch's wording ("Threshold Crossed: 2 out of the last 3 datapoints [...]
-were greater than or equal to the threshold (1.0) ...").
+Each minute `AlarmBook.evaluate` judges every alarm (`alarm_judge.judge_alarm`: the datapoints,
+the breaches and CloudWatch's wording of the reason) and records the states that change: a
+StateUpdate history item (and, when actions are enabled and the new state has actions, an Action
+item: the actions are recorded, not executed: there is no SNS here), a log line and a count in
+splitserve_cloudwatch_alarm_transitions_total.
 """
 
 from __future__ import annotations
@@ -32,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -42,17 +29,12 @@ from splitserve.cloudwatch.alarm_input import (
     dicts,
     dimension_set,
     integer,
-    number,
     page_offset,
     strings,
 )
+from splitserve.cloudwatch.alarm_judge import judge_alarm
 from splitserve.cloudwatch.queries import (
     FigureReader,
-    Window,
-    parse_statistic,
-    period_aggregates,
-    series_key,
-    statistic_value,
 )
 from splitserve.cloudwatch.store import AlarmRow, CloudWatchStore, HistoryRow
 from splitserve.config import AccountSettings, CloudWatchSettings
@@ -70,15 +52,6 @@ __all__ = ["AlarmBook"]
 
 log = logging.getLogger(__name__)
 
-_COMPARISONS: Mapping[str, tuple[Callable[[float, float], bool], str]] = {
-    "GreaterThanOrEqualToThreshold": (
-        lambda value, limit: value >= limit,
-        "greater than or equal to",
-    ),
-    "GreaterThanThreshold": (lambda value, limit: value > limit, "greater than"),
-    "LessThanThreshold": (lambda value, limit: value < limit, "less than"),
-    "LessThanOrEqualToThreshold": (lambda value, limit: value <= limit, "less than or equal to"),
-}
 _ACTION_MEMBERS = {
     "OK": "OKActions",
     "ALARM": "AlarmActions",
@@ -136,15 +109,6 @@ class _Alarm:
 
 def _moment(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def _iso(seconds: float) -> str:
-    return _moment(seconds).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
-
-
-def _short(seconds: float) -> str:
-    """CloudWatch's datapoint time in reasons: `03/12/26 10:15:00` (day/month/year)."""
-    return _moment(seconds).strftime("%d/%m/%y %H:%M:%S")
 
 
 class AlarmBook:
@@ -429,7 +393,7 @@ class AlarmBook:
         now = self._clock()
         for alarm in list(self._alarms.values()):
             try:
-                verdict = await self._judge(alarm, now)
+                verdict = await judge_alarm(alarm.definition, self._figures, now)
             except (TypeError, ValueError, KeyError, SplitserveError):
                 # A definition the store damaged: the other alarms are still judged.
                 log.warning("alarm %s cannot be evaluated: its definition is damaged", alarm.name)
@@ -440,90 +404,6 @@ class AlarmBook:
             state, reason, reason_data = verdict
             if state != alarm.state:
                 await self._change_state(alarm, state, reason, reason_data)
-
-    async def _judge(self, alarm: _Alarm, now: float) -> tuple[str, str, str] | None:
-        """The state the figures give `alarm` now, with reason and reason data."""
-        definition = alarm.definition
-        period = integer(definition["Period"])
-        count = integer(definition["EvaluationPeriods"])
-        needed = integer(definition.get("DatapointsToAlarm", count))
-        statistic_name = str(definition.get("Statistic") or definition.get("ExtendedStatistic"))
-        statistic = parse_statistic(statistic_name, "Statistic")
-        threshold = float(number(definition["Threshold"]))
-        compare, wording = _COMPARISONS[str(definition["ComparisonOperator"])]
-        treat = str(definition.get("TreatMissingData", "missing"))
-        end = math.floor(now / period) * period
-        window = Window.of(end - count * period, end, period)
-        values: list[float | None] = [None] * count
-        resolved = series_key(
-            str(definition["Namespace"]),
-            str(definition["MetricName"]),
-            dicts(definition.get("Dimensions")),
-            "Dimensions",
-        )
-        if resolved is not None and definition.get("Unit", resolved[0].unit) == resolved[0].unit:
-            spec, endpoint_name, variant_name = resolved
-            key = (endpoint_name, variant_name)
-            figures = await self._figures.read([key], window.first_minute, window.last_minute)
-            for index, aggregate in period_aggregates(
-                figures.get(key, {}), spec.name, window
-            ).items():
-                if 0 <= index < count:
-                    values[index] = statistic_value(aggregate, statistic)
-                    if (
-                        isinstance(statistic, float)
-                        and definition.get("EvaluateLowSampleCountPercentile") == "ignore"
-                        and aggregate.sample_count < _significant_samples(statistic)
-                    ):
-                        return None  # too few samples for the percentile: the state stays
-        present = [(index, value) for index, value in enumerate(values) if value is not None]
-        breaching = sum(1 for _, value in present if compare(value, threshold))
-        missing = count - len(present)
-        if treat == "breaching":
-            breaching += missing
-        judged = len(present) + (missing if treat in ("breaching", "notBreaching") else 0)
-        points = ", ".join(
-            f"{value} ({_short(window.first_minute * 60 + index * period)})"
-            for index, value in reversed(present)
-        )
-        reason_data = json.dumps(
-            {
-                "version": "1.0",
-                "queryDate": _iso(now),
-                "startDate": _iso(window.first_minute * 60),
-                "statistic": statistic_name,
-                "period": period,
-                "recentDatapoints": [value for _, value in present],
-                "threshold": threshold,
-                "evaluatedDatapoints": [
-                    {"timestamp": _iso(window.first_minute * 60 + index * period), "value": value}
-                    for index, value in reversed(present)
-                ],
-            }
-        )
-        if judged == 0:
-            if treat == "ignore":
-                return None
-            return (
-                "INSUFFICIENT_DATA",
-                f"Insufficient Data: {count} datapoint{'s were' if count > 1 else ' was'} unknown.",
-                reason_data,
-            )
-        if breaching >= needed:
-            reason = (
-                f"Threshold Crossed: {breaching} out of the last {judged} datapoints [{points}] "
-                f"{'were' if breaching > 1 else 'was'} {wording} the threshold ({threshold}) "
-                f"(minimum {needed} datapoint{'s' if needed > 1 else ''} for OK -> ALARM "
-                "transition)."
-            )
-            return "ALARM", reason, reason_data
-        reason = (
-            f"Threshold Crossed: {judged - breaching} out of the last {judged} datapoints "
-            f"[{points}] {'were' if judged - breaching > 1 else 'was'} not {wording} the "
-            f"threshold ({threshold}) (minimum {needed} datapoint{'s' if needed > 1 else ''} "
-            "for ALARM -> OK transition)."
-        )
-        return "OK", reason, reason_data
 
     async def _change_state(
         self, alarm: _Alarm, state: str, reason: str, reason_data: str | None
@@ -612,11 +492,3 @@ class AlarmBook:
             if member in definition:
                 described[member] = definition[member]
         return described
-
-
-def _significant_samples(percent: float) -> int:
-    """The fewest samples for which percentile `percent` says something: a p99 needs 100 (one
-    sample above it), a p90 10, a p50 2 (chosen; CloudWatch does not publish its rule)."""
-    if percent >= 100:
-        return 1
-    return math.ceil(100 / (100 - percent))
