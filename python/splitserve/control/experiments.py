@@ -2,8 +2,8 @@
 DescribeInferenceExperiment, ListInferenceExperiments, UpdateInferenceExperiment,
 StartInferenceExperiment, StopInferenceExperiment and DeleteInferenceExperiment.
 
-Each validates its request (SageMaker's shapes in `shapes.py`, then what needs the endpoint and
-the models), checks the experiment's status and writes its desired state in one step under the
+Each validates its request (SageMaker's shapes in `shapes.py`, the checks that need no state in
+`experiment_checks.py`, then what needs the endpoint and the models), checks the experiment's status and writes its desired state in one step under the
 experiments' lock; `experiment_runner.ExperimentRunner` does the rest on the endpoint. What
 splitserve chose where SageMaker's documentation is silent is in docs/sagemaker-api.md, "Shadow
 tests" (messages, defaults of the variant actions, what an update may change while Running).
@@ -16,12 +16,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from splitserve.config import (
-    EXPERIMENT_DEFAULT_DURATION_SECONDS,
-    EXPERIMENT_MAX_DURATION_SECONDS,
-    AccountSettings,
-)
+from splitserve.config import AccountSettings
 from splitserve.control.documents import mappings, optional_mapping, tag_pairs, text
+from splitserve.control.experiment_checks import (
+    check_desired,
+    check_running_variants,
+    check_same_names,
+    member_mapping,
+    merged_variants,
+    optional_text,
+    schedule_span,
+    stop_actions,
+)
 from splitserve.control.experiment_runner import ExperimentRunner
 from splitserve.control.experiment_store import (
     FINISHED_STATUSES,
@@ -93,7 +99,7 @@ class ExperimentOperations:
         request = validate_request("CreateInferenceExperiment", body)
         name = text(request, "Name")
         now = time.time()
-        start, end = _schedule(optional_mapping(request.get("Schedule")), None, now)
+        start, end = schedule_span(optional_mapping(request.get("Schedule")), None, now)
         record = ExperimentRecord(
             name=name,
             endpoint_name=text(request, "EndpointName"),
@@ -104,10 +110,10 @@ class ExperimentOperations:
             schedule_start=start,
             schedule_end=end,
             model_variants=tuple(mappings(request.get("ModelVariants"))),
-            shadow_mode_config=dict(_mapping(request, "ShadowModeConfig")),
-            description=_optional_text(request, "Description"),
+            shadow_mode_config=dict(member_mapping(request, "ShadowModeConfig")),
+            description=optional_text(request, "Description"),
             data_storage_config=optional_mapping(request.get("DataStorageConfig")),
-            kms_key=_optional_text(request, "KmsKey"),
+            kms_key=optional_text(request, "KmsKey"),
             tags=tag_pairs(request.get("Tags")),
         )
         self._check_variants(record)
@@ -209,7 +215,7 @@ class ExperimentOperations:
             running = record.status is ExperimentStatus.RUNNING
             updated = replace(record, last_modified_time=now)
             if "Description" in request:
-                updated = replace(updated, description=_optional_text(request, "Description"))
+                updated = replace(updated, description=optional_text(request, "Description"))
             schedule = optional_mapping(request.get("Schedule"))
             if schedule is not None:
                 if (
@@ -221,23 +227,23 @@ class ExperimentOperations:
                         "The StartTime of a running inference experiment cannot change; give "
                         "EndTime only."
                     )
-                start, end = _schedule(schedule, record, now, running=running)
+                start, end = schedule_span(schedule, record, now, running=running)
                 updated = replace(updated, schedule_start=start, schedule_end=end)
             if "ShadowModeConfig" in request:
-                config = dict(_mapping(request, "ShadowModeConfig"))
+                config = dict(member_mapping(request, "ShadowModeConfig"))
                 if running:
-                    _check_same_names(record, config)
+                    check_same_names(record, config)
                 updated = replace(updated, shadow_mode_config=config)
             if "ModelVariants" in request:
                 variants = tuple(mappings(request.get("ModelVariants")))
                 if running:
-                    _check_running_variants(record, variants)
+                    check_running_variants(record, variants)
                 names = {str(variant.get("VariantName")) for variant in variants}
                 if names == {updated.source_variant, updated.shadow_variant}:
                     # Both variants given (a Created experiment's variants may be renamed).
                     updated = replace(updated, model_variants=variants)
                 else:
-                    merged = _merged(record.model_variants, variants)
+                    merged = merged_variants(record.model_variants, variants)
                     updated = replace(updated, model_variants=merged)
             if "DataStorageConfig" in request:
                 if running:
@@ -280,12 +286,12 @@ class ExperimentOperations:
         async with self._runner.lock:
             record = await self._experiment(text(request, "Name"))
             self._require(record, "stop", ExperimentStatus.CREATED, ExperimentStatus.RUNNING)
-            actions = _actions(record, _mapping(request, "ModelVariantActions"))
+            actions = stop_actions(record, member_mapping(request, "ModelVariantActions"))
             desired = tuple(mappings(request.get("DesiredModelVariants")))
-            _check_desired(record, desired)
+            check_desired(record, desired)
             self._check_instance_types(desired, "desiredModelVariants")
             final = ExperimentStatus(str(request.get("DesiredState", "Completed")))
-            reason = _optional_text(request, "Reason")
+            reason = optional_text(request, "Reason")
             now = time.time()
             if record.status is ExperimentStatus.CREATED:
                 stopped = replace(
@@ -377,8 +383,8 @@ class ExperimentOperations:
         allowed = ", ".join(sorted(self._instance_types))
         violations: list[Violation] = []
         for index, variant in enumerate(variants):
-            infrastructure = _mapping(variant, "InfrastructureConfig")
-            real_time = _mapping(infrastructure, "RealTimeInferenceConfig")
+            infrastructure = member_mapping(variant, "InfrastructureConfig")
+            real_time = member_mapping(infrastructure, "RealTimeInferenceConfig")
             instance_type = real_time.get("InstanceType")
             if instance_type not in self._instance_types:
                 where = member_path(
@@ -498,148 +504,3 @@ def _variant_status(
     if endpoint is not None and endpoint.status is EndpointStatus.UPDATING:
         return "Updating"
     return "InService"
-
-
-def _schedule(
-    schedule: Mapping[str, object] | None,
-    current: ExperimentRecord | None,
-    now: float,
-    *,
-    running: bool = False,
-) -> tuple[float, float]:
-    """The (start, end) a Schedule asks for. At Create, start defaults to now and end to start +
-    7 days; at Update, a member left out keeps the experiment's value (and a running experiment
-    keeps its start). The end must come after the start and after now, within 30 days of the
-    start."""
-    schedule = schedule or {}
-    raw_start = schedule.get("StartTime")
-    raw_end = schedule.get("EndTime")
-    if running and current is not None:
-        start = current.schedule_start
-    elif isinstance(raw_start, int | float):
-        start = float(raw_start)
-    else:
-        start = now if current is None else current.schedule_start
-    if isinstance(raw_end, int | float):
-        end = float(raw_end)
-    elif current is not None:
-        end = current.schedule_end
-    else:
-        end = start + EXPERIMENT_DEFAULT_DURATION_SECONDS
-    if end <= start:
-        raise ValidationException("The Schedule's EndTime must be after its StartTime.")
-    if end <= now:
-        raise ValidationException("The Schedule's EndTime must be in the future.")
-    if end - start > EXPERIMENT_MAX_DURATION_SECONDS:
-        raise ValidationException(
-            "An inference experiment runs for at most 30 days: the Schedule's EndTime must be "
-            "within 30 days of its StartTime."
-        )
-    return start, end
-
-
-def _actions(record: ExperimentRecord, given: Mapping[str, object]) -> dict[str, str]:
-    """The variant actions of a stop, with the defaults (production Retain, shadow Remove)."""
-    source, shadow = record.source_variant, record.shadow_variant
-    if not given:
-        raise ValidationException(
-            "1 validation error detected: Value '{}' at 'modelVariantActions' failed to satisfy "
-            "constraint: Member must have length greater than or equal to 1"
-        )
-    unknown = sorted(set(given) - {source, shadow})
-    if unknown:
-        raise ValidationException(
-            f'ModelVariantActions names variant "{unknown[0]}", which is not a variant of the '
-            f'inference experiment (it has "{source}" and "{shadow}").'
-        )
-    actions = {source: "Retain", shadow: "Remove"}
-    actions.update({name: str(action) for name, action in given.items()})
-    if actions[source] == "Promote":
-        raise ValidationException(
-            f'The variant "{source}" is the production variant already: it can be retained or, '
-            "when the shadow is promoted, removed."
-        )
-    if actions[source] == "Remove" and actions[shadow] != "Promote":
-        raise ValidationException(
-            f'Removing the production variant "{source}" needs the shadow variant "{shadow}" '
-            "promoted in its place: an endpoint needs a production variant."
-        )
-    if actions[shadow] == "Promote" and actions[source] == "Retain" and source in given:
-        raise ValidationException(
-            f'Promoting "{shadow}" replaces the production variant "{source}" with it: give '
-            f'"{source}" the action Remove, or leave it out.'
-        )
-    return actions
-
-
-def _check_desired(record: ExperimentRecord, desired: Sequence[Mapping[str, object]]) -> None:
-    names = {record.source_variant, record.shadow_variant}
-    for variant in desired:
-        name = str(variant.get("VariantName"))
-        if name not in names:
-            raise ValidationException(
-                f'DesiredModelVariants names variant "{name}", which is not a variant of the '
-                "inference experiment."
-            )
-        if variant.get("ModelName") != record.model_variant(name).get("ModelName"):
-            raise ValidationException(
-                f'DesiredModelVariants gives variant "{name}" the model '
-                f'"{variant.get("ModelName")}"; the experiment\'s is '
-                f'"{record.model_variant(name).get("ModelName")}".'
-            )
-
-
-def _check_running_variants(
-    record: ExperimentRecord, variants: Sequence[Mapping[str, object]]
-) -> None:
-    """While Running, a ModelVariants entry may change its InstanceCount only."""
-    for variant in variants:
-        name = str(variant.get("VariantName"))
-        try:
-            current = record.model_variant(name)
-        except KeyError:
-            raise ValidationException(
-                f'ModelVariants names variant "{name}", which is not a variant of the running '
-                "inference experiment."
-            ) from None
-        before = _mapping(_mapping(current, "InfrastructureConfig"), "RealTimeInferenceConfig")
-        after = _mapping(_mapping(variant, "InfrastructureConfig"), "RealTimeInferenceConfig")
-        if variant.get("ModelName") != current.get("ModelName") or before.get(
-            "InstanceType"
-        ) != after.get("InstanceType"):
-            raise ValidationException(
-                f'The model and instance type of variant "{name}" cannot change while the '
-                "inference experiment runs; only its InstanceCount can."
-            )
-
-
-def _check_same_names(record: ExperimentRecord, config: Mapping[str, object]) -> None:
-    shadows = mappings(config.get("ShadowModelVariants"))
-    if config.get("SourceModelVariantName") != record.source_variant or [
-        shadow.get("ShadowModelVariantName") for shadow in shadows
-    ] != [record.shadow_variant]:
-        raise ValidationException(
-            "The variants of a running inference experiment cannot change; only the shadow's "
-            "SamplingPercentage can."
-        )
-
-
-def _merged(
-    current: Sequence[Mapping[str, object]], changes: Sequence[Mapping[str, object]]
-) -> tuple[Mapping[str, object], ...]:
-    """`current` with each entry of `changes` in place of the one of its VariantName (new names
-    added): UpdateInferenceExperiment lists only the variants it changes."""
-    by_name = {str(variant["VariantName"]): variant for variant in current}
-    for variant in changes:
-        by_name[str(variant["VariantName"])] = variant
-    return tuple(by_name.values())
-
-
-def _mapping(document: Mapping[str, object], key: str) -> Mapping[str, object]:
-    value = document.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _optional_text(document: Mapping[str, object], key: str) -> str | None:
-    value = document.get(key)
-    return value if isinstance(value, str) else None
