@@ -49,11 +49,11 @@ _COMPARISONS: Mapping[str, tuple[Callable[[float, float], bool], str]] = {
 
 
 async def judge_alarm(
-    definition: Mapping[str, object], figures: FigureReader, now: float
+    definition: Mapping[str, object], reader: FigureReader, now: float
 ) -> tuple[str, str, str] | None:
-    """The state the figures give the alarm of `definition` (PutMetricAlarm's members) at
-    `now`: (state, reason, reason data), or None when its state stays as it is (`ignore` with
-    nothing to judge, or too few samples for its percentile).
+    """The state the figures `reader` reads give the alarm of `definition` (PutMetricAlarm's
+    members) at `now`: (state, reason, reason data), or None when its state stays as it is
+    (`ignore` with nothing to judge, or too few samples for its percentile).
 
     Raises:
         TypeError, ValueError, KeyError, SplitserveError: a damaged definition.
@@ -78,7 +78,7 @@ async def judge_alarm(
     if resolved is not None and definition.get("Unit", resolved[0].unit) == resolved[0].unit:
         spec, endpoint_name, variant_name = resolved
         key = (endpoint_name, variant_name)
-        figures = await figures.read([key], window.first_minute, window.last_minute)
+        figures = await reader.read([key], window.first_minute, window.last_minute)
         for index, aggregate in period_aggregates(figures.get(key, {}), spec.name, window).items():
             if 0 <= index < count:
                 values[index] = statistic_value(aggregate, statistic)
