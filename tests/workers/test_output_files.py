@@ -13,7 +13,8 @@ import pytest
 from splitserve.workers import process
 from splitserve.workers.catalog import InstanceCatalog
 from splitserve.workers.images import ImageRegistry
-from splitserve.workers.process import OutputFile, SpawnLimits
+from splitserve.workers.output import OutputFile
+from splitserve.workers.process import SpawnLimits
 from splitserve.workers.supervisor import Supervisor
 from tests.workers.test_supervisor import (
     ARTIFACT_ROOTS,

@@ -24,6 +24,7 @@ from splitserve.workers.fleet import VariantFleet
 from splitserve.workers.health import HealthProbe, PingResult
 from splitserve.workers.images import ImageRegistry
 from splitserve.workers.local_placement import Launch, LocalProcess
+from splitserve.workers.output import OUTPUT_LINES, OutputRelay
 from splitserve.workers.process import (
     SpawnLimits,
     WorkerUser,
@@ -191,8 +192,8 @@ def test_relayed_output_is_rate_limited_per_second(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [100.2]
-    monkeypatch.setattr("splitserve.workers.process.time.monotonic", lambda: now[0])
-    relay = process._OutputRelay("ep/A/g1/0", lines_per_second=3)
+    monkeypatch.setattr("splitserve.workers.output.time.monotonic", lambda: now[0])
+    relay = OutputRelay("ep/A/g1/0", lines_per_second=3)
     with caplog.at_level(logging.INFO, logger="splitserve.workers.output"):
         for index in range(10):
             relay.line(f"traceback line {index}")
@@ -232,7 +233,7 @@ async def test_a_chatty_worker_keeps_every_line_for_its_failure_reason(
         await worker.kill()
     relayed = [record.getMessage() for record in caplog.records if record.name.endswith("output")]
     assert worker.output.lines()[-1] == "line 500"
-    assert len(worker.output.lines()) == process.OUTPUT_LINES
+    assert len(worker.output.lines()) == OUTPUT_LINES
     assert len(relayed) < 100  # 500 printed; a few seconds' worth at most got through
     assert any("suppressed" in message for message in relayed)
 

@@ -897,7 +897,7 @@ async def test_built_in_xgboost_model_that_does_not_load(
 
 
 def test_output_ring_keeps_the_last_lines_within_bounds() -> None:
-    from splitserve.workers.process import OutputRing
+    from splitserve.workers.output import OutputRing
 
     ring = OutputRing(max_lines=3, max_line_chars=10)
     for index in range(5):

@@ -21,13 +21,8 @@ from splitserve.config import WorkerSettings
 from splitserve.contract.upstream import UpstreamAddress
 from splitserve.errors import DeploymentError
 from splitserve.workers.instance import ProcessDetails, ProcessExit, describe_status
-from splitserve.workers.process import (
-    OutputFile,
-    SpawnLimits,
-    WorkerProcess,
-    WorkerUser,
-    spawn_worker,
-)
+from splitserve.workers.output import OutputFile
+from splitserve.workers.process import SpawnLimits, WorkerProcess, WorkerUser, spawn_worker
 
 logger = logging.getLogger(__name__)
 
