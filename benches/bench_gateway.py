@@ -250,8 +250,11 @@ def live_gateways() -> Iterator[_LiveGateways]:
             yield _LiveGateways({"splitserve": fleet.gateway, "plain": plain}, other_cpus)
 
 
-async def _push_batch(port: int, request: bytes, count: int, in_flight: int) -> int:
-    """Send `count` requests over `in_flight` kept-alive connections; the number answered 200."""
+async def _push_batch(
+    port: int, request: bytes, count: int, in_flight: int, refused: list[bytes] | None = None
+) -> int:
+    """Send `count` requests over `in_flight` kept-alive connections; the number answered 200.
+    The head and body of each other answer go to `refused` when given."""
     connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(in_flight)]
     answered = 0
 
@@ -262,8 +265,11 @@ async def _push_batch(port: int, request: bytes, count: int, in_flight: int) -> 
             head = await reader.readuntil(b"\r\n\r\n")
             lowered = head.lower()
             start = lowered.index(b"content-length:") + len(b"content-length:")
-            await reader.readexactly(int(lowered[start : lowered.index(b"\r\n", start)]))
-            answered += head.startswith(b"HTTP/1.1 200")
+            body = await reader.readexactly(int(lowered[start : lowered.index(b"\r\n", start)]))
+            if head.startswith(b"HTTP/1.1 200"):
+                answered += 1
+            elif refused is not None:
+                refused.append(head + body)
 
     try:
         shares = [count // in_flight + (index < count % in_flight) for index in range(in_flight)]

@@ -97,13 +97,17 @@ def main(argv: list[str]) -> int:
             time.sleep(IDLE_SECONDS)
             idle = _dump(pid, workdir) / (time.perf_counter() - idle_started)
             started = time.perf_counter()
-            answered = loop.run_until_complete(_push_batch(port, request, requests, IN_FLIGHT))
+            refused: list[bytes] = []
+            answered = loop.run_until_complete(
+                _push_batch(port, request, requests, IN_FLIGHT, refused)
+            )
             seconds = time.perf_counter() - started
             _control("-i", "off", pid)
             total = _dump(pid, workdir)
             loop.close()
     if answered != requests:
-        print(f"{requests - answered} requests failed", file=sys.stderr)
+        print(f"{requests - answered} requests failed; the first answer:", file=sys.stderr)
+        print(refused[0].decode("latin-1") if refused else "(none)", file=sys.stderr)
         return 1
     net = total - idle * seconds
     print(

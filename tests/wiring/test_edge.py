@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import json
 import resource
 import subprocess
 import sys
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +30,7 @@ from splitserve.wiring.edge import (
     EdgeRunner,
     EdgeServer,
     MemoryTrimmer,
+    freeze_start_up,
 )
 
 _MIB = 1024 * 1024
@@ -438,3 +441,25 @@ async def test_a_body_over_the_read_buffer_pauses_and_resumes_reading(tmp_path: 
                 assert response.status == 400
                 assert "not found" in (await response.json())["Message"]
         assert edge.server.budget.in_flight == 0
+
+
+class _Node:
+    """An object in a reference cycle: only the collector frees it."""
+
+    def __init__(self) -> None:
+        self.itself = self
+
+
+def test_start_up_is_collected_then_frozen_out_of_later_collections() -> None:
+    kept = [[] for _ in range(100)]  # what start-up keeps: lists the collector tracks
+    cycle = _Node()
+    collected = weakref.ref(cycle)
+    del cycle
+    try:
+        freeze_start_up()
+        assert collected() is None  # garbage is collected, not frozen
+        assert gc.get_freeze_count() >= len(kept)
+        tracked = {id(item) for item in gc.get_objects()}
+        assert not any(id(item) in tracked for item in kept)  # later collections skip them
+    finally:
+        gc.unfreeze()
