@@ -451,7 +451,7 @@ class _Node:
 
 
 def test_start_up_is_collected_then_frozen_out_of_later_collections() -> None:
-    kept = [[] for _ in range(100)]  # what start-up keeps: lists the collector tracks
+    kept: list[list[int]] = [[] for _ in range(100)]  # what start-up keeps: tracked lists
     cycle = _Node()
     collected = weakref.ref(cycle)
     del cycle
