@@ -9,19 +9,16 @@ synchronous=FULL), so a state the API reported survives a crash of the gateway o
 read of an endpoint is one read transaction, so its row and its variants come from one snapshot.
 
 How an SQLite file is created, checked and kept private is `statefile.py`, and PostgreSQL's schema
-`statedb.py`; every row is read once when the store is opened, so a damaged row stops start-up
-(`StateFileError`) rather than a request. A database that cannot be reached raises
-`DatabaseUnavailable` (503 ServiceUnavailable) from any method.
+`statedb.py`, and how a row becomes a record `store_rows.py`; every row is read once when the store
+is opened, so a damaged row stops start-up (`StateFileError`) rather than a request. A database
+that cannot be reached raises `DatabaseUnavailable` (503 ServiceUnavailable) from any method.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote
 
 from splitserve.config import WEIGHT_HISTORY_LIMIT, DatabaseSettings
@@ -34,7 +31,6 @@ from splitserve.control.models import (
     PendingDeployment,
     ResourceKind,
     Tags,
-    VariantStatusEntry,
     name_key,
 )
 from splitserve.control.statedb import corrupt_database, prepare_database
@@ -47,29 +43,24 @@ from splitserve.control.statefile import (
     narrow_mode,
     prepare,
 )
+from splitserve.control.store_rows import (
+    WeightChange,
+    decode,
+    decode_tags,
+    deployed_variant,
+    encode,
+    encode_optional,
+    encode_tags,
+    named_record,
+    optional_mapping,
+    stored_float,
+    stored_int,
+    weight_change,
+)
 from splitserve.database import Database, DatabaseError, Result, Transaction, open_database
 from splitserve.database.sqlite import SqliteDatabase
 
 __all__ = ["SCHEMA_VERSION", "StateFileError", "Store", "WeightChange"]
-
-_Named = TypeVar("_Named", ModelRecord, EndpointConfigRecord)
-
-
-@dataclass(frozen=True)
-class WeightChange:
-    """The weights an endpoint's router was given, when and why.
-
-    Attributes:
-        time: when the router had them (seconds since the epoch); they held until the next change.
-        cause: what gave them: "CreateEndpoint", "UpdateEndpoint",
-            "UpdateEndpointWeightsAndCapacities", "RollBack" (a failed scaling restored the
-            previous weights) or "GatewayRestart" (a restart brought the endpoint back).
-        weights: each live variant's weight, in the endpoint's variant order.
-    """
-
-    time: float
-    cause: str
-    weights: tuple[tuple[str, float], ...]
 
 
 class Store:
@@ -158,7 +149,7 @@ class Store:
             "SELECT name, creation_time, document, tags FROM models WHERE name_key = ?",
             (name_key(name),),
         ).fetchone()
-        return None if row is None else _named(ModelRecord, "model", row)
+        return None if row is None else named_record(ModelRecord, "model", row)
 
     def insert_model(self, record: ModelRecord) -> bool:
         """Add a model; False (and nothing written) if one of that name exists."""
@@ -173,7 +164,7 @@ class Store:
     def list_models(self) -> list[ModelRecord]:
         """Every model, in no particular order."""
         rows = self._read("SELECT name, creation_time, document, tags FROM models").fetchall()
-        return [_named(ModelRecord, "model", row) for row in rows]
+        return [named_record(ModelRecord, "model", row) for row in rows]
 
     # --- endpoint configurations ------------------------------------------------------------------
 
@@ -183,7 +174,11 @@ class Store:
             "SELECT name, creation_time, document, tags FROM endpoint_configs WHERE name_key = ?",
             (name_key(name),),
         ).fetchone()
-        return None if row is None else _named(EndpointConfigRecord, "endpoint configuration", row)
+        return (
+            None
+            if row is None
+            else named_record(EndpointConfigRecord, "endpoint configuration", row)
+        )
 
     def insert_endpoint_config(self, record: EndpointConfigRecord) -> bool:
         """Add an endpoint configuration; False (and nothing written) if the name exists."""
@@ -198,7 +193,7 @@ class Store:
     def list_endpoint_configs(self) -> list[EndpointConfigRecord]:
         """Every endpoint configuration, in no particular order."""
         rows = self._read("SELECT name, creation_time, document, tags FROM endpoint_configs").rows
-        return [_named(EndpointConfigRecord, "endpoint configuration", row) for row in rows]
+        return [named_record(EndpointConfigRecord, "endpoint configuration", row) for row in rows]
 
     # --- endpoints --------------------------------------------------------------------------------
 
@@ -245,7 +240,7 @@ class Store:
             db.execute(
                 "INSERT INTO endpoint_weights (endpoint_key, time, cause, weights) "
                 "VALUES (?, ?, ?, ?)",
-                (key, change.time, change.cause, _encode(dict(change.weights))),
+                (key, change.time, change.cause, encode(dict(change.weights))),
             )
             db.execute(
                 "DELETE FROM endpoint_weights WHERE endpoint_key = ? AND sequence <= ("
@@ -261,7 +256,7 @@ class Store:
             "ORDER BY sequence",
             (name_key(name),),
         ).fetchall()
-        return [_weight_change(name, row) for row in rows]
+        return [weight_change(name, row) for row in rows]
 
     def list_endpoints(self) -> list[EndpointRecord]:
         """Every endpoint, in no particular order."""
@@ -276,7 +271,7 @@ class Store:
         row = self._read(
             f"SELECT tags FROM {_TAGGED_TABLES[kind]} WHERE name_key = ?", (name_key(name),)
         ).fetchone()
-        return None if row is None else _tags(row[0])
+        return None if row is None else decode_tags(row[0])
 
     def change_tags(
         self, kind: ResourceKind, name: str, change: Callable[[Tags], Tags]
@@ -295,11 +290,9 @@ class Store:
             row = db.execute(f"SELECT tags FROM {table} WHERE name_key = ?", (key,)).fetchone()
             if row is None:
                 return None
-            before = _tags(row[0])
+            before = decode_tags(row[0])
             after = change(before)
-            db.execute(
-                f"UPDATE {table} SET tags = ? WHERE name_key = ?", (_encode_tags(after), key)
-            )
+            db.execute(f"UPDATE {table} SET tags = ? WHERE name_key = ?", (encode_tags(after), key))
             return before, after
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -355,7 +348,7 @@ class Store:
             cursor = db.execute(
                 f"INSERT INTO {table} (name_key, name, creation_time, document, tags) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (name_key(name), name, creation_time, _encode(document), _encode_tags(tags)),
+                (name_key(name), name, creation_time, encode(document), encode_tags(tags)),
             )
             return cursor.rowcount == 1
 
@@ -379,11 +372,11 @@ class Store:
                 record.generation,
                 record.creation_time,
                 record.last_modified_time,
-                _encode_optional(record.data_capture),
-                _encode_optional(record.deployment_config),
+                encode_optional(record.data_capture),
+                encode_optional(record.deployment_config),
                 None
                 if pending is None
-                else _encode(
+                else encode(
                     {
                         "EndpointConfigName": pending.endpoint_config_name,
                         "Generation": pending.generation,
@@ -391,7 +384,7 @@ class Store:
                         "DataCapture": pending.data_capture,
                     }
                 ),
-                _encode_tags(record.tags),
+                encode_tags(record.tags),
             ),
         )
         rows = [("live", position, v) for position, v in enumerate(record.variants)]
@@ -416,7 +409,7 @@ class Store:
                     None if variant.status is None else variant.status.status,
                     None if variant.status is None else variant.status.message,
                     None if variant.status is None else variant.status.start_time,
-                    _encode(
+                    encode(
                         {
                             "ModelName": variant.model_name,
                             "Image": variant.image,
@@ -457,32 +450,32 @@ class Store:
             "spec FROM endpoint_variants WHERE endpoint_key = ? ORDER BY role, position",
             (name_key(str(name)),),
         ):
-            variants[str(variant_row[0])].append(_variant(variant_row[1:]))
+            variants[str(variant_row[0])].append(deployed_variant(variant_row[1:]))
         pending = None
         if isinstance(pending_text, str):
-            document = _decode(pending_text)
+            document = decode(pending_text)
             pending = PendingDeployment(
                 endpoint_config_name=str(document["EndpointConfigName"]),
-                generation=_int(document["Generation"]),
-                start_time=_float(document["StartTime"]),
+                generation=stored_int(document["Generation"]),
+                start_time=stored_float(document["StartTime"]),
                 variants=tuple(variants["pending"]),
-                data_capture=_optional_mapping(document.get("DataCapture")),
+                data_capture=optional_mapping(document.get("DataCapture")),
             )
         return EndpointRecord(
             name=str(name),
             status=EndpointStatus(str(status)),
             endpoint_config_name=str(config_name),
-            generation=_int(generation),
-            creation_time=_float(created),
-            last_modified_time=_float(modified),
+            generation=stored_int(generation),
+            creation_time=stored_float(created),
+            last_modified_time=stored_float(modified),
             variants=tuple(variants["live"]),
-            data_capture=_decode(data_capture) if isinstance(data_capture, str) else None,
+            data_capture=decode(data_capture) if isinstance(data_capture, str) else None,
             deployment_config=(
-                _decode(deployment_config) if isinstance(deployment_config, str) else None
+                decode(deployment_config) if isinstance(deployment_config, str) else None
             ),
             failure_reason=failure_reason if isinstance(failure_reason, str) else None,
             pending=pending,
-            tags=_tags(tags_text),
+            tags=decode_tags(tags_text),
         )
 
 
@@ -498,117 +491,3 @@ _TAGGED_TABLES = {
     ResourceKind.ENDPOINT_CONFIG: "endpoint_configs",
     ResourceKind.ENDPOINT: "endpoints",
 }
-
-
-def _named(
-    record: Callable[[str, float, dict[str, object], Tags], _Named],
-    kind: str,
-    row: tuple[object, ...],
-) -> _Named:
-    """A model or endpoint configuration row as its record; StateFileError names a bad one."""
-    try:
-        return record(str(row[0]), _float(row[1]), _decode(row[2]), _tags(row[3]))
-    except StateFileError as error:
-        raise StateFileError(f"{kind} {row[0]!r}: {error.message}") from error
-
-
-def _weight_change(name: str, row: tuple[object, ...]) -> WeightChange:
-    """A weight-history row as its record; StateFileError names the endpoint of a bad one."""
-    try:
-        weights = _decode(row[2])
-        return WeightChange(
-            time=_float(row[0]),
-            cause=str(row[1]),
-            weights=tuple((str(variant), _float(weight)) for variant, weight in weights.items()),
-        )
-    except StateFileError as error:
-        raise StateFileError(f"weight history of endpoint {name!r}: {error.message}") from error
-
-
-def _variant(row: tuple[object, ...]) -> DeployedVariant:
-    (variant_name, current_weight, desired_weight, current_count, desired_count) = row[:5]
-    deployed_time, status, status_message, status_start_time, spec_text = row[5:]
-    spec = _decode(str(spec_text))
-    environment = spec.get("Environment")
-    model_data_url = spec.get("ModelDataUrl")
-    routing = spec.get("RoutingStrategy")
-    timeout = spec.get("ContainerStartupHealthCheckTimeoutInSeconds")
-    return DeployedVariant(
-        variant_name=str(variant_name),
-        model_name=str(spec["ModelName"]),
-        image=str(spec["Image"]),
-        model_data_url=model_data_url if isinstance(model_data_url, str) else None,
-        environment=(
-            {str(k): str(v) for k, v in environment.items()}
-            if isinstance(environment, dict)
-            else {}
-        ),
-        instance_type=str(spec["InstanceType"]),
-        routing_strategy=routing if isinstance(routing, str) else None,
-        container_startup_timeout_seconds=timeout if isinstance(timeout, int) else None,
-        current_weight=_float(current_weight),
-        desired_weight=_float(desired_weight),
-        current_instance_count=_int(current_count),
-        desired_instance_count=_int(desired_count),
-        deployed_time=None if deployed_time is None else _float(deployed_time),
-        status=(
-            None
-            if status is None
-            else VariantStatusEntry(str(status), str(status_message), _float(status_start_time))
-        ),
-        shadow=spec.get("Shadow") is True,
-    )
-
-
-def _encode(document: Mapping[str, object]) -> str:
-    return json.dumps(document, allow_nan=False, separators=(",", ":"))
-
-
-def _encode_optional(document: Mapping[str, object] | None) -> str | None:
-    return None if document is None else _encode(document)
-
-
-def _decode(text: object) -> dict[str, object]:
-    try:
-        document = json.loads(str(text))
-    except ValueError as error:
-        raise StateFileError(f"a stored document is not JSON: {error}") from error
-    if not isinstance(document, dict):
-        raise StateFileError("a stored document is not a JSON object")
-    return document
-
-
-def _encode_tags(tags: Tags) -> str | None:
-    """Tags as stored: JSON [[key, value], ...]; NULL for none."""
-    return json.dumps([list(tag) for tag in tags]) if tags else None
-
-
-def _tags(text: object) -> Tags:
-    if text is None:
-        return ()
-    try:
-        pairs = json.loads(str(text))
-    except ValueError as error:
-        raise StateFileError(f"stored tags are not JSON: {error}") from error
-    if not isinstance(pairs, list) or not all(
-        isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
-        for pair in pairs
-    ):
-        raise StateFileError("stored tags are not a list of [key, value] pairs")
-    return tuple((key, value) for key, value in pairs)
-
-
-def _optional_mapping(value: object) -> Mapping[str, object] | None:
-    return value if isinstance(value, dict) else None
-
-
-def _float(value: object) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise StateFileError(f"a stored number is not a number: {value!r}")
-
-
-def _int(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise StateFileError(f"a stored integer is not an integer: {value!r}")
