@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from splitserve.capture.writer import CaptureWriter
 from splitserve.cloudwatch import routes as cloudwatch_routes
@@ -41,8 +40,8 @@ from splitserve.control import routes as control_routes
 from splitserve.control.service import ControlService
 from splitserve.control.store import Store
 from splitserve.database import Database, open_database, parse_database_url
-from splitserve.errors import SplitserveError, ValidationException
-from splitserve.metrics.host import OWN_PATH, host_exposition, own_exposition, record_own
+from splitserve.errors import SplitserveError
+from splitserve.metrics.host import OWN_PATH, record_own
 from splitserve.metrics.minutes import MinuteStore
 from splitserve.metrics.procstat import CpuSampler
 from splitserve.metrics.prometheus import FAMILY_MERGE, INSTANCES, show_created_series
@@ -58,6 +57,7 @@ from splitserve.wiring.boundary import ErrorBoundary, Plane, unrouted
 from splitserve.wiring.fleet import FleetDeployer
 from splitserve.wiring.follower import RoutingFollower
 from splitserve.wiring.forwarder import ControllerForwarder
+from splitserve.wiring.gateway_routes import metrics, own_metrics, ping, stats, weights
 from splitserve.wiring.live import LiveParts
 from splitserve.wiring.online import forget_feedback, online_context
 from splitserve.wiring.replicas import ControllerSlot, ReplicaNode
@@ -528,35 +528,6 @@ def _signature_checked(route: web.RouteDef, verifier: SigV4Verifier) -> _Handler
     return checked
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """GET /metrics: every splitserve metric in Prometheus's text format, as this host's totals:
-    this process's merged with the other replicas' on the host (`metrics.host`)."""
-    replica = request.app[keys.REPLICA]
-    try:
-        peers = await replica.host_peers()
-    except SplitserveError as error:
-        # The state database is out of reach: this scrape asks no peer, and the spool still
-        # adds their last counts, so the host's counters do not go down meanwhile.
-        log.warning("/metrics without the other replicas' live figures: %s", error.message)
-        peers = []
-    body = await host_exposition(
-        replica.replica_id,
-        replica.is_controller(),
-        peers,
-        request.app[keys.SETTINGS].stats,
-        request.app.get(keys.METRICS_SPOOL),
-    )
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def own_metrics(request: web.Request) -> web.Response:
-    """GET /splitserve/metrics/own: this process's metrics alone, with who made them, when, and
-    whether it is the controller (`metrics.host`): what another replica's /metrics merges."""
-    replica = request.app[keys.REPLICA]
-    body, headers = own_exposition(replica.replica_id, replica.is_controller())
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, **headers})
-
-
 async def _metrics_spool(app: web.Application) -> AsyncIterator[None]:
     """Among replicas on one host: the host's metrics spool (`metrics.spool`). Torn down last,
     after the server stopped taking requests: this replica writes its final counts to it, so
@@ -578,46 +549,3 @@ async def _metrics_spool(app: web.Application) -> AsyncIterator[None]:
             await record_own(app[keys.REPLICA].replica_id, spool)
         except OSError as error:
             log.warning("this replica's last counts were not written to the host's: %s", error)
-
-
-async def stats(request: web.Request) -> web.Response:
-    """GET /splitserve/stats/{endpoint}?since=SECONDS&per=SECONDS: per-period counts, errors and
-    p50/p99 model latency of each variant (`splitserve stats`; see `MinuteStore.report`), summed
-    over every gateway replica: this one's rings plus the minutes the others stored (they write
-    them every CloudWatch flush interval, so theirs lag by up to that much)."""
-    defaults = request.app[keys.SETTINGS].stats
-    since = _seconds_parameter(request, "since", defaults.default_since_seconds)
-    per = _seconds_parameter(request, "per", defaults.default_period_seconds)
-    minutes = request.app[keys.MINUTES]
-    endpoint_name = request.match_info["endpoint"]
-    first, last = minutes.window(since, per)
-    cloudwatch = request.app.get(keys.CLOUDWATCH)  # absent: an app without the stored figures
-    others = (
-        None
-        if cloudwatch is None
-        else await cloudwatch.figures.other_minutes(endpoint_name, first, last)
-    )
-    report = minutes.report(endpoint_name, since, per, others)
-    return web.json_response(report.to_json())
-
-
-async def weights(request: web.Request) -> web.Response:
-    """GET /splitserve/endpoints/{endpoint}/weights: the endpoint's weight changes, oldest first
-    (`splitserve weights`, `splitserve evaluate --url`; see `ControlService.weight_history`)."""
-    control = request.app[keys.CONTROLLER].started()
-    history = await control.weight_history(request.match_info["endpoint"])
-    return web.json_response(history)
-
-
-def _seconds_parameter(request: web.Request, name: str, default: int) -> int:
-    value = request.query.get(name)
-    if value is None:
-        return default
-    if not value.isdigit() or len(value) > 12:
-        raise ValidationException(f"{name} must be a whole number of seconds.")
-    return int(value)
-
-
-async def ping(request: web.Request) -> web.Response:
-    """GET /ping: the gateway is up and serving."""
-    return web.Response(text="ok")
