@@ -3,10 +3,11 @@ DescribeInferenceExperiment, ListInferenceExperiments, UpdateInferenceExperiment
 StartInferenceExperiment, StopInferenceExperiment and DeleteInferenceExperiment.
 
 Each validates its request (SageMaker's shapes in `shapes.py`, the checks that need no state in
-`experiment_checks.py`, then what needs the endpoint and the models), checks the experiment's status and writes its desired state in one step under the
-experiments' lock; `experiment_runner.ExperimentRunner` does the rest on the endpoint. What
-splitserve chose where SageMaker's documentation is silent is in docs/sagemaker-api.md, "Shadow
-tests" (messages, defaults of the variant actions, what an update may change while Running).
+`experiment_checks.py`, then what needs the endpoint and the models), checks the experiment's
+status and writes its desired state in one step under the experiments' lock;
+`experiment_runner.ExperimentRunner` does the rest on the endpoint. What splitserve chose where
+SageMaker's documentation is silent is in docs/sagemaker-api.md, "Shadow tests" (messages,
+defaults of the variant actions, what an update may change while Running).
 """
 
 from __future__ import annotations
