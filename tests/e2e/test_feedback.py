@@ -4,6 +4,7 @@ read with `splitserve experiment` and /metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -40,7 +41,7 @@ def wait_for(condition: Any, timeout: float, what: str) -> Any:
 
 def indexed(gateway: Gateway) -> int:
     """Answered invocations the state database's index holds."""
-    with sqlite3.connect(gateway.state_dir / "state.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(gateway.state_dir / "state.sqlite3")) as db:
         try:
             return int(db.execute("SELECT COUNT(*) FROM feedback_index").fetchone()[0])
         except sqlite3.OperationalError:  # the table is not there yet
@@ -132,7 +133,7 @@ def test_a_label_joins_on_another_replica_than_the_one_that_served(
     with running_gateway(tmp_path / "state", model_store, "--processes", "2") as gateway:
 
         def listed() -> list[str]:
-            with sqlite3.connect(gateway.state_dir / "state.sqlite3") as db:
+            with contextlib.closing(sqlite3.connect(gateway.state_dir / "state.sqlite3")) as db:
                 rows = db.execute(
                     "SELECT internal_url FROM cluster_replicas WHERE heartbeat >= ?",
                     (time.time() - 5.0,),

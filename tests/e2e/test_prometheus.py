@@ -7,6 +7,7 @@ never the Debian service.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -122,7 +123,7 @@ def _dashboard_expressions() -> list[str]:
 
 def _indexed(gateway: Gateway) -> int:
     """Answered invocations the feedback index holds (the state's SQLite file)."""
-    with sqlite3.connect(gateway.state_dir / "state.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(gateway.state_dir / "state.sqlite3")) as db:
         try:
             return int(db.execute("SELECT COUNT(*) FROM feedback_index").fetchone()[0])
         except sqlite3.OperationalError:  # not created yet

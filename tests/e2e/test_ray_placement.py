@@ -7,6 +7,7 @@ The test process is connected to the cluster too, to see and kill the actors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -393,7 +394,7 @@ def test_a_cluster_nothing_answers_at_stops_serve_with_status_2(tmp_path: Path) 
 
 def _replicas(gateway: Gateway) -> list[tuple[int, str, bool]]:
     """(pid, internal URL, controller) of each live replica in the state's replicas table."""
-    with sqlite3.connect(gateway.state_dir / "state.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(gateway.state_dir / "state.sqlite3")) as db:
         rows = db.execute(
             "SELECT pid, internal_url, controller FROM cluster_replicas WHERE heartbeat >= ?",
             (time.time() - 5.0,),

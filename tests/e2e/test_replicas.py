@@ -6,6 +6,7 @@ table lists: the tests reach a chosen replica there, and the shared port as a cl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -44,7 +45,7 @@ class Replica:
 
 def replicas(gateway: Gateway) -> list[Replica]:
     """The live replicas the state lists (heartbeat within the last 5 s)."""
-    with sqlite3.connect(gateway.state_dir / "state.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(gateway.state_dir / "state.sqlite3")) as db:
         rows = db.execute(
             "SELECT replica_id, pid, internal_url, controller FROM cluster_replicas "
             "WHERE heartbeat >= ?",
