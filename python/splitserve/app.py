@@ -190,7 +190,7 @@ async def _capture_writer(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _state_database(app: web.Application) -> AsyncIterator[None]:
-    """Over PostgreSQL, open the one pool this process's parts share (`keys.SHARED_DATABASE`)."""
+    """Over PostgreSQL, open the pool this process's parts share (`keys.SHARED_DATABASE`)."""
     settings = app[keys.SETTINGS]
     if parse_database_url(settings.state_url).kind != "postgresql":
         yield
@@ -227,13 +227,11 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         return
     # Heartbeats and routing documents are rewritten every second: no fsync per commit for them
     # (SQLite; `DatabaseSettings.sqlite_synchronous`), so they never queue behind the disk.
+    # A pool (or connection) of their own, not the shared one: a heartbeat or lease renewal
+    # queued behind the other parts' work after a database outage would make a live controller
+    # look dead to the others.
     cluster_database = replace(settings.database, sqlite_synchronous="NORMAL")
-    shared = app.get(keys.SHARED_DATABASE)
-    database = (
-        shared
-        if shared is not None
-        else await asyncio.to_thread(open_database, settings.state_url, cluster_database)
-    )
+    database = await asyncio.to_thread(open_database, settings.state_url, cluster_database)
     cluster = await asyncio.to_thread(ClusterState.open, database)
     lease: ControllerLease = (
         FileLease(settings.state_dir / CONTROLLER_LOCK_FILE_NAME)
@@ -284,8 +282,7 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
         for stop in stops:
             await stop()
         await forwarder.close()
-        if shared is None:
-            database.close()
+        database.close()
 
 
 async def _controller(

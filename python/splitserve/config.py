@@ -513,6 +513,10 @@ class ReplicaSettings:
         forward_timeout_seconds: a control-plane call a replica passes on to the controller gets
             this long for its answer (UpdateEndpoint answers fast; deployments run in the
             background).
+        controller_wait_seconds: a control-plane call that finds no live controller (one is
+            taking over, or its heartbeat has not resumed after a database outage), or one
+            whose internal listener does not accept yet, waits this long for it before it is
+            answered 503: nothing was delivered, so asking again is safe.
     """
 
     processes: int = 1
@@ -527,6 +531,7 @@ class ReplicaSettings:
     restart_backoff_max_seconds: float = 10.0
     drain_timeout_seconds: float = 30.0
     forward_timeout_seconds: float = 60.0
+    controller_wait_seconds: float = 10.0
 
     @property
     def is_replica(self) -> bool:
@@ -597,7 +602,9 @@ class DatabaseSettings:
         statement_timeout_seconds: PostgreSQL's statement_timeout for every statement (a
             write lock waited for included).
         pool_min_size: PostgreSQL connections the pool keeps open.
-        pool_max_size: the most PostgreSQL connections one gateway process opens.
+        pool_max_size: the most PostgreSQL connections one pool opens; a gateway process has
+            two (the replicas' heartbeats and lease, and the one the other parts share), and a
+            replica one more for LISTEN.
         reconnect_timeout_seconds: how long the pool keeps retrying, with a growing wait, to
             replace a connection the server dropped before it gives up and starts afresh on
             the next call; short, so the pool is whole again soon after the server is back

@@ -8,6 +8,7 @@ writes in the replicas' table."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import socket
 import time
@@ -70,7 +71,9 @@ async def replica(tmp_path: Path) -> AsyncIterator[Replica]:
     async def become_controller(takeover: bool) -> None:
         raise AssertionError("the replica under test must not take control")
 
-    forwarder = ControllerForwarder(node, ReplicaSettings(forward_timeout_seconds=5.0))
+    forwarder = ControllerForwarder(
+        node, ReplicaSettings(forward_timeout_seconds=5.0, controller_wait_seconds=2.0)
+    )
     try:
         await node.start(
             cluster, FileLease(lock), follower, "http://127.0.0.1:1", become_controller
@@ -271,3 +274,51 @@ async def test_a_controller_that_answers_too_late_is_a_503(
             await replica.forwarder.close()
     assert answer.status == 503
     assert "did not answer" in await answer.text()
+
+
+async def test_a_controller_not_yet_listening_gets_the_request_once_it_does(
+    replica: Replica, front: TestClient[web.Request, web.Application]
+) -> None:
+    # A replica that has just taken control is announced before its internal listener accepts.
+    received = Received()
+
+    async def handle(request: web.Request) -> web.Response:
+        received.requests.append(
+            (request.method, request.raw_path, CIMultiDict(request.headers), await request.read())
+        )
+        return web.Response(status=200, text="late but there")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    port = free_port()
+    replica.controller_at(f"http://127.0.0.1:{port}")
+    sent = asyncio.create_task(front.post("/", data=b"{}"))
+    await asyncio.sleep(0.5)
+    assert not sent.done()
+    server = TestServer(app, port=port)
+    await server.start_server()
+    try:
+        answer = await sent
+        assert answer.status == 200
+        assert await answer.text() == "late but there"
+    finally:
+        await server.close()
+    assert len(received.requests) == 1
+
+
+async def test_a_request_waits_for_a_controller_to_appear(
+    replica: Replica,
+    front: TestClient[web.Request, web.Application],
+    controller: tuple[TestServer, Received],
+) -> None:
+    # Between a controller's death and the takeover, or until its heartbeat resumes after a
+    # database outage, no row names a live controller.
+    server, received = controller
+    sent = asyncio.create_task(front.post("/", data=b"{}"))
+    await asyncio.sleep(0.5)
+    assert not sent.done()
+    replica.controller_at(str(server.make_url("")).rstrip("/"))
+    answer = await sent
+    assert answer.status == 400
+    assert await answer.read() == ANSWER_BODY
+    assert len(received.requests) == 1

@@ -4,7 +4,9 @@ docs/architecture.md, "Replicas")."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +21,11 @@ log = logging.getLogger(__name__)
 
 #: Marks a request one replica passed to the controller: it is never passed on again.
 FORWARDED_HEADER = "x-splitserve-forwarded-by"
+
+#: How long a forward waits before it looks for the controller again.
+_RETRY_SECONDS = 0.1
+
+_NO_ANSWER = "The replica that controls the endpoints did not answer; retry."
 
 #: Hop-by-hop headers (RFC 9110, 7.6.1) and those aiohttp sets itself: not passed on.
 _NOT_FORWARDED = frozenset(
@@ -46,6 +53,7 @@ class ControllerForwarder:
     def __init__(self, node: ReplicaNode, settings: ReplicaSettings) -> None:
         """A forwarder finding the controller through `node`."""
         self._node = node
+        self._controller_wait_seconds = settings.controller_wait_seconds
         self._timeout = aiohttp.ClientTimeout(total=settings.forward_timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
@@ -53,17 +61,13 @@ class ControllerForwarder:
         """The controller's answer to `request`.
 
         Raises:
-            ServiceUnavailable: no controller is known or reachable (one is being elected), or
-                the request was already passed on once.
+            ServiceUnavailable: no controller is known or accepting within
+                `controller_wait_seconds` (one is being elected), it did not answer, or the
+                request was already passed on once.
         """
         if FORWARDED_HEADER in request.headers:
             raise ServiceUnavailable(
                 "The replica this request was passed to no longer controls the endpoints; retry."
-            )
-        url = await self._node.controller_url()
-        if url is None:
-            raise ServiceUnavailable(
-                "No replica controls the endpoints at the moment (one is taking over); retry."
             )
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
@@ -75,26 +79,54 @@ class ControllerForwarder:
         ]
         headers.append((FORWARDED_HEADER, self._node.replica_id))
         body = await request.read()
-        try:
-            async with self._session.request(
-                request.method,
-                url + request.raw_path,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-            ) as answer:
-                payload = await answer.read()
-                kept = [
-                    (name, value)
-                    for name, value in answer.headers.items()
-                    if name.lower() not in _NOT_FORWARDED
-                ]
-                return web.Response(status=answer.status, body=payload, headers=kept)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            log.warning("control request not passed to the controller at %s: %s", url, error)
-            raise ServiceUnavailable(
-                "The replica that controls the endpoints did not answer; retry."
-            ) from None
+        deadline = time.monotonic() + self._controller_wait_seconds
+        while True:
+            url = await self._node.controller_url()
+            if url is not None:
+                try:
+                    return await self._send(self._session, request, url, headers, body)
+                except aiohttp.ClientConnectorError as error:
+                    failure: Exception = error  # not delivered: asked again below
+                except (aiohttp.ClientError, TimeoutError) as error:
+                    log.warning(
+                        "control request not passed to the controller at %s: %s", url, error
+                    )
+                    raise ServiceUnavailable(_NO_ANSWER) from None
+            # No live controller yet (a replica is taking over, or the controller's heartbeat
+            # has not resumed after a database outage), or one that has just taken control and
+            # does not accept on its internal listener yet: wait for it, within a bound.
+            if time.monotonic() + _RETRY_SECONDS >= deadline:
+                if url is None:
+                    raise ServiceUnavailable(
+                        "No replica controls the endpoints at the moment (one is taking over); "
+                        "retry."
+                    )
+                log.warning("control request not passed to the controller at %s: %s", url, failure)
+                raise ServiceUnavailable(_NO_ANSWER)
+            await asyncio.sleep(_RETRY_SECONDS)
+
+    @staticmethod
+    async def _send(
+        session: aiohttp.ClientSession,
+        request: web.Request,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> web.Response:
+        async with session.request(
+            request.method,
+            url + request.raw_path,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+        ) as answer:
+            payload = await answer.read()
+            kept = [
+                (name, value)
+                for name, value in answer.headers.items()
+                if name.lower() not in _NOT_FORWARDED
+            ]
+            return web.Response(status=answer.status, body=payload, headers=kept)
 
     async def close(self) -> None:
         """Close the client session."""

@@ -37,9 +37,9 @@ METRICS_SPOOL = web.AppKey("metrics_spool", MetricsSpool)
 #: Every answered invocation on its way to the state database, for feedback (absent when the
 #: index is turned off).
 FEEDBACK_INDEX = web.AppKey("feedback_index", InferenceIndex)
-#: Over PostgreSQL: the one connection pool every part of this process shares, so
-#: `DatabaseSettings.pool_max_size` bounds the process (absent over SQLite, where each part keeps
-#: a connection of its own: their `synchronous` settings differ).
+#: Over PostgreSQL: the connection pool the control store, CloudWatch and feedback share (the
+#: replicas' heartbeats and lease keep one of their own, so they never queue behind the others'
+#: work); absent over SQLite, where each part keeps a connection of its own.
 SHARED_DATABASE = web.AppKey("shared_database", Database)
 #: Feedback and the live experiments, once the state database is open (`wiring.online`).
 FEEDBACK = web.AppKey("feedback", FeedbackService)
