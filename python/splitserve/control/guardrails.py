@@ -179,27 +179,10 @@ class GuardedUpdate:
             else None
         )
 
-        def green_is_live(record: EndpointRecord) -> EndpointRecord:
-            pending = record.pending
-            if pending is None:
-                return record
-            return replace(
-                record,
-                endpoint_config_name=pending.endpoint_config_name,
-                generation=pending.generation,
-                variants=tuple(
-                    replace(settled(variant, deployed_time=switched), status=baking)
-                    for variant in pending.variants
-                ),
-                data_capture=pending.data_capture,
-                pending=None,
-                last_modified_time=switched,
-            )
-
         await self._state.record_weights(
             endpoint_name, "UpdateEndpoint", weight_split(green_variants), switched
         )
-        await self._state.transition(endpoint_name, green_is_live)
+        await self._state.transition(endpoint_name, _green_is_live(switched, baking))
         # The last bake is watched too: blue still runs, so an alarm can still send it back.
         fired = await self._watch.bake(bake, alarms)
         if fired:
@@ -209,15 +192,7 @@ class GuardedUpdate:
             return
         await retire_quietly(self._deployer, endpoint_name, blue_generation)
 
-        def in_service(record: EndpointRecord) -> EndpointRecord:
-            return replace(
-                record,
-                status=EndpointStatus.IN_SERVICE,
-                last_modified_time=time.time(),
-                variants=tuple(replace(variant, status=None) for variant in record.variants),
-            )
-
-        await self._state.transition(endpoint_name, in_service)
+        await self._state.transition(endpoint_name, _in_service)
 
     async def _rolling(
         self,
@@ -342,27 +317,10 @@ class GuardedUpdate:
             switched,
         )
 
-        def green_is_live(record: EndpointRecord) -> EndpointRecord:
-            pending = record.pending
-            if pending is None:
-                return record
-            return replace(
-                record,
-                endpoint_config_name=pending.endpoint_config_name,
-                generation=pending.generation,
-                variants=tuple(
-                    replace(settled(variant, deployed_time=switched), status=baking)
-                    for variant in pending.variants
-                ),
-                data_capture=pending.data_capture,
-                pending=None,
-                last_modified_time=switched,
-            )
-
         await self._state.record_weights(
             endpoint_name, "UpdateEndpoint", weight_split(blue.pending.variants), switched
         )
-        await self._state.transition(endpoint_name, green_is_live)
+        await self._state.transition(endpoint_name, _green_is_live(switched, baking))
         # The last batch bakes too: the old fleet (one instance a variant) can still take over.
         fired = await self._watch.bake(interval, alarms)
         if fired:
@@ -378,15 +336,7 @@ class GuardedUpdate:
             return
         await retire_quietly(self._deployer, endpoint_name, blue_generation)
 
-        def in_service(record: EndpointRecord) -> EndpointRecord:
-            return replace(
-                record,
-                status=EndpointStatus.IN_SERVICE,
-                last_modified_time=time.time(),
-                variants=tuple(replace(variant, status=None) for variant in record.variants),
-            )
-
-        await self._state.transition(endpoint_name, in_service)
+        await self._state.transition(endpoint_name, _in_service)
 
     async def _back_to_blue(
         self,
@@ -562,3 +512,39 @@ def _rolling_status(
         )
 
     return change
+
+
+def _green_is_live(
+    switched: float, baking: VariantStatusEntry | None
+) -> Callable[[EndpointRecord], EndpointRecord]:
+    """The stored endpoint once all the traffic went to green at `switched`: green's
+    configuration and variants (VariantStatus `baking`) are the endpoint's, nothing pending."""
+
+    def change(record: EndpointRecord) -> EndpointRecord:
+        pending = record.pending
+        if pending is None:
+            return record
+        return replace(
+            record,
+            endpoint_config_name=pending.endpoint_config_name,
+            generation=pending.generation,
+            variants=tuple(
+                replace(settled(variant, deployed_time=switched), status=baking)
+                for variant in pending.variants
+            ),
+            data_capture=pending.data_capture,
+            pending=None,
+            last_modified_time=switched,
+        )
+
+    return change
+
+
+def _in_service(record: EndpointRecord) -> EndpointRecord:
+    """The stored endpoint once an update is over: InService, no VariantStatus left."""
+    return replace(
+        record,
+        status=EndpointStatus.IN_SERVICE,
+        last_modified_time=time.time(),
+        variants=tuple(replace(variant, status=None) for variant in record.variants),
+    )
