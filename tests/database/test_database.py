@@ -304,3 +304,41 @@ def test_an_sqlite_connection_goes_with_its_thread(tmp_path: Path) -> None:
         assert len(database._connections) == 0  # type: ignore[attr-defined]
     finally:
         database.close()
+
+
+def test_close_lets_a_transaction_another_thread_has_open_finish(
+    database: Database, database_url: str
+) -> None:
+    _create(database)
+    inside = threading.Event()
+    release = threading.Event()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with database.transaction(write=True) as transaction:
+                inside.set()
+                release.wait(5)
+                transaction.execute("INSERT INTO counters VALUES ('late', 1, NULL)")
+        except BaseException as error:
+            failures.append(error)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert inside.wait(5)
+    closing = threading.Thread(target=database.close)
+    closing.start()
+    if database.kind == "sqlite":
+        closing.join(0.3)
+        assert closing.is_alive()  # waiting: closing the writer's connection would crash
+    release.set()
+    writer.join(5)
+    closing.join(5)
+    assert not closing.is_alive() and not failures
+    with pytest.raises((DatabaseError, DatabaseUnavailable)):  # closed: nothing new starts
+        database.query("SELECT 1")
+    again = open_database(database_url, QUICK)
+    try:
+        assert again.query("SELECT name FROM counters") == [("late",)]
+    finally:
+        again.close()

@@ -51,6 +51,9 @@ class SqliteDatabase(Database):
         # Weak: a thread's connection goes (and is closed) with its thread's locals.
         self._connections: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
+        # Signalled when the last open transaction ends: close waits for it (see close).
+        self._idle = threading.Condition(self._lock)
+        self._open_transactions = 0
         self._closed = False
 
     def connect(self) -> sqlite3.Connection:
@@ -112,27 +115,37 @@ class SqliteDatabase(Database):
             yield current
             return
         connection = self._connection()
+        with self._lock:
+            if self._closed:
+                raise DatabaseError(f"state database {self.display} is closed")
+            self._open_transactions += 1
         try:
-            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.Error as error:
-            raise self.translate(error) from error
-        transaction = _SqliteTransaction(self, connection, write)
-        self._local.current = transaction
-        try:
-            yield transaction
-        except BaseException:
+            try:
+                connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as error:
+                raise self.translate(error) from error
+            transaction = _SqliteTransaction(self, connection, write)
+            self._local.current = transaction
+            try:
+                yield transaction
+            except BaseException:
+                self._local.current = None
+                # Suppressed: SQLite may have ended the transaction itself on the error.
+                with suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                raise
             self._local.current = None
-            # Suppressed: SQLite may have ended the transaction itself on the error.
-            with suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-            raise
-        self._local.current = None
-        try:
-            connection.execute("COMMIT")
-        except sqlite3.Error as error:
-            with suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-            raise self.translate(error) from error
+            try:
+                connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                with suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                raise self.translate(error) from error
+        finally:
+            with self._lock:
+                self._open_transactions -= 1
+                if not self._open_transactions:
+                    self._idle.notify_all()
 
     def changes(self, channel: str) -> ChangeFeed:
         """See `Database.changes`: `channel` is checked, but any commit is a change."""
@@ -140,10 +153,20 @@ class SqliteDatabase(Database):
         return _DataVersionFeed(self, self._settings.change_poll_seconds)
 
     def close(self) -> None:
-        """See `Database.close`."""
+        """See `Database.close`: new transactions are refused at once, and the ones other
+        threads have open are waited for (up to the busy timeout) before the connections close.
+        Still open after that, the connections are left to close with their threads.
+
+        Closing a connection another thread is using crashes the interpreter (seen on 3.13:
+        a deleted endpoint's feedback cleared on a worker thread while the gateway shut down).
+        """
         with self._lock:
             self._closed = True
-            held = list(self._connections)
+            idle = self._idle.wait_for(
+                lambda: not self._open_transactions,
+                timeout=self._settings.sqlite_busy_timeout_seconds,
+            )
+            held = list(self._connections) if idle else []
             self._connections.clear()
         for each in held:
             each.connection.close()
