@@ -334,7 +334,8 @@ def test_close_lets_a_transaction_another_thread_has_open_finish(
     release.set()
     writer.join(5)
     closing.join(5)
-    assert not closing.is_alive() and not failures
+    assert not closing.is_alive()
+    assert not failures
     with pytest.raises((DatabaseError, DatabaseUnavailable)):  # closed: nothing new starts
         database.query("SELECT 1")
     again = open_database(database_url, QUICK)
