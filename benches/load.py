@@ -178,6 +178,9 @@ class Report:
     memory: dict[str, Any] = field(default_factory=dict)
     #: P: UpdateEndpointWeightsAndCapacities round trips, per gateway: p50/p99 milliseconds.
     weight_changes: dict[str, Any] = field(default_factory=dict)
+    #: X and B open loop: where splitserve's requests spent their time, from its own histograms
+    #: (model latency: at the worker; overhead: in the gateway), p50/p90/p99 milliseconds per run.
+    latency_split: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
 
 
@@ -599,6 +602,7 @@ def open_loop(
     rate = OPEN_LOOP_SHARE * min(maxima)
     for repeat in range(plan.repeats):
         for gateway in gateways:
+            before = latency_buckets(gateway.port) if gateway.name == SPLITSERVE else None
             result = run_oha(
                 gateway.target,
                 connections=most,
@@ -611,6 +615,58 @@ def open_loop(
                 Run(scenario, gateway.name, most, repeat, "oha", False, rate, result)
             )
             print(_line(scenario, f"{gateway.name} @{rate:.0f}/s", most, False, result), flush=True)
+            if before is not None:
+                split = latency_split(before, latency_buckets(gateway.port))
+                report.latency_split.append({"scenario": scenario, "repeat": repeat} | split)
+                print(f"{scenario} splitserve @{rate:.0f}/s, its own histograms: {split}")
+
+
+_BUCKET = re.compile(
+    r'^splitserve_(model|overhead)_latency_seconds_bucket\{[^}]*endpoint_name="bench"[^}]*'
+    r'le="([^"]+)"[^}]*\} (\S+)$'
+)
+
+
+def latency_buckets(port: int) -> dict[str, dict[float, float]]:
+    """splitserve's model and overhead latency histograms of the bench endpoint: cumulative count
+    per upper bound, summed over its variants."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    buckets: dict[str, dict[float, float]] = {"model": {}, "overhead": {}}
+    for line in text.splitlines():
+        if match := _BUCKET.match(line):
+            counts = buckets[match[1]]
+            bound = float(match[2])
+            counts[bound] = counts.get(bound, 0.0) + float(match[3])
+    return buckets
+
+
+def latency_split(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, dict[str, float]]:
+    """p50, p90 and p99 in milliseconds of the model and overhead latencies recorded between two
+    readings, interpolated inside the bucket as Prometheus' histogram_quantile does."""
+    split: dict[str, dict[str, float]] = {}
+    for part, counts in after.items():
+        bounds = sorted(counts)
+        cumulative = [counts[b] - before[part].get(b, 0.0) for b in bounds]
+        if not cumulative or cumulative[-1] <= 0:
+            continue
+        figures: dict[str, float] = {}
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            rank = q * cumulative[-1]
+            index = next(i for i, count in enumerate(cumulative) if count >= rank)
+            upper = bounds[index]
+            lower = bounds[index - 1] if index else 0.0
+            below = cumulative[index - 1] if index else 0.0
+            if upper == float("inf"):
+                value = lower  # past the last finite bound: the bound is all that is known
+            else:
+                inside = cumulative[index] - below
+                value = lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
+            figures[name] = round(value * 1e3, 3)
+        split[part] = figures
+    return split
 
 
 def invocations(port: int) -> float:
@@ -1108,6 +1164,19 @@ def write_results(report: Report, output: Path) -> None:
     rows = summarise(report.runs)
     checks = targets(rows, report.memory)
     table = markdown(rows, checks)
+    if report.latency_split:
+        table += (
+            "\n| open loop, splitserve's own histograms | model p50 / p90 / p99 ms "
+            "| overhead p50 / p90 / p99 ms |\n|---|---|---|\n"
+        )
+        for split in report.latency_split:
+            cells = [
+                " / ".join(f"{split[part][q]:.2f}" for q in ("p50", "p90", "p99"))
+                if part in split
+                else "-"
+                for part in ("model", "overhead")
+            ]
+            table += f"| {split['scenario']} repeat {split['repeat']} | {cells[0]} | {cells[1]} |\n"
     if not report.complete:
         table = "**Partial run: stopped before every scenario had run.**\n\n" + table
     document = asdict(report) | {"summary": rows, "targets": checks}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benches.load import Report, Run, summarise, targets, write_results
+from benches.load import Report, Run, latency_split, summarise, targets, write_results
 from benches.load_tools import LoadResult
 
 
@@ -111,3 +111,11 @@ def test_a_run_stopped_early_is_written_and_marked_partial(tmp_path: Path) -> No
     report.complete = True
     write_results(report, output)
     assert output.with_suffix(".md").read_text().startswith("| scenario |")
+
+
+def test_the_latency_split_interpolates_inside_buckets_of_the_requests_between_readings() -> None:
+    inf = float("inf")
+    before = {"model": {0.001: 10.0, 0.002: 10.0, inf: 10.0}, "overhead": {0.001: 5.0, inf: 5.0}}
+    after = {"model": {0.001: 60.0, 0.002: 110.0, inf: 110.0}, "overhead": {0.001: 5.0, inf: 5.0}}
+    split = latency_split(before, after)
+    assert split == {"model": {"p50": 1.0, "p90": 1.8, "p99": 1.98}}  # no overhead recorded
