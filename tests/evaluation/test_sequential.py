@@ -126,6 +126,23 @@ def test_a_mismatched_split_fails_and_blocks_the_winner() -> None:
     assert experiment.snapshot({"A": 6000, "B": 6000}).srm_failed
 
 
+def test_new_expected_shares_restart_only_the_split_check() -> None:
+    rng = np.random.default_rng(5)
+    experiment = LiveExperiment(["A", "B"], expected_shares={"A": 0.5, "B": 0.5})
+    experiment.observe_many("A", *_scores(rng, 3000, 0.2))
+    experiment.observe_many("B", *_scores(rng, 3000, 0.6))
+    assert experiment.snapshot({"A": 6000, "B": 5000}).srm_failed
+    experiment.expect({"A": 0.25, "B": 0.75})  # the weights changed: counts start over
+    snapshot = experiment.snapshot({"A": 250, "B": 750})
+    assert not snapshot.srm_failed
+    assert snapshot.labels == {"A": 3000, "B": 3000}  # the labels stay
+    assert snapshot.winner is not None
+    with pytest.raises(ValueError, match="name exactly the variants"):
+        experiment.expect({"A": 1.0})
+    with pytest.raises(ValueError, match="positive sum"):
+        experiment.expect({"A": 0.0, "B": 0.0})
+
+
 def test_srm_p_value_of_a_matching_split_is_large() -> None:
     assert srm_p_value([5010, 4990], [1, 1], 100.0) > 0.5
     assert srm_p_value([0, 0], [1, 1], 100.0) == 1.0

@@ -327,10 +327,39 @@ def test_labels_of_variants_no_longer_routed_stay_in_the_experiment(database: Da
     assert list(service.look("ab")["variants"]) == ["A", "B", "Old"]  # type: ignore[call-overload]
     service.submit("ab", _body(_record("v3")))
     assert list(service.look("ab")["variants"]) == ["A", "B", "Old", "Older"]  # type: ignore[call-overload]
-    endpoints.routed["ab"] = {"A": 1.0, "B": 3.0}  # new weights: the experiment starts over
+    endpoints.routed["ab"] = {"A": 1.0, "B": 3.0}  # new weights: the split check starts over
     view = service.look("ab")
     assert list(view["variants"]) == ["A", "B", "Old", "Older"]  # type: ignore[call-overload]
     assert view["labels"] == {"joined": 4, "refused": {}}
+
+
+def test_new_weights_restart_the_split_check_and_keep_the_winner(database: Database) -> None:
+    endpoints = Endpoints()
+    clock = Clock()
+    service = FeedbackService(FeedbackSettings(), FeedbackStore.open(database), endpoints, clock)
+    store = FeedbackStore(database)
+    for number in range(200):  # A right every time, B wrong: A wins
+        variant = "AB"[number % 2]
+        _index(store, f"i{number}", variant, answer=b"0.9" if variant == "A" else b"0.2")
+    service.submit("ab", _body(*(_record(f"i{number}") for number in range(200))))
+    assert service.look("ab")["winner"] == "A"
+    for number in range(200, 400):  # then the other way round: the two are even now
+        variant = "AB"[number % 2]
+        _index(store, f"i{number}", variant, answer=b"0.2" if variant == "A" else b"0.9")
+    service.submit("ab", _body(*(_record(f"i{number}") for number in range(200, 400))))
+    assert service.look("ab")["winner"] == "A"  # an always-valid decision, once made, stands
+    # A promotion's step: the split check starts over against 3:1 and counts from now, and the
+    # decision made under 1:1 stands (rebuilt from the labels at one look, it would not).
+    clock.now += 10
+    endpoints.routed["ab"] = {"A": 3.0, "B": 1.0}
+    view = service.look("ab")
+    assert view["winner"] == "A"
+    assert view["srm"] == {"p_value": 1.0, "failed": False}  # nothing routed since the change
+    for number in range(300):  # since the change, every routed invocation went to B
+        _index(store, f"late{number}", "B", when=clock.now + 1)
+    view = service.look("ab")
+    assert view["srm"]["failed"] is True  # type: ignore[index]
+    assert view["winner"] is None  # a failed split check blocks the winner
 
 
 def test_the_same_label_sent_at_once_by_many_joins_once(database: Database) -> None:

@@ -249,24 +249,11 @@ class LiveExperiment:
             raise ValueError(f"threshold must be between 0 and 1, not {threshold!r}")
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; the metrics: {', '.join(METRICS)}")
-        if expected_shares is None:
-            shares = dict.fromkeys(names, 1.0)
-        else:
-            if set(expected_shares) != set(names):
-                raise ValueError(
-                    "expected shares must name exactly the variants "
-                    f"({', '.join(names)}), not {', '.join(sorted(expected_shares)) or 'none'}"
-                )
-            shares = {name: float(expected_shares[name]) for name in names}
-            if not all(math.isfinite(share) and share >= 0 for share in shares.values()) or (
-                sum(shares.values()) <= 0
-            ):
-                raise ValueError("expected shares must be finite, >= 0, with a positive sum")
         self.variants = tuple(names)
+        self.expected_shares = self._checked_shares(expected_shares)
         self.alpha = float(alpha)
         self.threshold = float(threshold)
         self.metric = metric
-        self.expected_shares = shares
         self._settings = settings
         pairs = len(names) * (len(names) - 1) // 2
         self.pair_alpha = self.alpha / pairs
@@ -279,6 +266,35 @@ class LiveExperiment:
         self._running_p: dict[tuple[str, str, str], float] = {}
         self._decided: dict[tuple[str, str, str], str] = {}
         self._srm_running_p: float | None = None
+
+    def expect(self, expected_shares: Mapping[str, float] | None) -> None:
+        """New expected shares for the live split check (the weights changed: a promotion's
+        step, a bandit's update). The check starts over, since its counts must come from one
+        split; the labels' statistics and the decisions already made are kept, as they do not
+        depend on the weights (an always-valid test may be looked at under any allocation).
+
+        Raises:
+            ValueError: shares that do not name exactly the variants, with finite shares >= 0
+                and a positive sum.
+        """
+        self.expected_shares = self._checked_shares(expected_shares)
+        self._srm_running_p = None
+
+    def _checked_shares(self, expected_shares: Mapping[str, float] | None) -> dict[str, float]:
+        names = self.variants
+        if expected_shares is None:
+            return dict.fromkeys(names, 1.0)
+        if set(expected_shares) != set(names):
+            raise ValueError(
+                "expected shares must name exactly the variants "
+                f"({', '.join(names)}), not {', '.join(sorted(expected_shares)) or 'none'}"
+            )
+        shares = {name: float(expected_shares[name]) for name in names}
+        if not all(math.isfinite(share) and share >= 0 for share in shares.values()) or (
+            sum(shares.values()) <= 0
+        ):
+            raise ValueError("expected shares must be finite, >= 0, with a positive sum")
+        return shares
 
     def observe(self, variant: str, score: float, label: float) -> None:
         """Count one joined label: the variant that answered, its score, and the truth (0 or 1).

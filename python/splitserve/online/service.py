@@ -11,8 +11,9 @@ view is the same on every replica and is rebuilt from the stored labels after a 
 The live split check (SRM) compares the invocations the index holds per variant since the
 current weights began (as this replica saw them; TargetVariant ones left out) with those weights;
 it is skipped while labels name a variant the endpoint no longer routes to. A change of the
-variants or of their weights starts the experiment over from the stored labels (the split check
-assumes one split throughout; the labels themselves are all kept).
+variants starts the experiment over from the stored labels; a change of their weights starts only
+the split check over (it assumes one split throughout), and the statistics with the decisions
+they made are kept.
 """
 
 from __future__ import annotations
@@ -308,10 +309,17 @@ class FeedbackService:
         routed = tuple(weights or ())
         shares = _shares(weights)
         if experiment is None or (
-            weights is not None
-            and (experiment.variants[: len(routed)] != routed or experiment.shares != shares)
+            weights is not None and experiment.variants[: len(routed)] != routed
         ):
             experiment = self._start(endpoint, routed, shares)
+        elif weights is not None and experiment.shares != shares:
+            # New weights, same variants: only the split check starts over (its counts must
+            # come from one split); the statistics and their decisions stay, so a winner
+            # declared before a promotion's step is still the winner after it.
+            experiment.shares = shares
+            experiment.started = self._clock()
+            if experiment.statistics is not None:
+                experiment.statistics.expect(_expected(experiment.variants, shares))
         new = self._store.labels_after(endpoint, experiment.seq)
         unknown = [label.variant for label in new if label.variant not in experiment.variants]
         if unknown:
@@ -343,15 +351,12 @@ class FeedbackService:
         names = tuple(variants)
         statistics = None
         if len(names) >= 2:
-            expected = None
-            if shares is not None and len(shares) == len(names) and sum(shares) > 0:
-                expected = dict(zip(names, shares, strict=True))
             statistics = LiveExperiment(
                 names,
                 alpha=self._settings.alpha,
                 threshold=self._settings.threshold,
                 metric=self._settings.metric,
-                expected_shares=expected,
+                expected_shares=_expected(names, shares),
             )
         experiment = _Experiment(names, shares, statistics, started=self._clock())
         self._experiments[endpoint] = experiment
@@ -419,6 +424,14 @@ def _remove(series: Iterable[_Series]) -> None:
     for gauge, labels in series:
         with contextlib.suppress(KeyError):
             gauge.remove(*labels)
+
+
+def _expected(variants: Sequence[str], shares: tuple[float, ...] | None) -> dict[str, float] | None:
+    """The split check's expected share per variant; None (equal shares) when the weights do not
+    cover every variant (labels of one no longer routed) or are all 0."""
+    if shares is None or len(shares) != len(variants) or sum(shares) <= 0:
+        return None
+    return dict(zip(variants, shares, strict=True))
 
 
 def _shares(weights: Mapping[str, float] | None) -> tuple[float, ...] | None:
