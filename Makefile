@@ -20,7 +20,7 @@ DEMO_OUTPUT ?= ./demo-output
 # under `make -j` (test-fast) it warns. An empty CARGO_MAKEFLAGS, read first, tells it there is none.
 export CARGO_MAKEFLAGS :=
 
-.PHONY: help setup build run demo test test-fast fast-workers fast-others lint test-rust test-python test-python-fast bench bench-load soak clean lock
+.PHONY: help setup build run demo test test-fast fast-workers fast-others lint test-rust test-python test-python-e2e test-python-e2e-a test-python-e2e-b test-python-rest test-python-fast bench bench-load soak clean lock
 
 # run, test and demo first (what a newcomer wants), then the rest in alphabetical order.
 FIRST_TARGETS := run test demo
@@ -123,12 +123,23 @@ test-rust: ## cargo test of the pure Rust routing core
 	cargo test --quiet
 
 test-python: setup $(STAMPS)/prometheus $(STAMPS)/wrk $(STAMPS)/postgresql $(STAMPS)/haproxy ## pytest (benchmarks run once each as smoke tests)
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-python-e2e test-python-rest
+	@$(MAKE) --no-print-directory -j3 --output-sync=target test-python-e2e-a test-python-e2e-b test-python-rest
 
-# test-python in two halves side by side: the end-to-end tests spend most of their time waiting
-# for processes they start (gateways, workers, PostgreSQL, Ray), so the rest runs beside them.
-test-python-e2e: setup
+# test-python in three parts side by side: the end-to-end tests spend most of their time waiting
+# for processes they start (gateways, workers, PostgreSQL, Ray, alarms' evaluation periods), so
+# they run in two halves (of about equal time: these files, and the others) beside the rest.
+E2E_A := $(addprefix tests/e2e/,test_cloudwatch.py test_ray_placement.py test_guardrails.py \
+	test_replicas_postgres.py test_postgres_state.py test_replicas.py test_feedback.py \
+	test_deploy_haproxy.py)
+
+test-python-e2e: setup ## the end-to-end tier alone, in one process
 	$(BIN)/pytest -q -p no:cacheprovider -m e2e
+
+test-python-e2e-a: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m e2e $(E2E_A)
+
+test-python-e2e-b: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m e2e $(addprefix --ignore=,$(E2E_A))
 
 test-python-rest: setup
 	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
