@@ -85,3 +85,26 @@ def test_an_s3_endpoint_without_ray_placement_is_refused(
 ) -> None:
     assert cli.main(_args(tmp_path, "--s3-endpoint-url", "http://127.0.0.1:9000")) == 2
     assert "--s3-endpoint-url is for --placement ray" in capsys.readouterr().err
+
+
+def test_a_ray_node_dir_reaches_the_placement_settings(tmp_path: Path) -> None:
+    args = cli.build_parser().parse_args(
+        _args(tmp_path, "--placement", "ray", "--ray-node-dir", "/srv/splitserve")
+    )
+    assert cli.settings_from_args(args).placement.node_model_dir == Path("/srv/splitserve")
+
+
+def test_a_relative_ray_node_dir_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(_args(tmp_path, "--ray-node-dir", "models"))
+    assert exited.value.code == 2
+    assert "'models' is not an absolute path" in capsys.readouterr().err
+
+
+def test_a_ray_node_dir_without_ray_placement_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(_args(tmp_path, "--ray-node-dir", "/srv/splitserve")) == 2
+    assert "--ray-node-dir is for --placement ray" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from splitserve.cli_args import (
+    absolute_path,
     http_url,
     log_level,
     parse_duration,
@@ -350,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --placement ray: each node fetches s3://bucket/key model data from this "
         "S3-compatible store itself, with boto3 and the credentials boto3 finds there, instead "
         "of the gateway shipping it from --model-store (README, Running on a cluster)",
+    )
+    serve.add_argument(
+        "--ray-node-dir",
+        default=_DEFAULTS.placement.node_model_dir,
+        type=absolute_path,
+        metavar="DIR",
+        help="with --placement ray: the directory on each node for unpacked models, the "
+        "servers' private directories and the host's book of pinned CPUs (default: "
+        "splitserve-ray in the node's temporary directory)",
     )
     # Set by `serve --processes N` on the replicas it starts, never by hand.
     serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import urllib.parse
+from pathlib import Path
 
 from splitserve.config import MAX_REPLICA_PROCESSES, Settings
 from splitserve.database.url import DatabaseUrlError, parse_database_url
@@ -107,6 +108,16 @@ def http_url(value: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
     return value
+
+
+def absolute_path(value: str) -> Path:
+    """`--ray-node-dir`, checked: absolute, as it names a directory on every node, not here."""
+    path = Path(value)
+    if not path.is_absolute():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an absolute path (it names a directory on every Ray node)"
+        )
+    return path
 
 
 def type_resource(value: str) -> tuple[str, str]:

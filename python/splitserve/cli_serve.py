@@ -72,6 +72,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             ray_namespace=args.ray_namespace,
             type_resources=tuple(args.ray_type_resource),
             s3_endpoint_url=args.s3_endpoint_url,
+            node_model_dir=args.ray_node_dir,
         ),
         replicas=replace(
             _DEFAULTS.replicas,
@@ -148,13 +149,23 @@ def serve(settings: Settings, *, insecure: bool, argv: Sequence[str] = ()) -> in
             file=sys.stderr,
         )
         return 2
-    if settings.placement.s3_endpoint_url is not None and settings.placement.backend != "ray":
-        print(
-            "splitserve: --s3-endpoint-url is for --placement ray (its nodes fetch model data "
-            "themselves); local instances read s3:// URLs under --model-store",
-            file=sys.stderr,
-        )
-        return 2
+    placement = settings.placement
+    for flag, given, reason in (
+        (
+            "--s3-endpoint-url",
+            placement.s3_endpoint_url,
+            "its nodes fetch model data themselves); local instances read s3:// URLs under "
+            "--model-store",
+        ),
+        (
+            "--ray-node-dir",
+            placement.node_model_dir,
+            "a directory on its nodes); local instances keep theirs under --state-dir",
+        ),
+    ):
+        if given is not None and placement.backend != "ray":
+            print(f"splitserve: {flag} is for --placement ray ({reason}", file=sys.stderr)
+            return 2
     logs.configure(settings.logs)
     replicas = settings.replicas
     if replicas.supervisor_pid is not None:

@@ -569,8 +569,10 @@ class PlacementSettings:
             stop) may take before the actor is treated as lost.
         connect_timeout_seconds: joining the cluster fails when nothing answers at
             `ray_address` within this.
-        node_model_dir: where, on each node, the actors unpack the model artifacts shipped
-            through Ray's object store; None is the node's temporary directory.
+        node_model_dir: the directory on each node for the model artifacts the actors
+            unpack, their servers' private directories and the host's book of pinned CPUs
+            (`serve --ray-node-dir`); None is `splitserve-ray` in the node's temporary
+            directory.
         s3_endpoint_url: an S3-compatible endpoint (`http://HOST:PORT`) each node fetches a
             model artifact from itself, with boto3 and the credentials boto3 finds on the
             node, instead of the controller shipping its bytes through the object store; the

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -50,9 +52,19 @@ def cluster() -> Iterator[dict[str, Any]]:
     """The module's cluster (its address and node handles by name), this process a driver."""
     names = ("n1", "n2", "n3")
     # The nodes' processes inherit the credentials, for the test whose nodes fetch from S3.
+    # The nodes' directory is the module's own, so its book of pinned CPUs is too, whatever
+    # other Ray clusters on this host (other test processes, run beside) have pinned.
+    node_dir = Path(tempfile.gettempdir()) / f"splitserve-ray-e2e-{os.getpid()}"
     with s3_credentials(), ray_cluster([NodeSpec(2, 8, {}) for _ in names]) as (running, handles):
         ray.init(address=running.address, namespace=NAMESPACE, log_to_driver=False)
-        yield {"cluster": running, **dict(zip(names, handles, strict=True))}
+        try:
+            yield {
+                "cluster": running,
+                "node_dir": node_dir,
+                **dict(zip(names, handles, strict=True)),
+            }
+        finally:
+            shutil.rmtree(node_dir, ignore_errors=True)
 
 
 def _serve_ray(state: Path, model_store: Path, cluster: dict[str, Any]) -> tuple[str, ...]:
@@ -63,6 +75,8 @@ def _serve_ray(state: Path, model_store: Path, cluster: dict[str, Any]) -> tuple
         cluster["cluster"].address,
         "--ray-namespace",
         NAMESPACE,
+        "--ray-node-dir",
+        str(cluster["node_dir"]),
         "--health-check-interval",
         "0.5",
     )

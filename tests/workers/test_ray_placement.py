@@ -43,9 +43,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 NAMESPACE = "splitserve-test-workers"
 
+#: The nodes' directory, this process's own: its book of pinned CPUs is then the tests' alone,
+#: whatever other Ray clusters on this host (the end-to-end tier's, run beside) have pinned.
+NODE_DIR = Path(tempfile.gettempdir()) / f"splitserve-ray-test-{os.getpid()}"
+
 PLACEMENT = PlacementSettings(
     backend="ray",
     ray_namespace=NAMESPACE,
+    node_model_dir=NODE_DIR,
     type_resources=(("ml.c5.*", "compute"), ("ml.m5.*", "general")),
     # A new actor's worker process starts within this, on a busy 2-core machine too.
     placement_timeout_seconds=30.0,
@@ -103,7 +108,10 @@ def cluster(s3_credentials: None) -> Iterator[dict[str, Any]]:
         ray_placement.connect(
             PlacementSettings(ray_address=running.address, ray_namespace=NAMESPACE)
         )
-        yield {"cluster": running, **dict(zip(nodes, handles, strict=True))}
+        try:
+            yield {"cluster": running, **dict(zip(nodes, handles, strict=True))}
+        finally:
+            shutil.rmtree(NODE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
