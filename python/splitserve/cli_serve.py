@@ -64,7 +64,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         auth=replace(_DEFAULTS.auth, keys_file=args.auth, data_plane=args.auth_data_plane),
         cloudwatch=replace(_DEFAULTS.cloudwatch, retention_days=args.metrics_retention),
         metrics_created=args.metrics_created,
-        feedback=replace(_DEFAULTS.feedback, metric=args.experiment_metric),
+        feedback=replace(
+            _DEFAULTS.feedback, metric=args.experiment_metric, index_enabled=args.feedback_index
+        ),
         placement=replace(
             _DEFAULTS.placement,
             backend=args.placement,

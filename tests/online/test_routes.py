@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 import splitserve
 from splitserve import cli
-from splitserve.app import signed_routes
+from splitserve.app import create_app, signed_routes
 from splitserve.cli_experiment import fetch_experiment, render_experiment
 from splitserve.cli_stats import StatsUnavailable
 from splitserve.config import FeedbackSettings
@@ -26,6 +26,7 @@ from splitserve.online import routes as online_routes
 from splitserve.online.client import signed_headers
 from splitserve.online.service import FeedbackService
 from splitserve.online.store import FeedbackStore
+from splitserve.wiring import keys
 from splitserve.wiring.auth import AccessKey, SigV4Verifier
 from splitserve.wiring.boundary import ErrorBoundary, Plane
 
@@ -175,3 +176,14 @@ def test_serve_takes_the_experiment_metric(tmp_path: Path) -> None:
     assert cli.settings_from_args(default).feedback.metric == "accuracy"
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--experiment-metric", "speed"])
+
+
+def test_serve_can_keep_no_feedback_index(tmp_path: Path) -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["serve", "--state-dir", str(tmp_path), "--no-feedback-index"])
+    settings = cli.settings_from_args(args)
+    assert settings.feedback.index_enabled is False
+    assert keys.FEEDBACK_INDEX not in create_app(settings)  # the request path records nothing
+    default = cli.settings_from_args(parser.parse_args(["serve", "--state-dir", str(tmp_path)]))
+    assert default.feedback.index_enabled is True
+    assert keys.FEEDBACK_INDEX in create_app(default)
