@@ -10,7 +10,9 @@ taken out. Health checks are spaced 600 s apart so they stay out of the count, a
 may take as long (under callgrind a head can wait in the socket for seconds while the gateway is
 busy, and the slow-head sweep would close its connection). Run from a tree's root:
 
-    .venv/bin/python -m benches.gateway_instructions [requests]
+    .venv/bin/python -m benches.gateway_instructions [requests [serve options...]]
+
+(serve options, e.g. `--no-feedback-index`, are passed to `splitserve serve`.)
 
 To compare with another tree, run it from that tree's root with PYTHONPATH=<tree>/python:<tree>
 (docs/benchmarks.md, 'The live gateway before and after the architecture and hardening work').
@@ -20,6 +22,7 @@ Needs valgrind (callgrind_control); not part of `make bench`.
 from __future__ import annotations
 
 import glob
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,6 +49,7 @@ START_TIMEOUT_SECONDS = 900.0
 def main(argv: list[str]) -> int:
     """Print the gateway's mean instructions per request; 1 when valgrind is missing."""
     requests = int(argv[0]) if argv else DEFAULT_REQUESTS
+    serve_options = " ".join(shlex.quote(option) for option in argv[1:])
     if shutil.which("callgrind_control") is None:
         print("valgrind's callgrind_control is not installed", file=sys.stderr)
         return 1
@@ -64,7 +68,7 @@ def main(argv: list[str]) -> int:
         wrapper.write_text(
             "#!/bin/sh\nexec valgrind --tool=callgrind --instr-atstart=no --trace-children=no "
             f'--callgrind-out-file={workdir}/callgrind.%p {python} "$@" '
-            "--health-check-interval 600 --header-read-timeout 600\n"
+            f"--health-check-interval 600 --header-read-timeout 600 {serve_options}\n"
         )
         wrapper.chmod(0o755)
         registry = workdir / "images.toml"
