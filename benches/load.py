@@ -630,10 +630,8 @@ _BUCKET = re.compile(
 def latency_buckets(port: int) -> dict[str, dict[float, float]]:
     """splitserve's model and overhead latency histograms of the bench endpoint: cumulative count
     per upper bound, summed over its variants."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
     buckets: dict[str, dict[float, float]] = {"model": {}, "overhead": {}}
-    for line in text.splitlines():
+    for line in metrics_text(port).splitlines():
         if match := _BUCKET.match(line):
             counts = buckets[match[1]]
             bound = float(match[2])
@@ -669,10 +667,15 @@ def latency_split(
     return split
 
 
+def metrics_text(port: int) -> str:
+    """splitserve's Prometheus exposition."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
 def invocations(port: int) -> float:
     """splitserve_invocations_total of the bench endpoint, summed over its variants."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+    text = metrics_text(port)
     pattern = re.compile(r'^splitserve_invocations_total\{[^}]*endpoint_name="bench"[^}]*\} (\S+)$')
     return sum(float(m[1]) for line in text.splitlines() if (m := pattern.match(line)))
 
