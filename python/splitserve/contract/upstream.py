@@ -6,6 +6,14 @@ gateway's budget, so this is a small client written straight on asyncio's Protoc
 transports in production): the response is parsed by httptools (llhttp), connections are kept alive
 in a LIFO pool, and each request goes out as one preassembled byte string.
 
+A pool may pipeline (`pipeline_depth` > 1, for servers that answer pipelined requests concurrently,
+like the built-in XGBoost worker): the requests sent to one instance in the same event-loop
+iteration go out on one connection in one write, up to that many outstanding on it, and their
+answers come back in order, often several in one read. That halves the worker's system calls per
+request when requests arrive together. What it changes is failure: an exchange that fails (a
+timeout, a malformed answer, a crash) breaks the connection, and the requests queued behind it on
+the connection fail with it, as broken exchanges, since the server may have read them.
+
 One `UpstreamPool` serves one instance address. It is not a general HTTP client: no redirects, no
 HEAD, no TLS, no proxy, no cookies, no request streaming; the request body is always sent with a
 Content-Length, and the response is buffered whole (bounded by `max_response_bytes`). A pool
@@ -164,13 +172,21 @@ class UpstreamResponse:
         return f"UpstreamResponse(status={self.status}, body={len(self.body)} bytes)"
 
 
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection to an instance; it carries at most one exchange at a time.
+#: One open exchange of a connection: its response's future, its deadline (loop time), and the
+#: connection's read count when it was sent.
+_Exchange = tuple["asyncio.Future[UpstreamResponse]", float, int]
 
-    The parser callbacks (`on_header` ... `on_message_complete`) fill the current response;
-    its future is resolved when the message completes, or failed when the connection breaks, the
-    response is malformed or too large, or the deadline passes. Any failure closes the connection:
-    after one, what is left in the byte stream cannot be trusted.
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection to an instance, carrying its exchanges in order.
+
+    Each exchange is (the future of its response, its deadline, how many reads the connection had
+    made when it was sent). Without pipelining there is at most one; with it, up to the pool's
+    depth, answered oldest first. The parser callbacks (`on_header` ... `on_message_complete`)
+    fill the oldest exchange's response; its future is resolved when the message completes. Any
+    failure (the connection breaks, a response is malformed or too large, a deadline passes) fails
+    every open exchange and closes the connection: after one, what is left in the byte stream
+    cannot be trusted.
 
     Deadlines use one lazily re-armed timer per connection rather than a timer per request: a
     uvloop timer costs a few microseconds to arm and cancel, a large share of a forward. The armed
@@ -178,13 +194,18 @@ class _Connection(asyncio.Protocol):
     for an exchange that has since completed) it re-arms for the current one, or disarms if the
     connection is idle. With one timeout per pool, a connection's timer is armed about once per
     timeout period instead of once per request.
+
+    With pipelining (`coalesce`), `send` does not write at once: the requests sent in one loop
+    iteration are written together by `_flush`, scheduled by the first of them.
     """
 
     __slots__ = (
         "_body",
         "_body_size",
-        "_deadline",
+        "_coalesce",
         "_drain_waiter",
+        "_emptied_by",
+        "_exchanges",
         "_headers",
         "_headers_complete",
         "_keep_alive",
@@ -195,8 +216,9 @@ class _Connection(asyncio.Protocol):
         "_on_lost",
         "_open",
         "_parser",
-        "_received",
-        "_response_waiter",
+        "_pending",
+        "_reads",
+        "_reads_at_answer",
         "_status",
         "_timer",
         "_timer_when",
@@ -211,23 +233,32 @@ class _Connection(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         max_response_bytes: int,
         on_lost: Callable[[_Connection], None],
+        coalesce: bool = False,
     ) -> None:
         self._loop = loop
         self._max_response_bytes = max_response_bytes
         self._on_lost = on_lost
+        self._coalesce = coalesce
+        self._pending: list[bytes] = []  # what _flush writes (pipelining only)
         self._parser: _ResponseParser = httptools.HttpResponseParser(self)
         self._open = False
         self._lost = False
-        self._keep_alive = False
+        # The connection may carry another exchange: until an answer, or a failure, says otherwise.
+        self._keep_alive = True
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost_waiter: asyncio.Future[None] | None = None
-        self._response_waiter: asyncio.Future[UpstreamResponse] | None = None
-        self._deadline = math.inf
+        # The open exchanges, oldest first: (response future, deadline, reads when it was sent).
+        self._exchanges: collections.deque[_Exchange] = collections.deque()
+        # The exchange whose answer left the connection without open exchanges: its caller is
+        # the one that parks the connection (pipelining).
+        self._emptied_by: asyncio.Future[UpstreamResponse] | None = None
+        # data_received calls so far: an exchange sent after the last of them has seen no byte.
+        self._reads = 0
+        self._reads_at_answer = 0  # _reads when the last whole answer came
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = math.inf
         # The response being received.
-        self._received = False
         self._headers_complete = False
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
@@ -251,7 +282,8 @@ class _Connection(asyncio.Protocol):
     def send(
         self, request: bytes, body: bytes | None, deadline: float
     ) -> asyncio.Future[UpstreamResponse]:
-        """Write one request; return the future of its response.
+        """Write one request (with pipelining: at the end of this loop iteration, together with
+        the others sent on this connection in it); return the future of its response.
 
         Args:
             request: the request line, headers and blank line, and the body unless `body` is given.
@@ -264,18 +296,31 @@ class _Connection(asyncio.Protocol):
             UpstreamClosed.
         """
         waiter: asyncio.Future[UpstreamResponse] = self._loop.create_future()
-        self._response_waiter = waiter
-        self._keep_alive = False
-        # The rest of the response state was reset when the last response completed.
-        self._received = False
-        self._deadline = deadline
+        # The response state was reset when the last response completed.
+        self._exchanges.append((waiter, deadline, self._reads))
         if deadline < self._timer_when:
             self._arm_timer(deadline)
-        if body is None:
+        if self._coalesce:
+            pending = self._pending
+            if not pending:
+                self._loop.call_soon(self._flush)
+            pending.append(request)
+            if body is not None:
+                pending.append(body)
+        elif body is None:
             self._transport.write(request)
         else:
             self._transport.writelines((request, body))
         return waiter
+
+    def abandon(self, waiter: asyncio.Future[UpstreamResponse]) -> None:
+        """The caller of the exchange `waiter` left it (cancelled): without other live exchanges
+        on the connection it is closed, as `close` does; with some, it stays open for them and
+        the abandoned exchange's answer is dropped when it comes."""
+        waiter.cancel()
+        if any(not other.done() for other, _, _ in self._exchanges):
+            return
+        self.close()
 
     @property
     def write_paused(self) -> bool:
@@ -296,11 +341,12 @@ class _Connection(asyncio.Protocol):
         return drain
 
     def close(self) -> None:
-        """Close the connection; an exchange still open is cancelled (its caller has left it)."""
-        waiter = self._response_waiter
-        self._response_waiter = None
-        if waiter is not None and not waiter.done():
-            waiter.cancel()
+        """Close the connection; exchanges still open are cancelled (their callers left them)."""
+        exchanges = self._exchanges
+        while exchanges:
+            waiter = exchanges.popleft()[0]
+            if not waiter.done():
+                waiter.cancel()
         self._close_transport()
 
     def shutdown(self) -> asyncio.Future[None]:
@@ -313,6 +359,13 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamClosed("the upstream pool was closed"))
         return lost
 
+    def _flush(self) -> None:
+        """Write the requests sent in this loop iteration, in one system call (pipelining)."""
+        pending = self._pending
+        self._pending = []
+        if self._open:
+            self._transport.writelines(pending)
+
     # --- asyncio.Protocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -322,12 +375,12 @@ class _Connection(asyncio.Protocol):
         self._open = True
 
     def data_received(self, data: bytes) -> None:
-        """Feed response bytes to the parser; a parse error fails the exchange."""
-        if self._response_waiter is None:
+        """Feed response bytes to the parser; a parse error fails the exchanges."""
+        if not self._exchanges:
             # Bytes while idle belong to no request; the stream is out of step with us.
             self._close_transport()
             return
-        self._received = True
+        self._reads += 1
         try:
             self._parser.feed_data(data)
         except _PARSER_ERRORS:
@@ -370,7 +423,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         """The status line and headers are in; keep the status."""
-        if self._response_waiter is None:
+        if not self._exchanges:
             # A response to no request, right behind the last one: the server is out of step.
             self._close_transport()
             raise _AbortParse
@@ -390,8 +443,7 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        """The response is whole: resolve the exchange, or skip an interim 1xx response."""
-        waiter = self._response_waiter
+        """The response is whole: resolve the oldest exchange, or skip an interim 1xx response."""
         status = self._status
         headers = self._headers
         body = self._body
@@ -400,44 +452,88 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._body_size = 0
-        if waiter is None or status < 200:
-            # 100 Continue and other informational responses precede the real one. (The waiter
-            # is never None here: on_headers_complete refused a response to no request.)
+        if status < 200:
+            # 100 Continue and other informational responses precede the real one. (There is an
+            # exchange: on_headers_complete refused a response to no request.)
             return
-        self._keep_alive = self._parser.should_keep_alive()
-        self._response_waiter = None
-        waiter.set_result(UpstreamResponse(status, headers, b"".join(body)))
-        if self._drain_waiter is not None:  # rare (a request over the write buffer): no call else
+        keep_alive = self._keep_alive = self._parser.should_keep_alive()
+        exchanges = self._exchanges
+        waiter = exchanges.popleft()[0]
+        if not waiter.done():  # done: its caller abandoned it (pipelining)
+            waiter.set_result(UpstreamResponse(status, headers, b"".join(body)))
+        if not exchanges:
+            self._emptied_by = waiter
+        self._reads_at_answer = self._reads
+        if exchanges and not keep_alive:
+            # The server closes after this answer, so it will not answer what is queued behind.
+            self._fail(
+                UpstreamProtocolError(
+                    "the instance closed the connection with pipelined requests still open"
+                )
+            )
+        elif self._drain_waiter is not None:  # rare (a request over the write buffer)
             self._release_drain()
 
     # --- internals --------------------------------------------------------------------------------
 
     def _end_of_stream(self, exc: Exception | None) -> None:
-        """The byte stream ended (EOF, reset or local close); settle the open exchange, if any."""
-        self._open = False
-        waiter = self._response_waiter
-        if waiter is None or waiter.done():
-            return
-        if not self._received:
-            self._fail(_StaleConnection("the connection closed before any byte of the response"))
-            return
-        if self._headers_complete and not any(
-            name in _FRAMING_HEADERS for name, _ in self._headers
-        ):
-            # No Content-Length and no Transfer-Encoding: the body ends with the connection.
-            self._response_waiter = None
-            waiter.set_result(UpstreamResponse(self._status, self._headers, b"".join(self._body)))
-            return
-        reason = "" if exc is None else f" ({exc!r})"
-        self._fail(UpstreamProtocolError(f"the connection closed in mid-response{reason}"))
+        """The byte stream ended (EOF, reset or local close); settle the open exchanges.
 
-    def _fail(self, exc: UpstreamError) -> None:
-        """Fail the open exchange, if any, with `exc`, and close the connection."""
+        An exchange sent after the connection's last read saw no byte at all: _StaleConnection,
+        which the pool may retry. Any other was sent before bytes that answered an earlier one,
+        so the server may have read it: it fails as a broken exchange, never to be retried.
+        """
+        self._open = False
+        exchanges = self._exchanges
+        reads = self._reads
+        head = True
+        while exchanges:
+            waiter, _, reads_at_send = exchanges.popleft()
+            if waiter.done():
+                head = False
+                continue
+            if reads_at_send == reads:
+                waiter.set_exception(
+                    _StaleConnection("the connection closed before any byte of the response")
+                )
+            elif (
+                head
+                and self._headers_complete
+                and not any(name in _FRAMING_HEADERS for name, _ in self._headers)
+            ):
+                # No Content-Length and no Transfer-Encoding: the body ends with the connection.
+                waiter.set_result(
+                    UpstreamResponse(self._status, self._headers, b"".join(self._body))
+                )
+            else:
+                reason = "" if exc is None else f" ({exc!r})"
+                # Bytes came after the last whole answer: the head's own. (With pipelining, a read
+                # that ended one answer and began the next counts as not begun: only log text.)
+                begun = head and reads > self._reads_at_answer
+                where = "in mid-response" if begun else "before its answer began"
+                waiter.set_exception(
+                    UpstreamProtocolError(f"the connection closed {where}{reason}")
+                )
+            head = False
+
+    def _fail(self, exc: UpstreamError, culprit: int = 0) -> None:
+        """Fail the open exchanges and close the connection: the one at index `culprit` (the
+        oldest, unless a later one's deadline passed first) with `exc`, the others as broken by
+        it."""
         self._keep_alive = False
-        waiter = self._response_waiter
-        self._response_waiter = None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        exchanges = self._exchanges
+        index = 0
+        while exchanges:
+            waiter = exchanges.popleft()[0]
+            if not waiter.done():
+                waiter.set_exception(
+                    exc
+                    if index == culprit
+                    else UpstreamProtocolError(
+                        f"another request on the same connection failed ({exc})"
+                    )
+                )
+            index += 1
         self._release_drain()
         self._close_transport()
 
@@ -464,12 +560,18 @@ class _Connection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_when = math.inf
-        if self._response_waiter is None:
-            return  # idle, or the exchange already ended: nothing to time
-        if self._loop.time() >= self._deadline:
-            self._fail(UpstreamTimeout("no complete response within the timeout"))
+        exchanges = self._exchanges
+        if not exchanges:
+            return  # idle, or the exchanges already ended: nothing to time
+        # The first deadline is normally the oldest exchange's; a pool's requests share one
+        # timeout, so only a caller with a shorter one can make a later exchange's come sooner.
+        culprit, deadline = min(
+            enumerate(deadline for _, deadline, _ in exchanges), key=lambda item: item[1]
+        )
+        if self._loop.time() >= deadline:
+            self._fail(UpstreamTimeout("no complete response within the timeout"), culprit)
         else:
-            self._arm_timer(self._deadline)
+            self._arm_timer(deadline)
 
     def _release_drain(self) -> None:
         drain = self._drain_waiter
@@ -496,6 +598,13 @@ class UpstreamPool:
     connection of its own, to be closed after one exchange. A single-threaded model server gains
     nothing from hundreds of connections, pays for each accept, and on a Unix socket a burst
     overflows its listen backlog (connect then fails with EAGAIN rather than waiting, as TCP does).
+
+    With `pipeline_depth` > 1 a request first joins the connection that already has requests
+    waiting to be written in this loop iteration (while it has room), then takes an idle one, then
+    a new one; only at the cap does it queue behind answers still to come on a busy connection
+    (the least busy with room), and only when every connection is full does it wait, for one to
+    become idle. So requests arriving together share a write, and otherwise none waits behind
+    another's answer.
     """
 
     __slots__ = (
@@ -504,6 +613,8 @@ class UpstreamPool:
         "_connect_timeout",
         "_connecting",
         "_connections",
+        "_depth",
+        "_filling",
         "_head_tail",
         "_idle",
         "_loop",
@@ -521,6 +632,7 @@ class UpstreamPool:
         connect_timeout: float,
         max_response_bytes: int,
         max_connections: int | None = None,
+        pipeline_depth: int = 1,
     ) -> None:
         """Make a pool for `address`; no connection is opened until the first request.
 
@@ -532,12 +644,19 @@ class UpstreamPool:
             max_connections: the most connections open (or opening) at once; None for no limit.
                 There may briefly be one more: while a stale connection is being replaced, or
                 when a new request takes a slot freed for a waiter before the waiter runs.
+            pipeline_depth: the most requests outstanding on one connection; 1 (no pipelining)
+                unless the server answers pipelined requests concurrently and in order.
 
         Raises:
-            ValueError: `max_connections` is below 1.
+            ValueError: `max_connections` or `pipeline_depth` is below 1.
         """
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if pipeline_depth < 1:
+            raise ValueError("pipeline_depth must be at least 1")
+        self._depth = pipeline_depth
+        # Pipelining: the connection whose requests of this loop iteration are not written yet.
+        self._filling: _Connection | None = None
         self._address = address
         self._max_idle = max_idle
         self._max_connections = math.inf if max_connections is None else max_connections
@@ -633,7 +752,7 @@ class UpstreamPool:
         ):
             raise ValueError("the method, path or a header holds CR or LF")
 
-        connection = self._take_idle()
+        connection = self._take_idle() if self._depth == 1 else self._take_room()
         if (
             connection is None
             and len(self._connections) + self._connecting >= self._max_connections
@@ -656,6 +775,8 @@ class UpstreamPool:
                         "refused a new one"
                     ) from error
             waiter = connection.send(request, tail, deadline)
+            if connection._coalesce:
+                self._filling = connection
             try:
                 # The pool reads its connections' state directly, not through their properties:
                 # this is the request path, and each property read is a Python call.
@@ -684,9 +805,19 @@ class UpstreamPool:
                 retrying = True
                 continue
             except BaseException:
-                connection.close()
+                connection.abandon(waiter)
                 raise
-            if (
+            if connection._coalesce and (
+                connection._exchanges or connection._emptied_by is not waiter
+            ):
+                # Pipelining: answers to others are still to come on it, or another caller's
+                # answer was the last (several answers can arrive in one read, before any of
+                # their callers runs); that caller parks it.
+                if connection._exchanges and all(
+                    other.done() for other, _, _ in connection._exchanges
+                ):
+                    connection.close()  # only abandoned exchanges are left on it
+            elif (
                 connection._keep_alive
                 and connection._open
                 and connection._transport.get_write_buffer_size() == 0  # see _Connection.reusable
@@ -724,6 +855,30 @@ class UpstreamPool:
             # Closed since it was parked (its connection_lost has not run yet): skip it.
         return None
 
+    def _take_room(self) -> _Connection | None:
+        """Pipelining: a connection to send on now (see the class docstring), or None: open
+        one, or wait when at the cap."""
+        filling = self._filling
+        if (
+            filling is not None
+            and filling._pending
+            and filling._open
+            and filling._keep_alive
+            and len(filling._exchanges) < self._depth
+        ):
+            return filling
+        connection = self._take_idle()
+        if connection is not None or (
+            len(self._connections) + self._connecting < self._max_connections
+        ):
+            return connection
+        roomy = [
+            other
+            for other in self._connections
+            if other._open and other._keep_alive and len(other._exchanges) < self._depth
+        ]
+        return min(roomy, key=lambda other: len(other._exchanges)) if roomy else None
+
     async def _wait_for_connection(
         self, loop: asyncio.AbstractEventLoop, deadline: float
     ) -> _Connection | None:
@@ -756,7 +911,7 @@ class UpstreamPool:
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        if connection is not None:
+        if connection is not None and not connection._exchanges:
             if connection._open and not self._closed and len(self._idle) < self._max_idle:
                 self._idle.append(connection)
             else:
@@ -779,7 +934,7 @@ class UpstreamPool:
         connect_deadline = loop.time() + self._connect_timeout
         deadline_first = deadline < connect_deadline
         factory = functools.partial(
-            _Connection, loop, self._max_response_bytes, self._connection_lost
+            _Connection, loop, self._max_response_bytes, self._connection_lost, self._depth > 1
         )
         address = self._address
         try:
