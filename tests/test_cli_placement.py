@@ -1,4 +1,5 @@
-"""`serve --placement ray` and its options: settings, refusals (no Ray installed, bad values)."""
+"""`serve --placement ray` and its options, and `--pipeline-depth`: settings, refusals (no Ray
+installed, bad values)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,19 @@ def test_a_ray_node_dir_without_ray_placement_is_refused(
 ) -> None:
     assert cli.main(_args(tmp_path, "--ray-node-dir", "/srv/splitserve")) == 2
     assert "--ray-node-dir is for --placement ray" in capsys.readouterr().err
+
+
+def test_the_pipeline_depth_reaches_the_worker_settings(tmp_path: Path) -> None:
+    parse = cli.build_parser().parse_args
+    assert cli.settings_from_args(parse(_args(tmp_path))).workers.pipeline_depth == 8
+    settings = cli.settings_from_args(parse(_args(tmp_path, "--pipeline-depth", "1")))
+    assert settings.workers.pipeline_depth == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_a_pipeline_depth_below_one_is_refused(
+    tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(_args(tmp_path, "--pipeline-depth", value))
+    assert "--pipeline-depth" in capsys.readouterr().err

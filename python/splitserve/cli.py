@@ -163,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         "coalesces; 1 turns batching off (default %(default)s)",
     )
     serve.add_argument(
+        "--pipeline-depth",
+        type=positive_count,
+        default=_DEFAULTS.workers.pipeline_depth,
+        metavar="N",
+        help="HTTP/1.1 pipelining to the built-in workers: the most requests sent on one "
+        "connection before the first is answered; 1 turns it off (default %(default)s)",
+    )
+    serve.add_argument(
         "--insecure",
         action="store_true",
         help="allow listening on a non-loopback address with no authentication",

@@ -36,6 +36,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         use_tcp=args.worker_tcp or across_hosts,
         listen_host=args.advertise_address if across_hosts else LOOPBACK_ADDRESS,
         max_batch_rows=args.max_batch_rows,
+        pipeline_depth=args.pipeline_depth,
         invocation_timeout_seconds=args.invocation_timeout,
         health_interval_seconds=args.health_check_interval,
         worker_user=args.worker_user,

@@ -203,6 +203,11 @@ class WorkerSettings:
         stop_grace_seconds: SIGTERM, then this long for in-flight requests, then SIGKILL (30 s).
         max_batch_rows: dynamic batching: the most rows one predict call coalesces.
         max_batch_wait_microseconds: dynamic batching: how long a batch waits for more rows.
+        pipeline_depth: how many requests the gateway may send on one connection to a built-in
+            XGBoost instance before the first is answered (HTTP/1.1 pipelining, which the
+            built-in server answers concurrently, so requests that arrive together share a
+            write, a read and a batch; 1: none). Bring-your-own images set their own in the
+            image registry (default 1).
         allow_pickle: load pickled XGBoost models (unpickling runs code, so off by default).
         memory_cap: cap each instance's address space at its instance type's memory.
         worker_user: the account workers run as when the gateway runs as root (an unprivileged
@@ -235,6 +240,7 @@ class WorkerSettings:
     stop_grace_seconds: float = 30.0
     max_batch_rows: int = 64
     max_batch_wait_microseconds: int = 200
+    pipeline_depth: int = 8
     allow_pickle: bool = False
     memory_cap: bool = False
     worker_user: str = "nobody"

@@ -31,7 +31,7 @@ LIVE = RoutingDocument(
             strategy="RANDOM",
             instances=(
                 RoutedInstance("ab-A-0", "127.0.0.1:9001", healthy=True),
-                RoutedInstance("ab-A-1", "unix:/run/ab-A-1.sock", healthy=False),
+                RoutedInstance("ab-A-1", "unix:/run/ab-A-1.sock", healthy=False, pipeline_depth=8),
             ),
         ),
         RoutedVariant(
@@ -133,6 +133,10 @@ def _delete(path: tuple[str | int, ...]) -> Any:
         ),
         (_damaged(_set(("variants", 0, "instances", 0, "healthy"), "no")), "healthy"),
         (_damaged(_set(("variants", 0, "instances", 0, "healthy"), 1)), "healthy"),
+        (
+            _damaged(_set(("variants", 0, "instances", 1, "pipeline_depth"), "8")),
+            "variant 0 instance 1's 'pipeline_depth' is text",
+        ),
     ],
 )
 def test_decode_refuses_damaged_text_naming_the_problem(text: str, problem: str) -> None:
@@ -181,6 +185,7 @@ def _first_instance(document: RoutingDocument, **changes: Any) -> RoutingDocumen
         _first_variant(LIVE, instances=LIVE.variants[0].instances[:1]),
         _first_instance(LIVE, name="ab-A-9"),
         _first_instance(LIVE, address="127.0.0.1:9009"),
+        _first_instance(LIVE, pipeline_depth=4),
     ],
     ids=[
         "generation",
@@ -193,6 +198,7 @@ def _first_instance(document: RoutingDocument, **changes: Any) -> RoutingDocumen
         "instance-removed",
         "instance-renamed",
         "instance-moved",
+        "instance-pipelining",
     ],
 )
 def test_same_table_is_false_for_a_new_table(other: RoutingDocument) -> None:

@@ -32,6 +32,7 @@ class _StandInFleet:
             pid=None,
             state="healthy",
             restarts=0,
+            pipeline_depth=4,
         )
 
     async def start(self) -> None:
@@ -100,6 +101,18 @@ def deployer(tmp_path: Path) -> Iterator[tuple[FleetDeployer, EndpointRegistry]]
     deployer.attach(_StandInSupervisor(tmp_path))  # type: ignore[arg-type]
     yield deployer, registry
     remove_variant_series("fo", "A")
+
+
+async def test_each_instance_pool_pipelines_as_its_image_allows(
+    deployer: tuple[FleetDeployer, EndpointRegistry],
+) -> None:
+    fleet, registry = deployer
+    plan = _plan(1, failover=False)
+    await fleet.deploy(plan)
+    await fleet.activate(plan)
+    live = registry.get("fo")
+    assert live is not None
+    assert [pool.pipeline_depth for pool in live.pools.values()] == [4]
 
 
 async def test_failover_changes_in_the_live_router_and_in_later_generations(

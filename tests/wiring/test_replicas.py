@@ -43,7 +43,7 @@ class TrackedParts(LiveParts):
 
     made: list[TrackedPool]
 
-    def pool(self, address: UpstreamAddress) -> UpstreamPool:
+    def pool(self, address: UpstreamAddress, pipeline_depth: int = 1) -> UpstreamPool:
         """A tracked pool to `address`."""
         forwarding = Settings().forwarding
         pool = TrackedPool(
@@ -51,6 +51,7 @@ class TrackedParts(LiveParts):
             max_idle=forwarding.max_idle_connections,
             connect_timeout=forwarding.connect_timeout_seconds,
             max_response_bytes=forwarding.max_response_bytes,
+            pipeline_depth=pipeline_depth,
         )
         self.made.append(pool)
         return pool

@@ -14,6 +14,7 @@ from splitserve.workers.images import (
     ImageRegistry,
     ImageRegistryError,
     is_xgboost_image,
+    pipeline_depth,
 )
 
 DIGEST = "sha256:" + "ab" * 32
@@ -87,6 +88,7 @@ working_directory = "lib"
 python_path = ["lib", "/opt/extra"]
 environment = { LOG_LEVEL = "debug", _X1 = "" }
 startup_timeout_seconds = 5
+pipeline_depth = 16
 """
     )
     entry = ImageRegistry.load(path).resolve("example.com/numpy-server:1")
@@ -96,6 +98,9 @@ startup_timeout_seconds = 5
     assert entry.python_path == (base / "lib", Path("/opt/extra"))
     assert dict(entry.environment) == {"LOG_LEVEL": "debug", "_X1": ""}
     assert entry.startup_timeout_seconds == 5.0
+    assert entry.pipeline_depth == 16
+    assert pipeline_depth(entry, builtin_depth=8) == 16
+    assert pipeline_depth(BuiltinXGBoostImage("x"), builtin_depth=8) == 8
     assert entry.argv(python=sys.executable, model_dir=Path("/m"), host="10.0.0.7", port=8081) == [
         sys.executable,
         "-m",
@@ -119,6 +124,7 @@ def test_a_minimal_entry_gets_defaults(tmp_path: Path) -> None:
     assert entry.python_path == ()
     assert dict(entry.environment) == {}
     assert entry.startup_timeout_seconds is None
+    assert entry.pipeline_depth == 1  # no pipelining unless the entry says its server can
     assert registry.names() == ["a/b:1"]
     assert registry.source == path
 
@@ -162,6 +168,10 @@ def test_the_example_registry_loads() -> None:
         ('[images."a"]\ncommand = ["x"]\nstartup_timeout_seconds = 0', "positive number"),
         ('[images."a"]\ncommand = ["x"]\nstartup_timeout_seconds = "5"', "positive number"),
         ('[images."a"]\ncommand = ["x"]\nstartup_timeout_seconds = true', "positive number"),
+        ('[images."a"]\ncommand = ["x"]\npipeline_depth = 0', "from 1 to 64"),
+        ('[images."a"]\ncommand = ["x"]\npipeline_depth = 65', "from 1 to 64"),
+        ('[images."a"]\ncommand = ["x"]\npipeline_depth = 2.5', "from 1 to 64"),
+        ('[images."a"]\ncommand = ["x"]\npipeline_depth = true', "from 1 to 64"),
     ],
 )
 def test_malformed_registries_are_refused_at_load(tmp_path: Path, text: str, message: str) -> None:

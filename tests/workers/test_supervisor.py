@@ -309,6 +309,7 @@ async def test_byo_fleet_is_healthy_only_after_a_ping_pinned_and_isolated(
     infos = fleet.instances()
     assert [info.name for info in infos] == ["ep/A/g1/0", "ep/A/g1/1"]
     assert all(info.state == "healthy" and info.restarts == 0 for info in infos)
+    assert all(info.pipeline_depth == 1 for info in infos)  # its entry does not say it can
     assert [event.kind for event in listener.events] == ["healthy", "healthy"]
     assert pinged_when_healthy == {"ep/A/g1/0": 200, "ep/A/g1/1": 200}
     assert {event.instance.name for event in listener.events} == {info.name for info in infos}
@@ -867,6 +868,8 @@ async def test_built_in_xgboost_fleet(
         (info,) = fleet.instances()
         assert listener.kinds(info.name) == ["healthy"]
         assert (info.address.unix_path is None) == use_tcp
+        # The built-in server answers pipelined requests concurrently: the gateway may pipeline.
+        assert info.pipeline_depth == WorkerSettings().pipeline_depth > 1
         document = await get_info(info.address)
         assert sorted(document["cpus"]) == list(info.cpus)
         assert document["nthread"] == len(info.cpus)

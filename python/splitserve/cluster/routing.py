@@ -40,6 +40,7 @@ class RoutedInstance:
     name: str
     address: str
     healthy: bool
+    pipeline_depth: int = 1
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,14 @@ class RoutingDocument:
 
 def _tables(
     variants: tuple[RoutedVariant, ...],
-) -> list[tuple[str, str | None, str, list[tuple[str, str]]]]:
+) -> list[tuple[str, str | None, str, list[tuple[str, str, int]]]]:
     return [
-        (v.name, v.public_name, v.strategy, [(i.name, i.address) for i in v.instances])
+        (
+            v.name,
+            v.public_name,
+            v.strategy,
+            [(i.name, i.address, i.pipeline_depth) for i in v.instances],
+        )
         for v in variants
     ]
 
@@ -110,12 +116,21 @@ def _encode_variant(variant: RoutedVariant) -> dict[str, object]:
         "name": variant.name,
         "weight": variant.weight,
         "strategy": variant.strategy,
-        "instances": [
-            {"name": i.name, "address": i.address, "healthy": i.healthy} for i in variant.instances
-        ],
+        "instances": [_encode_instance(i) for i in variant.instances],
         # Only during a stepped update: other documents read the same to an older replica.
         **({} if variant.public_name is None else {"public_name": variant.public_name}),
     }
+
+
+def _encode_instance(instance: RoutedInstance) -> dict[str, object]:
+    encoded: dict[str, object] = {
+        "name": instance.name,
+        "address": instance.address,
+        "healthy": instance.healthy,
+    }
+    if instance.pipeline_depth != 1:  # only then: a document without it reads the same anywhere
+        encoded["pipeline_depth"] = instance.pipeline_depth
+    return encoded
 
 
 def encode(document: RoutingDocument) -> str:
@@ -200,6 +215,7 @@ def _instance(instance: dict[str, object], where: str) -> RoutedInstance:
         name=_field(instance, "name", str, where),
         address=_field(instance, "address", str, where),
         healthy=_field(instance, "healthy", bool, where),
+        pipeline_depth=_field(instance, "pipeline_depth", int, where, default=1),
     )
 
 

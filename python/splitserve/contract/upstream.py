@@ -685,6 +685,11 @@ class UpstreamPool:
         return self._address
 
     @property
+    def pipeline_depth(self) -> int:
+        """The most requests outstanding on one connection (1: no pipelining)."""
+        return self._depth
+
+    @property
     def idle_connections(self) -> int:
         """How many kept-alive connections wait for the next request."""
         return len(self._idle)

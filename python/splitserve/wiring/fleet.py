@@ -185,7 +185,7 @@ class FleetDeployer:
             await asyncio.gather(*(fleet.stop() for fleet in fleets.values()))
             raise
         pools = {
-            info.name: self._parts.pool(info.address)
+            info.name: self._parts.pool(info.address, info.pipeline_depth)
             for fleet in fleets.values()
             for info in fleet.instances()
         }
@@ -365,7 +365,9 @@ class FleetDeployer:
         after = {info.name: info for info in fleet.instances()}
         # New instances get a pool (published first) before the router can return them.
         for name in after.keys() - before:
-            generation.pools[name] = self._parts.pool(after[name].address)
+            generation.pools[name] = self._parts.pool(
+                after[name].address, after[name].pipeline_depth
+            )
             self._owner[name] = generation
         self._republish(generation)
         with router_errors():
@@ -484,7 +486,9 @@ class FleetDeployer:
         generation = self._owner.get(instance.name)
         pool = None if generation is None else generation.pools.get(instance.name)
         if generation is not None and pool is not None and pool.address != instance.address:
-            generation.pools[instance.name] = self._parts.pool(instance.address)
+            generation.pools[instance.name] = self._parts.pool(
+                instance.address, instance.pipeline_depth
+            )
             self._republish(generation)
             self._closing.add(asyncio.ensure_future(pool.close()))
             self._closing = {task for task in self._closing if not task.done()}

@@ -118,7 +118,7 @@ class RoutingFollower:
             return
         # Everything that can refuse the document first, before anything here changes.
         addresses = {
-            instance.name: UpstreamAddress.parse(instance.address)
+            instance.name: (UpstreamAddress.parse(instance.address), instance.pipeline_depth)
             for variant in (*document.variants, *document.shadows)
             for instance in variant.instances
         }
@@ -134,12 +134,12 @@ class RoutingFollower:
         )
         self._set_health(router, document)
         pools: dict[str, UpstreamPool] = {}
-        for instance_name, address in addresses.items():
+        for instance_name, (address, depth) in addresses.items():
             pool = self._pools.get(instance_name)
-            if pool is None or pool.address != address:
+            if pool is None or pool.address != address or pool.pipeline_depth != depth:
                 if pool is not None:
                     self._replaced.append(pool)  # the instance moved
-                pool = self._parts.pool(address)
+                pool = self._parts.pool(address, depth)
                 self._pools[instance_name] = pool
             pools[instance_name] = pool
         # A stepped UpdateEndpoint's router names some variants apart: metrics, capture and the

@@ -131,6 +131,7 @@ def generation_document(
                     info.name,
                     str(generation.pools[info.name].address),
                     healthy.get(info.name, False),
+                    generation.pools[info.name].pipeline_depth,
                 )
                 for info in fleet.instances()
                 if info.name in generation.pools
@@ -206,7 +207,12 @@ def shift_document(
             weight=spec.weight,
             strategy=spec.routing_strategy,
             instances=tuple(
-                RoutedInstance(name, str(pools[name].address), healthy.get(name, False))
+                RoutedInstance(
+                    name,
+                    str(pools[name].address),
+                    healthy.get(name, False),
+                    pools[name].pipeline_depth,
+                )
                 for name in spec.instances
             ),
             public_name=None if shift.names[spec.name] == spec.name else shift.names[spec.name],

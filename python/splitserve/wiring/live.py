@@ -37,8 +37,9 @@ class LiveParts:
         self.minutes = minutes
         self.capture = capture
 
-    def pool(self, address: UpstreamAddress) -> UpstreamPool:
-        """A keep-alive connection pool to the instance at `address`."""
+    def pool(self, address: UpstreamAddress, pipeline_depth: int = 1) -> UpstreamPool:
+        """A keep-alive connection pool to the instance at `address`, pipelining up to
+        `pipeline_depth` requests on a connection (its image's: `InstanceInfo.pipeline_depth`)."""
         forwarding = self._settings.forwarding
         return UpstreamPool(
             address,
@@ -46,6 +47,7 @@ class LiveParts:
             max_connections=forwarding.max_connections,
             connect_timeout=forwarding.connect_timeout_seconds,
             max_response_bytes=forwarding.max_response_bytes,
+            pipeline_depth=pipeline_depth,
         )
 
     def recorders(self, endpoint_name: str, variants: Iterable[str]) -> dict[str, VariantRecorder]:

@@ -34,7 +34,7 @@ from splitserve.contract.upstream import UpstreamAddress
 from splitserve.errors import DeploymentError
 from splitserve.workers.artifacts import ArtifactLimits, prepare_model_dir, remove_model_dir
 from splitserve.workers.catalog import CpuAllocator, InstanceType
-from splitserve.workers.images import BuiltinXGBoostImage, CustomImage, ImageSpec
+from splitserve.workers.images import BuiltinXGBoostImage, CustomImage, ImageSpec, pipeline_depth
 from splitserve.workers.instance import InstanceInfo, InstanceListener, WorkerInstance
 from splitserve.workers.local_placement import (
     LOOPBACK,
@@ -415,6 +415,7 @@ class VariantFleet(InstanceFleet):
             settings,
             resources.listener,
             setup.startup_timeout_seconds,
+            pipeline_depth(self.image, settings.pipeline_depth),
         )
 
     def _builtin_launch(self, instance: LocalProcess) -> Launch:

@@ -35,6 +35,11 @@ The registry file is TOML::
     # Optional: how long the server may take to pass its first /ping
     # (default: WorkerSettings.startup_timeout_seconds).
     startup_timeout_seconds = 60
+    # Optional: how many requests the gateway may send on one connection before the first is
+    # answered (HTTP/1.1 pipelining; default 1: none). Set it above 1 only for a server that
+    # answers a connection's pipelined requests concurrently and in order; one that answers them
+    # one by one loses its concurrency. A failed exchange fails those queued behind it.
+    pipeline_depth = 1
 
 The server is started with a minimal environment, never the gateway's own: PYTHONPATH when
 `python_path` is set, the entry's `environment`, the model's Environment (less its `LD_*` and
@@ -73,8 +78,17 @@ COMMAND_PLACEHOLDERS = frozenset({"python", "registry_dir", "model_dir", "host",
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENTRY_KEYS = frozenset(
-    {"command", "working_directory", "python_path", "environment", "startup_timeout_seconds"}
+    {
+        "command",
+        "working_directory",
+        "python_path",
+        "environment",
+        "startup_timeout_seconds",
+        "pipeline_depth",
+    }
 )
+#: The most a registry entry's pipeline_depth may be.
+MAX_PIPELINE_DEPTH = 64
 
 
 def is_xgboost_image(image: str) -> bool:
@@ -109,6 +123,8 @@ class CustomImage:
         environment: extra variables for the server.
         startup_timeout_seconds: overrides `WorkerSettings.startup_timeout_seconds` when set.
         registry_dir: the directory of the registry file (the `{registry_dir}` placeholder).
+        pipeline_depth: requests the gateway may have outstanding on one connection (1: no
+            pipelining).
     """
 
     image: str
@@ -118,6 +134,7 @@ class CustomImage:
     environment: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     startup_timeout_seconds: float | None = None
     registry_dir: Path = Path()
+    pipeline_depth: int = 1
 
     def argv(self, *, python: str, model_dir: Path, host: str, port: int) -> list[str]:
         """The command with its placeholders replaced."""
@@ -135,6 +152,13 @@ class CustomImage:
 
 #: What an image resolves to.
 ImageSpec = BuiltinXGBoostImage | CustomImage
+
+
+def pipeline_depth(image: ImageSpec | None, builtin_depth: int) -> int:
+    """How many requests the gateway may pipeline on one connection to an instance of `image`
+    (None: the built-in server): its registry entry's `pipeline_depth`, else `builtin_depth`
+    (`WorkerSettings.pipeline_depth`)."""
+    return image.pipeline_depth if isinstance(image, CustomImage) else builtin_depth
 
 
 class ImageRegistry:
@@ -275,6 +299,10 @@ def _parse_entry(source: Path, base: Path, name: str, entry: Any) -> CustomImage
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
     ):
         raise fail('"startup_timeout_seconds" must be a positive number')
+    depth = entry.get("pipeline_depth", 1)
+    whole = isinstance(depth, int) and not isinstance(depth, bool)
+    if not whole or not 1 <= depth <= MAX_PIPELINE_DEPTH:
+        raise fail(f'"pipeline_depth" must be a whole number from 1 to {MAX_PIPELINE_DEPTH}')
 
     return CustomImage(
         image=name,
@@ -284,4 +312,5 @@ def _parse_entry(source: Path, base: Path, name: str, entry: Any) -> CustomImage
         environment=MappingProxyType(dict(environment)),
         startup_timeout_seconds=float(timeout) if timeout is not None else None,
         registry_dir=base,
+        pipeline_depth=depth,
     )

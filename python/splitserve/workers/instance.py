@@ -66,6 +66,7 @@ class InstanceInfo:
         node: the address of the node it runs on when placed on a cluster (Ray), else None.
         node_id: the cluster's id of that node, else None.
         vcpus: the vCPUs its instance type reserves on that node, else None.
+        pipeline_depth: requests the gateway may pipeline on one connection to it (1: none).
     """
 
     name: str
@@ -78,6 +79,7 @@ class InstanceInfo:
     node: str | None = None
     node_id: str | None = None
     vcpus: int | None = None
+    pipeline_depth: int = 1
 
 
 class InstanceListener(Protocol):
@@ -191,6 +193,7 @@ class WorkerInstance:
         settings: health-check, backoff and stop timing.
         listener: told of health changes, asked for in-flight counts.
         startup_timeout_seconds: how long a new process has to pass its first /ping.
+        pipeline_depth: requests the gateway may pipeline on one connection to it (its image's).
     """
 
     def __init__(
@@ -201,8 +204,10 @@ class WorkerInstance:
         settings: WorkerSettings,
         listener: InstanceListener,
         startup_timeout_seconds: float,
+        pipeline_depth: int = 1,
     ) -> None:
         self.name = name
+        self.pipeline_depth = pipeline_depth
         self.variant_name = variant_name
         self.backend = backend
         self._settings = settings
@@ -237,6 +242,7 @@ class WorkerInstance:
             node=details.node,
             node_id=details.node_id,
             vcpus=details.vcpus,
+            pipeline_depth=self.pipeline_depth,
         )
 
     def stop(self) -> asyncio.Task[None]:

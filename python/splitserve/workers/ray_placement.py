@@ -53,7 +53,13 @@ from splitserve.workers.artifacts import S3Object, s3_object_under
 from splitserve.workers.catalog import InstanceCatalog, InstanceType, UnknownInstanceType
 from splitserve.workers.fleet import InstanceFleet, VariantDeployment
 from splitserve.workers.health import HealthProbe, PingResult
-from splitserve.workers.images import BuiltinXGBoostImage, CustomImage, ImageRegistry, ImageSpec
+from splitserve.workers.images import (
+    BuiltinXGBoostImage,
+    CustomImage,
+    ImageRegistry,
+    ImageSpec,
+    pipeline_depth,
+)
 from splitserve.workers.instance import (
     InstanceListener,
     ProcessDetails,
@@ -302,6 +308,7 @@ class RayFleet(InstanceFleet):
             settings,
             self.placement.listener,
             startup,
+            pipeline_depth(self.image, settings.pipeline_depth),
         )
 
     # --- internals -------------------------------------------------------------------------------
