@@ -62,7 +62,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,7 @@ def start_splitserve(
     images_file: Path | None = None,
     max_batch_rows: int | None = None,
     replicas: int = 1,
+    options: Sequence[str] = (),
 ) -> Fleet:
     """Start `splitserve serve`, deploy a 70/30 two-variant endpoint of `image`, find its workers.
 
@@ -269,6 +270,7 @@ def start_splitserve(
         argv += ["--max-batch-rows", str(max_batch_rows)]
     if replicas > 1:
         argv += ["--processes", str(replicas)]
+    argv += options
     if os.geteuid() == 0:
         # Run as root, the gateway's workers would run as nobody, who cannot reach a workdir or
         # interpreter of root's own; the load measures the gateway, not the confinement.
@@ -395,6 +397,8 @@ class Plan:
     seconds: float
     gateways: tuple[str, ...]
     memory_requests: tuple[int, int]
+    #: Extra `splitserve serve` options for X and B (e.g. ("--pipeline-depth", "1")).
+    serve_options: tuple[str, ...] = ()
 
 
 def closed_loop(
@@ -532,6 +536,7 @@ def scenario_x(report: Report, plan: Plan, workdir: Path, *, batching: bool) -> 
             image=XGBOOST_IMAGE,
             model_url=model_url,
             max_batch_rows=None if batching else 1,
+            options=plan.serve_options,
         )
         others = [name for name in plan.gateways if name != SPLITSERVE]
         gateways = [fleet.gateway] if SPLITSERVE in plan.gateways else []
@@ -1121,9 +1126,10 @@ def bench(args: argparse.Namespace) -> int:
             tuple(args.gateways.split(",")),
             (100_000, 1_000_000),
         )
+    plan = replace(plan, serve_options=tuple(args.serve_option))
     scenarios = args.scenarios.split(",")
     if "R" not in scenarios:
-        plan = Plan(plan.connections, plan.repeats, plan.seconds, plan.gateways, (0, 0))
+        plan = replace(plan, memory_requests=(0, 0))
     machine, versions = describe_machine()
     report = Report(
         " ".join(["python -m benches.load", *sys.argv[1:]]),
@@ -1230,6 +1236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick",
         action="store_true",
         help="CI size: 3 s runs, 1 repeat, 1 and 64 connections, memory at 10k/100k",
+    )
+    run.add_argument(
+        "--serve-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="pass OPTION to splitserve serve in X and B; repeat it for each word "
+        "(--serve-option=--pipeline-depth --serve-option=1: pipelining off)",
     )
     run.add_argument("--output", type=Path, default=Path(".benchmarks/load.json"))
     run.set_defaults(handler=bench)

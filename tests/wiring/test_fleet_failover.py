@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from splitserve.config import Settings
-from splitserve.contract.upstream import UpstreamAddress
+from splitserve.contract.upstream import UpstreamAddress, UpstreamPool
 from splitserve.control.deployer import DeploymentPlan, VariantPlan
 from splitserve.metrics.prometheus import remove_variant_series
 from splitserve.runtime.registry import EndpointRegistry
@@ -112,7 +112,9 @@ async def test_each_instance_pool_pipelines_as_its_image_allows(
     await fleet.activate(plan)
     live = registry.get("fo")
     assert live is not None
-    assert [pool.pipeline_depth for pool in live.pools.values()] == [4]
+    (pool,) = live.pools.values()
+    assert isinstance(pool, UpstreamPool)
+    assert pool.pipeline_depth == 4
 
 
 async def test_failover_changes_in_the_live_router_and_in_later_generations(
