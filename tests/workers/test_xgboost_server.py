@@ -427,6 +427,39 @@ async def test_concurrent_requests_each_get_their_own_predictions(
         np.testing.assert_allclose(predictions, models["binary"].reference(rows), atol=1e-6)
 
 
+def read_response(stream: io.BufferedReader) -> tuple[int, bytes]:
+    """One response with a Content-Length from a socket's file: status and body."""
+    status = int(stream.readline().split()[1])
+    length = 0
+    while (line := stream.readline()) != b"\r\n":
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, stream.read(length)
+
+
+def test_pipelined_requests_on_one_connection_are_answered_in_order(
+    models: dict[str, Model], servers: dict[str, Server]
+) -> None:
+    server = servers["binary"]
+    batches = [query_rows(seed=200 + index, rows=1 + index % 3) for index in range(8)]
+    requests = b"".join(
+        b"POST /invocations HTTP/1.1\r\nHost: worker\r\nContent-Type: text/csv\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(as_csv(rows)), as_csv(rows))
+        for rows in batches
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(30)
+        connection.connect(str(server.unix_path))
+        connection.sendall(requests)  # all 8 in one write, before any answer is read
+        with connection.makefile("rb") as stream:
+            answers = [read_response(stream) for _ in batches]
+    for rows, (status, body) in zip(batches, answers, strict=True):
+        assert status == 200, body
+        expected = models["binary"].reference(rows)
+        np.testing.assert_allclose(parse_predictions(body, "text/csv"), expected, atol=1e-6)
+
+
 async def test_custom_attributes_are_echoed(servers: dict[str, Server]) -> None:
     body = as_csv(query_rows(rows=1))
     attributes = "trace=abc-123,c000b4f9-df62-4c85-a0bf-7c525f9104a4"

@@ -36,9 +36,16 @@ on the event loop, the loop costs ~10% less CPU per request on an idle CPU, but 
 with other processes the thread answers 1.5-2x more requests at the median, with far shorter
 tails (docs/benchmarks.md, "Worker batching").
 
+HTTP is served by `http_server`, not aiohttp: the gateway pipelines requests on a kept-alive
+connection (HTTP/1.1 pipelining, contract/upstream.py), and aiohttp runs a connection's requests
+one after another, so requests that share a connection would never share a batch. There they run
+concurrently and are answered in order. Its limits (header sizes, timeouts, 100-continue) are
+listed in its docstring; a body over 6 MiB is answered 413 there, before /invocations sees it.
+
 X-Amzn-SageMaker-Custom-Attributes is echoed back when the request has it, as a container that
-sets it would, so the header's pass-through through the gateway can be tested. SIGTERM (or
-SIGINT): stop accepting, finish the requests in flight, exit 0.
+sets it would, so the header's pass-through through the gateway can be tested (not on a 413 for a
+body over the limit, which is answered before any handler runs). SIGTERM (or SIGINT): stop
+accepting, finish the requests in flight (at most 25 s), exit 0.
 
 Unexpected errors answer 500 with a generic message; the details go to stderr under an error
 number that the message quotes. A bad request never ends the process.
@@ -61,14 +68,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from aiohttp import web
-
-from splitserve.workers import codecs
+from splitserve.workers import codecs, http_server
 from splitserve.workers.batching import DynamicBatcher
+from splitserve.workers.http_server import (
+    Routes,
+    WorkerRequest,
+    WorkerResponse,
+    text_response,
+)
 from splitserve.workers.xgboost_model import LoadedModel, ModelLoadError, load_model
-
-#: SageMaker's InvokeEndpoint body limit, as the container's MAX_CONTENT_LENGTH: 6 MiB.
-MAX_BODY_BYTES: Final = 6 * 1024 * 1024
 
 #: Exit code of a start-up failure (bad model, bad option).
 EXIT_STARTUP_FAILURE: Final = 2
@@ -78,7 +86,7 @@ _OFFLOAD_BODY_BYTES: Final = 256 * 1024
 
 #: How long SIGTERM waits for requests in flight (the contract's SIGKILL comes 30 s after).
 _SHUTDOWN_TIMEOUT_SECONDS: Final = 25.0
-#: Connections the kernel queues while the event loop is busy predicting (aiohttp's default is
+#: Connections the kernel queues while the event loop is busy predicting (aiohttp's default was
 #: 128). A Unix socket refuses a connect to a full queue at once, so a burst of new clients (more
 #: gateways, or a load generator invoking the worker directly) would see errors, not a short wait.
 _LISTEN_BACKLOG: Final = 1024
@@ -142,10 +150,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
     )
 
 
-def _text_response(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=message + "\n")
-
-
 class InvocationHandler:
     """The /invocations handler: negotiate, decode, predict through the batcher, encode.
 
@@ -161,31 +165,28 @@ class InvocationHandler:
         self._default_accept = default_accept
         self._error_numbers = itertools.count(1)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def __call__(self, request: WorkerRequest) -> WorkerResponse:
         """Answer one POST /invocations."""
         try:
             response = await self._invoke(request)
         except codecs.PayloadError as error:
-            response = _text_response(error.status, error.message)
-        except web.HTTPRequestEntityTooLarge:
-            response = _text_response(
-                413, f"the request body exceeds the {MAX_BODY_BYTES}-byte (6 MiB) limit"
-            )
+            response = text_response(error.status, error.message)
         except Exception:
             number = next(self._error_numbers)
             _log.exception("internal error %d", number)
-            response = _text_response(
+            response = text_response(
                 500, f"internal error while predicting; the worker log has error {number}"
             )
-        attributes = request.headers.get(_CUSTOM_ATTRIBUTES)
+        attributes = request.header(_CUSTOM_ATTRIBUTES)
         if attributes is not None:
-            response.headers[_CUSTOM_ATTRIBUTES] = attributes
+            headers = (*response.headers, (_CUSTOM_ATTRIBUTES, attributes))
+            response = WorkerResponse(response.status, response.body, headers)
         return response
 
-    async def _invoke(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        input_format = codecs.request_format(request.headers.get("Content-Type"), body)
-        accept = codecs.negotiate_accept(request.headers.get("Accept"), self._default_accept)
+    async def _invoke(self, request: WorkerRequest) -> WorkerResponse:
+        body = request.body
+        input_format = codecs.request_format(request.header("Content-Type"), body)
+        accept = codecs.negotiate_accept(request.header("Accept"), self._default_accept)
         num_features = self._model.num_features
         offload = len(body) > _OFFLOAD_BODY_BYTES
         if offload:
@@ -197,20 +198,21 @@ class InvocationHandler:
             payload = await asyncio.to_thread(codecs.encode_predictions, predictions, accept)
         else:
             payload = codecs.encode_predictions(predictions, accept)
-        response = web.Response(body=payload)
-        # Set verbatim: aiohttp's content_type setter would rewrite "text/csv; charset=utf-8".
-        response.headers["Content-Type"] = codecs.ACCEPT_TYPES[accept]
-        return response
+        # Written verbatim, e.g. "text/csv; charset=utf-8".
+        return WorkerResponse(200, payload, (("Content-Type", codecs.ACCEPT_TYPES[accept]),))
 
 
-async def _ping(_request: web.Request) -> web.Response:
-    return web.Response(status=200)
+_PING_RESPONSE: Final = WorkerResponse(200)
 
 
-def create_app(
+async def _ping(_request: WorkerRequest) -> WorkerResponse:
+    return _PING_RESPONSE
+
+
+def create_routes(
     model: LoadedModel, batcher: DynamicBatcher, info: dict[str, Any], default_accept: str
-) -> web.Application:
-    """The aiohttp application of one worker.
+) -> Routes:
+    """The route table of one worker, for `http_server.start`.
 
     Args:
         model: the loaded model.
@@ -218,16 +220,18 @@ def create_app(
         info: the document GET /info answers.
         default_accept: the Accept for `*/*` and a missing header.
     """
-    info_body = json.dumps(info)
+    info_response = WorkerResponse(
+        200, json.dumps(info).encode(), (("Content-Type", "application/json"),)
+    )
 
-    async def info_handler(_request: web.Request) -> web.Response:
-        return web.Response(text=info_body, content_type="application/json")
+    async def info_handler(_request: WorkerRequest) -> WorkerResponse:
+        return info_response
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.router.add_get("/ping", _ping)
-    app.router.add_post("/invocations", InvocationHandler(model, batcher, default_accept))
-    app.router.add_get("/info", info_handler)
-    return app
+    return {
+        ("GET", "/ping"): _ping,
+        ("POST", "/invocations"): InvocationHandler(model, batcher, default_accept),
+        ("GET", "/info"): info_handler,
+    }
 
 
 def _default_accept() -> str:
@@ -270,43 +274,44 @@ async def serve(options: ServerOptions, model: LoadedModel, default_accept: str)
         "predictor": model.predict.name,
         "batching": {"max_rows": options.max_batch_rows, "max_wait_us": options.max_batch_wait_us},
     }
-    runner = web.AppRunner(
-        create_app(model, batcher, info, default_accept),
-        access_log=None,
-        shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS,
-    )
-    await runner.setup()
-    site: web.BaseSite
+    routes = create_routes(model, batcher, info, default_accept)
     if options.unix_path is not None:
         with contextlib.suppress(FileNotFoundError):
             options.unix_path.unlink()  # a stale socket of an earlier process
-        site = web.UnixSite(runner, str(options.unix_path), backlog=_LISTEN_BACKLOG)
+        address = f"unix:{options.unix_path}"
     else:
-        site = web.TCPSite(runner, options.host, options.port, backlog=_LISTEN_BACKLOG)
+        address = f"http://{options.host}:{options.port}"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
     try:
         try:
-            await site.start()
+            server = await http_server.start(
+                routes,
+                unix_path=options.unix_path,
+                host=options.host,
+                port=options.port,
+                backlog=_LISTEN_BACKLOG,
+                server_name="splitserve-xgboost",
+            )
         except OSError as error:
-            print(f"xgboost_server: cannot listen on {site.name}: {error}", file=sys.stderr)
+            print(f"xgboost_server: cannot listen on {address}: {error}", file=sys.stderr)
             return EXIT_STARTUP_FAILURE
         _log.info(
             "serving %s (%s, %d features) on %s with nthread=%d on CPUs %s",
             model.path,
             model.objective,
             model.num_features,
-            site.name,
+            address,
             model.nthread,
             cpus,
         )
         await stop.wait()
         _log.info("stopping: finishing the requests in flight")
+        await server.shutdown(_SHUTDOWN_TIMEOUT_SECONDS)
         return 0
     finally:
-        await runner.cleanup()
         await batcher.aclose()
         executor.shutdown(wait=True)
         if options.unix_path is not None:
