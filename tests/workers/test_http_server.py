@@ -243,6 +243,25 @@ async def test_connection_close_is_answered_then_closed(tmp_path: Path) -> None:
         assert await read_closed(reader)
 
 
+async def test_requests_pipelined_after_connection_close_are_not_read(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (path, _), connection(path) as (reader, writer):
+        writer.write(
+            request("GET", "/echo?1", b"", "Connection: close") + request("GET", "/echo?2")
+        )
+        answer = await read_answer(reader)
+        assert answer.body == b"GET /echo 1 "
+        assert await read_closed(reader)
+
+
+async def test_a_half_closed_client_gets_its_answers(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (path, _), connection(path) as (reader, writer):
+        writer.write(request("GET", "/echo?1") + request("GET", "/echo?2"))
+        writer.write_eof()
+        answers = [await read_answer(reader), await read_answer(reader)]
+        assert [answer.body for answer in answers] == [b"GET /echo 1 ", b"GET /echo 2 "]
+        assert await read_closed(reader)
+
+
 async def test_http10_closes_unless_kept_alive(tmp_path: Path) -> None:
     async with serving(tmp_path) as (path, _):
         async with connection(path) as (reader, writer):

@@ -512,8 +512,8 @@ class _Connection(asyncio.Protocol):
         Returns:
             the exception a parser callback raises to stop httptools.
         """
-        exchange = self._current
-        if exchange is None or not self._in_message:
+        exchange = self._current  # set while a body is read
+        if exchange is None:
             exchange = _Exchange(keep_alive=False, http10=False)
             self._exchanges.append(exchange)
         exchange.keep_alive = False
@@ -551,6 +551,8 @@ class _Connection(asyncio.Protocol):
         self._update_reading()
 
     def _update_reading(self) -> None:
+        """Pause reading while the write buffer is full or max_pipelined requests wait for their
+        answers (a chunk already received is parsed whole, so one read may go past the bound)."""
         transport = self._transport
         if transport is None:
             return
@@ -601,7 +603,10 @@ class _Connection(asyncio.Protocol):
         if self._loop.time() < deadline:
             self._arm_timer(deadline)
         elif self._in_message:
-            self._refuse(408, "the request did not arrive in time")
+            if self._reading:
+                self._refuse(408, "the request did not arrive in time")
+            else:  # paused by this side (answers to drain): the client is not the slow one
+                self._arm_timer(self._loop.time() + self._limits.request_timeout)
         else:
             transport.close()  # idle
 
@@ -629,7 +634,11 @@ class _Connection(asyncio.Protocol):
 
 
 class WorkerServer:
-    """A listening server; `shutdown` stops it."""
+    """A listening server; `shutdown` stops it.
+
+    Attributes:
+        name: where it listens, e.g. "unix:/run/worker.sock" or "http://127.0.0.1:8080".
+    """
 
     def __init__(self, server: asyncio.AbstractServer, state: _ServerState, name: str) -> None:
         self._server = server
