@@ -43,8 +43,10 @@ from typing import Final, Protocol, cast
 
 import httptools
 
+from splitserve.config import MAX_PAYLOAD_BYTES
+
 #: SageMaker's InvokeEndpoint body limit, as the container's MAX_CONTENT_LENGTH: 6 MiB.
-MAX_BODY_BYTES: Final = 6 * 1024 * 1024
+MAX_BODY_BYTES: Final = MAX_PAYLOAD_BYTES
 
 _log = logging.getLogger("splitserve.workers.http_server")
 
