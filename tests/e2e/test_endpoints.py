@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
@@ -73,6 +75,32 @@ def test_predictions_equal_xgboost(
         assert response["InvokedProductionVariant"] == variant
         scores = [p["score"] for p in json.loads(response["Body"].read())["predictions"]]
         np.testing.assert_allclose(scores, model.predict(model.rows), atol=1e-6)
+
+
+async def test_requests_arriving_together_each_get_their_own_prediction(
+    gateway: Gateway, sagemaker: Any, models: dict[str, TrainedModel]
+) -> None:
+    # 64 at once: the gateway pipelines those that meet on an instance (the built-in worker's
+    # default), and the worker batches them; every answer must still be its own request's.
+    create_two_variant_endpoint(sagemaker, "together")
+    model = models["v1"]
+    rows = np.random.default_rng(5).normal(size=(256, 13)).astype(np.float32)
+    expected = model.predict(rows)
+    url = f"{gateway.url}/endpoints/together/invocations"
+    headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Variant": "Variant1"}
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+
+        async def score(index: int) -> float:
+            async with session.post(
+                url, data=csv_rows(rows[index : index + 1]), headers=headers
+            ) as r:
+                assert r.status == 200, await r.text()
+                return float(await r.text())
+
+        scores = await asyncio.gather(*(score(index) for index in range(len(rows))))
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
 
 
 def test_runtime_errors_as_boto3_parses_them(sagemaker: Any, runtime: Any) -> None:
