@@ -9,8 +9,8 @@ in a LIFO pool, and each request goes out as one preassembled byte string.
 A pool may pipeline (`pipeline_depth` > 1, for servers that answer pipelined requests concurrently,
 like the built-in XGBoost worker): the requests sent to one instance in the same event-loop
 iteration go out on one connection in one write, up to that many outstanding on it, and their
-answers come back in order, often several in one read. That halves the worker's system calls per
-request when requests arrive together. What it changes is failure: an exchange that fails (a
+answers come back in order, often several in one read: the worker then reads several requests, and
+writes their answers, with one system call. What it changes is failure: an exchange that fails (a
 timeout, a malformed answer, a crash) breaks the connection, and the requests queued behind it on
 the connection fail with it, as broken exchanges, since the server may have read them.
 
