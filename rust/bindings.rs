@@ -6,9 +6,41 @@ use pyo3::types::{PyDict, PyFloat, PyList, PyMapping, PyString};
 
 use crate::router;
 
-/// What the core hands back for a picked instance: its `Instance` object, made once per table, so
-/// a pick converts no names.
-type Label = Py<Instance>;
+/// What the core hands back for a picked instance, made once per table so that a pick neither
+/// converts a name nor allocates: the `Route` a pick of this instance returns, one for each count
+/// of healthy instances its variant can have (index `count - 1`). Allocating a `Route` per pick
+/// cost as much as the rest of the pick (~30 ns of ~70; docs/benchmarks.md, "Router pick").
+struct Label {
+    instance: Py<Instance>,
+    routes: Box<[Py<Route>]>,
+}
+
+impl Label {
+    /// The route of a pick of this instance with `healthy_instances` healthy in its variant; a
+    /// failed-over pick (rare: its own variant had none) gets a new one that says so.
+    fn route(
+        &self,
+        py: Python<'_>,
+        healthy_instances: usize,
+        failed_over: bool,
+    ) -> PyResult<Py<Route>> {
+        match self.routes.get(healthy_instances.wrapping_sub(1)) {
+            Some(route) if !failed_over => Ok(route.clone_ref(py)),
+            _ => {
+                let instance = &self.instance;
+                Py::new(
+                    py,
+                    Route {
+                        variant: instance.get().variant.clone_ref(py),
+                        instance: instance.clone_ref(py),
+                        healthy_instances,
+                        failed_over,
+                    },
+                )
+            }
+        }
+    }
+}
 
 /// Each core error becomes its own Python exception class, with the core's message.
 impl From<router::RouterError> for PyErr {
@@ -37,14 +69,31 @@ impl From<router::RouterError> for PyErr {
 /// Makes labels. The names are interned, so a name keeps one string object across table changes.
 fn labeller(
     py: Python<'_>,
-) -> impl FnMut(&str, &str, router::InstanceHandle) -> PyResult<Label> + '_ {
-    move |variant, instance, handle| {
-        let instance = Instance {
-            variant: PyString::intern(py, variant).unbind(),
-            name: PyString::intern(py, instance).unbind(),
-            handle,
-        };
-        Py::new(py, instance)
+) -> impl FnMut(&router::VariantSpec, &str, router::InstanceHandle) -> PyResult<Label> + '_ {
+    move |spec, instance, handle| {
+        let variant = PyString::intern(py, &spec.name).unbind();
+        let instance = Py::new(
+            py,
+            Instance {
+                variant: variant.clone_ref(py),
+                name: PyString::intern(py, instance).unbind(),
+                handle,
+            },
+        )?;
+        let routes = (1..=spec.instances.len())
+            .map(|healthy_instances| {
+                Py::new(
+                    py,
+                    Route {
+                        variant: variant.clone_ref(py),
+                        instance: instance.clone_ref(py),
+                        healthy_instances,
+                        failed_over: false,
+                    },
+                )
+            })
+            .collect::<PyResult<_>>()?;
+        Ok(Label { instance, routes })
     }
 }
 
@@ -198,16 +247,12 @@ impl Router {
         py: Python<'_>,
         target_variant: Option<&str>,
         key: Option<&str>,
-    ) -> PyResult<Route> {
-        Ok(self.core.route(target_variant, key, |routed| {
-            let instance = routed.label;
-            Route {
-                variant: instance.get().variant.clone_ref(py),
-                instance: instance.clone_ref(py),
-                healthy_instances: routed.healthy_instances,
-                failed_over: routed.failed_over,
-            }
-        })?)
+    ) -> PyResult<Py<Route>> {
+        self.core.route(target_variant, key, |routed| {
+            routed
+                .label
+                .route(py, routed.healthy_instances, routed.failed_over)
+        })?
     }
 
     fn release(&self, instance: &Bound<'_, Instance>) {

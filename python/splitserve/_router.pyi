@@ -124,7 +124,8 @@ class Instance:
 
 @final
 class Route:
-    """What one `Router.route` call picked (a new object per call)."""
+    """What one `Router.route` call picked. Immutable, and made when the table is built: picks of
+    the same instance with the same healthy count return the same object."""
 
     @property
     def variant(self) -> str:

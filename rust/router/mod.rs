@@ -7,10 +7,10 @@
 //! new one, never a mix. Instances that keep their name across a change keep their in-flight count
 //! and health (the tables share the slot).
 //!
-//! The table is generic over a label type `L`, made once per instance (from its variant's name, its
-//! own and its `InstanceHandle`) when a table is built, and handed back by each pick of that
-//! instance; the Python bindings keep the Python-side names and handle object in it, so a pick
-//! converts nothing. Names and labels swap together because they live in the same table.
+//! The table is generic over a label type `L`, made once per instance (from its variant's spec, its
+//! own name and its `InstanceHandle`) when a table is built, and handed back by each pick of that
+//! instance; the Python bindings keep the Python-side objects a pick returns in it, so a pick
+//! converts and allocates nothing. Names and labels swap together because they live in the same table.
 //!
 //! Failover (a router option): when the variant an untargeted pick drew has no healthy instance,
 //! the pick is drawn again, by weight, among the variants with a weight above 0 and a healthy
@@ -68,7 +68,7 @@ impl<L> Router<L> {
     /// A router over `specs`. `salt` makes the sticky assignment specific to this router (routers
     /// with the same salt and weights agree on every key). `seed` fixes the PRNG for reproducible
     /// picks; None seeds it from the OS. `failover` turns failover on (see the module docs).
-    /// `label(variant, instance, handle)` makes what a pick of that instance hands back; it is
+    /// `label(variant_spec, instance, handle)` makes what a pick of that instance hands back; it is
     /// called once per instance whenever a table is built, and its error, if any, is returned as
     /// is.
     ///
@@ -80,7 +80,7 @@ impl<L> Router<L> {
         salt: &str,
         seed: Option<u64>,
         failover: bool,
-        mut label: impl FnMut(&str, &str, InstanceHandle) -> Result<L, E>,
+        mut label: impl FnMut(&VariantSpec, &str, InstanceHandle) -> Result<L, E>,
     ) -> Result<Self, E> {
         let table = RoutingTable::build(specs, None, &mut label)?;
         Ok(Self {
@@ -165,7 +165,7 @@ impl<L> Router<L> {
     pub fn replace<E: From<RouterError>>(
         &self,
         specs: &[VariantSpec],
-        mut label: impl FnMut(&str, &str, InstanceHandle) -> Result<L, E>,
+        mut label: impl FnMut(&VariantSpec, &str, InstanceHandle) -> Result<L, E>,
     ) -> Result<(), E> {
         let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.table.load_full();
@@ -182,7 +182,7 @@ impl<L> Router<L> {
     pub fn set_weights<'name, E: From<RouterError>>(
         &self,
         weights: impl IntoIterator<Item = (&'name str, f64)>,
-        mut label: impl FnMut(&str, &str, InstanceHandle) -> Result<L, E>,
+        mut label: impl FnMut(&VariantSpec, &str, InstanceHandle) -> Result<L, E>,
     ) -> Result<(), E> {
         let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.table.load_full();

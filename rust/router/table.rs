@@ -237,11 +237,11 @@ pub(crate) struct RoutingTable<L> {
 impl<L> RoutingTable<L> {
     /// Validates `specs` and builds the table. Instances whose name is in `previous` share its slot
     /// (in-flight count and health); new ones start healthy with nothing in flight. `label` makes
-    /// each instance's label from its variant's name, its own and its handle.
+    /// each instance's label from its variant's spec, its own name and its handle.
     pub(crate) fn build<E: From<RouterError>>(
         specs: &[VariantSpec],
         previous: Option<&Self>,
-        label: &mut impl FnMut(&str, &str, InstanceHandle) -> Result<L, E>,
+        label: &mut impl FnMut(&VariantSpec, &str, InstanceHandle) -> Result<L, E>,
     ) -> Result<Self, E> {
         validate(specs).map_err(RouterError::from)?;
         let mut instances: HashMap<Box<str>, Arc<InstanceSlot>, Xxh3DefaultBuilder> =
@@ -265,7 +265,7 @@ impl<L> RoutingTable<L> {
                 };
                 variant_instances.push(Instance {
                     name: name.as_str().into(),
-                    label: label(&spec.name, name, handle)?,
+                    label: label(spec, name, handle)?,
                     slot,
                 });
             }

@@ -44,9 +44,13 @@ fn spec(name: &str, weight: f64, instances: &[&str], strategy: RoutingStrategy) 
 /// The label of an instance in these tests. (The router takes fallible label makers; this one
 /// never fails.)
 #[allow(clippy::unnecessary_wraps)]
-fn names(variant: &str, instance: &str, handle: InstanceHandle) -> Result<Label, RouterError> {
+fn names(
+    variant: &VariantSpec,
+    instance: &str,
+    handle: InstanceHandle,
+) -> Result<Label, RouterError> {
     Ok(Label {
-        variant: variant.to_owned(),
+        variant: variant.name.clone(),
         instance: instance.to_owned(),
         handle,
     })
@@ -547,7 +551,7 @@ fn a_refused_change_keeps_the_table() -> Result<(), RouterError> {
 #[test]
 fn a_label_error_is_returned_and_keeps_the_table() -> Result<(), RouterError> {
     let router = router(&three([1.0, 2.0, 3.0]), 5)?;
-    let refuse = |_: &str, _: &str, _: InstanceHandle| -> Result<Label, RouterError> {
+    let refuse = |_: &VariantSpec, _: &str, _: InstanceHandle| -> Result<Label, RouterError> {
         Err(RouterError::UnknownInstance {
             instance: "label".to_owned(),
         })

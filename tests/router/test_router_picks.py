@@ -278,3 +278,23 @@ def test_without_failover_the_drawn_variant_is_an_error() -> None:
 
     with pytest.raises(NoHealthyInstanceError, match="'v-1'"):
         route_until_an_error()
+
+
+def test_routes_are_made_once_per_instance_and_healthy_count() -> None:
+    """A pick returns a Route made with the table (no allocation per pick), except after failover,
+    so a shared Route never says failed_over for a pick that did not fail over, nor the reverse."""
+    router = _failover_router(seed=5)
+    plain = [router.route(target_variant="v-2") for _ in range(8)]
+    by_instance = {route.instance.name: route for route in plain}
+    assert set(by_instance) == {"v-2-0", "v-2-1"}
+    assert all(route is by_instance[route.instance.name] for route in plain)
+    assert {(route.healthy_instances, route.failed_over) for route in plain} == {(2, False)}
+    router.set_healthy("v-2-0", False)
+    one_left = router.route(target_variant="v-2")
+    assert (one_left.instance.name, one_left.healthy_instances) == ("v-2-1", 1)
+    assert one_left is not by_instance["v-2-1"]
+    assert one_left.instance is by_instance["v-2-1"].instance
+    failed_over = [route for route in (router.route() for _ in range(200)) if route.failed_over]
+    assert failed_over
+    assert all(route.variant in {"v-0", "v-2"} for route in failed_over)
+    assert all(route is not router.route(target_variant=route.variant) for route in failed_over)
