@@ -21,6 +21,7 @@ Needs valgrind (callgrind_control); not part of `make bench`.
 
 from __future__ import annotations
 
+import argparse
 import glob
 import shlex
 import shutil
@@ -46,10 +47,33 @@ IDLE_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 900.0
 
 
+def _request_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of requests >= 1")
+    return int(text)
+
+
 def main(argv: list[str]) -> int:
     """Print the gateway's mean instructions per request; 1 when valgrind is missing."""
-    requests = int(argv[0]) if argv else DEFAULT_REQUESTS
-    serve_options = " ".join(shlex.quote(option) for option in argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m benches.gateway_instructions",
+        description="Instructions per InvokeEndpoint in a live gateway, counted by callgrind.",
+    )
+    parser.add_argument(
+        "requests",
+        nargs="?",
+        type=_request_count,
+        default=DEFAULT_REQUESTS,
+        help=f"requests to count (default {DEFAULT_REQUESTS})",
+    )
+    parser.add_argument(
+        "serve_options",
+        nargs=argparse.REMAINDER,
+        help="options for `splitserve serve`, after the request count (e.g. --no-feedback-index)",
+    )
+    args = parser.parse_args(argv)
+    requests: int = args.requests
+    serve_options = " ".join(shlex.quote(option) for option in args.serve_options)
     if shutil.which("callgrind_control") is None:
         print("valgrind's callgrind_control is not installed", file=sys.stderr)
         return 1

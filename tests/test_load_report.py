@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from benches import gateway_instructions
 from benches.load import Report, Run, latency_split, summarise, targets, write_results
 from benches.load_tools import LoadResult
 
@@ -119,3 +122,13 @@ def test_the_latency_split_interpolates_inside_buckets_of_the_requests_between_r
     after = {"model": {0.001: 60.0, 0.002: 110.0, inf: 110.0}, "overhead": {0.001: 5.0, inf: 5.0}}
     split = latency_split(before, after)
     assert split == {"model": {"p50": 1.0, "p90": 1.8, "p99": 1.98}}  # no overhead recorded
+
+
+def test_the_instruction_counter_refuses_a_bad_request_count_before_starting_anything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for bad in ("abc", "0", "-5"):
+        with pytest.raises(SystemExit) as exited:
+            gateway_instructions.main([bad])
+        assert exited.value.code == 2
+        assert f"{bad!r} is not a whole number of requests >= 1" in capsys.readouterr().err
