@@ -26,18 +26,7 @@ impl Label {
     ) -> PyResult<Py<Route>> {
         match self.routes.get(healthy_instances.wrapping_sub(1)) {
             Some(route) if !failed_over => Ok(route.clone_ref(py)),
-            _ => {
-                let instance = &self.instance;
-                Py::new(
-                    py,
-                    Route {
-                        variant: instance.get().variant.clone_ref(py),
-                        instance: instance.clone_ref(py),
-                        healthy_instances,
-                        failed_over,
-                    },
-                )
-            }
+            _ => Route::new(py, &self.instance, healthy_instances, failed_over),
         }
     }
 }
@@ -71,27 +60,16 @@ fn labeller(
     py: Python<'_>,
 ) -> impl FnMut(&router::VariantSpec, &str, router::InstanceHandle) -> PyResult<Label> + '_ {
     move |spec, instance, handle| {
-        let variant = PyString::intern(py, &spec.name).unbind();
         let instance = Py::new(
             py,
             Instance {
-                variant: variant.clone_ref(py),
+                variant: PyString::intern(py, &spec.name).unbind(),
                 name: PyString::intern(py, instance).unbind(),
                 handle,
             },
         )?;
         let routes = (1..=spec.instances.len())
-            .map(|healthy_instances| {
-                Py::new(
-                    py,
-                    Route {
-                        variant: variant.clone_ref(py),
-                        instance: instance.clone_ref(py),
-                        healthy_instances,
-                        failed_over: false,
-                    },
-                )
-            })
+            .map(|healthy_instances| Route::new(py, &instance, healthy_instances, false))
             .collect::<PyResult<_>>()?;
         Ok(Label { instance, routes })
     }
@@ -127,6 +105,24 @@ pub struct Route {
     healthy_instances: usize,
     #[pyo3(get)]
     failed_over: bool,
+}
+
+impl Route {
+    /// A new `Route` object for a pick of `instance`.
+    fn new(
+        py: Python<'_>,
+        instance: &Py<Instance>,
+        healthy_instances: usize,
+        failed_over: bool,
+    ) -> PyResult<Py<Self>> {
+        let route = Self {
+            variant: instance.get().variant.clone_ref(py),
+            instance: instance.clone_ref(py),
+            healthy_instances,
+            failed_over,
+        };
+        Py::new(py, route)
+    }
 }
 
 #[pymethods]
