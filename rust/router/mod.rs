@@ -10,7 +10,8 @@
 //! The table is generic over a label type `L`, made once per instance (from its variant's spec, its
 //! own name and its `InstanceHandle`) when a table is built, and handed back by each pick of that
 //! instance; the Python bindings keep the Python-side objects a pick returns in it, so a pick
-//! converts and allocates nothing. Names and labels swap together because they live in the same table.
+//! converts and allocates nothing. Names and labels swap together because they live in the same
+//! table.
 //!
 //! Failover (a router option): when the variant an untargeted pick drew has no healthy instance,
 //! the pick is drawn again, by weight, among the variants with a weight above 0 and a healthy
