@@ -114,7 +114,9 @@ def test_instance_collector_reads_live_processes(
     idle_cpu = value("splitserve_instance_cpu_utilization_percent", "V2", "ep/V2/g1/0")
     assert busy_cpu is not None
     assert idle_cpu is not None
-    assert busy_cpu > 25  # a spinning process on a shared host: well above idle
+    # A spinning process gets a share of a core that depends on what else runs on the host (23 %
+    # with test-fast's shards on 2 cores): assert only that it is clearly busy and the idle one not.
+    assert busy_cpu > max(5.0, 3 * idle_cpu)
     assert idle_cpu < 10
     memory = value("splitserve_instance_memory_bytes", "V2", "ep/V2/g1/0")
     assert memory is not None
