@@ -20,7 +20,7 @@ DEMO_OUTPUT ?= ./demo-output
 # under `make -j` (test-fast) it warns. An empty CARGO_MAKEFLAGS, read first, tells it there is none.
 export CARGO_MAKEFLAGS :=
 
-.PHONY: help setup build run demo test test-fast fast-workers fast-others lint test-rust test-python test-python-e2e test-python-e2e-a test-python-e2e-b test-python-rest test-python-fast bench bench-load soak clean lock
+.PHONY: help setup build run demo test test-fast fast-ray fast-workers fast-others-a fast-others-b lint test-rust test-python test-python-e2e test-python-e2e-a test-python-e2e-b test-python-rest test-python-fast bench bench-load soak clean lock
 
 # run, test and demo first (what a newcomer wants), then the rest in alphabetical order.
 FIRST_TARGETS := run test demo
@@ -149,21 +149,29 @@ FAST_PYTEST := $(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
 test-python-fast: setup ## pytest's unit and HTTP tiers: no end-to-end tests, no benchmark smoke runs, no root
 	$(FAST_PYTEST) tests
 
-# test-python-fast in two halves for test-fast: the worker tests spend most of their time starting
-# processes, so they run beside the rest rather than after it.
-fast-workers: setup
-	$(FAST_PYTEST) tests/workers
+# test-python-fast in four shards for test-fast. Alone, the tier keeps the CPU busy only about half
+# of the time (it waits on the processes and the Ray cluster it starts), so four side by side use
+# both cores: the Ray placement tests, the other worker tests, FAST_OTHERS_A, and everything else
+# (a new test folder lands in that last shard by itself).
+FAST_OTHERS_A := tests/wiring tests/cluster tests/database tests/cloudwatch tests/evaluation
+fast-ray: setup
+	$(FAST_PYTEST) tests/workers/test_ray_placement.py
 
-fast-others: setup
-	$(FAST_PYTEST) tests --ignore=tests/workers
+fast-workers: setup
+	$(FAST_PYTEST) tests/workers --ignore=tests/workers/test_ray_placement.py
+
+fast-others-a: setup
+	$(FAST_PYTEST) $(FAST_OTHERS_A)
+
+fast-others-b: setup
+	$(FAST_PYTEST) tests --ignore=tests/workers $(addprefix --ignore=,$(FAST_OTHERS_A))
 
 test: setup lint test-rust test-python ## set up, lint, cargo test, pytest: what CI runs (apt-get installs prometheus, wrk, postgresql and haproxy when missing)
 
-# The edit loop: the two pytest halves start first, lint and then cargo test run beside them; on 2
-# cores the whole takes about as long as the worker tests alone. Each target's output is printed
-# when it ends.
+# The edit loop: the four pytest shards start first, lint and then cargo test run beside them.
+# Each target's output is printed when it ends.
 test-fast: setup ## lint, cargo test and the unit + HTTP tiers side by side, no e2e, no root: the edit loop
-	@$(MAKE) --no-print-directory -j3 --output-sync=target fast-workers fast-others lint test-rust
+	@$(MAKE) --no-print-directory -j5 --output-sync=target fast-ray fast-workers fast-others-a fast-others-b lint test-rust
 
 bench: setup ## pytest-benchmark suites, enabled, against the release build
 	@mkdir -p .benchmarks
