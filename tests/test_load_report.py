@@ -1,6 +1,7 @@
 """The load script's reporting (benches/load.py): medians over repeats, the issue's targets, the
 Markdown and JSON it writes, on made-up runs (the runs themselves need wrk, oha, nginx and
-HAProxy: `make bench-load`)."""
+HAProxy: `make bench-load`); and the instruction counter's arguments
+(benches/gateway_instructions.py, whose runs need valgrind)."""
 
 from __future__ import annotations
 
