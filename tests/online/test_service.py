@@ -258,6 +258,32 @@ def test_pruning_by_age_and_count(database: Database) -> None:
     assert store.assignments("ab") == {"A": 2}
 
 
+def test_a_large_index_write_keeps_every_row_and_the_first_of_a_repeated_id(
+    database: Database,
+) -> None:
+    # 133 rows: two whole multi-row statements and a shorter one; an id repeated inside the first
+    # statement and one repeated across statements, each keeping its first answer.
+    store = FeedbackStore.open(database)
+    rows: list[IndexRow] = [
+        ("ab", f"id-{n}", "AB"[n % 2], n % 3 == 0, NOW - n, "text/csv", f"0.{n}".encode())
+        for n in range(131)
+    ]
+    rows.insert(10, ("ab", "id-3", "B", False, NOW, None, b"second"))
+    rows.append(("ab", "id-100", "A", True, NOW, "text/csv", b"again"))
+    store.write_index(rows)
+    assert len(rows) == 133
+    assert database.query("SELECT COUNT(*) FROM feedback_index")[0][0] == 131
+    assert database.query(
+        "SELECT variant, targeted, content_type, answer FROM feedback_index "
+        "WHERE inference_id IN ('id-3', 'id-100') ORDER BY inference_id"
+    ) == [("A", 0, "text/csv", b"0.100"), ("B", 1, "text/csv", b"0.3")]
+    untargeted = [n for n in range(131) if n % 3]
+    assert store.assignments("ab") == {
+        "A": sum(1 for n in untargeted if n % 2 == 0),
+        "B": sum(1 for n in untargeted if n % 2),
+    }
+
+
 def test_uuid7_time() -> None:
     assert uuid7_seconds("01a23caf-731d-731a-a3ad-000000000001") == pytest.approx(
         0x01A23CAF731D / 1000
