@@ -15,6 +15,8 @@ Groups (`make bench` prints each group as one table; in `make test` every case r
   stand-ins. The gateway has CPU 0 to itself, stand-ins and client share the other CPUs. The timer
   is scaled by 1/BATCH, so a round reads as one request and the `ops` column is requests/s;
   `extra_info` has the median requests/s and the gateway's CPU microseconds per request.
+  BENCH_SERVE_OPTIONS passes options to `splitserve serve` (e.g. `--no-feedback-index`, to see
+  what the feedback index costs).
 
 The forwarding client and the router have their own suites (bench_upstream.py, bench_router.py);
 benches/load.py measures whole gateways against nginx and HAProxy with wrk and oha.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -241,7 +244,12 @@ def live_gateways() -> Iterator[_LiveGateways]:
         )
         with Processes(workdir) as processes:
             fleet: Fleet = start_splitserve(
-                processes, workdir, image=STANDIN_IMAGE, model_url=None, images_file=registry
+                processes,
+                workdir,
+                image=STANDIN_IMAGE,
+                model_url=None,
+                images_file=registry,
+                options=shlex.split(os.environ.get("BENCH_SERVE_OPTIONS", "")),
             )
             pin(fleet.gateway.pids, gateway_cpus)
             for worker in fleet.workers.values():

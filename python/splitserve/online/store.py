@@ -160,9 +160,9 @@ class FeedbackStore:
         if not rows:
             return
         # Every answered invocation comes through here: `_INDEX_ROWS_PER_INSERT` rows a statement
-        # cost the writer about a third fewer instructions a row than one row a statement (fewer
+        # cost the writer about a quarter fewer instructions a row than one row a statement (fewer
         # statement steps, and the GIL released and retaken once a statement, not once a row;
-        # docs/benchmarks.md, 'The feedback index's writes').
+        # docs/benchmarks.md, 'The feedback index's writes, and issue 12's live figure again').
         size = _INDEX_ROWS_PER_INSERT
         whole = len(rows) - len(rows) % size
         with self.database.transaction(write=True) as transaction:
