@@ -116,6 +116,12 @@ def test_new_file_uses_wal_full_sync_and_a_schema_version(tmp_path: Path) -> Non
         connection.close()
 
 
+def test_a_path_spelled_with_a_leading_double_slash_opens(tmp_path: Path) -> None:
+    # //tmp/x is /tmp/x to POSIX; the file: URI SQLite opens must not take "tmp" for a host.
+    Store.open(Path(f"/{tmp_path}/state.sqlite3")).close()
+    Store.open(tmp_path / "state.sqlite3").close()
+
+
 def _refused(path: Path, expected: str) -> None:
     before = path.read_bytes()
     neighbours = sorted(p.name for p in path.parent.iterdir())

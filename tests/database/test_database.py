@@ -166,6 +166,19 @@ def test_an_sqlite_url_names_its_file(tmp_path: Path) -> None:
     assert parsed.path == tmp_path / "a b.sqlite3"
 
 
+def test_an_sqlite_path_spelled_with_a_leading_double_slash_opens(tmp_path: Path) -> None:
+    # sqlite:////tmp/x: POSIX reads //tmp/x as /tmp/x; a file: URI must not take "tmp" for a host.
+    path = tmp_path / "state.sqlite3"
+    sqlite3.connect(path).close()
+    database = open_database(f"sqlite:///{path}", QUICK)
+    try:
+        with database.transaction(write=True) as transaction:
+            transaction.execute("CREATE TABLE t (x INTEGER)")
+        assert database.query("SELECT COUNT(*) FROM t") == [(0,)]
+    finally:
+        database.close()
+
+
 def test_an_unreachable_server_is_unavailable_within_the_timeout() -> None:
     url = f"postgresql://alice:s3cret@127.0.0.1:{free_port()}/state"
     with pytest.raises(DatabaseUnavailable) as refused:

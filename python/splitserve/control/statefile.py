@@ -155,7 +155,8 @@ def connect(path: Path) -> sqlite3.Connection:
     try:
         # mode=rw: the file is opened, never replaced (`create` made a missing one).
         connection = sqlite3.connect(
-            f"file:{quote(str(path.absolute()))}?mode=rw",
+            # An empty authority, so a path spelled `//...` stays a path.
+            f"file://{quote(str(path.absolute()))}?mode=rw",
             uri=True,
             check_same_thread=False,
             isolation_level=None,

@@ -73,7 +73,9 @@ class SqliteDatabase(Database):
         """
         try:
             connection = sqlite3.connect(
-                f"file:{quote(str(self.path))}?mode=rw",
+                # `file://` and an empty authority: a path written with a leading `//` (which
+                # POSIX allows) would otherwise be read as the URI's authority.
+                f"file://{quote(str(self.path))}?mode=rw",
                 uri=True,
                 timeout=self._settings.sqlite_busy_timeout_seconds,
                 check_same_thread=False,
