@@ -21,9 +21,9 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
-from urllib.parse import quote
 
 from splitserve.config import STATE_DIRECTORY_MODE, STATE_FILE_MODE
+from splitserve.database.sqlite import existing_file_uri
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,7 @@ def connect(path: Path) -> sqlite3.Connection:
     try:
         # mode=rw: the file is opened, never replaced (`create` made a missing one).
         connection = sqlite3.connect(
-            # An empty authority, so a path spelled `//...` stays a path.
-            f"file://{quote(str(path.absolute()))}?mode=rw",
+            existing_file_uri(path),
             uri=True,
             check_same_thread=False,
             isolation_level=None,

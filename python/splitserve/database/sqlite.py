@@ -32,7 +32,7 @@ from splitserve.database.api import (
 from splitserve.database.statements import check_channel, split_script
 from splitserve.database.url import DatabaseUrl
 
-__all__ = ["SqliteDatabase"]
+__all__ = ["SqliteDatabase", "existing_file_uri"]
 
 # sqlite3 binds int, float, str and bytearray parameters as they are; anything else, bytes and
 # bool included, goes through its adapter registry, and an unregistered type then costs two failed
@@ -42,6 +42,14 @@ __all__ = ["SqliteDatabase"]
 # registry's first lookup. They are process-wide, like the registry.
 sqlite3.register_adapter(bytes, bytes)
 sqlite3.register_adapter(bool, int)
+
+
+def existing_file_uri(path: Path) -> str:
+    """The URI that opens the SQLite file at `path` for reading and writing, never creating it
+    (`sqlite3.connect(..., uri=True)`)."""
+    # `file://` and an empty authority: a path spelled with a leading `//` (which POSIX reads as
+    # `/`) would otherwise be taken for the URI's authority ("invalid uri authority").
+    return f"file://{quote(str(path.absolute()))}?mode=rw"
 
 
 class SqliteDatabase(Database):
@@ -73,9 +81,7 @@ class SqliteDatabase(Database):
         """
         try:
             connection = sqlite3.connect(
-                # `file://` and an empty authority: a path written with a leading `//` (which
-                # POSIX allows) would otherwise be read as the URI's authority.
-                f"file://{quote(str(self.path))}?mode=rw",
+                existing_file_uri(self.path),
                 uri=True,
                 timeout=self._settings.sqlite_busy_timeout_seconds,
                 check_same_thread=False,
